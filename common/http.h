@@ -1,0 +1,86 @@
+/* HTTP/1.1 request parsing (on Debian's http-parser 2.9) with limits, shared
+ * by ingest's API server and delivery's WebSocket handshake, plus response
+ * formatting helpers. Connection handling lives in each service. */
+#ifndef FO_HTTP_H
+#define FO_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "buf.h"
+
+#define FO_HTTP_MAX_HEADERS 32
+
+typedef struct {
+  char *name;  /* lower-cased; owned by the request */
+  char *value; /* owned by the request */
+} fo_http_header_t;
+
+typedef struct {
+  const char *method;    /* static string, e.g. "POST" */
+  int method_id;         /* enum http_method */
+  char *path;            /* decoded-free raw path, without the query; owned */
+  char *query;           /* raw query without '?', or NULL; owned */
+  fo_http_header_t headers[FO_HTTP_MAX_HEADERS];
+  int nheaders;
+  fo_sb_t body;          /* owned */
+  int http_major, http_minor;
+  bool keep_alive;
+  bool upgrade;          /* Connection: upgrade + Upgrade: present */
+} fo_http_request_t;
+
+/* Limits and outcome codes. */
+typedef struct {
+  size_t max_header_bytes; /* request line + headers */
+  size_t max_body_bytes;
+} fo_http_limits_t;
+
+typedef struct fo_http_parser fo_http_parser_t;
+
+/* Called once per complete request. `req` is owned by the parser and valid
+ * until the callback returns; it may steal members (set them to NULL) to keep
+ * them. Return 0 to continue parsing pipelined requests, non-zero to pause
+ * (fo_http_parser_feed then returns how many bytes it consumed). */
+typedef int (*fo_http_request_cb)(void *ud, fo_http_request_t *req);
+
+fo_http_parser_t *fo_http_parser_new(const fo_http_limits_t *limits, fo_http_request_cb cb,
+                                     void *ud);
+void fo_http_parser_free(fo_http_parser_t *p);
+
+/* Feeds bytes. Returns bytes consumed (< n when paused by the callback or
+ * after an upgrade request: the rest belongs to the new protocol), or:
+ *   -EMSGSIZE  headers over the limit (431) or body over the limit (413;
+ *              reported as soon as Content-Length declares it)
+ *   -EPROTO    malformed request (400); fo_http_parser_error() says why
+ *   -ENOTSUP   unsupported method or version (501 / 505) */
+ssize_t fo_http_parser_feed(fo_http_parser_t *p, const char *data, size_t n);
+/* True when the request that caused -EMSGSIZE was over the body limit. */
+bool fo_http_parser_body_too_large(const fo_http_parser_t *p);
+const char *fo_http_parser_error(const fo_http_parser_t *p);
+/* Resumes after a pause. */
+void fo_http_parser_resume(fo_http_parser_t *p);
+/* True while a request is partially received. */
+bool fo_http_parser_mid_request(const fo_http_parser_t *p);
+
+/* Case-insensitive header lookup; returns the value or NULL. */
+const char *fo_http_header(const fo_http_request_t *req, const char *lower_name);
+/* Finds key in a query string ("a=1&b=2") and returns a malloc'd,
+ * percent-decoded copy, or NULL when absent. */
+char *fo_http_query_param(const char *query, const char *key);
+/* "Bearer X" -> X (pointer into value) or NULL. */
+const char *fo_http_bearer(const fo_http_request_t *req);
+
+const char *fo_http_status_text(int status);
+/* Appends a complete response: status line, Content-Type (when body != NULL),
+ * Content-Length, Connection, any extra header lines (each "Name: value\r\n",
+ * may be NULL), blank line, body. Returns 0 or -ENOMEM. */
+int fo_http_format_response(fo_sb_t *out, int status, const char *content_type,
+                            const char *extra_headers, const void *body, size_t body_len,
+                            bool keep_alive);
+/* Appends `{"error":"msg"}` as a complete JSON error response. */
+int fo_http_format_error(fo_sb_t *out, int status, const char *msg,
+                         const char *extra_headers, bool keep_alive);
+
+#endif

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages that building, running and testing fanout need.
+# Idempotent: packages already present are skipped, so it is cheap on every run.
+set -euo pipefail
+
+PKGS=(
+  build-essential cmake pkg-config ninja-build
+  librdkafka-dev libhiredis-dev libuv1-dev libwslay-dev libmsgpack-dev libcmocka-dev
+  libjansson-dev libhttp-parser-dev libxxhash-dev libssl-dev
+  redis-server kcat nginx-light wrk curl procps
+  clang libclang-rt-14-dev llvm
+  python3 python3-websockets
+  openjdk-17-jre-headless maven
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2

@@ -1,0 +1,325 @@
+"""Helpers for fanout's integration tests: start real servers as child
+processes on free loopback ports, wait for their readiness line with a
+deadline, and stop them by PID (TERM, then KILL) whatever happens.
+
+Used by every Python driver under tests/ (run with /usr/bin/python3, which
+sees Debian's python3-websockets). Nothing here fakes Redis or Kafka."""
+
+import atexit
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+SOURCE_DIR = os.environ.get("FANOUT_SOURCE_DIR",
+                            os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+BUILD_DIR = os.environ.get("FANOUT_BUILD_DIR", os.path.join(SOURCE_DIR, "build"))
+STATE_DIR = os.environ.get("FANOUT_STATE_DIR", os.path.join(BUILD_DIR, "test-state"))
+SCALE = float(os.environ.get("FANOUT_TIMEOUT_SCALE", "1"))
+
+_procs = []
+
+
+def scaled(seconds):
+    """A timeout scaled for slow builds (sanitizers)."""
+    return seconds * SCALE
+
+
+def log(*args):
+    print("[%s]" % time.strftime("%H:%M:%S"), *args, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_binary(name):
+    """Finds an executable built by CMake anywhere in the build tree."""
+    for root, _dirs, files in os.walk(BUILD_DIR):
+        if name in files:
+            path = os.path.join(root, name)
+            if os.access(path, os.X_OK):
+                return path
+    raise FileNotFoundError("%s not found under %s (build first)" % (name, BUILD_DIR))
+
+
+class Proc:
+    """A child process whose stdout lines are collected (and echoed to a log
+    file); `wait_line(regex)` waits for a readiness line."""
+
+    def __init__(self, name, argv, env=None, cwd=None, logdir=None):
+        self.name = name
+        self.argv = argv
+        self.lines = []
+        self.cond = threading.Condition()
+        logdir = logdir or os.path.join(STATE_DIR, "logs")
+        os.makedirs(logdir, exist_ok=True)
+        self.logpath = os.path.join(logdir, "%s-%d.log" % (name, int(time.time() * 1000)))
+        self.logfile = open(self.logpath, "wb")
+        full_env = dict(os.environ)
+        if env:
+            full_env.update({k: str(v) for k, v in env.items()})
+        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.logfile,
+                                  stdin=subprocess.DEVNULL, env=full_env, cwd=cwd,
+                                  start_new_session=True)
+        self.pid = self.p.pid
+        _procs.append(self)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for raw in self.p.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.logfile.write(b"[stdout] " + raw)
+            self.logfile.flush()
+            with self.cond:
+                self.lines.append(line)
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def wait_line(self, regex, timeout=10.0):
+        """Returns the match of the first stdout line matching regex."""
+        pat = re.compile(regex)
+        deadline = time.time() + scaled(timeout)
+        seen = 0
+        with self.cond:
+            while True:
+                while seen < len(self.lines):
+                    m = pat.search(self.lines[seen])
+                    seen += 1
+                    if m:
+                        return m
+                if self.p.poll() is not None and seen >= len(self.lines):
+                    raise RuntimeError("%s exited (%s) before printing /%s/; log %s:\n%s" % (
+                        self.name, self.p.returncode, regex, self.logpath, self.log_tail()))
+                left = deadline - time.time()
+                if left <= 0:
+                    raise TimeoutError("%s did not print /%s/ in time; log %s:\n%s" % (
+                        self.name, regex, self.logpath, self.log_tail()))
+                self.cond.wait(min(left, 0.2))
+
+    def log_tail(self, n=40):
+        try:
+            with open(self.logpath, "rb") as f:
+                return b"".join(f.readlines()[-n:]).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def signal(self, sig):
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def kill9(self):
+        self.signal(signal.SIGKILL)
+        self.p.wait()
+
+    def stop(self, timeout=10.0):
+        """SIGTERM, then SIGKILL after timeout. Returns the exit status."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.p.wait(scaled(timeout))
+            except subprocess.TimeoutExpired:
+                log("%s ignored SIGTERM; killing" % self.name)
+                os.kill(self.pid, signal.SIGKILL)
+                self.p.wait()
+        self._reader.join(2)
+        if self in _procs:
+            _procs.remove(self)
+        return self.p.returncode
+
+    def wait_exit(self, timeout):
+        return self.p.wait(scaled(timeout))
+
+
+def _cleanup():
+    for pr in list(reversed(_procs)):
+        try:
+            if pr.alive():
+                os.kill(pr.pid, signal.SIGKILL)
+                pr.p.wait(5)
+        except Exception:
+            pass
+
+
+atexit.register(_cleanup)
+
+
+def _on_term(signum, _frame):
+    _cleanup()
+    sys.exit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _on_term)
+
+
+def wait_port(host, port, timeout=10.0):
+    deadline = time.time() + scaled(timeout)
+    while time.time() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError("nothing listens on %s:%d" % (host, port))
+
+
+# ---- servers -----------------------------------------------------------------
+
+class Redis:
+    def __init__(self, port=None, datadir=None):
+        self.port = port or free_port()
+        self.dir = datadir or tempfile.mkdtemp(prefix="fanout-redis-")
+        self.start()
+
+    def start(self):
+        self.proc = Proc("redis", ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                   "--dir", self.dir, "--save", "", "--appendonly", "no",
+                                   "--daemonize", "no", "--protected-mode", "no"])
+        self.proc.wait_line(r"Ready to accept connections", timeout=10)
+        self.addr = "127.0.0.1:%d" % self.port
+
+    def stop(self):
+        return self.proc.stop()
+
+    def cli(self, *args):
+        return subprocess.run(["redis-cli", "-p", str(self.port), "--raw", *args],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+
+
+class KafkaDev:
+    """The embedded broker (fanout-kafka-dev, librdkafka mock cluster)."""
+
+    def __init__(self, partitions=4, brokers=1, extra=()):
+        self.proc = Proc("kafka-dev", [find_binary("fanout-kafka-dev"), "--partitions",
+                                       str(partitions), "--brokers", str(brokers), *extra])
+        self.bootstrap = self.proc.wait_line(r"^bootstrap=(\S+)", timeout=10).group(1)
+        self.partitions = partitions
+
+    def down(self):
+        self.proc.signal(signal.SIGUSR1)
+
+    def up(self):
+        self.proc.signal(signal.SIGUSR2)
+
+    def stop(self):
+        return self.proc.stop()
+
+
+class ApacheKafka:
+    """A real single-node KRaft broker from deploy/local/apache-kafka."""
+
+    def __init__(self, partitions=4, port=None, datadir=None):
+        self.port = port or free_port()
+        self.datadir = datadir or tempfile.mkdtemp(prefix="fanout-kafka-")
+        self.partitions = partitions
+        self.start()
+
+    def start(self):
+        script = os.path.join(SOURCE_DIR, "deploy", "local", "apache-kafka")
+        self.proc = Proc("apache-kafka", [script, "--port", str(self.port), "--data",
+                                          self.datadir, "--partitions", str(self.partitions)])
+        self.bootstrap = self.proc.wait_line(r"^bootstrap=(\S+)", timeout=300).group(1)
+
+    def kill9(self):
+        """Kills the JVM itself (the script's child) and the script."""
+        subprocess.run(["pkill", "-KILL", "-P", str(self.proc.pid)], check=False)
+        self.proc.kill9()
+
+    def stop(self):
+        return self.proc.stop(timeout=30)
+
+
+def fixture_env(name):
+    """Reads the address a ctest fixture published (see tests/lib/fixture.py)."""
+    path = os.path.join(STATE_DIR, name + ".env")
+    out = {}
+    with open(path) as f:
+        for line in f:
+            k, _, v = line.strip().partition("=")
+            if k:
+                out[k] = v
+    return out
+
+
+# ---- our services ------------------------------------------------------------
+
+def start_service(binary, name, args, env=None, wait=r"^listening=(\S+)"):
+    pr = Proc(name, [find_binary(binary), *args], env=env)
+    m = pr.wait_line(wait, timeout=20)
+    pr.addr = m.group(1)
+    host, _, port = pr.addr.rpartition(":")
+    pr.host, pr.port = host, int(port)
+    return pr
+
+
+# ---- JWT ---------------------------------------------------------------------
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_jwt(secret, sub, exp_in=3600, rooms=None, alg="HS256", extra=None, header=None):
+    hdr = header or {"alg": alg, "typ": "JWT"}
+    claims = {"sub": sub, "exp": int(time.time()) + exp_in}
+    if rooms is not None:
+        claims["rooms"] = rooms
+    if extra:
+        claims.update(extra)
+    signing = b64url(json.dumps(hdr).encode()) + "." + b64url(json.dumps(claims).encode())
+    if alg == "none":
+        return signing + "."
+    key = secret.encode() if isinstance(secret, str) else secret
+    sig = hmac.new(key, signing.encode(), hashlib.sha256).digest()
+    return signing + "." + b64url(sig)
+
+
+# ---- a tiny runner -----------------------------------------------------------
+
+def run_tests(namespace, only=None):
+    """Runs every test_* function in namespace (definition order); prints one
+    line per test and 'N passed, N failed'; exits 1 if any failed."""
+    tests = [(n, f) for n, f in namespace.items() if n.startswith("test_") and callable(f)]
+    if only:
+        tests = [(n, f) for n, f in tests if n in only]
+    passed = failed = 0
+    for name, fn in tests:
+        t0 = time.time()
+        try:
+            fn()
+            passed += 1
+            print("PASS %s (%.1fs)" % (name, time.time() - t0), flush=True)
+        except Exception:
+            failed += 1
+            print("FAIL %s (%.1fs)" % (name, time.time() - t0), flush=True)
+            traceback.print_exc()
+    _cleanup()
+    print("%d passed, %d failed" % (passed, failed), flush=True)
+    sys.exit(1 if failed else 0)
+
+
+def eventually(pred, timeout=10.0, interval=0.05, what="condition"):
+    deadline = time.time() + scaled(timeout)
+    last = None
+    while time.time() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
