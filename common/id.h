@@ -9,8 +9,10 @@
 #define FO_ID_LEN 16
 #define FO_ID_STR_LEN 36 /* canonical 8-4-4-4-12 form, without the NUL */
 
+/* Zero-initialise; seeded from getrandom() on first use. */
 typedef struct {
   uint64_t last_ms;
+  uint64_t rng;
   uint8_t last[FO_ID_LEN];
 } fo_id_gen_t;
 

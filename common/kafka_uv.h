@@ -29,11 +29,17 @@ void fo_kafka_uv_close(fo_kafka_uv_t *kuv);
 /* Serves events now (e.g. after resuming partitions). */
 void fo_kafka_uv_kick(fo_kafka_uv_t *kuv);
 
-/* Builds a conf with bootstrap.servers = bootstrap, client.id = client_id, the
- * low-latency defaults (linger.ms=1, fetch.wait.max.ms=1...) and then each
- * "key=value" of `overrides` (NULL-terminated, may be NULL). Returns NULL with
- * err filled on a bad setting. */
-rd_kafka_conf_t *fo_kafka_conf_new(const char *bootstrap, const char *client_id,
-                                   char *const *overrides, char *err, size_t errlen);
+typedef enum { FO_KAFKA_PRODUCER, FO_KAFKA_CONSUMER } fo_kafka_role_t;
+
+/* Builds a conf with bootstrap.servers = bootstrap, client.id = client_id,
+ * librdkafka's logs routed to ours (mod=kafka), the role's low-latency
+ * defaults (producer: linger.ms=1, acks=all, enable.idempotence=true;
+ * consumer: fetch.wait.max.ms=1, enable.auto.offset.store=false,
+ * partition.assignment.strategy=range, session.timeout.ms=6000) and then each
+ * "key=value" of `overrides` (NULL-terminated, may be NULL), which win.
+ * Returns NULL with err filled on a bad setting. */
+rd_kafka_conf_t *fo_kafka_conf_new(fo_kafka_role_t role, const char *bootstrap,
+                                   const char *client_id, char *const *overrides, char *err,
+                                   size_t errlen);
 
 #endif

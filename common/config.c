@@ -1,0 +1,316 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static void *field_ptr(void *cfg, const fo_cfg_field_t *f) { return (char *)cfg + f->offset; }
+
+/* "jwt-secret" -> "FANOUT_JWT_SECRET" */
+static void env_name(const char *name, char *out, size_t outlen) {
+  size_t o = (size_t)snprintf(out, outlen, "FANOUT_");
+  for (const char *p = name; *p != '\0' && o + 1 < outlen; p++)
+    out[o++] = *p == '-' || *p == '.' ? '_' : (char)toupper((unsigned char)*p);
+  out[o] = '\0';
+}
+
+int fo_addr_parse(const char *s, fo_addr_t *out, char *err, size_t errlen) {
+  const char *colon;
+  const char *host = s;
+  size_t hostlen;
+  if (s[0] == '[') {
+    const char *end = strchr(s, ']');
+    if (end == NULL || end[1] != ':') {
+      snprintf(err, errlen, "expected [IPV6]:PORT");
+      return -EINVAL;
+    }
+    host = s + 1;
+    hostlen = (size_t)(end - host);
+    colon = end + 1;
+  } else {
+    colon = strrchr(s, ':');
+    if (colon == NULL) {
+      snprintf(err, errlen, "expected HOST:PORT");
+      return -EINVAL;
+    }
+    hostlen = (size_t)(colon - s);
+  }
+  if (hostlen == 0) {
+    snprintf(err, errlen, "empty host");
+    return -EINVAL;
+  }
+  char *endp;
+  errno = 0;
+  long port = strtol(colon + 1, &endp, 10);
+  if (errno != 0 || endp == colon + 1 || *endp != '\0' || port < 0 || port > 65535) {
+    snprintf(err, errlen, "bad port");
+    return -EINVAL;
+  }
+  char *h = strndup(host, hostlen);
+  if (h == NULL)
+    return -ENOMEM;
+  out->host = h;
+  out->port = (int)port;
+  return 0;
+}
+
+static int parse_bool(const char *v, bool *out) {
+  static const char *const yes[] = {"1", "true", "yes", "on"};
+  static const char *const no[] = {"0", "false", "no", "off"};
+  for (int i = 0; i < 4; i++) {
+    if (strcasecmp(v, yes[i]) == 0) {
+      *out = true;
+      return 0;
+    }
+    if (strcasecmp(v, no[i]) == 0) {
+      *out = false;
+      return 0;
+    }
+  }
+  return -EINVAL;
+}
+
+/* Applies one textual value to a field; on error fills err with the reason. */
+static int set_value(void *cfg, const fo_cfg_field_t *f, const char *v, char *err,
+                     size_t errlen) {
+  void *dst = field_ptr(cfg, f);
+  switch (f->type) {
+  case FO_CFG_INT: {
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (errno != 0 || end == v || *end != '\0') {
+      snprintf(err, errlen, "not an integer");
+      return -EINVAL;
+    }
+    if (n < f->min || n > f->max) {
+      snprintf(err, errlen, "must be in %" PRId64 "..%" PRId64, f->min, f->max);
+      return -EINVAL;
+    }
+    *(int64_t *)dst = n;
+    return 0;
+  }
+  case FO_CFG_BOOL:
+    if (parse_bool(v, dst) != 0) {
+      snprintf(err, errlen, "must be true or false");
+      return -EINVAL;
+    }
+    return 0;
+  case FO_CFG_STR: {
+    size_t len = strlen(v);
+    if ((int64_t)len < f->min || (f->max > 0 && (int64_t)len > f->max)) {
+      snprintf(err, errlen, "length must be in %" PRId64 "..%" PRId64, f->min, f->max);
+      return -EINVAL;
+    }
+    char *copy = strdup(v);
+    if (copy == NULL)
+      return -ENOMEM;
+    free(*(char **)dst);
+    *(char **)dst = copy;
+    return 0;
+  }
+  case FO_CFG_ADDR: {
+    fo_addr_t a = {NULL, 0};
+    int rc = fo_addr_parse(v, &a, err, errlen);
+    if (rc != 0)
+      return rc;
+    if (a.port < f->min || a.port > f->max) {
+      snprintf(err, errlen, "port must be in %" PRId64 "..%" PRId64, f->min, f->max);
+      free(a.host);
+      return -EINVAL;
+    }
+    fo_addr_t *d = dst;
+    free(d->host);
+    *d = a;
+    return 0;
+  }
+  }
+  return -EINVAL;
+}
+
+static const fo_cfg_field_t *find_field(const fo_cfg_field_t *fields, size_t n, const char *name,
+                                        size_t len) {
+  for (size_t i = 0; i < n; i++) {
+    if (strlen(fields[i].name) == len && strncmp(fields[i].name, name, len) == 0)
+      return &fields[i];
+  }
+  return NULL;
+}
+
+static int apply(void *cfg, const fo_cfg_field_t *f, const char *v, const char *source,
+                 char *err, size_t errlen) {
+  char why[160];
+  why[0] = '\0';
+  int rc = set_value(cfg, f, v, why, sizeof(why));
+  if (rc != 0) {
+    bool secret = strstr(f->name, "secret") != NULL || strstr(f->name, "key") != NULL;
+    snprintf(err, errlen, "%s=%s (%s): %s", f->name, secret ? "<hidden>" : v, source, why);
+  }
+  return rc;
+}
+
+int fo_cfg_load(const fo_cfg_field_t *fields, size_t nfields, void *cfg, int argc, char **argv,
+                char *err, size_t errlen) {
+  int result = FO_CFG_OK;
+  for (size_t i = 0; i < nfields; i++) {
+    if (fields[i].def != NULL) {
+      int rc = apply(cfg, &fields[i], fields[i].def, "default", err, errlen);
+      if (rc != 0)
+        return rc;
+    }
+  }
+  for (size_t i = 0; i < nfields; i++) {
+    char ename[96];
+    env_name(fields[i].name, ename, sizeof(ename));
+    const char *v = getenv(ename);
+    if (v != NULL) {
+      char source[128];
+      snprintf(source, sizeof(source), "env %s", ename);
+      int rc = apply(cfg, &fields[i], v, source, err, errlen);
+      if (rc != 0)
+        return rc;
+    }
+  }
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
+      return FO_CFG_HELP;
+    if (strcmp(a, "--check-config") == 0) {
+      result = FO_CFG_CHECK_ONLY;
+      continue;
+    }
+    if (strncmp(a, "--", 2) != 0) {
+      snprintf(err, errlen, "unexpected argument '%s'", a);
+      return -EINVAL;
+    }
+    const char *name = a + 2;
+    const char *eq = strchr(name, '=');
+    size_t nlen = eq != NULL ? (size_t)(eq - name) : strlen(name);
+    const fo_cfg_field_t *f = find_field(fields, nfields, name, nlen);
+    if (f == NULL) {
+      snprintf(err, errlen, "unknown option '--%.*s'", (int)nlen, name);
+      return -EINVAL;
+    }
+    const char *v;
+    if (eq != NULL) {
+      v = eq + 1;
+    } else if (f->type == FO_CFG_BOOL && (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0)) {
+      v = "true"; /* a bare boolean flag switches it on */
+    } else if (i + 1 < argc) {
+      v = argv[++i];
+    } else {
+      snprintf(err, errlen, "option '--%s' needs a value", f->name);
+      return -EINVAL;
+    }
+    char source[96];
+    snprintf(source, sizeof(source), "flag --%s", f->name);
+    int rc = apply(cfg, f, v, source, err, errlen);
+    if (rc != 0)
+      return rc;
+  }
+  return result;
+}
+
+void fo_cfg_usage(const char *prog, const char *about, const fo_cfg_field_t *fields,
+                  size_t nfields, void *fp) {
+  FILE *f = fp;
+  fprintf(f, "usage: %s [--option value | --option=value]...\n", prog);
+  if (about != NULL)
+    fprintf(f, "%s\n", about);
+  fprintf(f, "\nEach option can also be set by the environment variable shown (the flag wins).\n\n");
+  for (size_t i = 0; i < nfields; i++) {
+    const fo_cfg_field_t *fd = &fields[i];
+    char ename[96];
+    env_name(fd->name, ename, sizeof(ename));
+    const char *kind = fd->type == FO_CFG_INT ? "N" : fd->type == FO_CFG_BOOL ? "BOOL"
+                       : fd->type == FO_CFG_ADDR ? "HOST:PORT" : "TEXT";
+    fprintf(f, "  --%s %s\n      %s\n      env %s, default: %s", fd->name, kind,
+            fd->help != NULL ? fd->help : "", ename,
+            fd->def == NULL ? "(none)" : fd->def[0] == '\0' ? "\"\"" : fd->def);
+    if (fd->type == FO_CFG_INT)
+      fprintf(f, ", range %" PRId64 "..%" PRId64, fd->min, fd->max);
+    fprintf(f, "\n");
+  }
+  fprintf(f, "  --check-config\n      validate the configuration and exit\n");
+  fprintf(f, "  --help\n      show this help and exit\n");
+}
+
+void fo_cfg_free(const fo_cfg_field_t *fields, size_t nfields, void *cfg) {
+  for (size_t i = 0; i < nfields; i++) {
+    void *dst = field_ptr(cfg, &fields[i]);
+    if (fields[i].type == FO_CFG_STR) {
+      free(*(char **)dst);
+      *(char **)dst = NULL;
+    } else if (fields[i].type == FO_CFG_ADDR) {
+      free(((fo_addr_t *)dst)->host);
+      ((fo_addr_t *)dst)->host = NULL;
+    }
+  }
+}
+
+int fo_cfg_main(const char *prog, const char *about, const fo_cfg_field_t *fields,
+                size_t nfields, void *cfg, int argc, char **argv,
+                int (*finalize)(void *cfg, char *err, size_t errlen)) {
+  char err[512];
+  err[0] = '\0';
+  int rc = fo_cfg_load(fields, nfields, cfg, argc, argv, err, sizeof(err));
+  if (rc == FO_CFG_HELP) {
+    fo_cfg_usage(prog, about, fields, nfields, stdout);
+    fo_cfg_free(fields, nfields, cfg);
+    exit(0);
+  }
+  if (rc < 0 || (finalize != NULL && finalize(cfg, err, sizeof(err)) != 0)) {
+    fprintf(stderr, "%s: config: %s\n", prog, err[0] ? err : "invalid configuration");
+    fo_cfg_free(fields, nfields, cfg);
+    exit(2);
+  }
+  if (rc == FO_CFG_CHECK_ONLY)
+    fprintf(stdout, "%s: configuration ok\n", prog);
+  return rc;
+}
+
+int fo_cfg_list_split(const char *s, char ***out) {
+  size_t cap = 1;
+  for (const char *p = s; *p != '\0'; p++)
+    cap += *p == ',';
+  char **list = calloc(cap + 1, sizeof(char *));
+  if (list == NULL)
+    return -ENOMEM;
+  int n = 0;
+  const char *start = s;
+  for (;;) {
+    const char *end = strchr(start, ',');
+    size_t len = end != NULL ? (size_t)(end - start) : strlen(start);
+    while (len > 0 && isspace((unsigned char)*start)) {
+      start++;
+      len--;
+    }
+    while (len > 0 && isspace((unsigned char)start[len - 1]))
+      len--;
+    if (len > 0) {
+      list[n] = strndup(start, len);
+      if (list[n] == NULL) {
+        fo_cfg_list_free(list);
+        return -ENOMEM;
+      }
+      n++;
+    }
+    if (end == NULL)
+      break;
+    start = end + 1;
+  }
+  *out = list;
+  return n;
+}
+
+void fo_cfg_list_free(char **list) {
+  if (list == NULL)
+    return;
+  for (char **p = list; *p != NULL; p++)
+    free(*p);
+  free(list);
+}
