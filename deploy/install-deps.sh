@@ -10,7 +10,7 @@ PKGS=(
   redis-server kcat nginx-light wrk curl procps
   clang libclang-rt-14-dev llvm
   python3 python3-websockets
-  openjdk-17-jre-headless maven
+  openjdk-17-jdk-headless maven  # javac: deploy/local/apache-kafka compiles its admin helper
 )
 
 missing=()
