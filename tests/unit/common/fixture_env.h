@@ -20,7 +20,10 @@ static inline int fixture_get(const char *name, const char *key, char *out, size
   while (fgets(line, sizeof(line), f) != NULL) {
     if (strncmp(line, key, klen) == 0 && line[klen] == '=') {
       line[strcspn(line, "\r\n")] = '\0';
-      snprintf(out, cap, "%s", line + klen + 1);
+      size_t n = strlen(line + klen + 1);
+      if (n >= cap)
+        break;
+      memcpy(out, line + klen + 1, n + 1);
       rc = 0;
       break;
     }
