@@ -1,0 +1,726 @@
+/* Routes -> handlers for the ingest HTTP API (schemas/http-api.md):
+ *   POST /v1/send, /v1/broadcast, /v1/batch   -> Kafka, answered from the
+ *                                               delivery report (202) or
+ *                                               with an error by the deadline
+ *   GET  /v1/presence/{user}                   -> presence.c (Redis)
+ *   GET  /healthz, /readyz, /metrics
+ * A "job" is one HTTP request waiting for the delivery reports of its
+ * records; jobs sit in a FIFO (they all have the same deadline length) that
+ * one timer sweeps, so nothing waits past --produce-timeout-ms. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "envelope.h"
+#include "ingest_int.h"
+#include "json_out.h"
+#include "log.h"
+#include "partition.h"
+
+#define MAX_IDEM_KEY 255
+
+typedef struct job job_t;
+
+typedef struct {
+  fo_prod_req_t preq; /* first: the opaque handed to librdkafka */
+  job_t *job;
+  int index;
+} item_t;
+
+typedef struct {
+  int status;       /* 0 while waiting for Kafka */
+  const char *error;/* static text, or NULL */
+  uint8_t id[FO_ID_LEN];
+} result_t;
+
+struct job {
+  fo_api_t *api;
+  job_t *prev, *next;   /* deadline FIFO, while unanswered */
+  fo_reply_t *reply;    /* NULL once answered */
+  fo_idem_entry_t *idem;
+  uint64_t deadline_ms;
+  bool batch;
+  bool listed;
+  int n;                /* items */
+  int outstanding;      /* delivery reports still to come */
+  int unknown;          /* items without a result yet */
+  result_t *results;    /* [n], in the same allocation */
+  item_t *items;        /* [n], in the same allocation */
+};
+
+struct fo_api {
+  fo_ingest_t *ing;
+  uv_timer_t timer; /* timer.data == this */
+  job_t *oldest, *newest;
+  size_t pending;   /* jobs not yet freed */
+  uint64_t *c_status[600];
+  uint64_t *c_route[8];
+  uint64_t *c_timeouts;
+  int64_t *g_jobs;
+  char retry_after[48];
+};
+
+enum { R_SEND, R_BROADCAST, R_BATCH, R_PRESENCE, R_HEALTHZ, R_READYZ, R_METRICS, R_OTHER };
+static const char *const route_names[] = {"send",    "broadcast", "batch",   "presence",
+                                          "healthz", "readyz",    "metrics", "other"};
+
+/* ---- helpers shared with intake.c -------------------------------------------- */
+
+const char *fo__target_invalid(const char *s, size_t len) {
+  if (len == 0)
+    return "must not be empty";
+  if (len > FO_ENV_MAX_TARGET)
+    return "longer than 256 bytes";
+  if (!fo_utf8_valid(s, len))
+    return "not valid UTF-8";
+  for (size_t i = 0; i < len; i++) {
+    if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+      return "contains control characters";
+  }
+  return NULL;
+}
+
+int fo__envelope_build(fo_ingest_t *ing, int kind, const char *target, size_t target_len,
+                       const char *json, size_t json_len, fo_sb_t *out,
+                       uint8_t id_out[FO_ID_LEN]) {
+  fo_env_t env;
+  memset(&env, 0, sizeof(env));
+  uint64_t now = fo_now_ms();
+  env.version = FO_ENV_VERSION;
+  fo_id_next(&ing->idgen, now, env.id);
+  env.kind = (fo_env_kind_t)kind;
+  env.target = target;
+  env.target_len = target_len;
+  env.payload = (const uint8_t *)json;
+  env.payload_len = json_len;
+  env.content_type = "application/json";
+  env.content_type_len = strlen(env.content_type);
+  env.created_ms = (int64_t)now;
+  memcpy(id_out, env.id, FO_ID_LEN);
+  return fo_env_encode(&env, out);
+}
+
+/* ---- metrics ------------------------------------------------------------------ */
+
+void fo__api_count_status(fo_ingest_t *ing, int status) {
+  fo_api_t *api = ing->api;
+  if (api == NULL || status < 100 || status >= 600)
+    return;
+  if (api->c_status[status] == NULL) {
+    char name[96];
+    snprintf(name, sizeof(name), "fanout_ingest_http_responses_total{code=\"%d\"}", status);
+    api->c_status[status] = fo_metrics_counter(ing->metrics, name, "HTTP responses by status");
+    if (api->c_status[status] == NULL)
+      return;
+  }
+  (*api->c_status[status])++;
+}
+
+size_t fo__api_pending(const fo_api_t *api) { return api->pending; }
+
+static void on_collect(void *ud) {
+  fo_api_t *api = ud;
+  *api->g_jobs = (int64_t)api->pending;
+}
+
+/* ---- jobs ---------------------------------------------------------------------- */
+
+static const char *status_extra(const fo_api_t *api, int status) {
+  return status == 429 || status == 503 ? api->retry_after : NULL;
+}
+
+static void job_unlist(job_t *job) {
+  fo_api_t *api = job->api;
+  if (!job->listed)
+    return;
+  if (job->prev != NULL)
+    job->prev->next = job->next;
+  else
+    api->oldest = job->next;
+  if (job->next != NULL)
+    job->next->prev = job->prev;
+  else
+    api->newest = job->prev;
+  job->listed = false;
+}
+
+static void job_maybe_free(job_t *job) {
+  if (job->reply != NULL || job->outstanding > 0)
+    return;
+  job->api->pending--;
+  free(job);
+}
+
+/* Sends the job's response (timed-out items become 503) and caches it for
+ * the Idempotency-Key, if any. */
+static void job_answer(job_t *job) {
+  fo_api_t *api = job->api;
+  fo_ingest_t *ing = api->ing;
+  job_unlist(job);
+  fo_sb_t body;
+  fo_sb_init(&body);
+  int status;
+  const char *extra = NULL;
+  char idtxt[FO_ID_STR_LEN + 1];
+  for (int i = 0; i < job->n; i++) {
+    if (job->results[i].status == 0) {
+      job->results[i].status = 503;
+      job->results[i].error = "kafka did not acknowledge in time";
+      (*api->c_timeouts)++;
+    }
+  }
+  if (!job->batch) {
+    result_t *r = &job->results[0];
+    status = r->status;
+    if (status == 202) {
+      fo_id_format(r->id, idtxt);
+      fo_sb_printf(&body, "{\"id\":\"%s\"}", idtxt);
+    } else {
+      fo_sb_puts(&body, "{\"error\":");
+      fo_json_put_str(&body, r->error, strlen(r->error));
+      fo_sb_puts(&body, "}");
+      extra = status_extra(api, status);
+    }
+  } else {
+    status = 202;
+    fo_sb_puts(&body, "{\"results\":[");
+    for (int i = 0; i < job->n; i++) {
+      result_t *r = &job->results[i];
+      if (i > 0)
+        fo_sb_putc(&body, ',');
+      if (r->status == 202) {
+        fo_id_format(r->id, idtxt);
+        fo_sb_printf(&body, "{\"id\":\"%s\",\"status\":202}", idtxt);
+      } else {
+        status = 207;
+        fo_sb_printf(&body, "{\"status\":%d,\"error\":", r->status);
+        fo_json_put_str(&body, r->error, strlen(r->error));
+        fo_sb_putc(&body, '}');
+        if (status_extra(api, r->status) != NULL)
+          extra = status_extra(api, r->status);
+      }
+    }
+    fo_sb_puts(&body, "]}");
+  }
+  if (body.oom) {
+    status = 503;
+    fo_sb_reset(&body);
+    fo_sb_puts(&body, "{\"error\":\"out of memory\"}");
+  }
+  if (job->idem != NULL) {
+    /* Cache what Kafka has (2xx, 207 included); errors worth retrying are not cached. */
+    bool cache = status < 300;
+    fo__idem_finish(ing->idem, job->idem, fo_now_ms(), status, extra, body.data, body.len, cache);
+    job->idem = NULL;
+  }
+  fo__reply_send(job->reply, status, "application/json", extra, body.data, body.len);
+  job->reply = NULL;
+  fo_sb_free(&body);
+}
+
+static void on_item_done(fo_prod_req_t *preq, rd_kafka_resp_err_t err, int32_t partition,
+                         int64_t offset) {
+  (void)partition;
+  (void)offset;
+  item_t *item = (item_t *)preq;
+  job_t *job = item->job;
+  job->outstanding--;
+  result_t *r = &job->results[item->index];
+  if (job->reply != NULL && r->status == 0) {
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      r->status = 202;
+    } else if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
+      r->status = 413;
+      r->error = "message too large for Kafka";
+    } else {
+      r->status = 503;
+      r->error = err == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT ? "kafka did not acknowledge in time"
+                                                         : "kafka unavailable";
+    }
+    if (--job->unknown == 0)
+      job_answer(job);
+  }
+  job_maybe_free(job);
+}
+
+static void on_deadline(uv_timer_t *t) {
+  fo_api_t *api = t->data;
+  uint64_t now = uv_now(api->ing->loop);
+  while (api->oldest != NULL && api->oldest->deadline_ms <= now) {
+    job_t *job = api->oldest;
+    job_answer(job); /* unlists it */
+    job_maybe_free(job);
+  }
+}
+
+static job_t *job_new(fo_api_t *api, fo_reply_t *reply, int n, bool batch) {
+  size_t size = sizeof(job_t) + (size_t)n * (sizeof(result_t) + sizeof(item_t));
+  job_t *job = calloc(1, size);
+  if (job == NULL)
+    return NULL;
+  job->api = api;
+  job->reply = reply;
+  job->n = n;
+  job->batch = batch;
+  job->items = (item_t *)(job + 1);
+  job->results = (result_t *)(job->items + n);
+  for (int i = 0; i < n; i++) {
+    job->items[i].preq.done = on_item_done;
+    job->items[i].job = job;
+    job->items[i].index = i;
+  }
+  job->unknown = n;
+  api->pending++;
+  return job;
+}
+
+/* ---- building and producing one message -------------------------------------------- */
+
+/* Validates one {"user"|"room", "data"} object for the given kind (0 = either,
+ * as in a batch) and produces it as item i of job. On a validation or local
+ * produce error the item's result is set and 0 is returned; the job then
+ * does not wait for it. */
+static void produce_item(fo_ingest_t *ing, job_t *job, int i, json_t *obj, int want_kind) {
+  result_t *r = &job->results[i];
+  const char *field = want_kind == FO_ENV_BROADCAST ? "room" : "user";
+  int kind = want_kind == 0 ? FO_ENV_SEND : want_kind;
+  if (!json_is_object(obj)) {
+    r->status = 400;
+    r->error = "message must be a JSON object";
+    return;
+  }
+  json_t *target = json_object_get(obj, field);
+  if (want_kind == 0 && target == NULL) {
+    field = "room";
+    kind = FO_ENV_BROADCAST;
+    target = json_object_get(obj, field);
+  }
+  if (want_kind == 0 && target != NULL && kind == FO_ENV_SEND &&
+      json_object_get(obj, "room") != NULL) {
+    r->status = 400;
+    r->error = "give either user or room, not both";
+    return;
+  }
+  if (target == NULL) {
+    r->status = 400;
+    r->error = want_kind == FO_ENV_BROADCAST ? "missing room"
+               : want_kind == FO_ENV_SEND    ? "missing user"
+                                             : "missing user or room";
+    return;
+  }
+  if (!json_is_string(target)) {
+    r->status = 400;
+    r->error = kind == FO_ENV_BROADCAST ? "room must be a string" : "user must be a string";
+    return;
+  }
+  const char *name = json_string_value(target);
+  size_t name_len = json_string_length(target);
+  const char *why = fo__target_invalid(name, name_len);
+  if (why != NULL) {
+    r->status = 400;
+    r->error = kind == FO_ENV_BROADCAST ? "invalid room" : "invalid user";
+    return;
+  }
+  json_t *data = json_object_get(obj, "data");
+  if (data == NULL) {
+    r->status = 400;
+    r->error = "missing data";
+    return;
+  }
+  char *text = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
+  if (text == NULL) {
+    r->status = 503;
+    r->error = "out of memory";
+    return;
+  }
+  fo_sb_t env;
+  fo_sb_init(&env);
+  int rc = fo__envelope_build(ing, kind, name, name_len, text, strlen(text), &env, r->id);
+  free(text);
+  if (rc != 0) {
+    fo_sb_free(&env);
+    r->status = rc == -ENOMEM ? 503 : 400;
+    r->error = rc == -ENOMEM ? "out of memory" : "cannot encode message";
+    return;
+  }
+  rd_kafka_resp_err_t err = fo__producer_send(
+      ing->producer, kind == FO_ENV_BROADCAST ? FO_TOPIC_ROOMS : FO_TOPIC_USERS, name, name_len,
+      env.data, env.len, NULL, &job->items[i].preq);
+  fo_sb_free(&env);
+  switch (err) {
+  case RD_KAFKA_RESP_ERR_NO_ERROR:
+    job->outstanding++;
+    return;
+  case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+    r->status = 429;
+    r->error = "producer queue full";
+    return;
+  case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    r->status = 413;
+    r->error = "message too large for Kafka";
+    return;
+  default:
+    r->status = 503;
+    r->error = "kafka unavailable";
+    return;
+  }
+}
+
+/* ---- handlers ------------------------------------------------------------------------ */
+
+static bool json_content_type(const char *ct) {
+  if (ct == NULL)
+    return true; /* absent: take the body as JSON */
+  while (*ct == ' ' || *ct == '\t')
+    ct++;
+  size_t len = strcspn(ct, "; \t");
+  if (len == 16 && strncasecmp(ct, "application/json", 16) == 0)
+    return true;
+  /* curl -d sends this when no type is given: the body is still read as JSON
+   * (and refused with 400 if it is not). */
+  if (len == 33 && strncasecmp(ct, "application/x-www-form-urlencoded", 33) == 0)
+    return true;
+  /* application/<something>+json */
+  return len > 17 && strncasecmp(ct, "application/", 12) == 0 &&
+         strncasecmp(ct + len - 5, "+json", 5) == 0;
+}
+
+/* Parses the body of a POST /v1 request; on failure answers and returns NULL. */
+static json_t *parse_body(fo_reply_t *reply, fo_http_request_t *req) {
+  if (!json_content_type(fo_http_header(req, "content-type"))) {
+    fo__reply_error(reply, 415, "content type must be application/json", NULL);
+    return NULL;
+  }
+  if (req->body.len == 0) {
+    fo__reply_error(reply, 400, "empty body", NULL);
+    return NULL;
+  }
+  json_error_t jerr;
+  json_t *root = json_loadb(req->body.data, req->body.len, JSON_REJECT_DUPLICATES, &jerr);
+  if (root == NULL) {
+    char msg[256];
+    snprintf(msg, sizeof(msg), "invalid JSON: %s (line %d, column %d)", jerr.text, jerr.line,
+             jerr.column);
+    fo__reply_error(reply, 400, msg, NULL);
+    return NULL;
+  }
+  if (!json_is_object(root)) {
+    json_decref(root);
+    fo__reply_error(reply, 400, "body must be a JSON object", NULL);
+    return NULL;
+  }
+  return root;
+}
+
+static void handle_produce(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_t *req,
+                           int route, int key_index) {
+  fo_api_t *api = ing->api;
+  const fo_ingest_cfg_t *cfg = ing->cfg;
+  if (ing->stopping) {
+    fo__reply_error(reply, 503, "shutting down", api->retry_after);
+    return;
+  }
+  json_t *root = parse_body(reply, req);
+  if (root == NULL)
+    return;
+  json_t *messages = NULL;
+  int n = 1;
+  if (route == R_BATCH) {
+    messages = json_object_get(root, "messages");
+    if (messages == NULL || !json_is_array(messages)) {
+      json_decref(root);
+      fo__reply_error(reply, 400,
+                      messages == NULL ? "missing messages" : "messages must be an array", NULL);
+      return;
+    }
+    n = (int)json_array_size(messages);
+    if (n == 0 || n > cfg->batch_max_items) {
+      json_decref(root);
+      fo__reply_error(reply, 400,
+                      n == 0 ? "messages must not be empty" : "too many messages in the batch",
+                      NULL);
+      return;
+    }
+  } else {
+    /* Fail fast on a malformed single message, before any idempotency state. */
+    const char *field = route == R_BROADCAST ? "room" : "user";
+    json_t *target = json_object_get(root, field);
+    const char *err = NULL;
+    if (target == NULL)
+      err = route == R_BROADCAST ? "missing room" : "missing user";
+    else if (!json_is_string(target))
+      err = route == R_BROADCAST ? "room must be a string" : "user must be a string";
+    else if (fo__target_invalid(json_string_value(target), json_string_length(target)) != NULL)
+      err = route == R_BROADCAST ? "invalid room" : "invalid user";
+    else if (json_object_get(root, "data") == NULL)
+      err = "missing data";
+    if (err != NULL) {
+      json_decref(root);
+      fo__reply_error(reply, 400, err, NULL);
+      return;
+    }
+  }
+
+  fo_idem_entry_t *idem = NULL;
+  const char *ikey = fo_http_header(req, "idempotency-key");
+  if (ikey != NULL && ing->idem != NULL) {
+    size_t iklen = strlen(ikey);
+    if (iklen == 0 || iklen > MAX_IDEM_KEY) {
+      json_decref(root);
+      fo__reply_error(reply, 400, "Idempotency-Key must be 1..255 characters", NULL);
+      return;
+    }
+    char scoped[MAX_IDEM_KEY + 64];
+    int sl = snprintf(scoped, sizeof(scoped), "%d|%s|%s", key_index, route_names[route], ikey);
+    uint32_t fp = fo_hash32(req->body.data, req->body.len);
+    switch (fo__idem_begin(ing->idem, fo_now_ms(), scoped, (size_t)sl, fp, reply, &idem)) {
+    case FO_IDEM_DONE:
+    case FO_IDEM_WAIT:
+      json_decref(root);
+      return;
+    case FO_IDEM_MISMATCH:
+      json_decref(root);
+      fo__reply_error(reply, 422, "Idempotency-Key reused with a different request", NULL);
+      return;
+    case FO_IDEM_FULL:
+      idem = NULL;
+      break;
+    case FO_IDEM_NEW:
+      break;
+    }
+  }
+
+  job_t *job = job_new(api, reply, n, route == R_BATCH);
+  if (job == NULL) {
+    json_decref(root);
+    if (idem != NULL)
+      fo__idem_finish(ing->idem, idem, fo_now_ms(), 503, NULL, NULL, 0, false);
+    fo__reply_error(reply, 503, "out of memory", api->retry_after);
+    return;
+  }
+  job->idem = idem;
+  if (route == R_BATCH) {
+    for (int i = 0; i < n; i++)
+      produce_item(ing, job, i, json_array_get(messages, (size_t)i), 0);
+  } else {
+    produce_item(ing, job, 0, root, route == R_BROADCAST ? FO_ENV_BROADCAST : FO_ENV_SEND);
+  }
+  json_decref(root);
+  job->unknown = job->outstanding;
+  if (job->outstanding == 0) {
+    job_answer(job);
+    job_maybe_free(job);
+    return;
+  }
+  job->deadline_ms = uv_now(ing->loop) + (uint64_t)cfg->produce_timeout_ms;
+  job->listed = true;
+  job->prev = api->newest;
+  if (api->newest != NULL)
+    api->newest->next = job;
+  else
+    api->oldest = job;
+  api->newest = job;
+}
+
+static void handle_metrics(fo_ingest_t *ing, fo_reply_t *reply) {
+  fo_sb_t out;
+  fo_sb_init(&out);
+  if (fo_metrics_render(ing->metrics, &out) != 0) {
+    fo_sb_free(&out);
+    fo__reply_error(reply, 503, "out of memory", NULL);
+    return;
+  }
+  fo__reply_send(reply, 200, "text/plain; version=0.0.4", NULL, out.data, out.len);
+  fo_sb_free(&out);
+}
+
+static void handle_readyz(fo_ingest_t *ing, fo_reply_t *reply) {
+  bool kafka = fo__producer_ready(ing->producer);
+  bool redis = ing->presence != NULL && fo__presence_connected(ing->presence);
+  char body[128];
+  int status = kafka && !ing->stopping ? 200 : 503;
+  snprintf(body, sizeof(body), "{%s,\"kafka\":%s,\"redis\":%s}",
+           status == 200 ? "\"status\":\"ready\""
+           : ing->stopping ? "\"error\":\"shutting down\""
+                           : "\"error\":\"kafka unavailable\"",
+           kafka ? "true" : "false", redis ? "true" : "false");
+  fo__reply_send(reply, status, "application/json", status == 503 ? ing->api->retry_after : NULL,
+                 body, strlen(body));
+}
+
+static int hexval(int c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+/* Percent-decodes s into out (at most outlen bytes); returns the length or -1. */
+static ssize_t pct_decode(const char *s, char *out, size_t outlen) {
+  size_t o = 0;
+  for (size_t i = 0; s[i] != '\0'; i++) {
+    int c = (unsigned char)s[i];
+    if (c == '%') {
+      int hi = s[i + 1] != '\0' ? hexval((unsigned char)s[i + 1]) : -1;
+      int lo = hi >= 0 && s[i + 2] != '\0' ? hexval((unsigned char)s[i + 2]) : -1;
+      if (hi < 0 || lo < 0)
+        return -1;
+      c = hi << 4 | lo;
+      i += 2;
+    }
+    if (o >= outlen)
+      return -1;
+    out[o++] = (char)c;
+  }
+  return (ssize_t)o;
+}
+
+static void handle_presence(fo_ingest_t *ing, fo_reply_t *reply, const char *raw) {
+  char user[FO_ENV_MAX_TARGET + 1];
+  ssize_t len = pct_decode(raw, user, FO_ENV_MAX_TARGET);
+  if (len < 0 || fo__target_invalid(user, (size_t)len) != NULL) {
+    fo__reply_error(reply, 400, "invalid user", NULL);
+    return;
+  }
+  if (ing->presence == NULL) {
+    fo__reply_error(reply, 503, "presence is not configured (no --redis)", NULL);
+    return;
+  }
+  fo__presence_get(ing->presence, user, (size_t)len, reply);
+}
+
+void fo__api_handle(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_t *req) {
+  fo_api_t *api = ing->api;
+  const char *path = req->path;
+  int route = R_OTHER;
+  const char *allow = NULL;
+  bool is_v1 = strncmp(path, "/v1/", 4) == 0;
+  if (strcmp(path, "/v1/send") == 0)
+    route = R_SEND;
+  else if (strcmp(path, "/v1/broadcast") == 0)
+    route = R_BROADCAST;
+  else if (strcmp(path, "/v1/batch") == 0)
+    route = R_BATCH;
+  else if (strncmp(path, "/v1/presence/", 13) == 0 && path[13] != '\0' &&
+           strchr(path + 13, '/') == NULL)
+    route = R_PRESENCE;
+  else if (strcmp(path, "/healthz") == 0)
+    route = R_HEALTHZ;
+  else if (strcmp(path, "/readyz") == 0)
+    route = R_READYZ;
+  else if (strcmp(path, "/metrics") == 0)
+    route = R_METRICS;
+  if (api->c_route[route] != NULL)
+    (*api->c_route[route])++;
+  if (route == R_OTHER) {
+    fo__reply_error(reply, 404, "not found", NULL);
+    return;
+  }
+  bool post = route == R_SEND || route == R_BROADCAST || route == R_BATCH;
+  if (post && strcmp(req->method, "POST") != 0)
+    allow = "Allow: POST\r\n";
+  else if (!post && strcmp(req->method, "GET") != 0)
+    allow = "Allow: GET\r\n";
+  if (allow != NULL) {
+    fo__reply_error(reply, 405, "method not allowed", allow);
+    return;
+  }
+  int key_index = -1;
+  if (is_v1) {
+    const char *token = fo_http_bearer(req);
+    if (token == NULL) {
+      fo__reply_error(reply, 401, "missing API key (Authorization: Bearer <key>)",
+                      "WWW-Authenticate: Bearer\r\n");
+      return;
+    }
+    key_index = fo__auth_check(ing->auth, token, strlen(token));
+    if (key_index < 0) {
+      fo__reply_error(reply, 401, "invalid API key", "WWW-Authenticate: Bearer\r\n");
+      return;
+    }
+  }
+  switch (route) {
+  case R_SEND:
+  case R_BROADCAST:
+  case R_BATCH:
+    handle_produce(ing, reply, req, route, key_index);
+    return;
+  case R_PRESENCE:
+    handle_presence(ing, reply, path + 13);
+    return;
+  case R_HEALTHZ:
+    fo__reply_send(reply, 200, "application/json", NULL, "{\"status\":\"ok\"}", 15);
+    return;
+  case R_READYZ:
+    handle_readyz(ing, reply);
+    return;
+  case R_METRICS:
+    handle_metrics(ing, reply);
+    return;
+  default:
+    fo__reply_error(reply, 404, "not found", NULL);
+    return;
+  }
+}
+
+/* ---- lifetime --------------------------------------------------------------------------- */
+
+int fo__api_new(fo_ingest_t *ing, fo_api_t **out) {
+  fo_api_t *api = calloc(1, sizeof(*api));
+  if (api == NULL)
+    return -ENOMEM;
+  api->ing = ing;
+  snprintf(api->retry_after, sizeof(api->retry_after), "Retry-After: %" PRId64 "\r\n",
+           ing->cfg->retry_after_s);
+  for (int r = 0; r <= R_OTHER; r++) {
+    char name[96];
+    snprintf(name, sizeof(name), "fanout_ingest_http_requests_total{route=\"%s\"}",
+             route_names[r]);
+    api->c_route[r] = fo_metrics_counter(ing->metrics, name, "HTTP requests by route");
+  }
+  api->c_timeouts = fo_metrics_counter(ing->metrics, "fanout_ingest_produce_timeouts_total",
+                                       "Messages answered 503 at the produce deadline");
+  api->g_jobs = fo_metrics_gauge(ing->metrics, "fanout_ingest_requests_waiting",
+                                 "HTTP requests waiting for Kafka acknowledgements");
+  if (api->c_timeouts == NULL || api->g_jobs == NULL ||
+      fo_metrics_on_collect(ing->metrics, on_collect, api) != 0) {
+    free(api);
+    return -ENOMEM;
+  }
+  uv_timer_init(ing->loop, &api->timer);
+  api->timer.data = api;
+  uint64_t period = (uint64_t)ing->cfg->produce_timeout_ms / 20;
+  period = period < 10 ? 10 : period > 100 ? 100 : period;
+  uv_timer_start(&api->timer, on_deadline, period, period);
+  uv_unref((uv_handle_t *)&api->timer);
+  *out = api;
+  return 0;
+}
+
+static void on_timer_closed(uv_handle_t *h) { (void)h; }
+
+void fo__api_close(fo_api_t *api) {
+  if (api == NULL || uv_is_closing((uv_handle_t *)&api->timer))
+    return;
+  uv_close((uv_handle_t *)&api->timer, on_timer_closed);
+}
+
+void fo__api_free(fo_api_t *api) {
+  if (api == NULL)
+    return;
+  /* Jobs still listed are answered (their connections are gone by now). */
+  while (api->oldest != NULL) {
+    job_t *job = api->oldest;
+    job_answer(job);
+    job_maybe_free(job);
+  }
+  free(api);
+}
