@@ -401,7 +401,8 @@ static json_t *parse_body(fo_reply_t *reply, fo_http_request_t *req) {
     return NULL;
   }
   json_error_t jerr;
-  json_t *root = json_loadb(req->body.data, req->body.len, JSON_REJECT_DUPLICATES, &jerr);
+  json_t *root = json_loadb(req->body.data, req->body.len,
+                            JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
   if (root == NULL) {
     char msg[256];
     snprintf(msg, sizeof(msg), "invalid JSON: %s (line %d, column %d)", jerr.text, jerr.line,
