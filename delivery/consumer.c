@@ -1,0 +1,620 @@
+/* Kafka -> dispatch. Two consumers on the loop (librdkafka queue IO events):
+ *  - fanout.users through the consumer group (range assignor): each record
+ *    becomes one client frame routed by router.c; its offset is stored only
+ *    when the router released it (written locally and PUBLISHed), and
+ *    auto-commit commits what was stored.
+ *  - fanout.rooms read in full by every server: all partitions assigned by
+ *    hand (no group membership, no commits), starting at the end of each
+ *    partition when the server starts: room messages are live broadcasts
+ *    to whoever is connected now. Each record is encoded once and queued on
+ *    every local member of the room.
+ * Undecodable records are counted, logged once per kind of fault, skipped. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
+
+#include "delivery_int.h"
+#include "envelope.h"
+#include "id.h"
+#include "json_out.h"
+#include "kafka_uv.h"
+#include "log.h"
+#include "ws.h"
+
+typedef struct {
+  rd_kafka_t *rk;
+  rd_kafka_queue_t *q;
+  fo_kafka_uv_t *kuv;
+  rd_kafka_topic_t *rkt;        /* for offset stores */
+  rd_kafka_topic_partition_list_t *assigned; /* our copy, NULL when none */
+  int64_t *next_off;            /* per partition: next offset to consume, -1 unknown */
+  int32_t nparts;
+  bool closed;
+  char letter;                  /* 'u' or 'r' in pos */
+} fo_kc_t;
+
+struct fo_consumer {
+  fo_server_t *srv;
+  fo_kc_t users;
+  fo_kc_t rooms;
+  fo_sb_t sb;                   /* frame text builder */
+  bool revoke_pending;
+  uv_timer_t revoke_timer;
+  uv_timer_t meta_timer;
+  uv_work_t meta_work;
+  bool meta_busy;
+  int meta_partitions;          /* result of the metadata request */
+  char meta_err[128];
+  int open_handles;
+  bool draining;
+  unsigned logged_kinds;        /* bit per decode fault already logged */
+};
+
+enum { FAULT_KAFKA = 1, FAULT_ENVELOPE = 2, FAULT_KIND = 4, FAULT_VERSION = 8 };
+
+static void log_once(fo_consumer_t *c, unsigned kind, const char *topic, const char *why) {
+  if (c->logged_kinds & kind)
+    return;
+  c->logged_kinds |= kind;
+  FO_LOG_WARN("consumer", "skipping undecodable record (logged once per kind)",
+              "topic=%s why=\"%s\"", topic, why);
+}
+
+/* ---- assignment bookkeeping ---- */
+
+static void track_partition(fo_kc_t *kc, int32_t p, int64_t next) {
+  if (p < 0 || p > 100000)
+    return;
+  if (p >= kc->nparts) {
+    int32_t n = p + 1;
+    int64_t *nn = realloc(kc->next_off, (size_t)n * sizeof(*nn));
+    if (nn == NULL)
+      return;
+    for (int32_t i = kc->nparts; i < n; i++)
+      nn[i] = -1;
+    kc->next_off = nn;
+    kc->nparts = n;
+  }
+  kc->next_off[p] = next;
+}
+
+static void set_assigned(fo_consumer_t *c, fo_kc_t *kc, rd_kafka_topic_partition_list_t *l) {
+  if (kc->assigned != NULL)
+    rd_kafka_topic_partition_list_destroy(kc->assigned);
+  kc->assigned = l != NULL ? rd_kafka_topic_partition_list_copy(l) : NULL;
+  int64_t n = 0;
+  n += c->users.assigned ? c->users.assigned->cnt : 0;
+  n += c->rooms.assigned ? c->rooms.assigned->cnt : 0;
+  *c->srv->m.assigned_partitions = n;
+  if (c->srv->paused && kc->assigned != NULL)
+    rd_kafka_pause_partitions(kc->rk, kc->assigned);
+}
+
+/* ---- frames ---- */
+
+static bool is_json_ct(const char *ct, size_t n) {
+  static const char js[] = "application/json";
+  size_t jl = sizeof(js) - 1;
+  if (n < jl || strncasecmp(ct, js, jl) != 0)
+    return false;
+  return n == jl || ct[jl] == ';' || ct[jl] == ' ';
+}
+
+/* Builds the client frame text of a message into c->sb. */
+static int build_text(fo_consumer_t *c, const fo_env_t *env, char letter, int32_t partition,
+                      int64_t offset) {
+  fo_sb_t *sb = &c->sb;
+  char id[FO_ID_STR_LEN + 1];
+  fo_sb_reset(sb);
+  fo_id_format(env->id, id);
+  fo_sb_puts(sb, "{\"type\":\"message\",\"id\":\"");
+  fo_sb_puts(sb, id);
+  fo_sb_puts(sb, letter == 'u' ? "\",\"user\":" : "\",\"room\":");
+  fo_json_put_str(sb, env->target, env->target_len);
+  fo_sb_printf(sb, ",\"pos\":\"%c/%" PRId32 "/%" PRId64 "\",\"data\":", letter, partition,
+               offset);
+  bool done = false;
+  if (is_json_ct(env->content_type, env->content_type_len)) {
+    /* Validated once per message, inserted raw for every recipient. */
+    json_t *j = json_loadb((const char *)env->payload, env->payload_len,
+                           JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    if (j != NULL) {
+      json_decref(j);
+      fo_sb_append(sb, env->payload, env->payload_len);
+      done = true;
+    }
+  }
+  if (!done) {
+    if (fo_utf8_valid(env->payload, env->payload_len)) {
+      fo_json_put_str(sb, (const char *)env->payload, env->payload_len);
+    } else {
+      fo_sb_putc(sb, '"');
+      fo_base64_put(sb, env->payload, env->payload_len);
+      fo_sb_puts(sb, "\",\"encoding\":\"base64\"");
+    }
+  }
+  fo_sb_putc(sb, '}');
+  return sb->oom ? -ENOMEM : 0;
+}
+
+/* ---- records ---- */
+
+static void on_user_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
+  fo_server_t *srv = c->srv;
+  fo_env_t env;
+  char err[128];
+  (*srv->m.msgs_in_users)++;
+  track_partition(&c->users, msg->partition, msg->offset + 1);
+  int rc = fo_env_decode(msg->payload, msg->len, &env, err, sizeof(err));
+  if (rc != 0 || env.kind != FO_ENV_SEND) {
+    (*srv->m.decode_errors)++;
+    log_once(c, rc == -ENOTSUP ? FAULT_VERSION : rc != 0 ? FAULT_ENVELOPE : FAULT_KIND,
+             srv->cfg->users_topic, rc != 0 ? err : "not a send envelope");
+    fo__router_skip(srv, msg->partition, msg->offset);
+    return;
+  }
+  if (build_text(c, &env, 'u', msg->partition, msg->offset) != 0) {
+    (*srv->m.drops)++;
+    fo__router_skip(srv, msg->partition, msg->offset);
+    return;
+  }
+  if (fo__router_user(srv, env.target, env.target_len, c->sb.data, c->sb.len, msg->partition,
+                      msg->offset) != 0) {
+    (*srv->m.drops)++;
+    fo__router_skip(srv, msg->partition, msg->offset);
+  }
+}
+
+static void on_room_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
+  fo_server_t *srv = c->srv;
+  fo_env_t env;
+  char err[128];
+  (*srv->m.msgs_in_rooms)++;
+  track_partition(&c->rooms, msg->partition, msg->offset + 1);
+  int rc = fo_env_decode(msg->payload, msg->len, &env, err, sizeof(err));
+  if (rc != 0 || env.kind != FO_ENV_BROADCAST) {
+    (*srv->m.decode_errors)++;
+    log_once(c, rc == -ENOTSUP ? FAULT_VERSION : rc != 0 ? FAULT_ENVELOPE : FAULT_KIND,
+             srv->cfg->rooms_topic, rc != 0 ? err : "not a broadcast envelope");
+    return;
+  }
+  if (build_text(c, &env, 'r', msg->partition, msg->offset) != 0) {
+    (*srv->m.drops)++;
+    return;
+  }
+  fo_buf_t *frame = fo__frame_new(srv, FO_WS_OP_TEXT, c->sb.data, c->sb.len);
+  if (frame == NULL) {
+    (*srv->m.drops)++;
+    return;
+  }
+  fo__room_broadcast(srv, env.target, env.target_len, frame);
+  fo_buf_unref(frame);
+}
+
+/* Router callback: everything up to this offset was handed over. */
+static void on_done(void *ud, int32_t partition, int64_t offset) {
+  fo_consumer_t *c = ud;
+  if (c->users.rkt != NULL && !c->users.closed) {
+    rd_kafka_resp_err_t e = rd_kafka_offset_store(c->users.rkt, partition, offset + 1);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR && e != RD_KAFKA_RESP_ERR__STATE)
+      FO_LOG_DEBUG("consumer", "offset store failed", "partition=%" PRId32 " err=%s", partition,
+                   rd_kafka_err2str(e));
+  }
+}
+
+/* ---- rebalance ---- */
+
+static void finish_revoke(fo_consumer_t *c) {
+  c->revoke_pending = false;
+  uv_timer_stop(&c->revoke_timer);
+  /* Commit what was stored before giving the partitions away. */
+  if (c->users.assigned != NULL)
+    rd_kafka_commit(c->users.rk, NULL, 1);
+  rd_kafka_assign(c->users.rk, NULL);
+  set_assigned(c, &c->users, NULL);
+  FO_LOG_INFO("consumer", "partitions revoked", "topic=%s", c->srv->cfg->users_topic);
+}
+
+static void on_revoke_timeout(uv_timer_t *t) {
+  fo_consumer_t *c = t->data;
+  if (c->revoke_pending) {
+    FO_LOG_WARN("consumer", "revoking with messages in flight", "inflight=%zu",
+                fo__router_inflight(c->srv));
+    finish_revoke(c);
+  }
+}
+
+static void check_revoke(fo_consumer_t *c) {
+  if (c->revoke_pending && fo__router_inflight(c->srv) == 0)
+    finish_revoke(c);
+}
+
+static void on_rebalance(fo_consumer_t *c, rd_kafka_event_t *ev) {
+  rd_kafka_resp_err_t e = rd_kafka_event_error(ev);
+  rd_kafka_topic_partition_list_t *l = rd_kafka_event_topic_partition_list(ev);
+  if (e == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+    c->revoke_pending = false;
+    rd_kafka_assign(c->users.rk, l);
+    set_assigned(c, &c->users, l);
+    for (int i = 0; i < l->cnt; i++)
+      track_partition(&c->users, l->elems[i].partition, -1);
+    FO_LOG_INFO("consumer", "partitions assigned", "topic=%s count=%d",
+                c->srv->cfg->users_topic, l->cnt);
+  } else {
+    /* Finish in-flight work first, so its offsets are committed by us. */
+    c->revoke_pending = true;
+    uv_timer_start(&c->revoke_timer, on_revoke_timeout,
+                   (uint64_t)(c->srv->cfg->session_timeout_ms / 2), 0);
+    check_revoke(c);
+  }
+}
+
+/* ---- events ---- */
+
+static void serve_event(fo_consumer_t *c, fo_kc_t *kc, rd_kafka_event_t *ev) {
+  fo_server_t *srv = c->srv;
+  switch (rd_kafka_event_type(ev)) {
+  case RD_KAFKA_EVENT_FETCH: {
+    const rd_kafka_message_t *msg;
+    while ((msg = rd_kafka_event_message_next(ev)) != NULL) {
+      if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+          continue;
+        (*srv->m.kafka_errors)++;
+        FO_LOG_WARN("consumer", "fetch error", "err=\"%s\"", rd_kafka_err2str(msg->err));
+        continue;
+      }
+      if (kc == &c->users)
+        on_user_record(c, msg);
+      else
+        on_room_record(c, msg);
+    }
+    break;
+  }
+  case RD_KAFKA_EVENT_REBALANCE:
+    if (kc == &c->users)
+      on_rebalance(c, ev);
+    break;
+  case RD_KAFKA_EVENT_ERROR:
+    (*srv->m.kafka_errors)++;
+    FO_LOG_WARN("consumer", "kafka error", "err=\"%s\" fatal=%d", rd_kafka_event_error_string(ev),
+                rd_kafka_event_error_is_fatal(ev));
+    break;
+  case RD_KAFKA_EVENT_OFFSET_COMMIT:
+    if (rd_kafka_event_error(ev) != RD_KAFKA_RESP_ERR_NO_ERROR &&
+        rd_kafka_event_error(ev) != RD_KAFKA_RESP_ERR__NO_OFFSET) {
+      (*srv->m.kafka_errors)++;
+      FO_LOG_DEBUG("consumer", "commit failed", "err=\"%s\"", rd_kafka_event_error_string(ev));
+    }
+    break;
+  default:
+    break;
+  }
+  if (kc->rk != NULL && !kc->closed && c->draining && rd_kafka_consumer_closed(kc->rk)) {
+    kc->closed = true;
+    fo__server_drain_check(srv);
+  }
+}
+
+static void on_users_event(rd_kafka_event_t *ev, void *ud) {
+  fo_consumer_t *c = ud;
+  serve_event(c, &c->users, ev);
+}
+
+static void on_rooms_event(rd_kafka_event_t *ev, void *ud) {
+  fo_consumer_t *c = ud;
+  serve_event(c, &c->rooms, ev);
+}
+
+/* ---- rooms topic: metadata off the loop, then assign everything ---- */
+
+static void meta_work(uv_work_t *w) {
+  fo_consumer_t *c = w->data;
+  const struct rd_kafka_metadata *md = NULL;
+  c->meta_partitions = -1;
+  rd_kafka_resp_err_t e = rd_kafka_metadata(c->rooms.rk, 0, c->rooms.rkt, &md, 5000);
+  if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    snprintf(c->meta_err, sizeof(c->meta_err), "%s", rd_kafka_err2str(e));
+    return;
+  }
+  if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+    c->meta_partitions = md->topics[0].partition_cnt;
+  else
+    snprintf(c->meta_err, sizeof(c->meta_err), "%s",
+             md->topic_cnt == 1 ? rd_kafka_err2str(md->topics[0].err) : "no topic");
+  rd_kafka_metadata_destroy(md);
+}
+
+static void on_meta_timer(uv_timer_t *t);
+
+static void meta_after(uv_work_t *w, int status) {
+  fo_consumer_t *c = w->data;
+  fo_server_t *srv = c->srv;
+  c->meta_busy = false;
+  if (status != 0 || c->draining)
+    return;
+  int n = c->meta_partitions;
+  int have = c->rooms.assigned ? c->rooms.assigned->cnt : 0;
+  if (n <= 0) {
+    FO_LOG_WARN("consumer", "rooms topic metadata failed", "topic=%s err=\"%s\"",
+                srv->cfg->rooms_topic, c->meta_err);
+    uv_timer_start(&c->meta_timer, on_meta_timer, 1000, 0);
+    return;
+  }
+  if (n != have) {
+    /* New partitions: keep the positions of the ones we had, start new ones at the end. */
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
+    for (int p = 0; p < n; p++) {
+      int64_t off = RD_KAFKA_OFFSET_END;
+      if (p < c->rooms.nparts && c->rooms.next_off[p] >= 0)
+        off = c->rooms.next_off[p];
+      rd_kafka_topic_partition_list_add(l, srv->cfg->rooms_topic, p)->offset = off;
+    }
+    rd_kafka_resp_err_t e = rd_kafka_assign(c->rooms.rk, l);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      FO_LOG_WARN("consumer", "rooms assign failed", "err=%s", rd_kafka_err2str(e));
+    } else {
+      set_assigned(c, &c->rooms, l);
+      FO_LOG_INFO("consumer", "rooms partitions assigned", "topic=%s count=%d",
+                  srv->cfg->rooms_topic, n);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+  }
+  /* Look again now and then for added partitions. */
+  uv_timer_start(&c->meta_timer, on_meta_timer, 30000, 0);
+}
+
+static void on_meta_timer(uv_timer_t *t) {
+  fo_consumer_t *c = t->data;
+  if (c->meta_busy || c->draining)
+    return;
+  c->meta_busy = true;
+  c->meta_work.data = c;
+  if (uv_queue_work(c->srv->loop, &c->meta_work, meta_work, meta_after) != 0)
+    c->meta_busy = false;
+}
+
+/* ---- construction ---- */
+
+static int make_consumer(fo_consumer_t *c, fo_kc_t *kc, const char *group, const char *topic,
+                         bool rooms, fo_kafka_uv_event_cb cb, char *err, size_t errlen) {
+  fo_server_t *srv = c->srv;
+  const fo_dcfg_t *cfg = srv->cfg;
+  char **extra = NULL;
+  char client_id[300];
+  snprintf(client_id, sizeof(client_id), "fanout-delivery-%s%s", cfg->server_id,
+           rooms ? "-rooms" : "");
+  if (cfg->kafka_opts != NULL && cfg->kafka_opts[0] != '\0' &&
+      fo_cfg_list_split(cfg->kafka_opts, &extra) < 0) {
+    snprintf(err, errlen, "kafka-opts: out of memory");
+    return -ENOMEM;
+  }
+  rd_kafka_conf_t *conf =
+      fo_kafka_conf_new(FO_KAFKA_CONSUMER, cfg->kafka, client_id, extra, err, errlen);
+  fo_cfg_list_free(extra);
+  if (conf == NULL)
+    return -EINVAL;
+  char sto[32];
+  snprintf(sto, sizeof(sto), "%" PRId64, cfg->session_timeout_ms);
+  char hb[32];
+  snprintf(hb, sizeof(hb), "%" PRId64,
+           cfg->session_timeout_ms / 6 > 100 ? cfg->session_timeout_ms / 6 : 100);
+  const char *kv[][2] = {
+      {"group.id", group},
+      {"session.timeout.ms", sto},
+      {"heartbeat.interval.ms", hb},
+      {"auto.offset.reset", rooms ? "latest" : cfg->users_offset_reset},
+      {"enable.auto.commit", rooms ? "false" : "true"},
+      {"enable.auto.offset.store", "false"},
+      {"enable.partition.eof", "false"},
+  };
+  char why[256];
+  for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++) {
+    if (rd_kafka_conf_set(conf, kv[i][0], kv[i][1], why, sizeof(why)) != RD_KAFKA_CONF_OK) {
+      snprintf(err, errlen, "kafka %s=%s: %s", kv[i][0], kv[i][1], why);
+      rd_kafka_conf_destroy(conf);
+      return -EINVAL;
+    }
+  }
+  rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_FETCH | RD_KAFKA_EVENT_ERROR |
+                                     RD_KAFKA_EVENT_REBALANCE | RD_KAFKA_EVENT_OFFSET_COMMIT);
+  kc->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof(why));
+  if (kc->rk == NULL) {
+    snprintf(err, errlen, "kafka: %s", why);
+    rd_kafka_conf_destroy(conf);
+    return -EINVAL;
+  }
+  rd_kafka_poll_set_consumer(kc->rk);
+  kc->q = rd_kafka_queue_get_consumer(kc->rk);
+  kc->rkt = rd_kafka_topic_new(kc->rk, topic, NULL);
+  kc->letter = rooms ? 'r' : 'u';
+  if (kc->q == NULL || kc->rkt == NULL) {
+    snprintf(err, errlen, "kafka: no consumer queue");
+    return -EINVAL;
+  }
+  int rc = fo_kafka_uv_start(srv->loop, kc->q, 256, cb, c, &kc->kuv);
+  if (rc != 0) {
+    snprintf(err, errlen, "kafka: %s", fo_strerror(rc));
+    return rc;
+  }
+  return 0;
+}
+
+int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen) {
+  const fo_dcfg_t *cfg = srv->cfg;
+  fo_consumer_t *c = calloc(1, sizeof(*c));
+  if (c == NULL)
+    return -ENOMEM;
+  c->srv = srv;
+  srv->consumer = c;
+  fo_sb_init(&c->sb);
+  uv_timer_init(srv->loop, &c->revoke_timer);
+  uv_timer_init(srv->loop, &c->meta_timer);
+  c->revoke_timer.data = c->meta_timer.data = c;
+  c->open_handles = 2;
+  fo__router_set_done_cb(srv, on_done, c);
+
+  int rc = make_consumer(c, &c->users, cfg->group_id, cfg->users_topic, false, on_users_event,
+                         err, errlen);
+  if (rc != 0)
+    return rc;
+  rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_list_add(sub, cfg->users_topic, RD_KAFKA_PARTITION_UA);
+  rd_kafka_resp_err_t e = rd_kafka_subscribe(c->users.rk, sub);
+  rd_kafka_topic_partition_list_destroy(sub);
+  if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    snprintf(err, errlen, "kafka subscribe %s: %s", cfg->users_topic, rd_kafka_err2str(e));
+    return -EINVAL;
+  }
+  if (strcmp(cfg->room_mode, "kafka") == 0) {
+    char group[512];
+    /* A group id is needed for assign(); this server never joins it nor commits. */
+    snprintf(group, sizeof(group), "%s.rooms.%s", cfg->group_id, cfg->server_id);
+    rc = make_consumer(c, &c->rooms, group, cfg->rooms_topic, true, on_rooms_event, err, errlen);
+    if (rc != 0)
+      return rc;
+    on_meta_timer(&c->meta_timer);
+  }
+  return 0;
+}
+
+void fo__consumer_pause(fo_server_t *srv, bool pause) {
+  fo_consumer_t *c = srv->consumer;
+  if (c == NULL)
+    return;
+  int64_t n = 0;
+  for (int i_ = 0; i_ < 2; i_++) {
+    fo_kc_t *kc = i_ == 0 ? &c->users : &c->rooms;
+    if (kc->rk == NULL || kc->assigned == NULL || kc->closed)
+      continue;
+    if (pause)
+      rd_kafka_pause_partitions(kc->rk, kc->assigned);
+    else
+      rd_kafka_resume_partitions(kc->rk, kc->assigned);
+    n += kc->assigned->cnt;
+  }
+  *srv->m.paused_partitions = pause ? n : 0;
+  if (!pause) {
+    if (c->users.kuv)
+      fo_kafka_uv_kick(c->users.kuv);
+    if (c->rooms.kuv)
+      fo_kafka_uv_kick(c->rooms.kuv);
+  }
+}
+
+/* Consumer lag: high watermark (cached from fetches) minus our position. */
+void fo__consumer_collect(fo_server_t *srv) {
+  fo_consumer_t *c = srv->consumer;
+  int64_t lag = 0;
+  if (c == NULL)
+    return;
+  for (int i_ = 0; i_ < 2; i_++) {
+    fo_kc_t *kc = i_ == 0 ? &c->users : &c->rooms;
+    if (kc->rk == NULL || kc->assigned == NULL)
+      continue;
+    for (int i = 0; i < kc->assigned->cnt; i++) {
+      int32_t p = kc->assigned->elems[i].partition;
+      int64_t lo = 0, hi = 0;
+      if (rd_kafka_get_watermark_offsets(kc->rk, kc->assigned->elems[i].topic, p, &lo, &hi) !=
+          RD_KAFKA_RESP_ERR_NO_ERROR || hi < 0)
+        continue;
+      int64_t next = p < kc->nparts ? kc->next_off[p] : -1;
+      if (next >= 0 && hi > next)
+        lag += hi - next;
+    }
+  }
+  *srv->m.consumer_lag = lag;
+}
+
+void fo__consumer_drain(fo_server_t *srv) {
+  fo_consumer_t *c = srv->consumer;
+  if (c == NULL || c->draining)
+    return;
+  c->draining = true;
+  uv_timer_stop(&c->meta_timer);
+  for (int i_ = 0; i_ < 2; i_++) {
+    fo_kc_t *kc = i_ == 0 ? &c->users : &c->rooms;
+    if (kc->rk == NULL)
+      continue;
+    rd_kafka_error_t *e = rd_kafka_consumer_close_queue(kc->rk, kc->q);
+    if (e != NULL) {
+      FO_LOG_WARN("consumer", "close failed", "err=\"%s\"", rd_kafka_error_string(e));
+      rd_kafka_error_destroy(e);
+      kc->closed = true;
+    } else if (rd_kafka_consumer_closed(kc->rk)) {
+      kc->closed = true;
+    } else {
+      fo_kafka_uv_kick(kc->kuv);
+    }
+  }
+}
+
+/* Called by the router when messages were released (revoke may finish). */
+void fo__consumer_progress(fo_server_t *srv) {
+  if (srv->consumer != NULL)
+    check_revoke(srv->consumer);
+}
+
+bool fo__consumer_closed(fo_server_t *srv) {
+  fo_consumer_t *c = srv->consumer;
+  if (c == NULL)
+    return true;
+  for (int i_ = 0; i_ < 2; i_++) {
+    fo_kc_t *kc = i_ == 0 ? &c->users : &c->rooms;
+    if (kc->rk != NULL && !kc->closed) {
+      if (rd_kafka_consumer_closed(kc->rk))
+        kc->closed = true;
+      else
+        return false;
+    }
+  }
+  return true;
+}
+
+static void on_consumer_timer_closed(uv_handle_t *h) {
+  fo_consumer_t *c = h->data;
+  c->open_handles--;
+}
+
+/* Closes the loop handles; the Kafka handles stay until fo__consumer_destroy. */
+void fo__consumer_free(fo_server_t *srv) {
+  fo_consumer_t *c = srv->consumer;
+  if (c == NULL || c->open_handles < 2)
+    return;
+  for (int i_ = 0; i_ < 2; i_++) {
+    fo_kc_t *kc = i_ == 0 ? &c->users : &c->rooms;
+    fo_kafka_uv_close(kc->kuv);
+    kc->kuv = NULL;
+  }
+  uv_close((uv_handle_t *)&c->revoke_timer, on_consumer_timer_closed);
+  uv_close((uv_handle_t *)&c->meta_timer, on_consumer_timer_closed);
+}
+
+/* After uv_run returned (no metadata work can be running): librdkafka's
+ * destroy may block briefly, which is fine at exit. */
+void fo__consumer_destroy(fo_server_t *srv) {
+  fo_consumer_t *c = srv->consumer;
+  if (c == NULL)
+    return;
+  srv->consumer = NULL;
+  for (int i_ = 0; i_ < 2; i_++) {
+    fo_kc_t *kc = i_ == 0 ? &c->users : &c->rooms;
+    if (kc->assigned)
+      rd_kafka_topic_partition_list_destroy(kc->assigned);
+    if (kc->rkt)
+      rd_kafka_topic_destroy(kc->rkt);
+    if (kc->q)
+      rd_kafka_queue_destroy(kc->q);
+    if (kc->rk)
+      rd_kafka_destroy(kc->rk);
+    free(kc->next_off);
+  }
+  fo_sb_free(&c->sb);
+  free(c);
+}

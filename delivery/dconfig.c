@@ -1,0 +1,130 @@
+/* fanout-delivery's configuration table: every option with its bounds,
+ * default and help (--help prints them), and the cross-field rules. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "delivery_int.h"
+#include "log.h"
+#include "rkeys.h"
+
+#define F(name, type, field, min, max, def, help) \
+  {name, type, offsetof(fo_dcfg_t, field), min, max, def, help}
+
+const fo_cfg_field_t fo_dcfg_fields[] = {
+    F("listen", FO_CFG_ADDR, listen, 0, 65535, "127.0.0.1:8081",
+      "address for WebSocket clients and /healthz, /readyz, /metrics (port 0: any free port)"),
+    F("redis", FO_CFG_ADDR, redis, 1, 65535, "127.0.0.1:6379", "Redis for the registry and Pub/Sub"),
+    F("kafka", FO_CFG_STR, kafka, 1, 4096, "127.0.0.1:9092", "Kafka bootstrap servers"),
+    F("server-id", FO_CFG_STR, server_id, 1, 128, NULL,
+      "this server's id in the registry (default: hostname-pid)"),
+    F("jwt-secret", FO_CFG_STR, jwt_secret, 1, 4096, NULL, "HS256 secret for client tokens (required)"),
+    F("log-level", FO_CFG_STR, log_level, 1, 16, "info", "debug, info, warn or error"),
+    F("ping-interval-ms", FO_CFG_INT, ping_interval_ms, 10, 3600000, "30000",
+      "protocol ping interval per connection"),
+    F("pong-timeout-ms", FO_CFG_INT, pong_timeout_ms, 10, 3600000, "10000",
+      "close a connection whose pong did not come within this time"),
+    F("handshake-timeout-ms", FO_CFG_INT, handshake_timeout_ms, 10, 600000, "5000",
+      "drop connections that have not completed the upgrade within this time"),
+    F("close-timeout-ms", FO_CFG_INT, close_timeout_ms, 10, 600000, "2000",
+      "wait this long for the client's close frame after ours"),
+    F("max-connections", FO_CFG_INT, max_connections, 1, 10000000, "100000",
+      "WebSocket connections per process (over it: HTTP 503 before the upgrade)"),
+    F("max-frame-bytes", FO_CFG_INT, max_frame_bytes, 125, 16777216, "65536",
+      "largest client frame payload (over it: close 1009)"),
+    F("max-message-bytes", FO_CFG_INT, max_message_bytes, 125, 16777216, "65536",
+      "largest client message after reassembly (over it: close 1009)"),
+    F("max-handshake-bytes", FO_CFG_INT, max_handshake_bytes, 512, 1048576, "8192",
+      "largest upgrade request (request line and headers)"),
+    F("max-rooms-per-conn", FO_CFG_INT, max_rooms_per_conn, 1, 100000, "64",
+      "rooms one connection may join"),
+    F("outq-max-bytes", FO_CFG_INT, outq_max_bytes, 1024, 1073741824, "1048576",
+      "per-connection outbound queue limit (over it: close 1013)"),
+    F("high-water-bytes", FO_CFG_INT, high_water_bytes, 1024, 68719476736LL, "268435456",
+      "pause Kafka when all queued output exceeds this"),
+    F("low-water-bytes", FO_CFG_INT, low_water_bytes, 0, 68719476736LL, "134217728",
+      "resume Kafka when queued output falls below this"),
+    F("users-topic", FO_CFG_STR, users_topic, 1, 249, "fanout.users", "topic of user messages"),
+    F("rooms-topic", FO_CFG_STR, rooms_topic, 1, 249, "fanout.rooms", "topic of room broadcasts"),
+    F("group-id", FO_CFG_STR, group_id, 1, 249, "fanout-delivery",
+      "consumer group of the delivery servers (users topic)"),
+    F("users-offset-reset", FO_CFG_STR, users_offset_reset, 1, 16, "earliest",
+      "where a users partition without a committed offset starts: earliest or latest"),
+    F("session-timeout-ms", FO_CFG_INT, session_timeout_ms, 1000, 600000, "10000",
+      "consumer group session timeout (a dead server's partitions move after it)"),
+    F("kafka-opts", FO_CFG_STR, kafka_opts, 0, 8192, "",
+      "extra librdkafka settings, comma-separated key=value"),
+    F("redis-prefix", FO_CFG_STR, redis_prefix, 0, 128, "", "prefix of every Redis key and channel"),
+    F("origins", FO_CFG_STR, origins, 0, 8192, "",
+      "comma-separated Origin allow-list (empty: any; requests without Origin are allowed)"),
+    F("room-mode", FO_CFG_STR, room_mode, 1, 8, "kafka",
+      "kafka: rooms from the rooms topic; redis: Pub/Sub ws:room:{room} per joined room"),
+    F("drain-timeout-ms", FO_CFG_INT, drain_timeout_ms, 100, 600000, "10000",
+      "SIGTERM: exit at the latest after this"),
+    F("registry-refresh-ms", FO_CFG_INT, registry_refresh_ms, 100, 150000, "60000",
+      "heartbeat pass re-sending every local registry entry with a fresh 300 s TTL"),
+    F("alive-ttl-ms", FO_CFG_INT, alive_ttl_ms, 300, 600000, "10000",
+      "TTL of this server's liveness key (refreshed every third of it)"),
+    F("reuseport", FO_CFG_BOOL, reuseport, 0, 0, "true",
+      "SO_REUSEPORT: several processes on one host share the port"),
+};
+const size_t fo_dcfg_nfields = sizeof(fo_dcfg_fields) / sizeof(fo_dcfg_fields[0]);
+
+int fo_dcfg_finalize(void *p, char *err, size_t errlen) {
+  fo_dcfg_t *cfg = p;
+  fo_log_level_t lvl;
+  if (cfg->jwt_secret == NULL || cfg->jwt_secret[0] == '\0') {
+    snprintf(err, errlen, "jwt-secret is required (--jwt-secret or FANOUT_JWT_SECRET)");
+    return -EINVAL;
+  }
+  if (fo_log_parse_level(cfg->log_level, &lvl) != 0) {
+    snprintf(err, errlen, "log-level=%s: expected debug, info, warn or error", cfg->log_level);
+    return -EINVAL;
+  }
+  if (strcmp(cfg->room_mode, "kafka") != 0 && strcmp(cfg->room_mode, "redis") != 0) {
+    snprintf(err, errlen, "room-mode=%s: expected kafka or redis", cfg->room_mode);
+    return -EINVAL;
+  }
+  if (strcmp(cfg->users_offset_reset, "earliest") != 0 &&
+      strcmp(cfg->users_offset_reset, "latest") != 0) {
+    snprintf(err, errlen, "users-offset-reset=%s: expected earliest or latest",
+             cfg->users_offset_reset);
+    return -EINVAL;
+  }
+  if (cfg->low_water_bytes >= cfg->high_water_bytes) {
+    snprintf(err, errlen, "low-water-bytes=%lld must be below high-water-bytes=%lld",
+             (long long)cfg->low_water_bytes, (long long)cfg->high_water_bytes);
+    return -EINVAL;
+  }
+  if (cfg->max_frame_bytes > cfg->max_message_bytes) {
+    snprintf(err, errlen, "max-frame-bytes=%lld must not exceed max-message-bytes=%lld",
+             (long long)cfg->max_frame_bytes, (long long)cfg->max_message_bytes);
+    return -EINVAL;
+  }
+  if (cfg->registry_refresh_ms * 2 > FO_REGISTRY_TTL_S * 1000) {
+    snprintf(err, errlen, "registry-refresh-ms=%lld must be at most half the 300 s TTL",
+             (long long)cfg->registry_refresh_ms);
+    return -EINVAL;
+  }
+  if (cfg->server_id == NULL) {
+    char host[256] = "delivery";
+    gethostname(host, sizeof(host) - 1);
+    host[sizeof(host) - 1] = '\0';
+    char id[300];
+    snprintf(id, sizeof(id), "%s-%d", host, (int)getpid());
+    cfg->server_id = strdup(id);
+    if (cfg->server_id == NULL) {
+      snprintf(err, errlen, "out of memory");
+      return -ENOMEM;
+    }
+  }
+  for (const char *s = cfg->server_id; *s; s++) {
+    if (*s == ' ' || *s == '\n' || *s == '\r') {
+      snprintf(err, errlen, "server-id=%s: must not contain spaces", cfg->server_id);
+      return -EINVAL;
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,320 @@
+/* Shared internals of fanout-delivery (librdkafka's rdkafka_int.h habit):
+ * the configuration, the per-loop server context and the functions the
+ * delivery files call on each other (fo__ prefix). Nothing outside delivery/
+ * and its tests includes this. */
+#ifndef FO_DELIVERY_INT_H
+#define FO_DELIVERY_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "buf.h"
+#include "config.h"
+#include "metrics.h"
+
+#include "map.h"
+
+typedef struct fo_conn fo_conn_t;
+typedef struct fo_user fo_user_t;
+typedef struct fo_room fo_room_t;
+typedef struct fo_perm fo_perm_t;
+typedef struct fo_outq fo_outq_t;
+typedef struct fo_consumer fo_consumer_t;
+typedef struct fo_rreg fo_rreg_t;
+typedef struct fo_router fo_router_t;
+typedef struct fo_server fo_server_t;
+
+/* The configuration (one struct, one table in config_table.c). Read-only
+ * once the loop starts. */
+typedef struct {
+  fo_addr_t listen;
+  fo_addr_t redis;
+  char *kafka;
+  char *server_id;
+  char *jwt_secret;
+  char *log_level;
+  int64_t ping_interval_ms;
+  int64_t pong_timeout_ms;
+  int64_t handshake_timeout_ms;
+  int64_t close_timeout_ms;
+  int64_t max_connections;
+  int64_t max_frame_bytes;
+  int64_t max_message_bytes;
+  int64_t max_handshake_bytes;
+  int64_t max_rooms_per_conn;
+  int64_t outq_max_bytes;
+  int64_t high_water_bytes;
+  int64_t low_water_bytes;
+  char *users_topic;
+  char *rooms_topic;
+  char *group_id;
+  char *users_offset_reset;
+  int64_t session_timeout_ms;
+  char *kafka_opts;
+  char *redis_prefix;
+  char *origins;
+  char *room_mode;
+  int64_t drain_timeout_ms;
+  int64_t registry_refresh_ms;
+  int64_t alive_ttl_ms;
+  bool reuseport;
+  bool kafka_enabled;
+} fo_dcfg_t;
+
+extern const fo_cfg_field_t fo_dcfg_fields[];
+extern const size_t fo_dcfg_nfields;
+int fo_dcfg_finalize(void *cfg, char *err, size_t errlen);
+
+/* Metrics cells, looked up once. */
+typedef struct {
+  int64_t *connections;
+  int64_t *users;
+  int64_t *rooms;
+  int64_t *queued_bytes;
+  int64_t *paused_partitions;
+  int64_t *assigned_partitions;
+  int64_t *consumer_lag;
+  int64_t *redis_up;
+  uint64_t *accepted;
+  uint64_t *handshake_fail;
+  uint64_t *auth_fail;
+  uint64_t *rejected_full;
+  uint64_t *msgs_in_users;
+  uint64_t *msgs_in_rooms;
+  uint64_t *msgs_in_pubsub;
+  uint64_t *frames_out;
+  uint64_t *bytes_out;
+  uint64_t *published;
+  uint64_t *drops;
+  uint64_t *slow_closes;
+  uint64_t *ping_timeouts;
+  uint64_t *protocol_errors;
+  uint64_t *decode_errors;
+  uint64_t *redis_errors;
+  uint64_t *kafka_errors;
+  uint64_t *dead_servers_cleaned;
+  uint64_t *redis_conn_errors;
+} fo_dmetrics_t;
+
+/* Connection states. */
+enum {
+  FO_CONN_HANDSHAKE = 0, /* reading the HTTP request */
+  FO_CONN_HTTP,          /* answering a plain HTTP request, closes after the write */
+  FO_CONN_OPEN,          /* WebSocket open */
+  FO_CONN_CLOSING,       /* close frame queued/sent; waiting for the peer's or the deadline */
+  FO_CONN_DEAD,          /* uv_close called */
+};
+
+/* One client connection. Kept small: this is the per-connection memory.
+ * Everything that only a busy connection needs (handshake parser, partial
+ * input, outbound queue, room list) hangs off a pointer that is NULL while
+ * the connection is idle. */
+struct fo_conn {
+  uv_tcp_t tcp;             /* tcp.data == this conn */
+  fo_server_t *srv;
+  fo_conn_t *prev, *next;   /* all connections of the server */
+  fo_conn_t *user_next;     /* next connection of the same user */
+  fo_user_t *user;          /* interned, one reference; NULL before auth */
+  void *in;                 /* HANDSHAKE: fo_http_parser_t *; else fo_ws_rx_t * or NULL */
+  fo_outq_t *out;           /* NULL when nothing is queued */
+  struct fo_conn_rooms *rooms; /* NULL when in no room */
+  fo_perm_t *perm;          /* interned rooms claim; NULL = no rooms allowed */
+  uint64_t deadline;        /* uv_now() ms: handshake end, next ping, pong or close deadline */
+  uint32_t id;              /* per-process sequence number */
+  uint8_t state;
+  uint8_t await_pong : 1;
+  uint8_t registered : 1;   /* in the local maps and (if connected) Redis */
+  uint8_t close_after_flush : 1;
+  uint8_t peer_closed : 1;
+};
+
+struct fo_server {
+  uv_loop_t *loop;
+  const fo_dcfg_t *cfg;
+  uv_tcp_t listener;
+  uv_timer_t sweep;
+  uv_check_t flush_check;
+  uv_timer_t drain_timer;
+  uv_signal_t sigterm;
+  uv_signal_t sigint;
+  bool listening;
+  bool draining;
+  bool stopping;
+  int exit_code;
+
+  uint8_t *rbuf;            /* the one read buffer of the loop */
+  size_t rbuf_len;
+  bool rbuf_busy;
+
+  fo_conn_t conns;          /* list head (sentinel; only prev/next used) */
+  int64_t nconns;           /* everything accepted and not yet freed */
+  int64_t nopen;            /* WebSocket connections open */
+  uint32_t next_conn_id;
+  uint64_t start_ms;
+
+  fo_map_t users;           /* name -> fo_user_t */
+  fo_map_t rooms;           /* name -> fo_room_t */
+  fo_map_t perms;           /* canonical claim -> fo_perm_t */
+
+  fo_outq_t *dirty;         /* connections with output to flush this turn */
+  fo_outq_t *outq_pool;     /* free outbound queues, reused */
+  int outq_pool_n;
+  uint64_t queued_bytes;    /* all bytes queued on all connections */
+  bool paused;              /* Kafka paused by the high-water mark */
+  uv_buf_t *iov;            /* scratch for writes */
+  int iov_cap;
+
+  char **origins;           /* allow-list, NULL = any */
+  int norigins;
+
+  fo_metrics_t *metrics;
+  fo_dmetrics_t m;
+
+  fo_buf_t *ping_frame;     /* shared, pre-encoded */
+  fo_sb_t scratch;          /* per-loop builder for frames */
+  void *wsenc;              /* wslay frame context used to encode server frames */
+
+  fo_rreg_t *rreg;          /* Redis registry + Pub/Sub */
+  fo_router_t *router;
+  fo_consumer_t *consumer;
+
+  uint64_t drain_started;
+  bool barrier_asked;       /* drain: a PING was sent after the last HDEL */
+  bool redis_flushed;       /* drain: ... and answered (or Redis is down) */
+};
+
+/* ---- conn.c ---- */
+int fo__conn_accept(fo_server_t *srv);
+/* Queues buf (takes one reference on success). Returns 0, -EPIPE when the
+ * connection no longer takes frames, or -ENOBUFS when it was over its queue
+ * limit (the connection is then being closed with 1013). */
+int fo__conn_send(fo_conn_t *conn, fo_buf_t *buf);
+/* Starts the close handshake with `code` (idempotent). */
+void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason);
+/* Closes the socket now (idempotent); unregisters. */
+void fo__conn_destroy(fo_conn_t *conn);
+/* Flushes every connection with queued output (from the check handle). */
+void fo__server_flush(fo_server_t *srv);
+/* Frees the pooled outbound queues (at exit). */
+void fo__outq_pool_free(fo_server_t *srv);
+/* Sends a small JSON text frame built from s. */
+int fo__conn_send_text(fo_conn_t *conn, const char *s, size_t n);
+void fo__conn_opened(fo_conn_t *conn);
+/* Builds "conn id" text for Redis into out (>= 64 bytes). */
+void fo__conn_id_str(const fo_conn_t *conn, char *out, size_t outlen);
+
+/* ---- listener.c ---- */
+int fo__listener_start(fo_server_t *srv, char *err, size_t errlen);
+void fo__listener_stop(fo_server_t *srv);
+/* Feeds handshake bytes; returns 0, or <0 when the connection was closed. */
+int fo__handshake_feed(fo_conn_t *conn, uint8_t *p, size_t n);
+/* conn.c helpers for the handshake */
+int fo__conn_send_raw(fo_conn_t *conn, fo_buf_t *buf);
+void fo__conn_feed_early(fo_conn_t *conn, uint8_t *p, size_t n);
+void fo__handshake_free(fo_conn_t *conn);
+
+/* ---- frame building (frame.c) ---- */
+/* Encodes a complete server->client frame (unmasked) with wslay's frame
+ * encoder. Returns a buffer with refs == 1, or NULL on OOM. */
+fo_buf_t *fo__frame_new(fo_server_t *srv, int opcode, const void *payload, size_t n);
+int fo__frame_init(fo_server_t *srv);
+void fo__frame_free(fo_server_t *srv);
+
+/* ---- heartbeat.c ---- */
+int fo__heartbeat_start(fo_server_t *srv);
+
+/* ---- registry.c (local maps) ---- */
+/* Registers conn under user name (interning it). Returns 0 or -ENOMEM. */
+int fo__registry_add(fo_conn_t *conn, const char *user, size_t len);
+void fo__registry_remove(fo_conn_t *conn);
+fo_user_t *fo__registry_user(fo_server_t *srv, const char *user, size_t len);
+/* First connection of a user (iterate with conn->user_next). */
+fo_conn_t *fo__user_conns(fo_user_t *user);
+const char *fo__user_name(const fo_user_t *user, size_t *len);
+void fo__registry_free(fo_server_t *srv);
+/* Calls cb for every user (for heartbeats); cursor-based: returns the next
+ * cursor, 0 when done. */
+uint32_t fo__registry_each_user(fo_server_t *srv, uint32_t cursor, uint32_t max,
+                                void (*cb)(fo_user_t *user, void *ud), void *ud);
+
+/* ---- rooms.c ---- */
+/* Parses the JWT `rooms` claim (jansson array, may be NULL) into an interned
+ * permission set: conn->perm takes one reference. Returns 0 or -ENOMEM/-EINVAL. */
+int fo__perm_set(fo_conn_t *conn, const void *rooms_json);
+void fo__perm_release(fo_conn_t *conn);
+bool fo__perm_allows(const fo_perm_t *perm, const char *room, size_t len);
+/* Join/leave; reply frames are sent by the caller. Return 0, -EPERM, -E2BIG, -ENOMEM. */
+int fo__room_join(fo_conn_t *conn, const char *room, size_t len);
+int fo__room_leave(fo_conn_t *conn, const char *room, size_t len);
+void fo__rooms_leave_all(fo_conn_t *conn);
+/* Queues buf on every local member; returns the number of recipients. */
+size_t fo__room_broadcast(fo_server_t *srv, const char *room, size_t len, fo_buf_t *buf);
+void fo__rooms_free(fo_server_t *srv);
+
+/* ---- client messages (conn.c) ---- */
+void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n);
+
+/* ---- registry_redis.c ---- */
+int fo__rreg_new(fo_server_t *srv);
+void fo__rreg_conn_added(fo_server_t *srv, fo_conn_t *conn);
+void fo__rreg_conn_removed(fo_server_t *srv, fo_conn_t *conn);
+bool fo__rreg_ready(fo_server_t *srv);
+void fo__rreg_drain(fo_server_t *srv);
+void fo__rreg_close(fo_server_t *srv);
+/* Room Pub/Sub mode: subscribe/unsubscribe ws:room:{room}. */
+void fo__rreg_room_sub(fo_server_t *srv, const char *room, size_t len, bool on);
+/* The command connection (NULL before start); for the router. */
+struct fo_redis *fo__rreg_cmd(fo_server_t *srv);
+/* Calls cb once everything queued on the command connection before it was
+ * answered (a PING), or at once when Redis is down. */
+void fo__rreg_barrier(fo_server_t *srv, void (*cb)(fo_server_t *srv));
+/* Connect failures, timeouts and drops counted by the Redis glue. */
+uint64_t fo__rreg_errors(fo_server_t *srv);
+
+/* ---- router.c ---- */
+int fo__router_new(fo_server_t *srv);
+void fo__router_free(fo_server_t *srv);
+/* Delivers a user message: local sockets now, other servers via Redis.
+ * The done callback gets (partition, offset) once it and every message
+ * before it were handed over. json is copied. */
+typedef void (*fo_route_done_cb)(void *ud, int32_t partition, int64_t offset);
+int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char *json,
+                    size_t jlen, int32_t partition, int64_t offset);
+/* Releases an offset that needed no routing, after those before it. */
+int fo__router_skip(fo_server_t *srv, int32_t partition, int64_t offset);
+void fo__router_set_done_cb(fo_server_t *srv, fo_route_done_cb cb, void *ud);
+/* A Pub/Sub message on ws:server:{self}. */
+void fo__router_pubsub(fo_server_t *srv, const char *p, size_t n);
+/* A Pub/Sub message on ws:room:{room}. */
+void fo__router_room_pubsub(fo_server_t *srv, const char *room, size_t rlen, const char *p,
+                            size_t n);
+/* Redis came back: resend what waits. */
+void fo__router_redis_up(fo_server_t *srv);
+size_t fo__router_inflight(fo_server_t *srv);
+/* Delivers a JSON text frame to every local connection of the user. */
+size_t fo__deliver_user_local(fo_server_t *srv, const char *user, size_t ulen, fo_buf_t *frame);
+
+/* ---- consumer.c ---- */
+int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen);
+void fo__consumer_pause(fo_server_t *srv, bool pause);
+/* Starts the consumer close (leaving the group); cb-less: check _closed. */
+void fo__consumer_drain(fo_server_t *srv);
+bool fo__consumer_closed(fo_server_t *srv);
+/* Closes the consumer's loop handles. */
+void fo__consumer_free(fo_server_t *srv);
+/* After the loop ended: destroys the Kafka handles. */
+void fo__consumer_destroy(fo_server_t *srv);
+/* Refreshes the lag gauge (metrics collect). */
+void fo__consumer_collect(fo_server_t *srv);
+/* The router released messages: a pending revoke may finish. */
+void fo__consumer_progress(fo_server_t *srv);
+
+/* ---- server.c ---- */
+/* Checks the water marks after queued_bytes changed. */
+void fo__server_water(fo_server_t *srv);
+void fo__server_drain_check(fo_server_t *srv);
+
+#endif

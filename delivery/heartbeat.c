@@ -1,0 +1,62 @@
+/* One timer per process sweeps every connection's single deadline: the end
+ * of the handshake, the next protocol ping, the pong deadline, or the end
+ * of the close handshake. No uv_timer_t per connection (152 bytes each). */
+#include <inttypes.h>
+
+#include "delivery_int.h"
+#include "log.h"
+#include "ws.h"
+
+static void on_sweep(uv_timer_t *t) {
+  fo_server_t *srv = t->data;
+  const fo_dcfg_t *cfg = srv->cfg;
+  uint64_t now = uv_now(srv->loop);
+  fo_conn_t *conn = srv->conns.next;
+  while (conn != &srv->conns) {
+    fo_conn_t *next = conn->next; /* destroy unlinks conn */
+    if (now >= conn->deadline) {
+      switch (conn->state) {
+      case FO_CONN_HANDSHAKE:
+      case FO_CONN_HTTP:
+      case FO_CONN_CLOSING:
+        fo__conn_destroy(conn);
+        break;
+      case FO_CONN_OPEN:
+        if (conn->await_pong) {
+          (*srv->m.ping_timeouts)++;
+          FO_LOG_DEBUG("heartbeat", "no pong: closing", "conn=%" PRIu32, conn->id);
+          fo__conn_destroy(conn);
+        } else {
+          conn->await_pong = 1;
+          conn->deadline = now + (uint64_t)cfg->pong_timeout_ms;
+          fo__conn_send(conn, srv->ping_frame);
+        }
+        break;
+      default:
+        break;
+      }
+    }
+    conn = next;
+  }
+}
+
+int fo__heartbeat_start(fo_server_t *srv) {
+  const fo_dcfg_t *cfg = srv->cfg;
+  int64_t tick = cfg->ping_interval_ms;
+  if (cfg->pong_timeout_ms < tick)
+    tick = cfg->pong_timeout_ms;
+  if (cfg->handshake_timeout_ms < tick)
+    tick = cfg->handshake_timeout_ms;
+  if (cfg->close_timeout_ms < tick)
+    tick = cfg->close_timeout_ms;
+  tick /= 4;
+  if (tick < 10)
+    tick = 10;
+  if (tick > 1000)
+    tick = 1000;
+  int rc = uv_timer_init(srv->loop, &srv->sweep);
+  if (rc != 0)
+    return rc;
+  srv->sweep.data = srv;
+  return uv_timer_start(&srv->sweep, on_sweep, (uint64_t)tick, (uint64_t)tick);
+}

@@ -1,0 +1,390 @@
+/* The connection registry in Redis (schemas/redis.md):
+ *   {prefix}ws:connections:{user}  hash conn-id -> server-id, TTL 300 s
+ *   {prefix}ws:alive:{server}      liveness key, short TTL, refreshed often
+ *   {prefix}ws:server:{server}     our Pub/Sub channel (second connection)
+ * Connections are added/removed as they come and go; a heartbeat pass walks
+ * every local user in chunks and re-sends HSET+EXPIRE, pipelined (hiredis
+ * writes everything queued in one loop turn in one go). After Redis comes
+ * back, the same pass re-registers everything. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "delivery_int.h"
+#include "log.h"
+#include "redis_uv.h"
+#include "rkeys.h"
+
+#define REFRESH_CHUNK 500
+
+struct fo_rreg {
+  fo_server_t *srv;
+  fo_redis_t *cmd;
+  fo_redis_t *sub;
+  uv_timer_t alive_timer;
+  uv_timer_t refresh_timer;   /* periodic pass start */
+  uv_timer_t chunk_timer;     /* continues a pass in chunks */
+  uint32_t cursor;
+  bool pass_running;
+  bool sub_ready;
+  int open_handles;
+  fo_sb_t key;
+  char *channel;              /* our server channel name */
+  size_t channel_len;
+  char *room_prefix;          /* "{prefix}ws:room:" */
+  size_t room_prefix_len;
+  int64_t *up_gauge;
+  uint64_t last_errors;
+};
+
+struct fo_redis *fo__rreg_cmd(fo_server_t *srv) {
+  return srv->rreg ? srv->rreg->cmd : NULL;
+}
+
+bool fo__rreg_ready(fo_server_t *srv) {
+  fo_rreg_t *rr = srv->rreg;
+  return rr != NULL && fo_redis_connected(rr->cmd) && rr->sub_ready;
+}
+
+static void count_error(fo_redis_t *r, redisReply *reply, void *privdata) {
+  (void)r;
+  fo_server_t *srv = privdata;
+  if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
+    (*srv->m.redis_errors)++;
+}
+
+static void register_user(fo_user_t *user, void *ud) {
+  fo_rreg_t *rr = ud;
+  fo_server_t *srv = rr->srv;
+  size_t ulen;
+  const char *name = fo__user_name(user, &ulen);
+  /* HSET key c1 sid c2 sid ... ; EXPIRE key 300 */
+  enum { MAXF = 64 };
+  const char *argv[2 + 2 * MAXF];
+  size_t argvlen[2 + 2 * MAXF];
+  char ids[MAXF][96];
+  fo_sb_reset(&rr->key);
+  fo_rkey_connections(&rr->key, srv->cfg->redis_prefix, name, ulen);
+  if (rr->key.oom)
+    return;
+  int argc = 2;
+  argv[0] = "HSET";
+  argvlen[0] = 4;
+  argv[1] = rr->key.data;
+  argvlen[1] = rr->key.len;
+  int k = 0;
+  for (fo_conn_t *c = fo__user_conns(user); c != NULL; c = c->user_next) {
+    if (c->state != FO_CONN_OPEN)
+      continue;
+    fo__conn_id_str(c, ids[k], sizeof(ids[k]));
+    argv[argc] = ids[k];
+    argvlen[argc++] = strlen(ids[k]);
+    argv[argc] = srv->cfg->server_id;
+    argvlen[argc++] = strlen(srv->cfg->server_id);
+    if (++k == MAXF)
+      break;
+  }
+  if (k == 0)
+    return;
+  fo_redis_command_argv(rr->cmd, count_error, srv, argc, argv, argvlen);
+  fo_redis_command(rr->cmd, count_error, srv, "EXPIRE %b %d", rr->key.data, rr->key.len,
+                   FO_REGISTRY_TTL_S);
+}
+
+static void on_chunk(uv_timer_t *t) {
+  fo_rreg_t *rr = t->data;
+  rr->cursor = fo__registry_each_user(rr->srv, rr->cursor, REFRESH_CHUNK, register_user, rr);
+  if (rr->cursor == 0 || !fo_redis_connected(rr->cmd))
+    rr->pass_running = false;
+  else
+    uv_timer_start(&rr->chunk_timer, on_chunk, 1, 0);
+}
+
+static void start_pass(fo_rreg_t *rr) {
+  if (rr->pass_running || !fo_redis_connected(rr->cmd))
+    return;
+  rr->pass_running = true;
+  rr->cursor = 0;
+  /* The first chunk now, the rest one per loop turn (1 ms timer). */
+  rr->cursor = fo__registry_each_user(rr->srv, 0, REFRESH_CHUNK, register_user, rr);
+  if (rr->cursor == 0)
+    rr->pass_running = false;
+  else
+    uv_timer_start(&rr->chunk_timer, on_chunk, 1, 0);
+}
+
+static void set_alive(fo_rreg_t *rr) {
+  fo_server_t *srv = rr->srv;
+  fo_sb_t k;
+  fo_sb_init(&k);
+  fo_rkey_alive(&k, srv->cfg->redis_prefix, srv->cfg->server_id);
+  if (!k.oom)
+    fo_redis_command(rr->cmd, count_error, srv, "SET %b %b PX %lld", k.data, k.len,
+                     srv->cfg->server_id, strlen(srv->cfg->server_id),
+                     (long long)srv->cfg->alive_ttl_ms);
+  fo_sb_free(&k);
+}
+
+static void on_alive(uv_timer_t *t) {
+  fo_rreg_t *rr = t->data;
+  if (fo_redis_connected(rr->cmd) && !rr->srv->draining)
+    set_alive(rr);
+}
+
+static void on_refresh(uv_timer_t *t) {
+  fo_rreg_t *rr = t->data;
+  if (!rr->srv->draining)
+    start_pass(rr);
+}
+
+static void on_cmd_state(fo_redis_t *r, bool connected, void *ud) {
+  (void)r;
+  fo_rreg_t *rr = ud;
+  fo_server_t *srv = rr->srv;
+  *srv->m.redis_up = connected && rr->sub_ready;
+  if (!connected)
+    return;
+  if (srv->draining)
+    return;
+  set_alive(rr);
+  start_pass(rr);              /* re-register everything we hold */
+  fo__router_redis_up(srv);
+}
+
+/* ---- Pub/Sub ---- */
+
+static void on_sub_message(fo_redis_t *r, redisReply *reply, void *privdata) {
+  (void)r;
+  fo_rreg_t *rr = privdata;
+  fo_server_t *srv = rr->srv;
+  if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3)
+    return;
+  redisReply *kind = reply->element[0];
+  redisReply *chan = reply->element[1];
+  if (kind->type != REDIS_REPLY_STRING || chan->type != REDIS_REPLY_STRING)
+    return;
+  if (kind->len == 9 && memcmp(kind->str, "subscribe", 9) == 0) {
+    if (chan->len == rr->channel_len && memcmp(chan->str, rr->channel, chan->len) == 0) {
+      rr->sub_ready = true;
+      *srv->m.redis_up = fo_redis_connected(rr->cmd);
+      FO_LOG_INFO("registry", "subscribed", "channel=%s", rr->channel);
+    }
+    return;
+  }
+  if (kind->len != 7 || memcmp(kind->str, "message", 7) != 0)
+    return;
+  redisReply *msg = reply->element[2];
+  if (msg->type != REDIS_REPLY_STRING)
+    return;
+  if (chan->len == rr->channel_len && memcmp(chan->str, rr->channel, chan->len) == 0) {
+    fo__router_pubsub(srv, msg->str, msg->len);
+  } else if (chan->len > rr->room_prefix_len &&
+             memcmp(chan->str, rr->room_prefix, rr->room_prefix_len) == 0) {
+    fo__router_room_pubsub(srv, chan->str + rr->room_prefix_len,
+                           chan->len - rr->room_prefix_len, msg->str, msg->len);
+  }
+}
+
+static void resubscribe_room(fo_mapent_t *e, fo_rreg_t *rr) {
+  fo_sb_t ch;
+  fo_sb_init(&ch);
+  fo_rkey_room_channel(&ch, rr->srv->cfg->redis_prefix, e->key, e->len);
+  if (!ch.oom)
+    fo_redis_command(rr->sub, on_sub_message, rr, "SUBSCRIBE %b", ch.data, ch.len);
+  fo_sb_free(&ch);
+}
+
+static void on_sub_state(fo_redis_t *r, bool connected, void *ud) {
+  fo_rreg_t *rr = ud;
+  fo_server_t *srv = rr->srv;
+  rr->sub_ready = false;
+  *srv->m.redis_up = 0;
+  if (!connected)
+    return;
+  fo_redis_command(r, on_sub_message, rr, "SUBSCRIBE %b", rr->channel, rr->channel_len);
+  if (strcmp(srv->cfg->room_mode, "redis") == 0) {
+    uint32_t cur = 0;
+    fo_mapent_t *e;
+    while ((e = fo_map_next(&srv->rooms, &cur)) != NULL)
+      resubscribe_room(e, rr);
+  }
+}
+
+void fo__rreg_room_sub(fo_server_t *srv, const char *room, size_t len, bool on) {
+  fo_rreg_t *rr = srv->rreg;
+  if (rr == NULL || !fo_redis_connected(rr->sub))
+    return; /* resubscribed on reconnect */
+  fo_sb_t ch;
+  fo_sb_init(&ch);
+  fo_rkey_room_channel(&ch, srv->cfg->redis_prefix, room, len);
+  if (!ch.oom) {
+    if (on)
+      fo_redis_command(rr->sub, on_sub_message, rr, "SUBSCRIBE %b", ch.data, ch.len);
+    else
+      fo_redis_command(rr->sub, NULL, NULL, "UNSUBSCRIBE %b", ch.data, ch.len);
+  }
+  fo_sb_free(&ch);
+}
+
+/* ---- per connection ---- */
+
+void fo__rreg_conn_added(fo_server_t *srv, fo_conn_t *conn) {
+  fo_rreg_t *rr = srv->rreg;
+  if (rr == NULL || !fo_redis_connected(rr->cmd))
+    return; /* the pass after reconnecting registers it */
+  size_t ulen;
+  const char *name = fo__user_name(conn->user, &ulen);
+  char id[96];
+  fo__conn_id_str(conn, id, sizeof(id));
+  fo_sb_reset(&rr->key);
+  fo_rkey_connections(&rr->key, srv->cfg->redis_prefix, name, ulen);
+  if (rr->key.oom)
+    return;
+  fo_redis_command(rr->cmd, count_error, srv, "HSET %b %s %s", rr->key.data, rr->key.len, id,
+                   srv->cfg->server_id);
+  fo_redis_command(rr->cmd, count_error, srv, "EXPIRE %b %d", rr->key.data, rr->key.len,
+                   FO_REGISTRY_TTL_S);
+}
+
+void fo__rreg_conn_removed(fo_server_t *srv, fo_conn_t *conn) {
+  fo_rreg_t *rr = srv->rreg;
+  if (rr == NULL || conn->user == NULL || !fo_redis_connected(rr->cmd))
+    return;
+  size_t ulen;
+  const char *name = fo__user_name(conn->user, &ulen);
+  char id[96];
+  fo__conn_id_str(conn, id, sizeof(id));
+  fo_sb_reset(&rr->key);
+  fo_rkey_connections(&rr->key, srv->cfg->redis_prefix, name, ulen);
+  if (rr->key.oom)
+    return;
+  fo_redis_command(rr->cmd, count_error, srv, "HDEL %b %s", rr->key.data, rr->key.len, id);
+}
+
+/* ---- life ---- */
+
+int fo__rreg_new(fo_server_t *srv) {
+  const fo_dcfg_t *cfg = srv->cfg;
+  fo_rreg_t *rr = calloc(1, sizeof(*rr));
+  if (rr == NULL)
+    return -ENOMEM;
+  rr->srv = srv;
+  srv->rreg = rr;
+  fo_sb_init(&rr->key);
+  fo_sb_t s;
+  fo_sb_init(&s);
+  fo_rkey_server_channel(&s, cfg->redis_prefix, cfg->server_id);
+  rr->channel_len = s.len;
+  rr->channel = s.data; /* takes the allocation */
+  fo_sb_init(&s);
+  fo_rkey_room_channel(&s, cfg->redis_prefix, "", 0);
+  rr->room_prefix_len = s.len;
+  rr->room_prefix = s.data;
+  if (rr->channel == NULL || rr->room_prefix == NULL)
+    return -ENOMEM;
+
+  uv_timer_init(srv->loop, &rr->alive_timer);
+  uv_timer_init(srv->loop, &rr->refresh_timer);
+  uv_timer_init(srv->loop, &rr->chunk_timer);
+  rr->alive_timer.data = rr->refresh_timer.data = rr->chunk_timer.data = rr;
+  rr->open_handles = 3;
+  uint64_t alive_every = (uint64_t)cfg->alive_ttl_ms / 3;
+  uv_timer_start(&rr->alive_timer, on_alive, alive_every, alive_every);
+  uv_timer_start(&rr->refresh_timer, on_refresh, (uint64_t)cfg->registry_refresh_ms,
+                 (uint64_t)cfg->registry_refresh_ms);
+
+  fo_redis_opts_t o = {
+      .host = cfg->redis.host,
+      .port = cfg->redis.port,
+      .connect_timeout_ms = 2000,
+      .command_timeout_ms = 3000,
+      .backoff_min_ms = 100,
+      .backoff_max_ms = 3000,
+      .name = "registry",
+  };
+  int rc = fo_redis_new(srv->loop, &o, on_cmd_state, rr, &rr->cmd);
+  if (rc != 0)
+    return rc;
+  o.name = "pubsub";
+  o.command_timeout_ms = -1; /* a subscriber waits for pushes: no command timeout */
+  rc = fo_redis_new(srv->loop, &o, on_sub_state, rr, &rr->sub);
+  return rc;
+}
+
+/* Drain: remove our liveness key (entries go with each connection's close). */
+void fo__rreg_drain(fo_server_t *srv) {
+  fo_rreg_t *rr = srv->rreg;
+  if (rr == NULL)
+    return;
+  uv_timer_stop(&rr->alive_timer);
+  uv_timer_stop(&rr->refresh_timer);
+  uv_timer_stop(&rr->chunk_timer);
+  if (fo_redis_connected(rr->cmd)) {
+    fo_sb_t k;
+    fo_sb_init(&k);
+    fo_rkey_alive(&k, srv->cfg->redis_prefix, srv->cfg->server_id);
+    if (!k.oom)
+      fo_redis_command(rr->cmd, count_error, srv, "DEL %b", k.data, k.len);
+    fo_sb_free(&k);
+  }
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+  fo_rreg_t *rr = h->data;
+  if (--rr->open_handles == 0) {
+    fo_sb_free(&rr->key);
+    free(rr->channel);
+    free(rr->room_prefix);
+    free(rr);
+  }
+}
+
+void fo__rreg_close(fo_server_t *srv) {
+  fo_rreg_t *rr = srv->rreg;
+  if (rr == NULL)
+    return;
+  srv->rreg = NULL;
+  fo_redis_close(rr->cmd);
+  fo_redis_close(rr->sub);
+  uv_close((uv_handle_t *)&rr->alive_timer, on_timer_closed);
+  uv_close((uv_handle_t *)&rr->refresh_timer, on_timer_closed);
+  uv_close((uv_handle_t *)&rr->chunk_timer, on_timer_closed);
+}
+
+uint64_t fo__rreg_errors(fo_server_t *srv) {
+  fo_rreg_t *rr = srv->rreg;
+  if (rr == NULL)
+    return 0;
+  return fo_redis_errors(rr->cmd) + fo_redis_errors(rr->sub);
+}
+
+typedef struct {
+  fo_server_t *srv;
+  void (*cb)(fo_server_t *srv);
+} barrier_t;
+
+static void on_barrier(fo_redis_t *r, redisReply *reply, void *privdata) {
+  (void)r, (void)reply;
+  barrier_t *b = privdata;
+  fo_server_t *srv = b->srv;
+  void (*cb)(fo_server_t *) = b->cb;
+  free(b);
+  cb(srv);
+}
+
+void fo__rreg_barrier(fo_server_t *srv, void (*cb)(fo_server_t *srv)) {
+  fo_rreg_t *rr = srv->rreg;
+  barrier_t *b = malloc(sizeof(*b));
+  if (rr == NULL || b == NULL || !fo_redis_connected(rr->cmd)) {
+    free(b);
+    cb(srv);
+    return;
+  }
+  b->srv = srv;
+  b->cb = cb;
+  if (fo_redis_command(rr->cmd, on_barrier, b, "PING") != 0) {
+    free(b);
+    cb(srv);
+  }
+}

@@ -1,0 +1,272 @@
+/* Rooms: room -> local members (an array, so a broadcast walks contiguous
+ * pointers), connection -> rooms (a small array allocated on the first
+ * join), and the interned permission sets from the JWT `rooms` claim. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "delivery_int.h"
+
+struct fo_room {
+  fo_mapent_t ent;
+  fo_conn_t **members;
+  uint32_t n, cap;
+  char name[];
+};
+
+struct fo_conn_rooms {
+  uint32_t n, cap;
+  struct {
+    fo_room_t *room;
+    uint32_t idx;      /* position of the conn in room->members */
+  } e[];
+};
+
+typedef struct {
+  uint32_t off, len;
+  bool prefix;         /* entry ended in '*': matches any room starting with it */
+} fo_perm_item_t;
+
+struct fo_perm {
+  fo_mapent_t ent;     /* key = entries joined with '\0' */
+  uint32_t refs;
+  uint32_t n;
+  fo_perm_item_t items[];
+};
+
+/* ---- permissions ---- */
+
+int fo__perm_set(fo_conn_t *conn, const void *rooms_json) {
+  const json_t *rooms = rooms_json;
+  fo_server_t *srv = conn->srv;
+  fo_sb_t key;
+  size_t i, n = 0;
+  json_t *r;
+  fo__perm_release(conn);
+  if (rooms == NULL || json_array_size(rooms) == 0)
+    return 0;
+  fo_sb_init(&key);
+  json_array_foreach(rooms, i, r) {
+    fo_sb_append(&key, json_string_value(r), json_string_length(r));
+    fo_sb_putc(&key, '\0');
+    n++;
+  }
+  if (key.oom) {
+    fo_sb_free(&key);
+    return -ENOMEM;
+  }
+  uint32_t h = fo_map_hash(key.data, key.len);
+  fo_perm_t *perm = (fo_perm_t *)fo_map_get(&srv->perms, key.data, key.len, h);
+  if (perm == NULL) {
+    perm = malloc(sizeof(*perm) + n * sizeof(fo_perm_item_t) + key.len);
+    if (perm == NULL) {
+      fo_sb_free(&key);
+      return -ENOMEM;
+    }
+    char *data = (char *)&perm->items[n];
+    memcpy(data, key.data, key.len);
+    perm->ent.hash = h;
+    perm->ent.len = (uint32_t)key.len;
+    perm->ent.key = data;
+    perm->refs = 0;
+    perm->n = (uint32_t)n;
+    uint32_t off = 0;
+    for (uint32_t k = 0; k < n; k++) {
+      uint32_t len = (uint32_t)strlen(data + off);
+      perm->items[k].off = off;
+      perm->items[k].prefix = len > 0 && data[off + len - 1] == '*';
+      perm->items[k].len = perm->items[k].prefix ? len - 1 : len;
+      off += len + 1;
+    }
+    if (fo_map_put(&srv->perms, &perm->ent) != 0) {
+      free(perm);
+      fo_sb_free(&key);
+      return -ENOMEM;
+    }
+  }
+  fo_sb_free(&key);
+  perm->refs++;
+  conn->perm = perm;
+  return 0;
+}
+
+void fo__perm_release(fo_conn_t *conn) {
+  fo_perm_t *perm = conn->perm;
+  if (perm == NULL)
+    return;
+  conn->perm = NULL;
+  if (--perm->refs == 0) {
+    fo_map_del(&conn->srv->perms, &perm->ent);
+    free(perm);
+  }
+}
+
+bool fo__perm_allows(const fo_perm_t *perm, const char *room, size_t len) {
+  if (perm == NULL)
+    return false;
+  for (uint32_t k = 0; k < perm->n; k++) {
+    const fo_perm_item_t *it = &perm->items[k];
+    const char *s = perm->ent.key + it->off;
+    if (it->prefix) {
+      if (len >= it->len && memcmp(room, s, it->len) == 0)
+        return true;
+    } else if (len == it->len && memcmp(room, s, len) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+/* ---- membership ---- */
+
+static int conn_room_index(const fo_conn_t *conn, const fo_room_t *room) {
+  struct fo_conn_rooms *cr = conn->rooms;
+  if (cr == NULL)
+    return -1;
+  for (uint32_t i = 0; i < cr->n; i++)
+    if (cr->e[i].room == room)
+      return (int)i;
+  return -1;
+}
+
+int fo__room_join(fo_conn_t *conn, const char *name, size_t len) {
+  fo_server_t *srv = conn->srv;
+  if (!fo__perm_allows(conn->perm, name, len))
+    return -EPERM;
+  uint32_t h = fo_map_hash(name, len);
+  fo_room_t *room = (fo_room_t *)fo_map_get(&srv->rooms, name, len, h);
+  if (room != NULL && conn_room_index(conn, room) >= 0)
+    return 0; /* already a member */
+  struct fo_conn_rooms *cr = conn->rooms;
+  if (cr != NULL && cr->n >= (uint32_t)srv->cfg->max_rooms_per_conn)
+    return -E2BIG;
+  if (cr == NULL || cr->n == cr->cap) {
+    uint32_t ncap = cr ? cr->cap * 2 : 2;
+    struct fo_conn_rooms *ncr = realloc(cr, sizeof(*cr) + ncap * sizeof(cr->e[0]));
+    if (ncr == NULL)
+      return -ENOMEM;
+    if (cr == NULL)
+      ncr->n = 0;
+    ncr->cap = ncap;
+    conn->rooms = cr = ncr;
+  }
+  bool created = false;
+  if (room == NULL) {
+    room = calloc(1, sizeof(*room) + len + 1);
+    if (room == NULL)
+      return -ENOMEM;
+    memcpy(room->name, name, len);
+    room->ent.hash = h;
+    room->ent.len = (uint32_t)len;
+    room->ent.key = room->name;
+    if (fo_map_put(&srv->rooms, &room->ent) != 0) {
+      free(room);
+      return -ENOMEM;
+    }
+    created = true;
+    (*srv->m.rooms)++;
+  }
+  if (room->n == room->cap) {
+    uint32_t ncap = room->cap ? room->cap * 2 : 4;
+    fo_conn_t **nm = realloc(room->members, ncap * sizeof(*nm));
+    if (nm == NULL) {
+      if (created) {
+        fo_map_del(&srv->rooms, &room->ent);
+        (*srv->m.rooms)--;
+        free(room);
+      }
+      return -ENOMEM;
+    }
+    room->members = nm;
+    room->cap = ncap;
+  }
+  room->members[room->n] = conn;
+  cr->e[cr->n].room = room;
+  cr->e[cr->n].idx = room->n;
+  cr->n++;
+  room->n++;
+  if (created && strcmp(srv->cfg->room_mode, "redis") == 0)
+    fo__rreg_room_sub(srv, room->name, len, true);
+  return 0;
+}
+
+/* Removes entry i of conn's room list. */
+static void leave_at(fo_conn_t *conn, uint32_t i) {
+  fo_server_t *srv = conn->srv;
+  struct fo_conn_rooms *cr = conn->rooms;
+  fo_room_t *room = cr->e[i].room;
+  uint32_t idx = cr->e[i].idx;
+  /* swap-remove from the room's member array, fixing the moved member's index */
+  uint32_t last = room->n - 1;
+  if (idx != last) {
+    fo_conn_t *moved = room->members[last];
+    room->members[idx] = moved;
+    int k = conn_room_index(moved, room);
+    if (k >= 0)
+      moved->rooms->e[k].idx = idx;
+  }
+  room->n--;
+  cr->e[i] = cr->e[cr->n - 1];
+  cr->n--;
+  if (cr->n == 0) {
+    free(cr);
+    conn->rooms = NULL;
+  }
+  if (room->n == 0) {
+    if (strcmp(srv->cfg->room_mode, "redis") == 0)
+      fo__rreg_room_sub(srv, room->name, room->ent.len, false);
+    fo_map_del(&srv->rooms, &room->ent);
+    (*srv->m.rooms)--;
+    free(room->members);
+    free(room);
+  }
+}
+
+int fo__room_leave(fo_conn_t *conn, const char *name, size_t len) {
+  fo_room_t *room = (fo_room_t *)fo_map_get(&conn->srv->rooms, name, len, fo_map_hash(name, len));
+  if (room == NULL)
+    return 0;
+  int i = conn_room_index(conn, room);
+  if (i >= 0)
+    leave_at(conn, (uint32_t)i);
+  return 0;
+}
+
+void fo__rooms_leave_all(fo_conn_t *conn) {
+  while (conn->rooms != NULL)
+    leave_at(conn, conn->rooms->n - 1);
+}
+
+size_t fo__room_broadcast(fo_server_t *srv, const char *name, size_t len, fo_buf_t *buf) {
+  fo_room_t *room = (fo_room_t *)fo_map_get(&srv->rooms, name, len, fo_map_hash(name, len));
+  size_t sent = 0;
+  if (room == NULL)
+    return 0;
+  /* Backwards: a member closed by its queue limit is swap-removed, and the
+   * member moved into its slot was already served. The room itself may go
+   * away with its last member, so test the count before touching it. */
+  for (uint32_t i = room->n; i > 0; i--) {
+    bool last = room->n == 1;
+    if (fo__conn_send(room->members[i - 1], buf) == 0)
+      sent++;
+    if (last)
+      break;
+  }
+  return sent;
+}
+
+void fo__rooms_free(fo_server_t *srv) {
+  uint32_t cur = 0;
+  fo_mapent_t *e;
+  while ((e = fo_map_next(&srv->rooms, &cur)) != NULL) {
+    free(((fo_room_t *)e)->members);
+    free(e);
+  }
+  fo_map_free(&srv->rooms);
+  cur = 0;
+  while ((e = fo_map_next(&srv->perms, &cur)) != NULL)
+    free(e);
+  fo_map_free(&srv->perms);
+}

@@ -1,0 +1,343 @@
+/* Routing of user messages: local connections are written at once; for the
+ * user's connections on other servers one Lua script per message (pipelined:
+ * a Kafka batch costs one round trip) reads ws:connections:{user}, skips and
+ * removes entries of servers whose liveness key is gone, and PUBLISHes the
+ * message to ws:server:{id} of every other live server. A message counts as
+ * done when that script returned; offsets are released to the consumer in
+ * Kafka order (a FIFO), so nothing is committed before it was handed over.
+ *
+ * Pub/Sub payload between servers: "<decimal user length>:<user><json>",
+ * where <json> is the client frame's text, ready to be framed as is. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "delivery_int.h"
+#include "log.h"
+#include "redis_uv.h"
+#include "rkeys.h"
+#include "ws.h"
+
+static const char route_lua[] =
+    "local h = redis.call('HGETALL', KEYS[1])\n"
+    "local seen = {}\n"
+    "local sent, dead = 0, 0\n"
+    "for i = 1, #h, 2 do\n"
+    "  local sid = h[i + 1]\n"
+    "  if sid ~= ARGV[3] then\n"
+    "    local st = seen[sid]\n"
+    "    if st == nil then\n"
+    "      st = redis.call('EXISTS', ARGV[1] .. sid) == 1\n"
+    "      if st then\n"
+    "        redis.call('PUBLISH', ARGV[2] .. sid, ARGV[4])\n"
+    "        sent = sent + 1\n"
+    "      end\n"
+    "      seen[sid] = st\n"
+    "    end\n"
+    "    if not st then\n"
+    "      redis.call('HDEL', KEYS[1], h[i])\n"
+    "      dead = dead + 1\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return {sent, dead}\n";
+
+typedef struct fo_rmsg {
+  struct fo_rmsg *next;
+  fo_router_t *router;
+  fo_buf_t *pub;          /* "<len>:<user><json>" */
+  uint32_t user_off, user_len;
+  int32_t partition;
+  int64_t offset;
+  bool done;
+  bool issued;            /* a script call is outstanding */
+  bool use_eval;          /* the server lost the script: send it in full */
+} fo_rmsg_t;
+
+struct fo_router {
+  fo_server_t *srv;
+  fo_rmsg_t *head, *tail;
+  size_t inflight;
+  char sha[41];
+  char *alive_prefix, *chan_prefix;
+  fo_route_done_cb done_cb;
+  void *done_ud;
+  fo_log_ratelimit_t rl;
+};
+
+static void sha1_hex(const char *s, size_t n, char out[41]) {
+  uint8_t md[EVP_MAX_MD_SIZE];
+  unsigned len = 0;
+  EVP_Digest(s, n, md, &len, EVP_sha1(), NULL);
+  for (unsigned i = 0; i < 20; i++)
+    snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+int fo__router_new(fo_server_t *srv) {
+  fo_router_t *rt = calloc(1, sizeof(*rt));
+  if (rt == NULL)
+    return -ENOMEM;
+  rt->srv = srv;
+  sha1_hex(route_lua, sizeof(route_lua) - 1, rt->sha);
+  fo_sb_t s;
+  fo_sb_init(&s);
+  fo_rkey_alive(&s, srv->cfg->redis_prefix, "");
+  rt->alive_prefix = s.data;
+  fo_sb_init(&s);
+  fo_rkey_server_channel(&s, srv->cfg->redis_prefix, "");
+  rt->chan_prefix = s.data;
+  srv->router = rt;
+  if (rt->alive_prefix == NULL || rt->chan_prefix == NULL)
+    return -ENOMEM;
+  return 0;
+}
+
+void fo__router_free(fo_server_t *srv) {
+  fo_router_t *rt = srv->router;
+  if (rt == NULL)
+    return;
+  while (rt->head != NULL) {
+    fo_rmsg_t *m = rt->head;
+    rt->head = m->next;
+    fo_buf_unref(m->pub);
+    if (m->issued)
+      m->router = NULL; /* the reply callback (with NULL) frees it */
+    else
+      free(m);
+  }
+  free(rt->alive_prefix);
+  free(rt->chan_prefix);
+  free(rt);
+  srv->router = NULL;
+}
+
+void fo__router_set_done_cb(fo_server_t *srv, fo_route_done_cb cb, void *ud) {
+  srv->router->done_cb = cb;
+  srv->router->done_ud = ud;
+}
+
+size_t fo__router_inflight(fo_server_t *srv) {
+  return srv->router ? srv->router->inflight : 0;
+}
+
+/* Releases finished messages at the head, in order. */
+static void advance(fo_router_t *rt) {
+  while (rt->head != NULL && rt->head->done) {
+    fo_rmsg_t *m = rt->head;
+    rt->head = m->next;
+    if (rt->head == NULL)
+      rt->tail = NULL;
+    rt->inflight--;
+    if (rt->done_cb != NULL && m->partition >= 0)
+      rt->done_cb(rt->done_ud, m->partition, m->offset);
+    fo_buf_unref(m->pub);
+    free(m);
+  }
+  fo__consumer_progress(rt->srv);
+  if (rt->srv->draining)
+    fo__server_drain_check(rt->srv);
+}
+
+static void issue(fo_router_t *rt, fo_rmsg_t *m);
+
+static void on_reply(fo_redis_t *r, redisReply *reply, void *privdata) {
+  (void)r;
+  fo_rmsg_t *m = privdata;
+  fo_router_t *rt = m->router;
+  if (rt == NULL) { /* the router is gone */
+    free(m);
+    return;
+  }
+  fo_server_t *srv = rt->srv;
+  m->issued = false;
+  if (reply == NULL) {
+    (*srv->m.redis_errors)++;
+    return; /* resent when Redis is back (fo__router_redis_up) */
+  }
+  if (reply->type == REDIS_REPLY_ERROR) {
+    if (strncmp(reply->str, "NOSCRIPT", 8) == 0 && !m->use_eval) {
+      m->use_eval = true;
+      issue(rt, m);
+      return;
+    }
+    (*srv->m.redis_errors)++;
+    uint64_t sup = 0;
+    if (fo_log_ratelimit(&rt->rl, fo_now_ms(), 5000, &sup))
+      FO_LOG_WARN("router", "route script failed", "err=\"%s\" suppressed=%" PRIu64, reply->str,
+                  sup);
+    /* A script error is not transient: skip rather than stall the partition. */
+  } else if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
+    *srv->m.published += (uint64_t)reply->element[0]->integer;
+    *srv->m.dead_servers_cleaned += (uint64_t)reply->element[1]->integer;
+  }
+  m->done = true;
+  advance(rt);
+}
+
+static void issue(fo_router_t *rt, fo_rmsg_t *m) {
+  fo_server_t *srv = rt->srv;
+  fo_redis_t *r = fo__rreg_cmd(srv);
+  if (r == NULL || !fo_redis_connected(r))
+    return;
+  fo_sb_t key;
+  fo_sb_init(&key);
+  fo_rkey_connections(&key, srv->cfg->redis_prefix,
+                      (const char *)m->pub->data + m->user_off, m->user_len);
+  if (key.oom) {
+    fo_sb_free(&key);
+    return;
+  }
+  const char *argv[8];
+  size_t argvlen[8];
+  argv[0] = m->use_eval ? "EVAL" : "EVALSHA";
+  argv[1] = m->use_eval ? route_lua : rt->sha;
+  argvlen[1] = m->use_eval ? sizeof(route_lua) - 1 : 40;
+  argv[2] = "1";
+  argv[3] = key.data;
+  argvlen[3] = key.len;
+  argv[4] = rt->alive_prefix;
+  argv[5] = rt->chan_prefix;
+  argv[6] = srv->cfg->server_id;
+  argv[7] = (const char *)m->pub->data;
+  argvlen[7] = m->pub->len;
+  for (int i = 0; i < 7; i++)
+    if (i != 1 && i != 3)
+      argvlen[i] = strlen(argv[i]);
+  if (fo_redis_command_argv(r, on_reply, m, 8, argv, argvlen) == 0)
+    m->issued = true;
+  fo_sb_free(&key);
+}
+
+void fo__router_redis_up(fo_server_t *srv) {
+  fo_router_t *rt = srv->router;
+  if (rt == NULL)
+    return;
+  for (fo_rmsg_t *m = rt->head; m != NULL; m = m->next)
+    if (!m->done && !m->issued)
+      issue(rt, m);
+}
+
+size_t fo__deliver_user_local(fo_server_t *srv, const char *user, size_t ulen, fo_buf_t *frame) {
+  fo_user_t *u = fo__registry_user(srv, user, ulen);
+  size_t n = 0;
+  fo_conn_t *c = fo__user_conns(u);
+  while (c != NULL) {
+    fo_conn_t *next = c->user_next; /* a slow-client close unlinks c */
+    if (fo__conn_send(c, frame) == 0)
+      n++;
+    c = next;
+  }
+  return n;
+}
+
+int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char *json,
+                    size_t jlen, int32_t partition, int64_t offset) {
+  fo_router_t *rt = srv->router;
+  if (fo__registry_user(srv, user, ulen) != NULL) {
+    fo_buf_t *frame = fo__frame_new(srv, FO_WS_OP_TEXT, json, jlen);
+    if (frame != NULL) {
+      fo__deliver_user_local(srv, user, ulen, frame);
+      fo_buf_unref(frame);
+    } else {
+      (*srv->m.drops)++;
+    }
+  }
+  char hdr[24];
+  int hl = snprintf(hdr, sizeof(hdr), "%zu:", ulen);
+  fo_buf_t *pub = fo_buf_new((size_t)hl + ulen + jlen);
+  fo_rmsg_t *m = calloc(1, sizeof(*m));
+  if (pub == NULL || m == NULL) {
+    fo_buf_unref(pub);
+    free(m);
+    return -ENOMEM;
+  }
+  memcpy(pub->data, hdr, (size_t)hl);
+  memcpy(pub->data + hl, user, ulen);
+  memcpy(pub->data + hl + ulen, json, jlen);
+  pub->len = (uint32_t)((size_t)hl + ulen + jlen);
+  m->router = rt;
+  m->pub = pub;
+  m->user_off = (uint32_t)hl;
+  m->user_len = (uint32_t)ulen;
+  m->partition = partition;
+  m->offset = offset;
+  if (rt->tail != NULL)
+    rt->tail->next = m;
+  else
+    rt->head = m;
+  rt->tail = m;
+  rt->inflight++;
+  issue(rt, m);
+  return 0;
+}
+
+/* A message that needs no routing (undecodable): released in order. */
+int fo__router_skip(fo_server_t *srv, int32_t partition, int64_t offset) {
+  fo_router_t *rt = srv->router;
+  if (rt->head == NULL) {
+    if (rt->done_cb != NULL)
+      rt->done_cb(rt->done_ud, partition, offset);
+    return 0;
+  }
+  fo_rmsg_t *m = calloc(1, sizeof(*m));
+  if (m == NULL)
+    return -ENOMEM;
+  m->router = rt;
+  m->partition = partition;
+  m->offset = offset;
+  m->done = true;
+  rt->tail->next = m;
+  rt->tail = m;
+  rt->inflight++;
+  return 0;
+}
+
+/* Parses "<len>:<user><json>"; returns 0 or -EPROTO. */
+static int parse_pub(const char *p, size_t n, const char **user, size_t *ulen,
+                     const char **json, size_t *jlen) {
+  size_t i = 0, len = 0;
+  while (i < n && i < 6 && p[i] >= '0' && p[i] <= '9')
+    len = len * 10 + (size_t)(p[i++] - '0');
+  if (i == 0 || i >= n || p[i] != ':' || len == 0 || len > n - i - 1)
+    return -EPROTO;
+  *user = p + i + 1;
+  *ulen = len;
+  *json = *user + len;
+  *jlen = n - i - 1 - len;
+  return *jlen > 0 ? 0 : -EPROTO;
+}
+
+void fo__router_pubsub(fo_server_t *srv, const char *p, size_t n) {
+  const char *user, *json;
+  size_t ulen, jlen;
+  (*srv->m.msgs_in_pubsub)++;
+  if (parse_pub(p, n, &user, &ulen, &json, &jlen) != 0) {
+    (*srv->m.decode_errors)++;
+    return;
+  }
+  if (fo__registry_user(srv, user, ulen) == NULL)
+    return; /* gone meanwhile */
+  fo_buf_t *frame = fo__frame_new(srv, FO_WS_OP_TEXT, json, jlen);
+  if (frame == NULL) {
+    (*srv->m.drops)++;
+    return;
+  }
+  fo__deliver_user_local(srv, user, ulen, frame);
+  fo_buf_unref(frame);
+}
+
+void fo__router_room_pubsub(fo_server_t *srv, const char *room, size_t rlen, const char *p,
+                            size_t n) {
+  (*srv->m.msgs_in_pubsub)++;
+  fo_buf_t *frame = fo__frame_new(srv, FO_WS_OP_TEXT, p, n);
+  if (frame == NULL) {
+    (*srv->m.drops)++;
+    return;
+  }
+  fo__room_broadcast(srv, room, rlen, frame);
+  fo_buf_unref(frame);
+}
