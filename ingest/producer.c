@@ -97,9 +97,14 @@ static void on_event(rd_kafka_event_t *ev, void *ud) {
       prod->fatal = true;
       prod->ready = false;
     } else {
-      if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+      /* librdkafka logs the details itself (common/kafka_uv.c routes them). */
+      if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
         prod->ready = false;
-      FO_LOG_WARN("kafka", "producer error", "err=\"%s\"", rd_kafka_event_error_string(ev));
+        FO_LOG_WARN("kafka", "producer has no broker", "err=\"%s\"",
+                    rd_kafka_event_error_string(ev));
+      } else {
+        FO_LOG_DEBUG("kafka", "producer error", "err=\"%s\"", rd_kafka_event_error_string(ev));
+      }
     }
     break;
   }
