@@ -89,7 +89,7 @@ static int take(cur_t *c, size_t n, const uint8_t **out) {
 }
 
 static int read_be(cur_t *c, size_t n, uint64_t *v) {
-  const uint8_t *b;
+  const uint8_t *b = NULL;
   int rc = take(c, n, &b);
   if (rc != 0)
     return rc;
@@ -116,7 +116,7 @@ static const char *type_name(mtype_t t) {
 
 /* Reads one item header; for str/bin/ext also takes its bytes (bounds-checked). */
 static int read_item(cur_t *c, item_t *it) {
-  const uint8_t *b;
+  const uint8_t *b = NULL;
   uint64_t v;
   int rc = take(c, 1, &b);
   if (rc != 0)
