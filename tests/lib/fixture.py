@@ -5,6 +5,7 @@ NAME is redis, kafkadev or apachekafka."""
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def start(name):
         pid, _ = spawn(name, ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
                               "--dir", d, "--save", "", "--appendonly", "no"],
                        r"Ready to accept connections", 15)
-        env = {"FANOUT_REDIS": "127.0.0.1:%d" % port}
+        env = {"FANOUT_REDIS": "127.0.0.1:%d" % port, "DIR": d}
     elif name == "kafkadev":
         pid, m = spawn(name, [ft.find_binary("fanout-kafka-dev"), "--partitions", "4"],
                        r"^bootstrap=(\S+)", 15)
@@ -55,7 +56,7 @@ def start(name):
         script = os.path.join(ft.SOURCE_DIR, "deploy", "local", "apache-kafka")
         pid, m = spawn(name, [script, "--port", "0", "--data", d, "--partitions", "4"],
                        r"^bootstrap=(\S+)", 800)
-        env = {"FANOUT_KAFKA": m.group(1)}
+        env = {"FANOUT_KAFKA": m.group(1), "DIR": d}
     else:
         sys.exit("unknown fixture %s" % name)
     env["PID"] = str(pid)
@@ -65,33 +66,39 @@ def start(name):
     print("fixture %s started: %s" % (name, env))
 
 
+def gone(pid):
+    """True once pid has exited (a zombie waiting for init counts as gone)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
 def stop(name):
     path = os.path.join(ft.STATE_DIR, name + ".env")
     if not os.path.exists(path):
         print("fixture %s not running" % name)
         return
-    pid = int(ft.fixture_env(name)["PID"])
+    env = ft.fixture_env(name)
+    pid = int(env["PID"])
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
     deadline = time.time() + 30
     while time.time() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if gone(pid):
             break
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.1)
+        time.sleep(0.05)
     else:
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     os.unlink(path)
+    if env.get("DIR", "").startswith(tempfile.gettempdir()):
+        shutil.rmtree(env["DIR"], ignore_errors=True)
     print("fixture %s stopped" % name)
 
 
