@@ -28,212 +28,71 @@
 #include <librdkafka/rdkafka_mock.h>
 #include <uv.h>
 
+#include "config.h"
+#include "log.h"
+
 #define KDEV_PROG "fanout-kafka-dev"
 #define KDEV_NTOPICS 4
 #define KDEV_NSIGNALS 4
 
-/* ---- options -------------------------------------------------------------- */
+/* ---- options (common/config.h: defaults, FANOUT_<NAME>, flags) ------------ */
 
 typedef struct {
-  int partitions;
-  int brokers;
-  int replication;
-  const char *topics[KDEV_NTOPICS];
-  int log_level; /* 0 debug, 1 info, 2 warn, 3 error */
+  int64_t partitions;
+  int64_t brokers;
+  int64_t replication;
+  char *topics[KDEV_NTOPICS]; /* owned; freed by fo_cfg_free */
+  char *log_level;            /* owned */
 } kdev_opts_t;
 
-typedef enum { OPT_INT, OPT_STR, OPT_LEVEL } kdev_opt_type_t;
-
-typedef struct {
-  const char *name; /* flag without "--"; environment FANOUT_<NAME> */
-  kdev_opt_type_t type;
-  size_t offset;
-  int min, max;
-  const char *def;
-  const char *help;
-} kdev_opt_t;
-
-static const kdev_opt_t opts_table[] = {
-  /* name            type       offset                                    min max   default */
-  { "partitions",   OPT_INT,   offsetof(kdev_opts_t, partitions),        1, 1000, "4",
+static const fo_cfg_field_t opts_table[] = {
+  /* name            type        offset                                min max   default */
+  { "partitions",   FO_CFG_INT, offsetof(kdev_opts_t, partitions),    1, 1000, "4",
     "partitions of each project topic" },
-  { "brokers",      OPT_INT,   offsetof(kdev_opts_t, brokers),           1, 16,   "1",
+  { "brokers",      FO_CFG_INT, offsetof(kdev_opts_t, brokers),       1, 16,   "1",
     "mock brokers (each its own loopback port)" },
-  { "replication",  OPT_INT,   offsetof(kdev_opts_t, replication),       0, 16,   "0",
+  { "replication",  FO_CFG_INT, offsetof(kdev_opts_t, replication),   0, 16,   "0",
     "replication factor of the topics (0 = min(brokers, 3))" },
-  { "topic-users",  OPT_STR,   offsetof(kdev_opts_t, topics[0]),         1, 249,  "fanout.users",
+  { "topic-users",  FO_CFG_STR, offsetof(kdev_opts_t, topics[0]),     1, 249,  "fanout.users",
     "user topic (partitioned by user-hash range)" },
-  { "topic-rooms",  OPT_STR,   offsetof(kdev_opts_t, topics[1]),         1, 249,  "fanout.rooms",
+  { "topic-rooms",  FO_CFG_STR, offsetof(kdev_opts_t, topics[1]),     1, 249,  "fanout.rooms",
     "room topic (read by every delivery server)" },
-  { "topic-intake", OPT_STR,   offsetof(kdev_opts_t, topics[2]),         1, 249,  "fanout.intake",
+  { "topic-intake", FO_CFG_STR, offsetof(kdev_opts_t, topics[2]),     1, 249,  "fanout.intake",
     "intake topic (backend services produce here)" },
-  { "topic-dlq",    OPT_STR,   offsetof(kdev_opts_t, topics[3]),         1, 249,  "fanout.dlq",
+  { "topic-dlq",    FO_CFG_STR, offsetof(kdev_opts_t, topics[3]),     1, 249,  "fanout.dlq",
     "dead-letter topic" },
-  { "log-level",    OPT_LEVEL, offsetof(kdev_opts_t, log_level),         0, 3,    "info",
+  { "log-level",    FO_CFG_STR, offsetof(kdev_opts_t, log_level),     1, 16,   "info",
     "debug|info|warn|error" },
 };
 #define KDEV_NOPTS (sizeof(opts_table) / sizeof(opts_table[0]))
 
-static const char *const level_names[] = { "debug", "info", "warn", "error" };
-
-/* ---- logging (logfmt on stderr, like common/log.h) ------------------------ */
-
-static int log_min_level = 1;
-
-static void kdev_log(int lvl, const char *msg, const char *kv, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void kdev_log(int lvl, const char *msg, const char *kv, ...) {
-  if (lvl < log_min_level)
-    return;
-  struct timeval tv;
-  struct tm tm;
-  char ts[32];
-  gettimeofday(&tv, NULL);
-  gmtime_r(&tv.tv_sec, &tm);
-  strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-  char pairs[768];
-  va_list ap;
-  va_start(ap, kv);
-  vsnprintf(pairs, sizeof(pairs), kv, ap);
-  va_end(ap);
-  fprintf(stderr, "ts=%s.%03dZ level=%s mod=kafka-dev msg=\"%s\"%s%s\n", ts,
-          (int)(tv.tv_usec / 1000), level_names[lvl], msg, pairs[0] != '\0' ? " " : "", pairs);
-}
-
-#define LOG_DEBUG(msg, ...) kdev_log(0, msg, __VA_ARGS__)
-#define LOG_INFO(msg, ...) kdev_log(1, msg, __VA_ARGS__)
-#define LOG_WARN(msg, ...) kdev_log(2, msg, __VA_ARGS__)
-#define LOG_ERROR(msg, ...) kdev_log(3, msg, __VA_ARGS__)
+#define LOG_DEBUG(msg, ...) FO_LOG_DEBUG("kafka-dev", msg, __VA_ARGS__)
+#define LOG_INFO(msg, ...) FO_LOG_INFO("kafka-dev", msg, __VA_ARGS__)
+#define LOG_WARN(msg, ...) FO_LOG_WARN("kafka-dev", msg, __VA_ARGS__)
+#define LOG_ERROR(msg, ...) FO_LOG_ERROR("kafka-dev", msg, __VA_ARGS__)
 
 /* librdkafka's own log lines (from its threads), in the same format. */
 static void kdev_rdkafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
   (void)rk;
-  int lvl = level <= 3 ? 3 : level <= 4 ? 2 : level <= 6 ? 1 : 0;
+  fo_log_level_t lvl = level <= 3 ? FO_LOG_LVL_ERROR : level <= 4 ? FO_LOG_LVL_WARN
+                       : level <= 6 ? FO_LOG_LVL_INFO : FO_LOG_LVL_DEBUG;
   if (strcmp(fac, "CONFWARN") == 0)
-    lvl = 0; /* "no bootstrap.servers": true, and by design */
-  kdev_log(lvl, "rdkafka", "fac=%s detail=\"%s\"", fac, buf);
+    lvl = FO_LOG_LVL_DEBUG; /* "no bootstrap.servers": true, and by design */
+  FO_LOG_(lvl, "kafka-dev", "rdkafka", "fac=%s detail=\"%s\"", fac, buf);
 }
 
-/* ---- option parsing ------------------------------------------------------- */
-
-/* Sets one option from text; returns 0, or -EINVAL with err naming it. */
-static int opt_set(const kdev_opt_t *o, kdev_opts_t *opts, const char *val, const char *src,
-                   char *err, size_t errlen) {
-  char *field = (char *)opts + o->offset;
-  switch (o->type) {
-  case OPT_INT: {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(val, &end, 10);
-    if (errno != 0 || end == val || *end != '\0' || v < o->min || v > o->max) {
-      snprintf(err, errlen, "%s=%s (%s): must be an integer in [%d, %d]", o->name, val, src,
-               o->min, o->max);
-      return -EINVAL;
-    }
-    *(int *)(void *)field = (int)v;
-    return 0;
-  }
-  case OPT_STR: {
-    size_t len = strlen(val);
-    if (len < (size_t)o->min || len > (size_t)o->max) {
-      snprintf(err, errlen, "%s=%s (%s): length must be in [%d, %d]", o->name, val, src,
-               o->min, o->max);
-      return -EINVAL;
-    }
-    *(const char **)(void *)field = val;
-    return 0;
-  }
-  case OPT_LEVEL:
-    for (int i = 0; i < 4; i++) {
-      if (strcmp(val, level_names[i]) == 0) {
-        *(int *)(void *)field = i;
-        return 0;
-      }
-    }
-    snprintf(err, errlen, "%s=%s (%s): must be debug, info, warn or error", o->name, val, src);
+/* Cross-field rules, after every source was applied. */
+static int opts_finalize(void *cfg, char *err, size_t errlen) {
+  kdev_opts_t *opts = cfg;
+  fo_log_level_t lvl;
+  if (fo_log_parse_level(opts->log_level, &lvl) != 0) {
+    snprintf(err, errlen, "log-level=%s: must be debug, info, warn or error", opts->log_level);
     return -EINVAL;
   }
-  return -EINVAL;
-}
-
-static void usage(FILE *f) {
-  fprintf(f,
-          "usage: " KDEV_PROG " [options]\n"
-          "The embedded Kafka broker for development and tests: a librdkafka mock\n"
-          "cluster on random loopback ports, in memory. Prints bootstrap=HOST:PORT[,...]\n"
-          "on stdout once it accepts connections; runs until SIGINT/SIGTERM.\n"
-          "SIGUSR1 takes all brokers down, SIGUSR2 brings them up again.\n\n"
-          "options (each also settable as FANOUT_<NAME>, the flag wins):\n");
-  for (size_t i = 0; i < KDEV_NOPTS; i++) {
-    const kdev_opt_t *o = &opts_table[i];
-    char env[64];
-    size_t j = 0;
-    for (const char *p = o->name; *p != '\0' && j < sizeof(env) - 1; p++)
-      env[j++] = *p == '-' ? '_' : (char)(*p >= 'a' && *p <= 'z' ? *p - 'a' + 'A' : *p);
-    env[j] = '\0';
-    fprintf(f, "  --%-14s %s (env FANOUT_%s, default %s)\n", o->name, o->help, env, o->def);
-  }
-  fprintf(f, "  --%-14s this text\n", "help");
-}
-
-static const kdev_opt_t *opt_find(const char *name, size_t len) {
-  for (size_t i = 0; i < KDEV_NOPTS; i++) {
-    if (strlen(opts_table[i].name) == len && strncmp(opts_table[i].name, name, len) == 0)
-      return &opts_table[i];
-  }
-  return NULL;
-}
-
-/* Defaults, then FANOUT_<NAME>, then --flags. Returns 0, 1 for --help, or
- * -EINVAL with one line in err naming the option. */
-static int opts_load(kdev_opts_t *opts, int argc, char **argv, char *err, size_t errlen) {
-  memset(opts, 0, sizeof(*opts));
-  for (size_t i = 0; i < KDEV_NOPTS; i++) {
-    if (opt_set(&opts_table[i], opts, opts_table[i].def, "default", err, errlen) != 0)
-      return -EINVAL;
-  }
-  for (size_t i = 0; i < KDEV_NOPTS; i++) {
-    const kdev_opt_t *o = &opts_table[i];
-    char env[80] = "FANOUT_";
-    size_t j = strlen(env);
-    for (const char *p = o->name; *p != '\0' && j < sizeof(env) - 1; p++)
-      env[j++] = *p == '-' ? '_' : (char)(*p >= 'a' && *p <= 'z' ? *p - 'a' + 'A' : *p);
-    env[j] = '\0';
-    const char *v = getenv(env);
-    if (v != NULL && opt_set(o, opts, v, env, err, errlen) != 0)
-      return -EINVAL;
-  }
-  for (int i = 1; i < argc; i++) {
-    const char *arg = argv[i];
-    if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0)
-      return 1;
-    if (strncmp(arg, "--", 2) != 0) {
-      snprintf(err, errlen, "unexpected argument '%s'", arg);
-      return -EINVAL;
-    }
-    const char *name = arg + 2;
-    const char *eq = strchr(name, '=');
-    size_t len = eq != NULL ? (size_t)(eq - name) : strlen(name);
-    const kdev_opt_t *o = opt_find(name, len);
-    if (o == NULL) {
-      snprintf(err, errlen, "unknown option '--%.*s'", (int)len, name);
-      return -EINVAL;
-    }
-    const char *val = eq != NULL ? eq + 1 : NULL;
-    if (val == NULL) {
-      if (i + 1 >= argc) {
-        snprintf(err, errlen, "option '--%s' needs a value", o->name);
-        return -EINVAL;
-      }
-      val = argv[++i];
-    }
-    if (opt_set(o, opts, val, "flag", err, errlen) != 0)
-      return -EINVAL;
-  }
+  fo_log_set_level(lvl);
   if (opts->replication > opts->brokers) {
-    snprintf(err, errlen, "replication=%d (flag or env): must be <= brokers=%d",
-             opts->replication, opts->brokers);
+    snprintf(err, errlen, "replication=%lld: must be <= brokers=%lld",
+             (long long)opts->replication, (long long)opts->brokers);
     return -EINVAL;
   }
   if (opts->replication == 0)
@@ -302,7 +161,7 @@ static int kdev_start_cluster(kdev_t *kd, const kdev_opts_t *opts) {
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
   if (rd_kafka_conf_set(conf, "client.id", KDEV_PROG, errstr, sizeof(errstr)) !=
           RD_KAFKA_CONF_OK ||
-      rd_kafka_conf_set(conf, "log_level", opts->log_level == 0 ? "7" : "6", errstr,
+      rd_kafka_conf_set(conf, "log_level", fo_log_min_level == FO_LOG_LVL_DEBUG ? "7" : "6", errstr,
                         sizeof(errstr)) != RD_KAFKA_CONF_OK) {
     LOG_ERROR("rdkafka conf", "err=\"%s\"", errstr);
     rd_kafka_conf_destroy(conf);
@@ -316,17 +175,17 @@ static int kdev_start_cluster(kdev_t *kd, const kdev_opts_t *opts) {
     rd_kafka_conf_destroy(conf);
     return -1;
   }
-  kd->mc = rd_kafka_mock_cluster_new(kd->rk, opts->brokers);
+  kd->mc = rd_kafka_mock_cluster_new(kd->rk, (int)opts->brokers);
   if (kd->mc == NULL) {
-    LOG_ERROR("rd_kafka_mock_cluster_new failed", "brokers=%d", opts->brokers);
+    LOG_ERROR("rd_kafka_mock_cluster_new failed", "brokers=%d", (int)opts->brokers);
     goto fail_rk;
   }
   for (int i = 0; i < KDEV_NTOPICS; i++) {
-    rd_kafka_resp_err_t err = rd_kafka_mock_topic_create(kd->mc, opts->topics[i],
-                                                         opts->partitions, opts->replication);
+    rd_kafka_resp_err_t err = rd_kafka_mock_topic_create(
+        kd->mc, opts->topics[i], (int)opts->partitions, (int)opts->replication);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
       LOG_ERROR("cannot create topic", "topic=%s partitions=%d err=\"%s\"", opts->topics[i],
-                opts->partitions, rd_kafka_err2str(err));
+                (int)opts->partitions, rd_kafka_err2str(err));
       goto fail_mc;
     }
   }
@@ -350,17 +209,18 @@ static void kdev_stop_cluster(kdev_t *kd) {
 
 int main(int argc, char **argv) {
   kdev_opts_t opts;
-  char err[512];
-  int rc = opts_load(&opts, argc, argv, err, sizeof(err));
-  if (rc == 1) {
-    usage(stdout);
+  memset(&opts, 0, sizeof(opts));
+  static const char about[] =
+      "The embedded Kafka broker for development and tests: a librdkafka mock\n"
+      "cluster on random loopback ports, in memory. Prints bootstrap=HOST:PORT[,...]\n"
+      "on stdout once it accepts connections; runs until SIGINT/SIGTERM.\n"
+      "SIGUSR1 takes all brokers down, SIGUSR2 brings them up again.";
+  if (fo_cfg_main(KDEV_PROG, about, opts_table, KDEV_NOPTS, &opts, argc, argv,
+                  opts_finalize) == FO_CFG_CHECK_ONLY) {
+    fo_cfg_free(opts_table, KDEV_NOPTS, &opts);
     return 0;
   }
-  if (rc != 0) {
-    fprintf(stderr, KDEV_PROG ": %s\n", err);
-    return 2;
-  }
-  log_min_level = opts.log_level;
+  int rc = 1;
   /* A peer that vanishes mid-write must not kill the broker. */
   signal(SIGPIPE, SIG_IGN);
 
@@ -390,7 +250,7 @@ int main(int argc, char **argv) {
 
   const char *bootstrap = rd_kafka_mock_cluster_bootstraps(kd.mc);
   LOG_INFO("ready", "bootstrap=%s brokers=%d partitions=%d replication=%d topics=%s,%s,%s,%s",
-           bootstrap, opts.brokers, opts.partitions, opts.replication, opts.topics[0],
+           bootstrap, (int)opts.brokers, (int)opts.partitions, (int)opts.replication, opts.topics[0],
            opts.topics[1], opts.topics[2], opts.topics[3]);
   printf("bootstrap=%s\n", bootstrap);
   fflush(stdout);
@@ -399,6 +259,7 @@ int main(int argc, char **argv) {
   kdev_stop_cluster(&kd);
   uv_loop_close(&kd.loop);
   LOG_INFO("stopped", "%s", "");
+  fo_cfg_free(opts_table, KDEV_NOPTS, &opts);
   return 0;
 
 fail_signals:
@@ -408,5 +269,6 @@ fail_signals:
   }
   uv_run(&kd.loop, UV_RUN_DEFAULT);
   uv_loop_close(&kd.loop);
-  return 1;
+  fo_cfg_free(opts_table, KDEV_NOPTS, &opts);
+  return rc;
 }
