@@ -177,11 +177,14 @@ static void tracker_advance(fo_intake_t *in, tracker_t *tr) {
     last = rec->offset;
     rec_free(rec);
     in->inflight--;
-    tracker_unref(tr); /* may free tr when detached and empty */
-    if (last >= 0 && tr->refs == 0)
-      return;
+    bool last_ref = tr->refs == 1; /* detached and now empty */
+    tracker_unref(tr);
+    if (last_ref) {
+      tr = NULL;
+      break;
+    }
   }
-  if (last >= 0 && tr->attached)
+  if (last >= 0 && tr != NULL && tr->attached)
     store_offset(in, tr->partition, last + 1);
   if (in->paused && !in->stopping && in->inflight <= (size_t)in->ing->cfg->intake_max_inflight / 2)
     set_paused(in, false);
