@@ -4,6 +4,7 @@
  * Kafka waits for the same answer. Bounded by a number of keys; entries
  * expire `window` after they were created (oldest first). */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -126,7 +127,10 @@ fo_idem_result_t fo__idem_begin(fo_idem_t *idem, uint64_t now_ms, const char *ke
       e->waiters = w;
       return FO_IDEM_WAIT;
     }
-    fo__reply_send(reply, e->status, "application/json", e->extra,
+    char extra[256];
+    snprintf(extra, sizeof(extra), "%sIdempotent-Replayed: true\r\n",
+             e->extra != NULL ? e->extra : "");
+    fo__reply_send(reply, e->status, "application/json", extra,
                    e->body != NULL ? e->body->data : NULL, e->body != NULL ? e->body->len : 0);
     return FO_IDEM_DONE;
   }

@@ -39,7 +39,7 @@ static const fo_cfg_field_t fields[] = {
     F("topic-intake", FO_CFG_STR, topic_intake, 1, 249, "fanout.intake", "topic the intake consumes"),
     F("topic-dlq", FO_CFG_STR, topic_dlq, 1, 249, "fanout.dlq", "topic for invalid intake records"),
     F("intake", FO_CFG_BOOL, intake, 0, 0, "true", "consume the intake topic"),
-    F("intake-group", FO_CFG_STR, intake_group, 1, 255, "fanout-ingest", "consumer group of the intake"),
+    F("intake-group", FO_CFG_STR, intake_group, 1, 255, "fanout-ingest-intake", "consumer group of the intake"),
     F("intake-max-bytes", FO_CFG_INT, intake_max_bytes, 64, 64 << 20, "1048576", "larger intake records go to the DLQ"),
     F("intake-max-inflight", FO_CFG_INT, intake_max_inflight, 1, 1000000, "10000", "intake records awaiting acknowledgement before fetching pauses"),
     F("intake-session-timeout-ms", FO_CFG_INT, intake_session_timeout_ms, 1000, 300000, "10000", "consumer group session timeout"),

@@ -3,11 +3,13 @@
  * declared too large), read and idle timeouts swept by one timer per
  * process, a maximum number of connections, and SO_REUSEPORT so that
  * several processes can share a port. Parsing is common/http.c's. */
+#define _GNU_SOURCE /* memmem */
 #include <errno.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include "ingest_int.h"
@@ -52,6 +54,7 @@ struct fo_conn {
   bool no_more;            /* no further requests: close after the last reply */
   bool lingering;          /* final reply written, draining input before close */
   bool in_feed;            /* inside fo_http_parser_feed */
+  bool continued;          /* "100 Continue" sent for the request being received */
   bool closing;
 };
 
@@ -263,6 +266,7 @@ static int on_request(void *ud, fo_http_request_t *req) {
   fo_conn_t *conn = ud;
   fo_server_t *srv = conn->srv;
   conn->req_start_ms = 0;
+  conn->continued = false;
   fo_reply_t *reply = reply_new(conn, req->keep_alive);
   if (reply == NULL) {
     conn->no_more = true;
@@ -302,6 +306,24 @@ static void conn_protocol_error(fo_conn_t *conn, int status, const char *msg) {
   fo__reply_error(reply, status, msg, NULL);
 }
 
+/* True when data holds a whole header block asking "Expect: 100-continue".
+ * (The parser reports complete requests only; clients such as curl send the
+ * headers in one piece and wait up to a second for this answer.) */
+static bool wants_continue(const char *data, size_t n) {
+  const char *end = memmem(data, n, "\r\n\r\n", 4);
+  if (end == NULL)
+    return false;
+  for (const char *p = data; p + 20 <= end; p++) {
+    if (p[0] == '\n' && strncasecmp(p + 1, "expect:", 7) == 0) {
+      const char *v = p + 8;
+      while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+      return end - v >= 12 && strncasecmp(v, "100-continue", 12) == 0;
+    }
+  }
+  return false;
+}
+
 static void conn_feed(fo_conn_t *conn, const char *data, size_t n) {
   fo_server_t *srv = conn->srv;
   conn->in_feed = true;
@@ -332,6 +354,10 @@ static void conn_feed(fo_conn_t *conn, const char *data, size_t n) {
   if (fo_http_parser_mid_request(conn->parser)) {
     if (conn->req_start_ms == 0)
       conn->req_start_ms = now_ms(srv);
+    if (!conn->continued && conn->head == NULL && (size_t)used == n && wants_continue(data, n)) {
+      conn->continued = true;
+      fo_sb_puts(&conn->wbuf, "HTTP/1.1 100 Continue\r\n\r\n");
+    }
   } else {
     conn->req_start_ms = 0;
   }
