@@ -113,12 +113,23 @@ static void mark_dirty(fo_server_t *srv, fo_outq_t *q) {
   srv->dirty = q;
 }
 
+static void conn_flush(fo_conn_t *conn);
+
 /* Appends buf to conn's queue (one reference). force skips the limit. */
 static int enqueue(fo_conn_t *conn, fo_buf_t *buf, bool force) {
   fo_server_t *srv = conn->srv;
   fo_outq_t *q = outq_get(conn);
   if (q == NULL)
     return -ENOMEM;
+  if (!force && q->bytes + buf->len > (uint64_t)srv->cfg->outq_max_bytes && !q->writing) {
+    /* Before calling the client slow, let the kernel take what it can. */
+    conn_flush(conn);
+    if (conn->state != FO_CONN_OPEN)
+      return -EPIPE;
+    q = outq_get(conn);
+    if (q == NULL)
+      return -ENOMEM;
+  }
   if (!force && q->bytes + buf->len > (uint64_t)srv->cfg->outq_max_bytes) {
     (*srv->m.slow_closes)++;
     (*srv->m.drops)++;
@@ -554,7 +565,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   if (conn->state == FO_CONN_HTTP || conn->state == FO_CONN_DEAD)
     return; /* answering a plain request: ignore the rest */
-  if (conn->peer_closed)
+  if (conn->peer_closed || conn->rx_broken)
     return;
   fo_ws_limits_t lim = limits_of(srv);
   fo_ws_rx_t *rx = conn->in;
@@ -564,6 +575,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     (*srv->m.protocol_errors)++;
     fo_ws_rx_free(&rx);
     conn->in = NULL;
+    /* The byte stream cannot be parsed any further: ignore the rest, send
+     * the close frame and drop the socket once it is written (RFC 6455 7.1.7). */
+    conn->rx_broken = 1;
+    conn->close_after_flush = 1;
     if (rc < 0)
       fo__conn_destroy(conn);
     else if (conn->state == FO_CONN_OPEN)
@@ -571,7 +586,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
                         rc == FO_WS_CLOSE_TOO_BIG  ? "message too big"
                         : rc == FO_WS_CLOSE_BAD_DATA ? "invalid UTF-8"
                                                      : "protocol error");
-    else
+    else if (conn->out == NULL)
       fo__conn_destroy(conn);
   }
 }

@@ -129,6 +129,7 @@ struct fo_conn {
   uint8_t registered : 1;   /* in the local maps and (if connected) Redis */
   uint8_t close_after_flush : 1;
   uint8_t peer_closed : 1;
+  uint8_t rx_broken : 1;     /* protocol error: input is ignored */
 };
 
 struct fo_server {

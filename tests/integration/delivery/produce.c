@@ -72,16 +72,19 @@ int main(int argc, char **argv) {
     return 1;
   }
   fo_id_gen_t gen = {0};
-  char line[1 << 16];
+  char *line = NULL;
+  size_t linecap = 0;
   int produced = 0;
   char cached_topic[256] = "";
   int cached_parts = 0;
-  while (fgets(line, sizeof(line), stdin) != NULL) {
-    char topic[256], kind[32], target[1024], ct[256], hex[1 << 15];
-    hex[0] = '\0';
-    int f = sscanf(line, "%255s %31s %1023s %255s %32767s", topic, kind, target, ct, hex);
-    if (f < 4)
+  while (getline(&line, &linecap, stdin) > 0) {
+    char topic[256], kind[32], target[1024], ct[256];
+    char *hex = calloc(1, strlen(line) + 1); /* as long as the line: %s cannot overflow */
+    int f = sscanf(line, "%255s %31s %1023s %255s %s", topic, kind, target, ct, hex);
+    if (f < 4) {
+      free(hex);
       continue;
+    }
     size_t hl = strlen(hex);
     uint8_t *payload = malloc(hl / 2 + 1);
     size_t pl = 0;
@@ -133,8 +136,10 @@ int main(int argc, char **argv) {
     }
     fo_sb_free(&sb);
     free(payload);
+    free(hex);
     produced++;
   }
+  free(line);
   rd_kafka_flush(rk, 30000);
   rd_kafka_destroy(rk);
   if (failed) {

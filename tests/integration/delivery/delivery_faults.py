@@ -1,0 +1,127 @@
+"""Faults: a slow reader, SIGTERM drain, kill -9 of a server (liveness
+expires, entries cleaned, partitions move, uncommitted messages delivered),
+Redis going away and coming back."""
+
+import json
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import dtest  # noqa: E402
+import fanout_test as ft  # noqa: E402
+import websockets  # noqa: E402
+from wsclient import Closed, WsClient, http_get  # noqa: E402
+
+
+def test_slow_reader_is_closed_without_delaying_others():
+    S = dtest.Stack()
+    A = S.start("A", "--outq-max-bytes", "131072")
+    S.wait_group_settled()
+    rooms = ["big"]
+    slow = WsClient(A.addr, token=dtest.token("slow", rooms=rooms), rcvbuf=4096)
+    fast = WsClient(A.addr, token=dtest.token("fast", rooms=rooms))
+    for c in (slow, fast):
+        c.send_json({"type": "join", "room": "big"})
+        assert c.recv()["type"] == "joined"
+    blob = "x" * 20000
+    n = 300  # 6 MB for each member: far over the slow one's socket buffers + queue
+    t0 = time.time()
+    got = []
+    for k in range(0, n, 20):
+        S.produce(["fanout.rooms broadcast big application/json %s\n" %
+                   json.dumps({"i": i, "blob": blob}).encode().hex() for i in range(k, k + 20)])
+        got += [fast.recv(timeout=15)["data"]["i"] for _ in range(20)]
+    assert got == list(range(n))
+    fast_time = time.time() - t0
+    m = dtest.metrics(A)
+    assert m["fanout_delivery_slow_client_closes_total"] >= 1, m
+    # The slow one finds its queue cut and a 1013 close after what fitted.
+    code = None
+    try:
+        while True:
+            slow.recv(timeout=5)
+    except Closed as e:
+        code = e.code
+    assert code in (1013, None), code
+    ft.log("fast reader got %d x 20 kB in %.2fs" % (n, fast_time))
+    S.stop()
+
+
+def test_sigterm_drains():
+    S = dtest.Stack()
+    A = S.start("A", "--drain-timeout-ms", "5000")
+    S.wait_group_settled()
+
+    async def go():
+        async with websockets.connect(dtest.ws_url(A, "dana")) as ws:
+            ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:dana") == "1")
+            A.signal(signal.SIGTERM)
+            try:
+                await ws.recv()
+                raise AssertionError("no close")
+            except websockets.ConnectionClosed as e:
+                return e.code
+    code = dtest.run_async(go())
+    assert code == 1001, code
+    assert A.wait_exit(10) == 0
+    assert S.redis.cli("HLEN", "ws:connections:dana") == "0"
+    assert S.redis.cli("EXISTS", "ws:alive:A") == "0"
+    S.stop()
+
+
+def test_kill9_liveness_cleanup_and_partition_move():
+    S = dtest.Stack()
+    A = S.start("A")
+    B = S.start("B")
+    S.wait_group_settled()
+    users = ["k%d" % i for i in range(12)]
+    on_b = {u: WsClient(B.addr, token=dtest.token(u)) for u in users}
+    victim = WsClient(A.addr, token=dtest.token("victim"))
+    ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:victim") == "1")
+    # Freeze A: the messages of its partitions stay unconsumed (uncommitted)...
+    A.signal(signal.SIGSTOP)
+    S.produce(["fanout.users send %s application/json %s\n" % (u, b'"m"'.hex()) for u in users] +
+              ["fanout.users send victim application/json %s\n" % b'"v"'.hex()])
+    # ...then kill it. Its liveness key expires (TTL 1.5 s)...
+    A.kill9()
+    ft.eventually(lambda: S.redis.cli("EXISTS", "ws:alive:A") == "0", timeout=5,
+                  what="liveness key expired")
+    # ...its partitions move to B after the session timeout, and B delivers
+    # every message, including those A never got to.
+    for u, c in on_b.items():
+        m = c.recv(timeout=30)
+        assert m["user"] == u and m["data"] == "m", m
+    # B routed the victim's message: the entry of dead A is removed.
+    ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:victim") == "0", timeout=10,
+                  what="dead server's entry cleaned")
+    assert dtest.metrics(B)["fanout_delivery_dead_entries_cleaned_total"] >= 1
+    victim.abort()
+    S.stop()
+
+
+def test_redis_outage_not_ready_then_reregisters():
+    S = dtest.Stack()
+    A = S.start("A")
+    S.wait_group_settled()
+    c = WsClient(A.addr, token=dtest.token("rita"))
+    ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:rita") == "1")
+    port = S.redis.port
+    S.redis.stop()
+    ft.eventually(lambda: http_get(A.addr, "/readyz")[0] == 503, what="not ready")
+    # Local connections keep being served.
+    c.send_json({"type": "ping"})
+    assert c.recv() == {"type": "pong"}
+    S.redis = ft.Redis(port=port)  # empty: everything must be registered again
+    ft.eventually(lambda: http_get(A.addr, "/readyz")[0] == 200, timeout=15, what="ready again")
+    ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:rita") == "1", what="re-registered")
+    assert S.redis.cli("EXISTS", "ws:alive:A") == "1"
+    S.send("rita", {"after": "outage"})
+    assert c.recv(timeout=15)["data"] == {"after": "outage"}
+    c.close()
+    S.stop()
+
+
+if __name__ == "__main__":
+    ft.run_tests(globals(), only=sys.argv[1:] or None)
