@@ -34,7 +34,7 @@ typedef struct fo_ingest_cfg {
   char *kafka;
   char *api_keys;
   char *log_level;
-  char *key_prefix;
+  char *redis_prefix;
   int64_t max_body_bytes;
   int64_t max_header_bytes;
   int64_t max_connections;

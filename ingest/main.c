@@ -17,12 +17,12 @@
   { name, type, offsetof(fo_ingest_cfg_t, field), min, max, def, help }
 
 static const fo_cfg_field_t fields[] = {
-    F("listen", FO_CFG_ADDR, listen, 0, 65535, "0.0.0.0:8080", "HTTP address (port 0: any free port)"),
+    F("listen", FO_CFG_ADDR, listen, 0, 65535, "127.0.0.1:8080", "HTTP address (port 0: any free port)"),
     F("redis", FO_CFG_ADDR, redis, 1, 65535, "127.0.0.1:6379", "Redis holding the connection registry"),
     F("kafka", FO_CFG_STR, kafka, 1, 4096, "127.0.0.1:9092", "Kafka bootstrap servers"),
     F("api-keys", FO_CFG_STR, api_keys, 0, 0, "", "comma-separated API keys for /v1 (none: /v1 answers 401)"),
     F("log-level", FO_CFG_STR, log_level, 1, 16, "info", "debug, info, warn or error"),
-    F("key-prefix", FO_CFG_STR, key_prefix, 0, 128, "", "prefix of every Redis key"),
+    F("redis-prefix", FO_CFG_STR, redis_prefix, 0, 128, "", "prefix of every Redis key"),
     F("max-body-bytes", FO_CFG_INT, max_body_bytes, 64, 64 << 20, "1048576", "largest request body (413 above)"),
     F("max-header-bytes", FO_CFG_INT, max_header_bytes, 256, 1 << 20, "16384", "largest request line + headers (431 above)"),
     F("max-connections", FO_CFG_INT, max_connections, 1, 1000000, "10000", "open connections; more are answered 503 and closed"),

@@ -140,7 +140,7 @@ static void on_hgetall(fo_redis_t *r, redisReply *reply, void *privdata) {
   for (int i = 0; i < lk->nservers; i++) {
     cookie_t *ck = malloc(sizeof(*ck));
     fo_sb_reset(&key);
-    fo_rkey_alive(&key, pr->ing->cfg->key_prefix, lk->servers[i].id);
+    fo_rkey_alive(&key, pr->ing->cfg->redis_prefix, lk->servers[i].id);
     if (ck == NULL || key.oom) {
       free(ck);
       lk->failed = true;
@@ -176,7 +176,7 @@ void fo__presence_get(fo_presence_t *pr, const char *user, size_t user_len, fo_r
   lk->user_len = user_len;
   fo_sb_t key;
   fo_sb_init(&key);
-  fo_rkey_connections(&key, pr->ing->cfg->key_prefix, user, user_len);
+  fo_rkey_connections(&key, pr->ing->cfg->redis_prefix, user, user_len);
   const char *argv[2] = {"HGETALL", key.data};
   size_t argvlen[2] = {7, key.len};
   int rc = key.oom ? -ENOMEM : fo_redis_command_argv(pr->redis, on_hgetall, lk, 2, argv, argvlen);

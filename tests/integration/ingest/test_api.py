@@ -20,7 +20,7 @@ REDIS_PORT = int(REDIS.rpartition(":")[2])
 RUN = uuid.uuid4().hex[:8]
 
 svc = L.start_ingest(KAFKA, REDIS, ["--intake", "false", "--max-body-bytes", "65536",
-                                    "--batch-max-items", "50", "--key-prefix", "t%s:" % RUN])
+                                    "--batch-max-items", "50", "--redis-prefix", "t%s:" % RUN])
 HOST, PORT = svc.host, svc.port
 L.wait_ready(HOST, PORT)
 P_USERS = L.partitions(KAFKA, "fanout.users")
