@@ -658,7 +658,10 @@ void fo__api_handle(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_t *req)
     handle_presence(ing, reply, path + 13);
     return;
   case R_HEALTHZ:
-    fo__reply_send(reply, 200, "application/json", NULL, "{\"status\":\"ok\"}", 15);
+    if (fo__producer_fatal(ing->producer))
+      fo__reply_error(reply, 503, "kafka producer failed fatally: restart the process", NULL);
+    else
+      fo__reply_send(reply, 200, "application/json", NULL, "{\"status\":\"ok\"}", 15);
     return;
   case R_READYZ:
     handle_readyz(ing, reply);

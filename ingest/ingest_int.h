@@ -194,6 +194,9 @@ int fo__producer_outq(const fo_producer_t *prod);
 /* True once a broker is up (from statistics / deliveries), false while all
  * are down or after a fatal error. */
 bool fo__producer_ready(const fo_producer_t *prod);
+/* True after a fatal error (e.g. the idempotent producer lost its sequence):
+ * the producer cannot recover; /healthz then fails so the process is restarted. */
+bool fo__producer_fatal(const fo_producer_t *prod);
 /* Stops watching the event queue. After uv_run returns, fo__producer_free
  * purges what is left (done runs with __PURGE_*) and destroys the handle. */
 void fo__producer_close(fo_producer_t *prod);

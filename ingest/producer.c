@@ -277,6 +277,8 @@ int fo__producer_outq(const fo_producer_t *prod) { return rd_kafka_outq_len(prod
 
 bool fo__producer_ready(const fo_producer_t *prod) { return prod->ready && !prod->fatal; }
 
+bool fo__producer_fatal(const fo_producer_t *prod) { return prod->fatal; }
+
 void fo__producer_close(fo_producer_t *prod) {
   if (prod == NULL || prod->kuv == NULL)
     return;
