@@ -16,9 +16,10 @@ import websockets  # noqa: E402
 from wsclient import Closed, HttpError, WsClient, http_get  # noqa: E402
 
 S = dtest.Stack()
-A = S.start("A", "--ping-interval-ms", "400", "--pong-timeout-ms", "400",
-            "--handshake-timeout-ms", "500", "--max-connections", "50",
+A = S.start("A", "--handshake-timeout-ms", "500", "--max-connections", "50",
             "--origins", "https://good.example")
+# Short heartbeats on a second server (a blocking test client would miss them elsewhere).
+P = S.start("P", "--ping-interval-ms", "400", "--pong-timeout-ms", "400")
 S.wait_group_settled()
 
 
@@ -180,7 +181,7 @@ def test_rfc6455_rules():
 
 
 def test_missing_pong_closes_and_cleans_registry():
-    c = WsClient(A.addr, token=dtest.token("gina"), auto_pong=False)
+    c = WsClient(P.addr, token=dtest.token("gina"), auto_pong=False)
     ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:gina") == "1", what="registered")
     t0 = time.time()
     code = c.expect_close(timeout=5)
@@ -190,7 +191,7 @@ def test_missing_pong_closes_and_cleans_registry():
     ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:gina") == "0",
                   what="registry entry removed")
     # A client that answers pings stays.
-    ok = WsClient(A.addr, token=dtest.token("gina"))
+    ok = WsClient(P.addr, token=dtest.token("gina"))
     ok.expect_silence(1.5)
     assert ok.pings >= 2
     ok.close()
