@@ -380,8 +380,16 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   if (nread == 0)
     return;
   if (nread < 0) {
-    /* EOF or error. Replies still pending cannot be written to a half-closed
-     * peer reliably, and their work (Kafka) goes on regardless. */
+    /* A peer that half-closes after its requests still gets the replies it
+     * is owed; anything else (error, EOF while idle or lingering) closes. */
+    if (nread == UV_EOF && !conn->lingering && conn->head != NULL &&
+        !fo_http_parser_mid_request(conn->parser)) {
+      conn->no_more = true;
+      conn->paused = true;
+      uv_read_stop(s);
+      conn->reading = false;
+      return;
+    }
     conn_close(conn);
     return;
   }

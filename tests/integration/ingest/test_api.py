@@ -370,6 +370,23 @@ def test_keep_alive_many_requests_one_connection():
     c.close()
 
 
+def test_half_closed_client_still_gets_its_replies():
+    body = ('{"user":"half-%s","data":1}' % RUN).encode()
+    req = (b"POST /v1/send HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + L.API_KEY.encode() +
+           b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    s = socket.create_connection((HOST, PORT), timeout=ft.scaled(10))
+    s.sendall(req * 3)
+    s.shutdown(socket.SHUT_WR)
+    out = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        out += b
+    s.close()
+    assert [st for st, _, _ in L.parse_responses(out)] == [202, 202, 202], out
+
+
 def test_http10_closes():
     out = L.raw(HOST, PORT, b"GET /healthz HTTP/1.0\r\n\r\n")
     (status, headers, _b), = L.parse_responses(out)
