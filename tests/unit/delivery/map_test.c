@@ -11,7 +11,7 @@
 
 typedef struct {
   fo_mapent_t ent;
-  char name[16];
+  char name[24];
   int present;
 } item_t;
 
