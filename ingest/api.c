@@ -642,7 +642,13 @@ void fo__api_handle(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_t *req)
                       "WWW-Authenticate: Bearer\r\n");
       return;
     }
-    key_index = fo__auth_check(ing->auth, token, strlen(token));
+    size_t token_len = strlen(token);
+    key_index = fo__reply_auth_cached(reply, token, token_len);
+    if (key_index < 0) {
+      key_index = fo__auth_check(ing->auth, token, token_len);
+      if (key_index >= 0)
+        fo__reply_auth_remember(reply, token, token_len, key_index);
+    }
     if (key_index < 0) {
       fo__reply_error(reply, 401, "invalid API key", "WWW-Authenticate: Bearer\r\n");
       return;

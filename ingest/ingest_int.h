@@ -114,6 +114,10 @@ void fo__reply_send(fo_reply_t *reply, int status, const char *content_type,
                     const char *extra_headers, const void *body, size_t body_len);
 void fo__reply_error(fo_reply_t *reply, int status, const char *msg,
                      const char *extra_headers);
+/* The connection's memo of its last accepted API key: the key index when
+ * token equals it, else -1; and how to set it. */
+int fo__reply_auth_cached(const fo_reply_t *reply, const char *token, size_t len);
+void fo__reply_auth_remember(fo_reply_t *reply, const char *token, size_t len, int index);
 /* True when the client went away; the reply must still be sent (to free it). */
 bool fo__reply_detached(const fo_reply_t *reply);
 

@@ -12,6 +12,8 @@
 #include <strings.h>
 #include <sys/socket.h>
 
+#include <openssl/crypto.h>
+
 #include "ingest_int.h"
 #include "json_out.h"
 #include "log.h"
@@ -55,6 +57,9 @@ struct fo_conn {
   bool lingering;          /* final reply written, draining input before close */
   bool in_feed;            /* inside fo_http_parser_feed */
   bool continued;          /* "100 Continue" sent for the request being received */
+  char *auth_token;        /* last API key accepted here (owned), see fo__reply_auth_cached */
+  size_t auth_len;
+  int auth_index;
   bool closing;
 };
 
@@ -101,6 +106,39 @@ static fo_reply_t *reply_new(fo_conn_t *conn, bool keep_alive) {
 
 bool fo__reply_detached(const fo_reply_t *reply) { return reply->conn == NULL; }
 
+/* Appends a response to sb: what fo_http_format_response writes, without
+ * printf (this is the per-request hot path). */
+static void format_response(fo_sb_t *sb, int status, const char *content_type,
+                            const char *extra_headers, const void *body, size_t body_len,
+                            bool keep_alive) {
+  char num[24];
+  int n = 0;
+  size_t v = body != NULL ? body_len : 0;
+  do {
+    num[sizeof(num) - 1 - n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v > 0 && n < 20);
+  char code[4] = {(char)('0' + status / 100 % 10), (char)('0' + status / 10 % 10),
+                  (char)('0' + status % 10), ' '};
+  fo_sb_append(sb, "HTTP/1.1 ", 9);
+  fo_sb_append(sb, code, 4);
+  fo_sb_puts(sb, fo_http_status_text(status));
+  if (body != NULL && content_type != NULL) {
+    fo_sb_append(sb, "\r\nContent-Type: ", 16);
+    fo_sb_puts(sb, content_type);
+  }
+  fo_sb_append(sb, "\r\nContent-Length: ", 18);
+  fo_sb_append(sb, num + sizeof(num) - n, (size_t)n);
+  fo_sb_append(sb, "\r\n", 2);
+  if (!keep_alive)
+    fo_sb_append(sb, "Connection: close\r\n", 19);
+  if (extra_headers != NULL)
+    fo_sb_puts(sb, extra_headers);
+  fo_sb_append(sb, "\r\n", 2);
+  if (body != NULL && body_len > 0)
+    fo_sb_append(sb, body, body_len);
+}
+
 void fo__reply_send(fo_reply_t *reply, int status, const char *content_type,
                     const char *extra_headers, const void *body, size_t body_len) {
   fo_conn_t *conn = reply->conn;
@@ -111,19 +149,49 @@ void fo__reply_send(fo_reply_t *reply, int status, const char *content_type,
   fo_ingest_t *ing = conn->srv->ing;
   fo__api_count_status(ing, status);
   bool keep_alive = reply->keep_alive && !conn->srv->stopping && !conn->no_more;
+  if (!keep_alive)
+    conn->no_more = true;
+  reply->done = true;
+  if (reply == conn->head) {
+    /* Next in line: straight into the connection's output. */
+    format_response(&conn->wbuf, status, content_type, extra_headers, body, body_len,
+                    keep_alive);
+    conn_flush(conn);
+    return;
+  }
   fo_sb_t sb;
   fo_sb_init(&sb);
-  if (fo_http_format_response(&sb, status, content_type, extra_headers, body, body_len,
-                              keep_alive) == 0)
+  format_response(&sb, status, content_type, extra_headers, body, body_len, keep_alive);
+  if (!sb.oom)
     reply->out = fo_sb_to_buf(&sb);
   fo_sb_free(&sb);
   if (reply->out == NULL) /* out of memory: the connection cannot go on */
     conn->no_more = true;
-  if (!keep_alive)
-    conn->no_more = true;
-  reply->done = true;
-  if (reply == conn->head)
-    conn_flush(conn);
+}
+
+/* Per-connection memo of the last API key accepted on it, so that a
+ * keep-alive client's key is not hashed again on every request. Comparing
+ * with a token this same client already proved valid leaks nothing. */
+int fo__reply_auth_cached(const fo_reply_t *reply, const char *token, size_t len) {
+  const fo_conn_t *conn = reply->conn;
+  if (conn == NULL || conn->auth_token == NULL || conn->auth_len != len ||
+      CRYPTO_memcmp(conn->auth_token, token, len) != 0)
+    return -1;
+  return conn->auth_index;
+}
+
+void fo__reply_auth_remember(fo_reply_t *reply, const char *token, size_t len, int index) {
+  fo_conn_t *conn = reply->conn;
+  if (conn == NULL)
+    return;
+  char *copy = malloc(len > 0 ? len : 1);
+  if (copy == NULL)
+    return;
+  memcpy(copy, token, len);
+  free(conn->auth_token);
+  conn->auth_token = copy;
+  conn->auth_len = len;
+  conn->auth_index = index;
 }
 
 void fo__reply_error(fo_reply_t *reply, int status, const char *msg, const char *extra_headers) {
@@ -423,6 +491,7 @@ static void on_conn_closed(uv_handle_t *h) {
   fo_http_parser_free(conn->parser);
   fo_sb_free(&conn->rest);
   fo_sb_free(&conn->wbuf);
+  free(conn->auth_token);
   free(conn);
   if (srv->freeing && srv->nconns == 0 && srv->open_handles == 0)
     free(srv);

@@ -170,6 +170,14 @@ def test_auth():
                    headers={"Authorization": "Bearer " + bad})
         assert_error(r, 401)
         c.close()
+    # one keep-alive connection switching keys: each request is checked
+    c = L.Client(HOST, PORT, key=None)
+    for key, status in [(L.API_KEY, 202), ("wrong", 401), (L.API_KEY2, 202),
+                        (L.API_KEY + "x", 401), (L.API_KEY, 202)]:
+        r = c.post("/v1/send", {"user": "switch-" + RUN, "data": 1},
+                   headers={"Authorization": "Bearer " + key})
+        assert r.status == status, (key, r.status, r.body)
+    c.close()
     c = client(key=None)
     r = c.post("/v1/send", {"user": "u", "data": 1}, headers={"Authorization": "Basic abc"})
     assert_error(r, 401)
