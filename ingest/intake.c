@@ -648,7 +648,10 @@ void fo__intake_free(fo_intake_t *in) {
     return;
   fo__intake_close(in);
   /* Blocking, but the loop is over: leaves the group, commits stored offsets. */
-  rd_kafka_consumer_close(in->rk);
+  uint64_t t0 = fo_now_ms();
+  rd_kafka_resp_err_t err = rd_kafka_consumer_close(in->rk);
+  FO_LOG_INFO("intake", "consumer closed", "err=\"%s\" ms=%llu", rd_kafka_err2str(err),
+              (unsigned long long)(fo_now_ms() - t0));
   rd_kafka_queue_destroy(in->q);
   rd_kafka_destroy(in->rk);
   /* Records never acknowledged (never committed either): freed here. */
