@@ -58,6 +58,7 @@ struct fo_api {
   uv_timer_t timer; /* timer.data == this */
   job_t *oldest, *newest;
   size_t pending;   /* jobs not yet freed */
+  uint64_t period;  /* of the deadline sweep, ms */
   uint64_t *c_status[600];
   uint64_t *c_route[8];
   uint64_t *c_timeouts;
@@ -518,7 +519,9 @@ static void handle_produce(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_
     job_maybe_free(job);
     return;
   }
-  job->deadline_ms = uv_now(ing->loop) + (uint64_t)cfg->produce_timeout_ms;
+  /* The sweep runs every `period` ms: aim that much early so that the answer
+   * is out by the configured deadline. */
+  job->deadline_ms = uv_now(ing->loop) + (uint64_t)cfg->produce_timeout_ms - api->period;
   job->listed = true;
   job->prev = api->newest;
   if (api->newest != NULL)
@@ -709,6 +712,7 @@ int fo__api_new(fo_ingest_t *ing, fo_api_t **out) {
   api->timer.data = api;
   uint64_t period = (uint64_t)ing->cfg->produce_timeout_ms / 20;
   period = period < 10 ? 10 : period > 100 ? 100 : period;
+  api->period = period;
   uv_timer_start(&api->timer, on_deadline, period, period);
   uv_unref((uv_handle_t *)&api->timer);
   *out = api;
