@@ -74,6 +74,32 @@ def test_outage_gives_503_within_the_deadline():
     c2.close()
 
 
+def test_full_local_queue_gives_429():
+    # still down: a second ingest with a tiny producer queue fills it at once
+    small = L.start_ingest(kafka.bootstrap, None, ["--intake", "false",
+                                                   "--produce-timeout-ms", str(DEADLINE_MS),
+                                                   "--queue-max-messages", "3"],
+                           name="ingest-smallq")
+    results = []
+
+    def worker(k):
+        c = L.Client(small.host, small.port)
+        r = send(c, 3000 + k)
+        results.append((r.status, r.getheader("Retry-After"), r.elapsed))
+        c.close()
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    statuses = sorted(st for st, _, _ in results)
+    assert len(results) == 10 and set(statuses) <= {429, 503}, results
+    assert statuses.count(429) >= 7, results  # only 3 fit in the queue
+    assert all(retry == "1" for _, retry, _ in results), results
+    assert all(el < ft.scaled(0.5) for st, _, el in results if st == 429), results  # at once
+    assert small.stop() == 0
+
+
 def test_recovery_after_the_brokers_are_back():
     kafka.up()
     c = L.Client(HOST, PORT)
