@@ -2,7 +2,8 @@
 -- spread over every partition) cycled per connection, keep-alive.
 -- Arguments after "--": API key; a delay in ms between two requests of one
 -- connection (to drive a fixed rate for latency figures); a pipeline depth
--- (requests written back to back before reading the answers; 1 = none).
+-- (requests written back to back before reading the answers; 1 = none); a
+-- batch size (> 1: POST /v1/batch with that many messages per request).
 local reqs = {}
 local n = 0
 local delay_ms = 0
@@ -12,9 +13,21 @@ function init(args)
   local key = args[1] or "bench"
   delay_ms = tonumber(args[2] or "0")
   depth = tonumber(args[3] or "1")
+  local batch = tonumber(args[4] or "1")
   for i = 1, 512 do
-    local body = string.format('{"user":"bench-user-%d","data":{"seq":%d,"text":"hello from wrk"}}', i, i)
-    reqs[i] = wrk.format("POST", "/v1/send", {
+    local body, path
+    if batch > 1 then
+      local items = {}
+      for j = 1, batch do
+        items[j] = string.format('{"user":"bench-user-%d","data":{"seq":%d}}', (i * batch + j) % 4096, j)
+      end
+      body = '{"messages":[' .. table.concat(items, ",") .. ']}'
+      path = "/v1/batch"
+    else
+      body = string.format('{"user":"bench-user-%d","data":{"seq":%d,"text":"hello from wrk"}}', i, i)
+      path = "/v1/send"
+    end
+    reqs[i] = wrk.format("POST", path, {
       ["Authorization"] = "Bearer " .. key,
       ["Content-Type"] = "application/json",
     }, body)
