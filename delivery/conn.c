@@ -311,6 +311,10 @@ void fo__server_flush(fo_server_t *srv) {
   }
   if (srv->paused && srv->queued_bytes < (uint64_t)srv->cfg->low_water_bytes)
     fo__server_water(srv);
+  if (srv->fanout_t0 != 0) {
+    *srv->m.last_fanout_us = (int64_t)((uv_hrtime() - srv->fanout_t0) / 1000);
+    srv->fanout_t0 = 0;
+  }
 }
 
 /* ---- lifecycle ---- */

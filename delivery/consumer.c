@@ -176,6 +176,8 @@ static void on_room_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
   fo_env_t env;
   char err[128];
   (*srv->m.msgs_in_rooms)++;
+  if (srv->fanout_t0 == 0)
+    srv->fanout_t0 = uv_hrtime();
   track_partition(&c->rooms, msg->partition, msg->offset + 1);
   int rc = fo_env_decode(msg->payload, msg->len, &env, err, sizeof(err));
   if (rc != 0 || env.kind != FO_ENV_BROADCAST) {

@@ -78,6 +78,7 @@ typedef struct {
   int64_t *assigned_partitions;
   int64_t *consumer_lag;
   int64_t *redis_up;
+  int64_t *last_fanout_us;
   uint64_t *accepted;
   uint64_t *handshake_fail;
   uint64_t *auth_fail;
@@ -185,6 +186,7 @@ struct fo_server {
   uint64_t drain_started;
   bool barrier_asked;       /* drain: a PING was sent after the last HDEL */
   bool redis_flushed;       /* drain: ... and answered (or Redis is down) */
+  uint64_t fanout_t0;       /* uv_hrtime() of the first room record not yet flushed */
 };
 
 /* ---- conn.c ---- */

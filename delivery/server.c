@@ -29,6 +29,9 @@ static void register_metrics(fo_server_t *srv) {
   G(assigned_partitions, "assigned_partitions", "Kafka partitions assigned (users + rooms)");
   G(consumer_lag, "consumer_lag", "messages behind the high watermark, all assigned partitions");
   G(redis_up, "redis_up", "1 when the registry and Pub/Sub connections are up");
+  G(last_fanout_us, "last_fanout_microseconds",
+    "room records of the last loop turn: from taking the first off the queue to every "
+    "frame handed to the kernel (or to libuv for a full socket)");
   C(accepted, "accepted_total", "TCP connections accepted");
   C(handshake_fail, "handshake_failures_total", "upgrade requests refused (any reason)");
   C(auth_fail, "auth_failures_total", "upgrade requests refused with 401");

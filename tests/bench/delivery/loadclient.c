@@ -1,0 +1,321 @@
+/* fanout-bench-wsclient: many WebSocket clients in one process (libuv), for
+ * the delivery benchmarks. Opens --conns connections to --addr, each with
+ * its own user's HS256 token, optionally joins --room, answers pings, and
+ * counts message frames. Client frames are masked by wslay's frame encoder.
+ * Prints machine-readable lines on stdout:
+ *   connected=N ms=T      all upgrades done
+ *   joined=N ms=T         all joins acknowledged
+ *   got=K first_ns=A last_ns=B   every connection has K messages (CLOCK_REALTIME)
+ * and exits after --expect messages per connection (or when killed). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <uv.h>
+#include <wslay/wslay.h>
+
+typedef struct {
+  uv_tcp_t tcp;
+  uv_connect_t creq;
+  int idx;
+  int state;           /* 0 connecting, 1 handshake, 2 open, 3 joined */
+  uint32_t msgs;
+  uint8_t hdr[14];     /* partial frame header */
+  uint8_t hlen;
+  uint8_t op;
+  uint64_t left;       /* payload bytes still to skip of the current frame */
+  uint8_t ctl[125];    /* control frame payload being read */
+  uint8_t ctl_len;
+  char hs[256];        /* partial handshake response */
+  uint16_t hs_len;
+} lc_conn_t;
+
+static uv_loop_t *loop;
+static lc_conn_t *conns;
+static int nconns, nconnected, njoined, inflight_connects, next_connect;
+static const char *room;
+static const char *secret;
+static const char *host;
+static int port;
+static uint32_t expect;
+static uint32_t *level_count;   /* connections that reached k messages */
+static uint64_t *level_first, *level_last;
+static uint64_t t0;
+static char rbuf[1 << 16];
+static wslay_frame_context_ptr enc;
+static uint8_t encbuf[512];
+static size_t enclen;
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void b64url(const void *in, size_t n, char *out) {
+  char tmp[1024];
+  int len = EVP_EncodeBlock((unsigned char *)tmp, in, (int)n);
+  int o = 0;
+  for (int i = 0; i < len && tmp[i] != '='; i++)
+    out[o++] = tmp[i] == '+' ? '-' : tmp[i] == '/' ? '_' : tmp[i];
+  out[o] = '\0';
+}
+
+static void make_token(int i, char *out, size_t outlen) {
+  char claims[256], h[128], c[512], sig[64], signing[700];
+  b64url("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", 27, h);
+  int n = snprintf(claims, sizeof(claims), "{\"sub\":\"bench-user-%d\",\"exp\":%ld,\"rooms\":[\"*\"]}",
+                   i, (long)time(NULL) + 86400);
+  b64url(claims, (size_t)n, c);
+  snprintf(signing, sizeof(signing), "%s.%s", h, c);
+  unsigned char md[32];
+  unsigned mdlen = 0;
+  HMAC(EVP_sha256(), secret, (int)strlen(secret), (unsigned char *)signing, strlen(signing), md,
+       &mdlen);
+  b64url(md, mdlen, sig);
+  snprintf(out, outlen, "%s.%s", signing, sig);
+}
+
+/* ---- masked client frames through wslay ---- */
+
+static ssize_t enc_send(const uint8_t *data, size_t len, int flags, void *ud) {
+  (void)flags, (void)ud;
+  if (enclen + len > sizeof(encbuf))
+    return WSLAY_ERR_WOULDBLOCK;
+  memcpy(encbuf + enclen, data, len);
+  enclen += len;
+  return (ssize_t)len;
+}
+static ssize_t enc_recv(uint8_t *b, size_t l, int f, void *u) {
+  (void)b, (void)l, (void)f, (void)u;
+  return WSLAY_ERR_WOULDBLOCK;
+}
+static int enc_mask(uint8_t *buf, size_t len, void *ud) {
+  (void)ud;
+  for (size_t i = 0; i < len; i++)
+    buf[i] = (uint8_t)rand();
+  return 0;
+}
+
+static void on_written(uv_write_t *req, int status) {
+  (void)status;
+  free(req);
+}
+
+static void send_frame(lc_conn_t *c, int op, const void *p, size_t n) {
+  struct wslay_frame_iocb iocb = {1, 0, (uint8_t)op, n, 1, p, n};
+  enclen = 0;
+  if (wslay_frame_send(enc, &iocb) != (ssize_t)n)
+    return;
+  uv_write_t *req = malloc(sizeof(*req) + enclen);
+  memcpy(req + 1, encbuf, enclen);
+  uv_buf_t b = uv_buf_init((char *)(req + 1), (unsigned)enclen);
+  uv_write(req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
+}
+
+/* ---- progress ---- */
+
+static void maybe_done(void) {
+  if (expect > 0 && level_count[expect] == (uint32_t)nconns) {
+    fflush(stdout);
+    exit(0);
+  }
+}
+
+static void on_message(lc_conn_t *c) {
+  if (c->state == 2) { /* the join reply */
+    c->state = 3;
+    if (++njoined == nconns) {
+      printf("joined=%d ms=%.1f\n", njoined, (double)(now_ns() - t0) / 1e6);
+      fflush(stdout);
+    }
+    return;
+  }
+  uint32_t k = ++c->msgs;
+  if (k > expect)
+    return;
+  uint64_t t = now_ns();
+  if (level_count[k]++ == 0)
+    level_first[k] = t;
+  level_last[k] = t;
+  if (level_count[k] == (uint32_t)nconns) {
+    printf("got=%u first_ns=%llu last_ns=%llu\n", k, (unsigned long long)level_first[k],
+           (unsigned long long)level_last[k]);
+    fflush(stdout);
+    maybe_done();
+  }
+}
+
+/* Minimal frame reader: counts data frames, answers pings. */
+static void consume(lc_conn_t *c, const uint8_t *p, size_t n) {
+  while (n > 0) {
+    if (c->left > 0) {
+      size_t k = c->left < n ? (size_t)c->left : n;
+      if (c->op >= 8 && c->ctl_len + k <= sizeof(c->ctl)) {
+        memcpy(c->ctl + c->ctl_len, p, k);
+        c->ctl_len += (uint8_t)k;
+      }
+      c->left -= k;
+      p += k;
+      n -= k;
+      if (c->left == 0) {
+        if (c->op == 0x9)
+          send_frame(c, 0xA, c->ctl, c->ctl_len);
+        else if (c->op == 0x1)
+          on_message(c);
+        c->hlen = 0;
+      }
+      continue;
+    }
+    c->hdr[c->hlen++] = *p++;
+    n--;
+    if (c->hlen < 2)
+      continue;
+    uint8_t l7 = c->hdr[1] & 0x7f;
+    size_t need = l7 == 126 ? 4 : l7 == 127 ? 10 : 2;
+    if (c->hlen < need)
+      continue;
+    uint64_t len = l7;
+    if (l7 == 126)
+      len = ((uint64_t)c->hdr[2] << 8) | c->hdr[3];
+    else if (l7 == 127) {
+      len = 0;
+      for (int i = 2; i < 10; i++)
+        len = (len << 8) | c->hdr[i];
+    }
+    c->op = c->hdr[0] & 0x0f;
+    c->ctl_len = 0;
+    c->left = len;
+    if (len == 0) {
+      if (c->op == 0x9)
+        send_frame(c, 0xA, "", 0);
+      else if (c->op == 0x1)
+        on_message(c);
+      c->hlen = 0;
+    }
+  }
+}
+
+static void on_alloc(uv_handle_t *h, size_t s, uv_buf_t *b) {
+  (void)h, (void)s;
+  *b = uv_buf_init(rbuf, sizeof(rbuf));
+}
+
+static void start_more(void);
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
+  lc_conn_t *c = s->data;
+  if (nread < 0) {
+    fprintf(stderr, "conn %d closed: %s (state %d, msgs %u)\n", c->idx, uv_strerror((int)nread),
+            c->state, c->msgs);
+    exit(1);
+  }
+  const uint8_t *p = (const uint8_t *)b->base;
+  size_t n = (size_t)nread;
+  if (c->state == 1) {
+    size_t k = n < sizeof(c->hs) - 1 - c->hs_len ? n : sizeof(c->hs) - 1 - c->hs_len;
+    memcpy(c->hs + c->hs_len, p, k);
+    c->hs_len += (uint16_t)k;
+    c->hs[c->hs_len] = '\0';
+    char *end = strstr(c->hs, "\r\n\r\n");
+    if (end == NULL)
+      return;
+    if (strncmp(c->hs, "HTTP/1.1 101", 12) != 0) {
+      fprintf(stderr, "conn %d: %.60s\n", c->idx, c->hs);
+      exit(1);
+    }
+    size_t used = (size_t)(end + 4 - c->hs) - (c->hs_len - k);
+    p += used;
+    n -= used;
+    c->state = 2;
+    inflight_connects--;
+    if (++nconnected == nconns) {
+      printf("connected=%d ms=%.1f\n", nconnected, (double)(now_ns() - t0) / 1e6);
+      fflush(stdout);
+    }
+    if (room != NULL) {
+      char j[300];
+      int jl = snprintf(j, sizeof(j), "{\"type\":\"join\",\"room\":\"%s\"}", room);
+      send_frame(c, 0x1, j, (size_t)jl);
+    } else {
+      c->state = 3;
+    }
+    start_more();
+  }
+  consume(c, p, n);
+}
+
+static void on_connect(uv_connect_t *req, int status) {
+  lc_conn_t *c = req->data;
+  if (status < 0) {
+    fprintf(stderr, "connect %d: %s\n", c->idx, uv_strerror(status));
+    exit(1);
+  }
+  char tok[700], reqbuf[1024];
+  make_token(c->idx, tok, sizeof(tok));
+  int n = snprintf(reqbuf, sizeof(reqbuf),
+                   "GET /ws?token=%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   "Sec-WebSocket-Version: 13\r\n\r\n",
+                   tok, host, port);
+  uv_write_t *w = malloc(sizeof(*w) + (size_t)n);
+  memcpy(w + 1, reqbuf, (size_t)n);
+  uv_buf_t b = uv_buf_init((char *)(w + 1), (unsigned)n);
+  c->state = 1;
+  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, on_written);
+}
+
+static void start_more(void) {
+  struct sockaddr_in sa;
+  uv_ip4_addr(host, port, &sa);
+  while (next_connect < nconns && inflight_connects < 256) {
+    lc_conn_t *c = &conns[next_connect];
+    c->idx = next_connect++;
+    uv_tcp_init(loop, &c->tcp);
+    c->tcp.data = c;
+    c->creq.data = c;
+    inflight_connects++;
+    uv_tcp_connect(&c->creq, &c->tcp, (struct sockaddr *)&sa, on_connect);
+  }
+}
+
+int main(int argc, char **argv) {
+  const char *addr = NULL;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (strcmp(argv[i], "--addr") == 0)
+      addr = argv[i + 1];
+    else if (strcmp(argv[i], "--conns") == 0)
+      nconns = atoi(argv[i + 1]);
+    else if (strcmp(argv[i], "--room") == 0)
+      room = argv[i + 1];
+    else if (strcmp(argv[i], "--secret") == 0)
+      secret = argv[i + 1];
+    else if (strcmp(argv[i], "--expect") == 0)
+      expect = (uint32_t)atoi(argv[i + 1]);
+  }
+  if (addr == NULL || nconns <= 0 || secret == NULL) {
+    fprintf(stderr, "usage: %s --addr HOST:PORT --conns N --secret S [--room R] [--expect K]\n",
+            argv[0]);
+    return 2;
+  }
+  static char hostbuf[64];
+  const char *colon = strrchr(addr, ':');
+  snprintf(hostbuf, sizeof(hostbuf), "%.*s", (int)(colon - addr), addr);
+  host = hostbuf;
+  port = atoi(colon + 1);
+  static const struct wslay_frame_callbacks cbs = {enc_send, enc_recv, enc_mask};
+  wslay_frame_context_init(&enc, &cbs, NULL);
+  conns = calloc((size_t)nconns, sizeof(*conns));
+  level_count = calloc(expect + 2, sizeof(*level_count));
+  level_first = calloc(expect + 2, sizeof(*level_first));
+  level_last = calloc(expect + 2, sizeof(*level_last));
+  loop = uv_default_loop();
+  t0 = now_ns();
+  start_more();
+  return uv_run(loop, UV_RUN_DEFAULT);
+}
