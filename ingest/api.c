@@ -631,8 +631,8 @@ void fo__api_handle(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_t *req)
   bool post = route == R_SEND || route == R_BROADCAST || route == R_BATCH;
   if (post && strcmp(req->method, "POST") != 0)
     allow = "Allow: POST\r\n";
-  else if (!post && strcmp(req->method, "GET") != 0)
-    allow = "Allow: GET\r\n";
+  else if (!post && strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0)
+    allow = "Allow: GET, HEAD\r\n";
   if (allow != NULL) {
     fo__reply_error(reply, 405, "method not allowed", allow);
     return;

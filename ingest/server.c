@@ -30,6 +30,7 @@ struct fo_reply {
   fo_buf_t *out;      /* formatted response, owned; set when done */
   bool done;
   bool keep_alive;    /* the request allowed keep-alive */
+  bool head;          /* a HEAD request: headers only */
 };
 
 typedef struct {
@@ -110,7 +111,7 @@ bool fo__reply_detached(const fo_reply_t *reply) { return reply->conn == NULL; }
  * printf (this is the per-request hot path). */
 static void format_response(fo_sb_t *sb, int status, const char *content_type,
                             const char *extra_headers, const void *body, size_t body_len,
-                            bool keep_alive) {
+                            bool keep_alive, bool head_only) {
   char num[24];
   int n = 0;
   size_t v = body != NULL ? body_len : 0;
@@ -135,7 +136,7 @@ static void format_response(fo_sb_t *sb, int status, const char *content_type,
   if (extra_headers != NULL)
     fo_sb_puts(sb, extra_headers);
   fo_sb_append(sb, "\r\n", 2);
-  if (body != NULL && body_len > 0)
+  if (body != NULL && body_len > 0 && !head_only)
     fo_sb_append(sb, body, body_len);
 }
 
@@ -155,13 +156,14 @@ void fo__reply_send(fo_reply_t *reply, int status, const char *content_type,
   if (reply == conn->head) {
     /* Next in line: straight into the connection's output. */
     format_response(&conn->wbuf, status, content_type, extra_headers, body, body_len,
-                    keep_alive);
+                    keep_alive, reply->head);
     conn_flush(conn);
     return;
   }
   fo_sb_t sb;
   fo_sb_init(&sb);
-  format_response(&sb, status, content_type, extra_headers, body, body_len, keep_alive);
+  format_response(&sb, status, content_type, extra_headers, body, body_len, keep_alive,
+                  reply->head);
   if (!sb.oom)
     reply->out = fo_sb_to_buf(&sb);
   fo_sb_free(&sb);
@@ -341,6 +343,7 @@ static int on_request(void *ud, fo_http_request_t *req) {
     conn->paused = true;
     return 1;
   }
+  reply->head = strcmp(req->method, "HEAD") == 0;
   if (req->upgrade)
     conn->no_more = true; /* what follows is another protocol: we answer and close */
   fo__api_handle(srv->ing, reply, req); /* may answer (and flush) right away */

@@ -200,7 +200,7 @@ def test_not_found_and_method_not_allowed():
     assert_error(r, 405)
     r = c.post("/healthz", {})
     assert_error(r, 405)
-    assert r.getheader("Allow") == "GET"
+    assert r.getheader("Allow") == "GET, HEAD"
     r = c.request("PUT", "/v1/presence/u", body=b"{}")
     assert_error(r, 405)
     c.close()
@@ -393,6 +393,15 @@ def test_half_closed_client_still_gets_its_replies():
         out += b
     s.close()
     assert [st for st, _, _ in L.parse_responses(out)] == [202, 202, 202], out
+
+
+def test_head_on_get_routes():
+    out = L.raw(HOST, PORT, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, rest = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 15" in head, out
+    assert rest.startswith(b"HTTP/1.1 200"), out  # no body after the HEAD reply
+    assert rest.endswith(b'{"status":"ok"}'), out
 
 
 def test_http10_closes():
