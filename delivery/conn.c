@@ -295,6 +295,10 @@ static void on_write(uv_write_t *req, int status) {
   conn_flush(conn);
 }
 
+void fo__conn_flush(fo_conn_t *conn) {
+  conn_flush(conn);
+}
+
 void fo__server_flush(fo_server_t *srv) {
   while (srv->dirty != NULL) {
     fo_outq_t *q = srv->dirty;

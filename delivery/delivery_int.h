@@ -201,6 +201,8 @@ void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason);
 void fo__conn_destroy(fo_conn_t *conn);
 /* Flushes every connection with queued output (from the check handle). */
 void fo__server_flush(fo_server_t *srv);
+/* Writes conn's queue now (one uv_try_write; the rest via uv_write). */
+void fo__conn_flush(fo_conn_t *conn);
 /* Frees the pooled outbound queues (at exit). */
 void fo__outq_pool_free(fo_server_t *srv);
 /* Sends a small JSON text frame built from s. */

@@ -366,8 +366,13 @@ int fo__handshake_feed(fo_conn_t *conn, uint8_t *p, size_t n) {
   fo_http_parser_free(h->parser);
   free(h);
   conn->in = NULL;
-  if (conn->state == FO_CONN_OPEN && r > 0 && (size_t)r < n)
-    fo__conn_feed_early(conn, p + r, n - (size_t)r);
+  if (conn->state == FO_CONN_OPEN && r > 0 && (size_t)r < n) {
+    /* Frames glued to the upgrade request: write the 101 first, so that a
+     * close they cause cannot drop it from the queue (in flight it is kept). */
+    fo__conn_flush(conn);
+    if (conn->state == FO_CONN_OPEN)
+      fo__conn_feed_early(conn, p + r, n - (size_t)r);
+  }
   if (conn->state == FO_CONN_HTTP && conn->out == NULL)
     fo__conn_destroy(conn);
   return 0;
