@@ -66,7 +66,7 @@ static void b64url(const void *in, size_t n, char *out) {
 }
 
 static void make_token(int i, char *out, size_t outlen) {
-  char claims[256], h[128], c[512], sig[64], signing[700];
+  char claims[256], h[128], c[512], sig[64], signing[800];
   b64url("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", 27, h);
   int n = snprintf(claims, sizeof(claims), "{\"sub\":\"bench-user-%d\",\"exp\":%ld,\"rooms\":[\"*\"]}",
                    i, (long)time(NULL) + 86400);
@@ -255,7 +255,7 @@ static void on_connect(uv_connect_t *req, int status) {
     fprintf(stderr, "connect %d: %s\n", c->idx, uv_strerror(status));
     exit(1);
   }
-  char tok[700], reqbuf[1024];
+  char tok[1000], reqbuf[1400];
   make_token(c->idx, tok, sizeof(tok));
   int n = snprintf(reqbuf, sizeof(reqbuf),
                    "GET /ws?token=%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
