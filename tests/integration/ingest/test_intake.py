@@ -137,6 +137,24 @@ def test_a_burst_with_bad_records_mixed_in():
     L.wait_records(KAFKA, "fanout.dlq", lambda r: r["key"] is not None and
                    r["key"].startswith(("burstbad-%s-" % RUN).encode()), count=n - len(good))
     assert svc.stop() == 0
+    del state["svc"]
+
+
+def test_backpressure_pauses_and_resumes():
+    # at most 2 records awaiting Kafka: fetching pauses and resumes all along
+    svc = L.start_ingest(KAFKA, None, ARGS + ["--intake-max-inflight", "2"],
+                         name="ingest-intake-bp")
+    state["svc"] = svc
+    L.wait_ready(svc.host, svc.port)
+    n = 40
+    for i in range(n):
+        L.produce(KAFKA, "fanout.intake",
+                  json.dumps({"user": "bp-%s-%d" % (RUN, i), "data": i}).encode())
+    got = L.wait_records(KAFKA, "fanout.users", lambda r: r["key"] is not None and
+                         r["key"].startswith(("bp-%s-" % RUN).encode()), count=n, timeout=60)
+    assert len({r["key"] for r in got}) == n
+    assert svc.stop() == 0
+    del state["svc"]
 
 
 if __name__ == "__main__":
