@@ -59,8 +59,13 @@ class Proc:
     """A child process whose stdout lines are collected (and echoed to a log
     file); `wait_line(regex)` waits for a readiness line."""
 
-    def __init__(self, name, argv, env=None, cwd=None, logdir=None):
+    def __init__(self, name, argv, env=None, cwd=None, logdir=None, group=False):
+        """group=True: the process leads a process group of its own children
+        (a launcher script and its JVM, say); SIGKILL from kill9() and the
+        exit cleanup then goes to that whole group (by its id), so no child
+        outlives the test."""
         self.name = name
+        self.group = group
         self.argv = argv
         self.lines = []
         self.cond = threading.Condition()
@@ -126,6 +131,9 @@ class Proc:
             os.kill(self.pid, sig)
 
     def kill9(self):
+        if self.group:
+            _killpg(self.pid)
+            self.group = False  # the group is gone: never signal that id again
         self.signal(signal.SIGKILL)
         self.p.wait()
 
@@ -148,9 +156,18 @@ class Proc:
         return self.p.wait(scaled(timeout))
 
 
+def _killpg(pgid):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
 def _cleanup():
     for pr in list(reversed(_procs)):
         try:
+            if getattr(pr, "group", False):
+                _killpg(pr.pid)  # also when the leader is gone: its children may not be
             if pr.alive():
                 os.kill(pr.pid, signal.SIGKILL)
                 pr.p.wait(5)
@@ -234,7 +251,8 @@ class ApacheKafka:
     def start(self):
         script = os.path.join(SOURCE_DIR, "deploy", "local", "apache-kafka")
         self.proc = Proc("apache-kafka", [script, "--port", str(self.port), "--data",
-                                          self.datadir, "--partitions", str(self.partitions)])
+                                          self.datadir, "--partitions", str(self.partitions)],
+                         group=True)
         self.bootstrap = self.proc.wait_line(r"^bootstrap=(\S+)", timeout=300).group(1)
 
     def kill9(self):
