@@ -348,7 +348,18 @@ void fz_conn_release(fz_conn_t *fc) {
   fc->out_len = fc->out_cap = 0;
 }
 
+/* Output queued on the server stays within --outq-max-bytes per connection
+ * (plus one frame that may go past it: the 101, a close, a reply). */
+static void check_queued(fo_server_t *srv) {
+  uint64_t per = (uint64_t)srv->cfg->outq_max_bytes + 4096;
+  FZ_CHECK(srv->queued_bytes <= (uint64_t)srv->nconns * per,
+           "%llu bytes queued for %lld connections (limit %lld each)",
+           (unsigned long long)srv->queued_bytes, (long long)srv->nconns,
+           (long long)srv->cfg->outq_max_bytes);
+}
+
 void fz_pump(fo_server_t *srv, fz_conn_t *fcs, size_t nfc) {
+  check_queued(srv);
   for (int round = 0; round < 64; round++) {
     sync_conns(srv, fcs, nfc);
     fo__server_flush(srv); /* the check handle's job */

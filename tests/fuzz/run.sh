@@ -23,7 +23,7 @@ if ! command -v clang >/dev/null; then
 fi
 CC=clang cmake -S "$ROOT" -B "$BUILD" -G Ninja -DFO_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null ||
   exit 1
-cmake --build "$BUILD" -j "$(nproc)" || exit 1
+cmake --build "$BUILD" -j "$(nproc)" --target fuzz_all || exit 1
 
 FZ=$BUILD/tests/fuzz
 targets=${FUZZ_TARGETS:-$(cat "$FZ/targets.txt" | tr ';' ' ')}
