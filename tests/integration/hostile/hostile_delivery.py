@@ -494,6 +494,66 @@ def test_connection_flood_past_max_connections():
     bystander_alive()
 
 
+def flood_unread(c, data, seconds=20, limit=24 << 20):
+    """Sends data again and again without reading anything back, until the
+    server closes the socket, `limit` bytes went out or time is up.
+    Returns the bytes sent."""
+    c.sock.settimeout(ft.scaled(2))
+    sent = 0
+    t0 = time.time()
+    try:
+        while sent < limit and time.time() - t0 < ft.scaled(seconds):
+            c.sock.sendall(data)
+            sent += len(data)
+    except (socket.timeout, OSError):
+        pass
+    return sent
+
+
+def unread_client(sub):
+    """A client with a tiny receive window that will not read."""
+    c = hl.RawWs.__new__(hl.RawWs)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, _, port = delivery().addr.rpartition(":")
+    s.connect((host, int(port)))
+    s.sendall(("GET /ws?token=%s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n" % hl.token(sub)).encode())
+    c.sock = s
+    c.status, c.headers, c.body, c.buf = hl.read_response(s)
+    assert c.status == 101
+    return c
+
+
+def test_client_that_never_reads_its_replies_is_closed():
+    """JSON pings answered into a socket nobody reads: the outbound queue
+    limit (--outq-max-bytes, 1 MiB by default) closes the connection (1013)
+    instead of growing server memory; the bystander is not affected."""
+    slow = m("slow_client_closes_total")
+    c = unread_client("deaf")
+    msg = frame(0x1, b'{"type":"ping"}', mask=b"\1\2\3\4")
+    flood_unread(c, msg * 5000)  # up to 24 MB: over a million 17-byte pongs
+    ft.eventually(lambda: m("slow_client_closes_total") > slow, timeout=10,
+                  what="slow_client_closes_total")
+    assert m("queued_bytes") < 4 << 20, m("queued_bytes")
+    c.close()
+    bystander_alive()
+
+
+def test_known_bug_protocol_ping_flood_is_bounded():
+    """The same with protocol pings: their pongs must count against the
+    outbound queue limit too (or be coalesced: RFC 6455 5.5.3 allows
+    answering only the latest ping)."""
+    c = unread_client("pinger")
+    ping = frame(0x9, b"p" * 125, mask=b"\1\2\3\4")
+    flood_unread(c, ping * 1000)
+    queued = m("queued_bytes")
+    c.close()
+    assert queued < 4 << 20, "%d bytes of pongs queued for one client (limit 1 MiB)" % queued
+    bystander_alive()
+
+
 def test_bystander_was_served_throughout():
     accepted, got = S["by"].check()
     ft.log("bystander: %d accepted, %d received, refused %r" % (
@@ -509,6 +569,9 @@ def test_clean_shutdown():
 
 
 KNOWN_BUGS = {
+    "test_known_bug_protocol_ping_flood_is_bounded":
+        "pongs are queued with the limit skipped (enqueue(..., force=true) in conn.c), so a "
+        "client sending pings and not reading grows server memory without bound",
     "test_known_bug_frames_glued_to_the_upgrade_request":
         "a close started by frames that came with the upgrade request drops the queued "
         "101 response (fo__conn_close_ws -> outq_drop), so the client gets a bare close frame",
