@@ -343,7 +343,7 @@ def test_malformed_http():
     bystander_alive()
 
 
-def test_known_bug_frames_glued_to_the_upgrade_request():
+def test_frames_glued_to_the_upgrade_request():
     """Bytes that arrive with the upgrade request are the client's first
     frames: the 101 must still go out first, then the frames' answers.
     (Fails while delivery drops the queued 101 when a close starts in the
@@ -572,9 +572,6 @@ KNOWN_BUGS = {
     "test_known_bug_protocol_ping_flood_is_bounded":
         "pongs are queued with the limit skipped (enqueue(..., force=true) in conn.c), so a "
         "client sending pings and not reading grows server memory without bound",
-    "test_known_bug_frames_glued_to_the_upgrade_request":
-        "a close started by frames that came with the upgrade request drops the queued "
-        "101 response (fo__conn_close_ws -> outq_drop), so the client gets a bare close frame",
 }
 
 if __name__ == "__main__":
