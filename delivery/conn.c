@@ -154,7 +154,7 @@ static int enqueue(fo_conn_t *conn, fo_buf_t *buf, bool force) {
   q->bufs[q->n++] = fo_buf_ref(buf);
   q->bytes += buf->len;
   srv->queued_bytes += buf->len;
-  if (srv->queued_bytes > (uint64_t)srv->cfg->high_water_bytes && !srv->paused)
+  if (srv->queued_bytes + srv->backlog_bytes > (uint64_t)srv->cfg->high_water_bytes && !srv->paused)
     fo__server_water(srv);
   mark_dirty(srv, q);
   return 0;
@@ -290,7 +290,7 @@ static void on_write(uv_write_t *req, int status) {
     written += q->bufs[i]->len - (i == 0 ? q->off : 0);
   consume(srv, q, written);
   q->inflight = 0;
-  if (srv->paused && srv->queued_bytes < (uint64_t)srv->cfg->low_water_bytes)
+  if (srv->paused && srv->queued_bytes + srv->backlog_bytes < (uint64_t)srv->cfg->low_water_bytes)
     fo__server_water(srv);
   conn_flush(conn);
 }
@@ -313,7 +313,7 @@ void fo__server_flush(fo_server_t *srv) {
       continue;                /* the close callback frees it */
     conn_flush(q->conn);
   }
-  if (srv->paused && srv->queued_bytes < (uint64_t)srv->cfg->low_water_bytes)
+  if (srv->paused && srv->queued_bytes + srv->backlog_bytes < (uint64_t)srv->cfg->low_water_bytes)
     fo__server_water(srv);
   if (srv->fanout_t0 != 0) {
     *srv->m.last_fanout_us = (int64_t)((uv_hrtime() - srv->fanout_t0) / 1000);

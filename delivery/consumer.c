@@ -3,11 +3,15 @@
  *    becomes one client frame routed by router.c; its offset is stored only
  *    when the router released it (written locally and PUBLISHed), and
  *    auto-commit commits what was stored.
- *  - fanout.rooms read in full by every server: all partitions assigned by
- *    hand (no group membership, no commits), starting at the end of each
- *    partition when the server starts: room messages are live broadcasts
- *    to whoever is connected now. Each record is encoded once and queued on
- *    every local member of the room.
+ *  - fanout.rooms, room mode "kafka" (default): read in full by every
+ *    server: all partitions assigned by hand (no group membership, no
+ *    commits), starting at the end of each partition when the server starts:
+ *    room messages are live broadcasts to whoever is connected now. Each
+ *    record is encoded once and queued on every local member of the room.
+ *  - fanout.rooms, room mode "redis": consumed once per deployment by the
+ *    group "{group-id}.rooms"; each record is PUBLISHed to ws:room:{room}
+ *    (router.c) and every server subscribed to that channel delivers it to
+ *    its members. Offsets are stored after the PUBLISH reply, like users.
  * Undecodable records are counted, logged once per kind of fault, skipped. */
 #include <errno.h>
 #include <inttypes.h>
@@ -36,7 +40,12 @@ typedef struct {
   int64_t *next_off;            /* per partition: next offset to consume, -1 unknown */
   int32_t nparts;
   bool closed;
+  bool grouped;                 /* subscribed through a consumer group */
+  bool revoke_pending;
+  int rq;                       /* router queue (FO_RQ_*) of its offsets */
   char letter;                  /* 'u' or 'r' in pos */
+  uv_timer_t revoke_timer;
+  struct fo_consumer *c;
 } fo_kc_t;
 
 struct fo_consumer {
@@ -44,8 +53,7 @@ struct fo_consumer {
   fo_kc_t users;
   fo_kc_t rooms;
   fo_sb_t sb;                   /* frame text builder */
-  bool revoke_pending;
-  uv_timer_t revoke_timer;
+  bool room_pubsub;             /* room mode "redis" */
   uv_timer_t meta_timer;
   uv_work_t meta_work;
   bool meta_busy;
@@ -156,18 +164,18 @@ static void on_user_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
     (*srv->m.decode_errors)++;
     log_once(c, rc == -ENOTSUP ? FAULT_VERSION : rc != 0 ? FAULT_ENVELOPE : FAULT_KIND,
              srv->cfg->users_topic, rc != 0 ? err : "not a send envelope");
-    fo__router_skip(srv, msg->partition, msg->offset);
+    fo__router_skip(srv, FO_RQ_USERS, msg->partition, msg->offset);
     return;
   }
   if (build_text(c, &env, 'u', msg->partition, msg->offset) != 0) {
     (*srv->m.drops)++;
-    fo__router_skip(srv, msg->partition, msg->offset);
+    fo__router_skip(srv, FO_RQ_USERS, msg->partition, msg->offset);
     return;
   }
   if (fo__router_user(srv, env.target, env.target_len, c->sb.data, c->sb.len, msg->partition,
                       msg->offset) != 0) {
     (*srv->m.drops)++;
-    fo__router_skip(srv, msg->partition, msg->offset);
+    fo__router_skip(srv, FO_RQ_USERS, msg->partition, msg->offset);
   }
 }
 
@@ -184,10 +192,23 @@ static void on_room_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
     (*srv->m.decode_errors)++;
     log_once(c, rc == -ENOTSUP ? FAULT_VERSION : rc != 0 ? FAULT_ENVELOPE : FAULT_KIND,
              srv->cfg->rooms_topic, rc != 0 ? err : "not a broadcast envelope");
+    if (c->room_pubsub)
+      fo__router_skip(srv, FO_RQ_ROOMS, msg->partition, msg->offset);
     return;
   }
   if (build_text(c, &env, 'r', msg->partition, msg->offset) != 0) {
     (*srv->m.drops)++;
+    if (c->room_pubsub)
+      fo__router_skip(srv, FO_RQ_ROOMS, msg->partition, msg->offset);
+    return;
+  }
+  if (c->room_pubsub) {
+    /* Delivered by the subscribers of ws:room:{room}, this server included. */
+    if (fo__router_room(srv, env.target, env.target_len, c->sb.data, c->sb.len, msg->partition,
+                        msg->offset) != 0) {
+      (*srv->m.drops)++;
+      fo__router_skip(srv, FO_RQ_ROOMS, msg->partition, msg->offset);
+    }
     return;
   }
   fo_buf_t *frame = fo__frame_new(srv, FO_WS_OP_TEXT, c->sb.data, c->sb.len);
@@ -201,9 +222,9 @@ static void on_room_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
 
 /* Router callback: everything up to this offset was handed over. */
 static void on_done(void *ud, int32_t partition, int64_t offset) {
-  fo_consumer_t *c = ud;
-  if (c->users.rkt != NULL && !c->users.closed) {
-    rd_kafka_resp_err_t e = rd_kafka_offset_store(c->users.rkt, partition, offset + 1);
+  fo_kc_t *kc = ud;
+  if (kc->rkt != NULL && !kc->closed) {
+    rd_kafka_resp_err_t e = rd_kafka_offset_store(kc->rkt, partition, offset + 1);
     if (e != RD_KAFKA_RESP_ERR_NO_ERROR && e != RD_KAFKA_RESP_ERR__STATE)
       FO_LOG_DEBUG("consumer", "offset store failed", "partition=%" PRId32 " err=%s", partition,
                    rd_kafka_err2str(e));
@@ -212,48 +233,50 @@ static void on_done(void *ud, int32_t partition, int64_t offset) {
 
 /* ---- rebalance ---- */
 
-static void finish_revoke(fo_consumer_t *c) {
-  c->revoke_pending = false;
-  uv_timer_stop(&c->revoke_timer);
+static void finish_revoke(fo_consumer_t *c, fo_kc_t *kc) {
+  kc->revoke_pending = false;
+  uv_timer_stop(&kc->revoke_timer);
   /* Commit what was stored before giving the partitions away. */
-  if (c->users.assigned != NULL)
-    rd_kafka_commit(c->users.rk, NULL, 1);
-  rd_kafka_assign(c->users.rk, NULL);
-  set_assigned(c, &c->users, NULL);
-  FO_LOG_INFO("consumer", "partitions revoked", "topic=%s", c->srv->cfg->users_topic);
+  if (kc->assigned != NULL)
+    rd_kafka_commit(kc->rk, NULL, 1);
+  rd_kafka_assign(kc->rk, NULL);
+  set_assigned(c, kc, NULL);
+  FO_LOG_INFO("consumer", "partitions revoked", "topic=%s",
+              kc->rq == FO_RQ_USERS ? c->srv->cfg->users_topic : c->srv->cfg->rooms_topic);
 }
 
 static void on_revoke_timeout(uv_timer_t *t) {
-  fo_consumer_t *c = t->data;
-  if (c->revoke_pending) {
+  fo_kc_t *kc = t->data;
+  if (kc->revoke_pending) {
     FO_LOG_WARN("consumer", "revoking with messages in flight", "inflight=%zu",
-                fo__router_inflight(c->srv));
-    finish_revoke(c);
+                fo__router_inflight_q(kc->c->srv, kc->rq));
+    finish_revoke(kc->c, kc);
   }
 }
 
-static void check_revoke(fo_consumer_t *c) {
-  if (c->revoke_pending && fo__router_inflight(c->srv) == 0)
-    finish_revoke(c);
+static void check_revoke(fo_consumer_t *c, fo_kc_t *kc) {
+  if (kc->revoke_pending && fo__router_inflight_q(c->srv, kc->rq) == 0)
+    finish_revoke(c, kc);
 }
 
-static void on_rebalance(fo_consumer_t *c, rd_kafka_event_t *ev) {
+static void on_rebalance(fo_consumer_t *c, fo_kc_t *kc, rd_kafka_event_t *ev) {
   rd_kafka_resp_err_t e = rd_kafka_event_error(ev);
   rd_kafka_topic_partition_list_t *l = rd_kafka_event_topic_partition_list(ev);
   if (e == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-    c->revoke_pending = false;
-    rd_kafka_assign(c->users.rk, l);
-    set_assigned(c, &c->users, l);
+    kc->revoke_pending = false;
+    rd_kafka_assign(kc->rk, l);
+    set_assigned(c, kc, l);
     for (int i = 0; i < l->cnt; i++)
-      track_partition(&c->users, l->elems[i].partition, -1);
+      track_partition(kc, l->elems[i].partition, -1);
     FO_LOG_INFO("consumer", "partitions assigned", "topic=%s count=%d",
-                c->srv->cfg->users_topic, l->cnt);
+                kc->rq == FO_RQ_USERS ? c->srv->cfg->users_topic : c->srv->cfg->rooms_topic,
+                l->cnt);
   } else {
     /* Finish in-flight work first, so its offsets are committed by us. */
-    c->revoke_pending = true;
-    uv_timer_start(&c->revoke_timer, on_revoke_timeout,
+    kc->revoke_pending = true;
+    uv_timer_start(&kc->revoke_timer, on_revoke_timeout,
                    (uint64_t)(c->srv->cfg->session_timeout_ms / 2), 0);
-    check_revoke(c);
+    check_revoke(c, kc);
   }
 }
 
@@ -280,8 +303,8 @@ static void serve_event(fo_consumer_t *c, fo_kc_t *kc, rd_kafka_event_t *ev) {
     break;
   }
   case RD_KAFKA_EVENT_REBALANCE:
-    if (kc == &c->users)
-      on_rebalance(c, ev);
+    if (kc->grouped)
+      on_rebalance(c, kc, ev);
     break;
   case RD_KAFKA_EVENT_ERROR:
     (*srv->m.kafka_errors)++;
@@ -384,8 +407,12 @@ static void on_meta_timer(uv_timer_t *t) {
 
 /* ---- construction ---- */
 
+/* rooms: the rooms topic; grouped: through the consumer group (users, or
+ * rooms in room mode "redis") with offsets stored by the router and
+ * auto-committed, else assigned by hand and never committed. */
 static int make_consumer(fo_consumer_t *c, fo_kc_t *kc, const char *group, const char *topic,
-                         bool rooms, fo_kafka_uv_event_cb cb, char *err, size_t errlen) {
+                         bool rooms, bool grouped, fo_kafka_uv_event_cb cb, char *err,
+                         size_t errlen) {
   fo_server_t *srv = c->srv;
   const fo_dcfg_t *cfg = srv->cfg;
   char **extra = NULL;
@@ -412,7 +439,7 @@ static int make_consumer(fo_consumer_t *c, fo_kc_t *kc, const char *group, const
       {"session.timeout.ms", sto},
       {"heartbeat.interval.ms", hb},
       {"auto.offset.reset", rooms ? "latest" : cfg->users_offset_reset},
-      {"enable.auto.commit", rooms ? "false" : "true"},
+      {"enable.auto.commit", grouped ? "true" : "false"},
       {"enable.auto.offset.store", "false"},
       {"enable.partition.eof", "false"},
   };
@@ -436,6 +463,8 @@ static int make_consumer(fo_consumer_t *c, fo_kc_t *kc, const char *group, const
   kc->q = rd_kafka_queue_get_consumer(kc->rk);
   kc->rkt = rd_kafka_topic_new(kc->rk, topic, NULL);
   kc->letter = rooms ? 'r' : 'u';
+  kc->grouped = grouped;
+  kc->rq = rooms ? FO_RQ_ROOMS : FO_RQ_USERS;
   if (kc->q == NULL || kc->rkt == NULL) {
     snprintf(err, errlen, "kafka: no consumer queue");
     return -EINVAL;
@@ -448,6 +477,18 @@ static int make_consumer(fo_consumer_t *c, fo_kc_t *kc, const char *group, const
   return 0;
 }
 
+static int subscribe(rd_kafka_t *rk, const char *topic, char *err, size_t errlen) {
+  rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_list_add(sub, topic, RD_KAFKA_PARTITION_UA);
+  rd_kafka_resp_err_t e = rd_kafka_subscribe(rk, sub);
+  rd_kafka_topic_partition_list_destroy(sub);
+  if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    snprintf(err, errlen, "kafka subscribe %s: %s", topic, rd_kafka_err2str(e));
+    return -EINVAL;
+  }
+  return 0;
+}
+
 int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen) {
   const fo_dcfg_t *cfg = srv->cfg;
   fo_consumer_t *c = calloc(1, sizeof(*c));
@@ -456,33 +497,42 @@ int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen) {
   c->srv = srv;
   srv->consumer = c;
   fo_sb_init(&c->sb);
-  uv_timer_init(srv->loop, &c->revoke_timer);
+  c->room_pubsub = strcmp(cfg->room_mode, "redis") == 0;
+  c->users.c = c->rooms.c = c;
+  uv_timer_init(srv->loop, &c->users.revoke_timer);
+  uv_timer_init(srv->loop, &c->rooms.revoke_timer);
   uv_timer_init(srv->loop, &c->meta_timer);
-  c->revoke_timer.data = c->meta_timer.data = c;
-  c->open_handles = 2;
-  fo__router_set_done_cb(srv, on_done, c);
+  c->users.revoke_timer.data = &c->users;
+  c->rooms.revoke_timer.data = &c->rooms;
+  c->meta_timer.data = c;
+  c->open_handles = 3;
+  fo__router_set_done_cb(srv, FO_RQ_USERS, on_done, &c->users);
+  fo__router_set_done_cb(srv, FO_RQ_ROOMS, on_done, &c->rooms);
 
-  int rc = make_consumer(c, &c->users, cfg->group_id, cfg->users_topic, false, on_users_event,
-                         err, errlen);
+  int rc = make_consumer(c, &c->users, cfg->group_id, cfg->users_topic, false, true,
+                         on_users_event, err, errlen);
+  if (rc == 0)
+    rc = subscribe(c->users.rk, cfg->users_topic, err, errlen);
   if (rc != 0)
     return rc;
-  rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
-  rd_kafka_topic_partition_list_add(sub, cfg->users_topic, RD_KAFKA_PARTITION_UA);
-  rd_kafka_resp_err_t e = rd_kafka_subscribe(c->users.rk, sub);
-  rd_kafka_topic_partition_list_destroy(sub);
-  if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-    snprintf(err, errlen, "kafka subscribe %s: %s", cfg->users_topic, rd_kafka_err2str(e));
-    return -EINVAL;
+  char group[512];
+  if (c->room_pubsub) {
+    /* One consumer group for the deployment: each room record is consumed
+     * once and PUBLISHed to its channel. */
+    snprintf(group, sizeof(group), "%s.rooms", cfg->group_id);
+    rc = make_consumer(c, &c->rooms, group, cfg->rooms_topic, true, true, on_rooms_event, err,
+                       errlen);
+    if (rc == 0)
+      rc = subscribe(c->rooms.rk, cfg->rooms_topic, err, errlen);
+    return rc;
   }
-  if (strcmp(cfg->room_mode, "kafka") == 0) {
-    char group[512];
-    /* A group id is needed for assign(); this server never joins it nor commits. */
-    snprintf(group, sizeof(group), "%s.rooms.%s", cfg->group_id, cfg->server_id);
-    rc = make_consumer(c, &c->rooms, group, cfg->rooms_topic, true, on_rooms_event, err, errlen);
-    if (rc != 0)
-      return rc;
-    on_meta_timer(&c->meta_timer);
-  }
+  /* A group id is needed for assign(); this server never joins it nor commits. */
+  snprintf(group, sizeof(group), "%s.rooms.%s", cfg->group_id, cfg->server_id);
+  rc = make_consumer(c, &c->rooms, group, cfg->rooms_topic, true, false, on_rooms_event, err,
+                     errlen);
+  if (rc != 0)
+    return rc;
+  on_meta_timer(&c->meta_timer);
   return 0;
 }
 
@@ -559,8 +609,11 @@ void fo__consumer_drain(fo_server_t *srv) {
 
 /* Called by the router when messages were released (revoke may finish). */
 void fo__consumer_progress(fo_server_t *srv) {
-  if (srv->consumer != NULL)
-    check_revoke(srv->consumer);
+  fo_consumer_t *c = srv->consumer;
+  if (c != NULL) {
+    check_revoke(c, &c->users);
+    check_revoke(c, &c->rooms);
+  }
 }
 
 bool fo__consumer_closed(fo_server_t *srv) {
@@ -584,17 +637,23 @@ static void on_consumer_timer_closed(uv_handle_t *h) {
   c->open_handles--;
 }
 
+static void on_revoke_timer_closed(uv_handle_t *h) {
+  fo_kc_t *kc = h->data;
+  kc->c->open_handles--;
+}
+
 /* Closes the loop handles; the Kafka handles stay until fo__consumer_destroy. */
 void fo__consumer_free(fo_server_t *srv) {
   fo_consumer_t *c = srv->consumer;
-  if (c == NULL || c->open_handles < 2)
+  if (c == NULL || c->open_handles < 3)
     return;
   for (int i_ = 0; i_ < 2; i_++) {
     fo_kc_t *kc = i_ == 0 ? &c->users : &c->rooms;
     fo_kafka_uv_close(kc->kuv);
     kc->kuv = NULL;
   }
-  uv_close((uv_handle_t *)&c->revoke_timer, on_consumer_timer_closed);
+  uv_close((uv_handle_t *)&c->users.revoke_timer, on_revoke_timer_closed);
+  uv_close((uv_handle_t *)&c->rooms.revoke_timer, on_revoke_timer_closed);
   uv_close((uv_handle_t *)&c->meta_timer, on_consumer_timer_closed);
 }
 

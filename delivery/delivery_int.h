@@ -74,6 +74,7 @@ typedef struct {
   int64_t *users;
   int64_t *rooms;
   int64_t *queued_bytes;
+  int64_t *backlog_bytes;
   int64_t *paused_partitions;
   int64_t *assigned_partitions;
   int64_t *consumer_lag;
@@ -131,6 +132,16 @@ struct fo_conn {
   uint8_t close_after_flush : 1;
   uint8_t peer_closed : 1;
   uint8_t rx_broken : 1;     /* protocol error: input is ignored */
+  uint8_t reg_pending : 1;   /* HSET not sent yet: batched at the end of the loop turn */
+};
+
+/* An interned user with its local connections (registry.c). */
+struct fo_user {
+  fo_mapent_t ent;     /* key = name */
+  fo_conn_t *conns;    /* singly linked through conn->user_next */
+  uint32_t nconns;
+  uint32_t pend;       /* 1 + index in the Redis registry's pending list; 0 = not in it */
+  char name[];         /* NUL-terminated */
 };
 
 struct fo_server {
@@ -165,6 +176,8 @@ struct fo_server {
   fo_outq_t *outq_pool;     /* free outbound queues, reused */
   int outq_pool_n;
   uint64_t queued_bytes;    /* all bytes queued on all connections */
+  uint64_t backlog_bytes;   /* routed messages waiting for Redis (router.c); counts
+                             * into the water marks with queued_bytes */
   bool paused;              /* Kafka paused by the high-water mark */
   uv_buf_t *iov;            /* scratch for writes */
   int iov_cap;
@@ -266,6 +279,11 @@ void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n);
 int fo__rreg_new(fo_server_t *srv);
 void fo__rreg_conn_added(fo_server_t *srv, fo_conn_t *conn);
 void fo__rreg_conn_removed(fo_server_t *srv, fo_conn_t *conn);
+/* The user struct is about to be freed: forget it in the pending list. */
+void fo__rreg_user_gone(fo_server_t *srv, fo_user_t *user);
+/* Sends the registrations collected this loop turn: per user one HSET with
+ * every new connection, then one EXPIRE (from the server's check handle). */
+void fo__rreg_flush(fo_server_t *srv);
 bool fo__rreg_ready(fo_server_t *srv);
 void fo__rreg_drain(fo_server_t *srv);
 void fo__rreg_close(fo_server_t *srv);
@@ -282,15 +300,21 @@ uint64_t fo__rreg_errors(fo_server_t *srv);
 /* ---- router.c ---- */
 int fo__router_new(fo_server_t *srv);
 void fo__router_free(fo_server_t *srv);
+/* The router's ordered queues: offsets are released per queue, in order. */
+enum { FO_RQ_USERS = 0, FO_RQ_ROOMS = 1, FO_RQ_COUNT = 2 };
 /* Delivers a user message: local sockets now, other servers via Redis.
  * The done callback gets (partition, offset) once it and every message
  * before it were handed over. json is copied. */
 typedef void (*fo_route_done_cb)(void *ud, int32_t partition, int64_t offset);
 int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char *json,
                     size_t jlen, int32_t partition, int64_t offset);
-/* Releases an offset that needed no routing, after those before it. */
-int fo__router_skip(fo_server_t *srv, int32_t partition, int64_t offset);
-void fo__router_set_done_cb(fo_server_t *srv, fo_route_done_cb cb, void *ud);
+/* Room mode "redis": PUBLISHes a room message's client frame text to
+ * ws:room:{room}; released (FO_RQ_ROOMS) when Redis answered. json is copied. */
+int fo__router_room(fo_server_t *srv, const char *room, size_t rlen, const char *json,
+                    size_t jlen, int32_t partition, int64_t offset);
+/* Releases an offset of queue q that needed no routing, after those before it. */
+int fo__router_skip(fo_server_t *srv, int q, int32_t partition, int64_t offset);
+void fo__router_set_done_cb(fo_server_t *srv, int q, fo_route_done_cb cb, void *ud);
 /* A Pub/Sub message on ws:server:{self}. */
 void fo__router_pubsub(fo_server_t *srv, const char *p, size_t n);
 /* A Pub/Sub message on ws:room:{room}. */
@@ -299,6 +323,7 @@ void fo__router_room_pubsub(fo_server_t *srv, const char *room, size_t rlen, con
 /* Redis came back: resend what waits. */
 void fo__router_redis_up(fo_server_t *srv);
 size_t fo__router_inflight(fo_server_t *srv);
+size_t fo__router_inflight_q(fo_server_t *srv, int q);
 /* Delivers a JSON text frame to every local connection of the user. */
 size_t fo__deliver_user_local(fo_server_t *srv, const char *user, size_t ulen, fo_buf_t *frame);
 

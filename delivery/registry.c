@@ -6,13 +6,6 @@
 
 #include "delivery_int.h"
 
-struct fo_user {
-  fo_mapent_t ent;     /* key = name */
-  fo_conn_t *conns;    /* singly linked through conn->user_next */
-  uint32_t nconns;
-  char name[];         /* NUL-terminated */
-};
-
 fo_user_t *fo__registry_user(fo_server_t *srv, const char *user, size_t len) {
   return (fo_user_t *)fo_map_get(&srv->users, user, len, fo_map_hash(user, len));
 }
@@ -41,6 +34,7 @@ int fo__registry_add(fo_conn_t *conn, const char *name, size_t len) {
     user->ent.key = user->name;
     user->conns = NULL;
     user->nconns = 0;
+    user->pend = 0;
     if (fo_map_put(&srv->users, &user->ent) != 0) {
       free(user);
       return -ENOMEM;
@@ -67,6 +61,8 @@ void fo__registry_remove(fo_conn_t *conn) {
   conn->user_next = NULL;
   conn->user = NULL;
   if (--user->nconns == 0) {
+    if (user->pend != 0)
+      fo__rreg_user_gone(conn->srv, user);
     fo_map_del(&conn->srv->users, &user->ent);
     (*conn->srv->m.users)--;
     free(user);

@@ -2,10 +2,13 @@
  *   {prefix}ws:connections:{user}  hash conn-id -> server-id, TTL 300 s
  *   {prefix}ws:alive:{server}      liveness key, short TTL, refreshed often
  *   {prefix}ws:server:{server}     our Pub/Sub channel (second connection)
- * Connections are added/removed as they come and go; a heartbeat pass walks
- * every local user in chunks and re-sends HSET+EXPIRE, pipelined (hiredis
- * writes everything queued in one loop turn in one go). After Redis comes
- * back, the same pass re-registers everything. */
+ * New connections are collected per user during a loop turn and sent from
+ * the server's check handle as one HSET (every new connection of the user,
+ * 64 fields per command) and one EXPIRE; a closed connection is HDELed at
+ * once. A heartbeat pass walks every local user in chunks and re-sends
+ * HSET (all its connections) + EXPIRE, pipelined (hiredis writes everything
+ * queued in one loop turn in one go). After Redis comes back, the same pass
+ * re-registers everything. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -36,6 +39,8 @@ struct fo_rreg {
   size_t room_prefix_len;
   int64_t *up_gauge;
   uint64_t last_errors;
+  fo_user_t **pend;           /* users with connections not registered yet; NULL = gone */
+  uint32_t npend, pend_cap;
 };
 
 struct fo_redis *fo__rreg_cmd(fo_server_t *srv) {
@@ -54,12 +59,13 @@ static void count_error(fo_redis_t *r, redisReply *reply, void *privdata) {
     (*srv->m.redis_errors)++;
 }
 
-static void register_user(fo_user_t *user, void *ud) {
-  fo_rreg_t *rr = ud;
+/* HSET key c1 sid c2 sid ... (at most MAXF fields a command) for the open
+ * connections of user (only those still pending when only_pending), then
+ * EXPIRE key. */
+static void send_user(fo_rreg_t *rr, fo_user_t *user, bool only_pending) {
   fo_server_t *srv = rr->srv;
   size_t ulen;
   const char *name = fo__user_name(user, &ulen);
-  /* HSET key c1 sid c2 sid ... ; EXPIRE key 300 */
   enum { MAXF = 64 };
   const char *argv[2 + 2 * MAXF];
   size_t argvlen[2 + 2 * MAXF];
@@ -68,28 +74,38 @@ static void register_user(fo_user_t *user, void *ud) {
   fo_rkey_connections(&rr->key, srv->cfg->redis_prefix, name, ulen);
   if (rr->key.oom)
     return;
-  int argc = 2;
+  const char *sid = srv->cfg->server_id;
+  size_t sidlen = strlen(sid);
   argv[0] = "HSET";
   argvlen[0] = 4;
   argv[1] = rr->key.data;
   argvlen[1] = rr->key.len;
-  int k = 0;
+  int argc = 2, k = 0, total = 0;
   for (fo_conn_t *c = fo__user_conns(user); c != NULL; c = c->user_next) {
-    if (c->state != FO_CONN_OPEN)
+    if (c->state != FO_CONN_OPEN || (only_pending && !c->reg_pending))
       continue;
+    c->reg_pending = 0;
     fo__conn_id_str(c, ids[k], sizeof(ids[k]));
     argv[argc] = ids[k];
     argvlen[argc++] = strlen(ids[k]);
-    argv[argc] = srv->cfg->server_id;
-    argvlen[argc++] = strlen(srv->cfg->server_id);
-    if (++k == MAXF)
-      break;
+    argv[argc] = sid;
+    argvlen[argc++] = sidlen;
+    total++;
+    if (++k == MAXF) {
+      fo_redis_command_argv(rr->cmd, count_error, srv, argc, argv, argvlen);
+      argc = 2;
+      k = 0;
+    }
   }
-  if (k == 0)
-    return;
-  fo_redis_command_argv(rr->cmd, count_error, srv, argc, argv, argvlen);
-  fo_redis_command(rr->cmd, count_error, srv, "EXPIRE %b %d", rr->key.data, rr->key.len,
-                   FO_REGISTRY_TTL_S);
+  if (k > 0)
+    fo_redis_command_argv(rr->cmd, count_error, srv, argc, argv, argvlen);
+  if (total > 0)
+    fo_redis_command(rr->cmd, count_error, srv, "EXPIRE %b %d", rr->key.data, rr->key.len,
+                     FO_REGISTRY_TTL_S);
+}
+
+static void register_user(fo_user_t *user, void *ud) {
+  send_user(ud, user, false);
 }
 
 static void on_chunk(uv_timer_t *t) {
@@ -231,20 +247,47 @@ void fo__rreg_room_sub(fo_server_t *srv, const char *room, size_t len, bool on) 
 
 void fo__rreg_conn_added(fo_server_t *srv, fo_conn_t *conn) {
   fo_rreg_t *rr = srv->rreg;
-  if (rr == NULL || !fo_redis_connected(rr->cmd))
+  fo_user_t *user = conn->user;
+  if (rr == NULL || user == NULL || !fo_redis_connected(rr->cmd))
     return; /* the pass after reconnecting registers it */
-  size_t ulen;
-  const char *name = fo__user_name(conn->user, &ulen);
-  char id[96];
-  fo__conn_id_str(conn, id, sizeof(id));
-  fo_sb_reset(&rr->key);
-  fo_rkey_connections(&rr->key, srv->cfg->redis_prefix, name, ulen);
-  if (rr->key.oom)
+  conn->reg_pending = 1;
+  if (user->pend != 0)
     return;
-  fo_redis_command(rr->cmd, count_error, srv, "HSET %b %s %s", rr->key.data, rr->key.len, id,
-                   srv->cfg->server_id);
-  fo_redis_command(rr->cmd, count_error, srv, "EXPIRE %b %d", rr->key.data, rr->key.len,
-                   FO_REGISTRY_TTL_S);
+  if (rr->npend == rr->pend_cap) {
+    uint32_t ncap = rr->pend_cap ? rr->pend_cap * 2 : 64;
+    fo_user_t **np = realloc(rr->pend, ncap * sizeof(*np));
+    if (np == NULL) { /* the next heartbeat pass registers it */
+      conn->reg_pending = 0;
+      return;
+    }
+    rr->pend = np;
+    rr->pend_cap = ncap;
+  }
+  rr->pend[rr->npend++] = user;
+  user->pend = rr->npend;
+}
+
+void fo__rreg_user_gone(fo_server_t *srv, fo_user_t *user) {
+  fo_rreg_t *rr = srv->rreg;
+  if (rr != NULL && user->pend != 0 && user->pend <= rr->npend)
+    rr->pend[user->pend - 1] = NULL;
+  user->pend = 0;
+}
+
+void fo__rreg_flush(fo_server_t *srv) {
+  fo_rreg_t *rr = srv->rreg;
+  if (rr == NULL || rr->npend == 0)
+    return;
+  bool up = fo_redis_connected(rr->cmd);
+  for (uint32_t i = 0; i < rr->npend; i++) {
+    fo_user_t *user = rr->pend[i];
+    if (user == NULL)
+      continue;
+    user->pend = 0;
+    if (up)
+      send_user(rr, user, true); /* else: the pass after reconnecting registers it */
+  }
+  rr->npend = 0;
 }
 
 void fo__rreg_conn_removed(fo_server_t *srv, fo_conn_t *conn) {
@@ -334,6 +377,7 @@ static void on_timer_closed(uv_handle_t *h) {
   fo_rreg_t *rr = h->data;
   if (--rr->open_handles == 0) {
     fo_sb_free(&rr->key);
+    free(rr->pend);
     free(rr->channel);
     free(rr->room_prefix);
     free(rr);

@@ -6,6 +6,15 @@
  * done when that script returned; offsets are released to the consumer in
  * Kafka order (a FIFO), so nothing is committed before it was handed over.
  *
+ * Room mode "redis": room records consumed by this server (the rooms topic
+ * is then shared by a consumer group) are PUBLISHed to ws:room:{room}; every
+ * subscribed server, this one included, delivers to its local members. Their
+ * offsets go through a second FIFO of the same kind.
+ *
+ * Everything waiting in the FIFOs (Redis slow or down) counts as
+ * srv->backlog_bytes into the water marks, so Kafka pauses instead of the
+ * backlog growing for the whole outage.
+ *
  * Pub/Sub payload between servers: "<decimal user length>:<user><json>",
  * where <json> is the client frame's text, ready to be framed as is. */
 #include <errno.h>
@@ -49,8 +58,9 @@ static const char route_lua[] =
 typedef struct fo_rmsg {
   struct fo_rmsg *next;
   fo_router_t *router;
-  fo_buf_t *pub;          /* "<len>:<user><json>" */
-  uint32_t user_off, user_len;
+  fo_buf_t *pub;          /* user: "<len>:<user><json>"; room: "<channel><json>" */
+  uint32_t user_off, user_len; /* user: the user in pub; room: the channel (off 0) */
+  uint8_t q;              /* FO_RQ_USERS or FO_RQ_ROOMS */
   int32_t partition;
   int64_t offset;
   bool done;
@@ -58,14 +68,18 @@ typedef struct fo_rmsg {
   bool use_eval;          /* the server lost the script: send it in full */
 } fo_rmsg_t;
 
-struct fo_router {
-  fo_server_t *srv;
+typedef struct {
   fo_rmsg_t *head, *tail;
   size_t inflight;
-  char sha[41];
-  char *alive_prefix, *chan_prefix;
   fo_route_done_cb done_cb;
   void *done_ud;
+} fo_rq_t;
+
+struct fo_router {
+  fo_server_t *srv;
+  fo_rq_t q[FO_RQ_COUNT];
+  char sha[41];
+  char *alive_prefix, *chan_prefix;
   fo_log_ratelimit_t rl;
 };
 
@@ -100,14 +114,20 @@ void fo__router_free(fo_server_t *srv) {
   fo_router_t *rt = srv->router;
   if (rt == NULL)
     return;
-  while (rt->head != NULL) {
-    fo_rmsg_t *m = rt->head;
-    rt->head = m->next;
-    fo_buf_unref(m->pub);
-    if (m->issued)
-      m->router = NULL; /* the reply callback (with NULL) frees it */
-    else
-      free(m);
+  for (int k = 0; k < FO_RQ_COUNT; k++) {
+    fo_rq_t *q = &rt->q[k];
+    while (q->head != NULL) {
+      fo_rmsg_t *m = q->head;
+      q->head = m->next;
+      if (m->pub != NULL)
+        srv->backlog_bytes -= m->pub->len;
+      fo_buf_unref(m->pub);
+      m->pub = NULL;
+      if (m->issued)
+        m->router = NULL; /* the reply callback (with NULL) frees it */
+      else
+        free(m);
+    }
   }
   free(rt->alive_prefix);
   free(rt->chan_prefix);
@@ -115,31 +135,60 @@ void fo__router_free(fo_server_t *srv) {
   srv->router = NULL;
 }
 
-void fo__router_set_done_cb(fo_server_t *srv, fo_route_done_cb cb, void *ud) {
-  srv->router->done_cb = cb;
-  srv->router->done_ud = ud;
+void fo__router_set_done_cb(fo_server_t *srv, int q, fo_route_done_cb cb, void *ud) {
+  srv->router->q[q].done_cb = cb;
+  srv->router->q[q].done_ud = ud;
 }
 
 size_t fo__router_inflight(fo_server_t *srv) {
-  return srv->router ? srv->router->inflight : 0;
+  if (srv->router == NULL)
+    return 0;
+  return srv->router->q[FO_RQ_USERS].inflight + srv->router->q[FO_RQ_ROOMS].inflight;
 }
 
-/* Releases finished messages at the head, in order. */
-static void advance(fo_router_t *rt) {
-  while (rt->head != NULL && rt->head->done) {
-    fo_rmsg_t *m = rt->head;
-    rt->head = m->next;
-    if (rt->head == NULL)
-      rt->tail = NULL;
-    rt->inflight--;
-    if (rt->done_cb != NULL && m->partition >= 0)
-      rt->done_cb(rt->done_ud, m->partition, m->offset);
+size_t fo__router_inflight_q(fo_server_t *srv, int q) {
+  return srv->router ? srv->router->q[q].inflight : 0;
+}
+
+/* Releases finished messages at the head of q, in order. */
+static void advance(fo_router_t *rt, fo_rq_t *q) {
+  fo_server_t *srv = rt->srv;
+  while (q->head != NULL && q->head->done) {
+    fo_rmsg_t *m = q->head;
+    q->head = m->next;
+    if (q->head == NULL)
+      q->tail = NULL;
+    q->inflight--;
+    if (q->done_cb != NULL && m->partition >= 0)
+      q->done_cb(q->done_ud, m->partition, m->offset);
+    if (m->pub != NULL)
+      srv->backlog_bytes -= m->pub->len;
     fo_buf_unref(m->pub);
     free(m);
   }
-  fo__consumer_progress(rt->srv);
-  if (rt->srv->draining)
-    fo__server_drain_check(rt->srv);
+  if (srv->paused)
+    fo__server_water(srv);
+  fo__consumer_progress(srv);
+  if (srv->draining)
+    fo__server_drain_check(srv);
+}
+
+/* Appends m to its queue (takes ownership) and counts its bytes. */
+static void enqueue(fo_router_t *rt, fo_rmsg_t *m) {
+  fo_server_t *srv = rt->srv;
+  fo_rq_t *q = &rt->q[m->q];
+  if (q->tail != NULL)
+    q->tail->next = m;
+  else
+    q->head = m;
+  q->tail = m;
+  q->inflight++;
+  if (m->pub != NULL) {
+    srv->backlog_bytes += m->pub->len;
+    if (!srv->paused &&
+        srv->queued_bytes + srv->backlog_bytes > (uint64_t)srv->cfg->high_water_bytes)
+      fo__server_water(srv);
+  }
 }
 
 static void issue(fo_router_t *rt, fo_rmsg_t *m);
@@ -175,7 +224,7 @@ static void on_reply(fo_redis_t *r, redisReply *reply, void *privdata) {
     *srv->m.dead_servers_cleaned += (uint64_t)reply->element[1]->integer;
   }
   m->done = true;
-  advance(rt);
+  advance(rt, &rt->q[m->q]);
 }
 
 static void issue(fo_router_t *rt, fo_rmsg_t *m) {
@@ -183,6 +232,14 @@ static void issue(fo_router_t *rt, fo_rmsg_t *m) {
   fo_redis_t *r = fo__rreg_cmd(srv);
   if (r == NULL || !fo_redis_connected(r))
     return;
+  if (m->q == FO_RQ_ROOMS) {
+    const char *argv[3] = {"PUBLISH", (const char *)m->pub->data,
+                           (const char *)m->pub->data + m->user_len};
+    size_t argvlen[3] = {7, m->user_len, m->pub->len - m->user_len};
+    if (fo_redis_command_argv(r, on_reply, m, 3, argv, argvlen) == 0)
+      m->issued = true;
+    return;
+  }
   fo_sb_t key;
   fo_sb_init(&key);
   fo_rkey_connections(&key, srv->cfg->redis_prefix,
@@ -216,9 +273,10 @@ void fo__router_redis_up(fo_server_t *srv) {
   fo_router_t *rt = srv->router;
   if (rt == NULL)
     return;
-  for (fo_rmsg_t *m = rt->head; m != NULL; m = m->next)
-    if (!m->done && !m->issued)
-      issue(rt, m);
+  for (int k = 0; k < FO_RQ_COUNT; k++)
+    for (fo_rmsg_t *m = rt->q[k].head; m != NULL; m = m->next)
+      if (!m->done && !m->issued)
+        issue(rt, m);
 }
 
 size_t fo__deliver_user_local(fo_server_t *srv, const char *user, size_t ulen, fo_buf_t *frame) {
@@ -265,22 +323,49 @@ int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char 
   m->user_len = (uint32_t)ulen;
   m->partition = partition;
   m->offset = offset;
-  if (rt->tail != NULL)
-    rt->tail->next = m;
-  else
-    rt->head = m;
-  rt->tail = m;
-  rt->inflight++;
+  m->q = FO_RQ_USERS;
+  enqueue(rt, m);
+  issue(rt, m);
+  return 0;
+}
+
+int fo__router_room(fo_server_t *srv, const char *room, size_t rlen, const char *json,
+                    size_t jlen, int32_t partition, int64_t offset) {
+  fo_router_t *rt = srv->router;
+  fo_sb_t ch;
+  fo_sb_init(&ch);
+  fo_rkey_room_channel(&ch, srv->cfg->redis_prefix, room, rlen);
+  fo_buf_t *pub = ch.oom ? NULL : fo_buf_new(ch.len + jlen);
+  fo_rmsg_t *m = calloc(1, sizeof(*m));
+  if (pub == NULL || m == NULL) {
+    fo_sb_free(&ch);
+    fo_buf_unref(pub);
+    free(m);
+    return -ENOMEM;
+  }
+  memcpy(pub->data, ch.data, ch.len);
+  memcpy(pub->data + ch.len, json, jlen);
+  pub->len = (uint32_t)(ch.len + jlen);
+  m->router = rt;
+  m->pub = pub;
+  m->user_off = 0;
+  m->user_len = (uint32_t)ch.len;
+  m->partition = partition;
+  m->offset = offset;
+  m->q = FO_RQ_ROOMS;
+  fo_sb_free(&ch);
+  enqueue(rt, m);
   issue(rt, m);
   return 0;
 }
 
 /* A message that needs no routing (undecodable): released in order. */
-int fo__router_skip(fo_server_t *srv, int32_t partition, int64_t offset) {
+int fo__router_skip(fo_server_t *srv, int q, int32_t partition, int64_t offset) {
   fo_router_t *rt = srv->router;
-  if (rt->head == NULL) {
-    if (rt->done_cb != NULL)
-      rt->done_cb(rt->done_ud, partition, offset);
+  fo_rq_t *rq = &rt->q[q];
+  if (rq->head == NULL) {
+    if (rq->done_cb != NULL)
+      rq->done_cb(rq->done_ud, partition, offset);
     return 0;
   }
   fo_rmsg_t *m = calloc(1, sizeof(*m));
@@ -290,9 +375,8 @@ int fo__router_skip(fo_server_t *srv, int32_t partition, int64_t offset) {
   m->partition = partition;
   m->offset = offset;
   m->done = true;
-  rt->tail->next = m;
-  rt->tail = m;
-  rt->inflight++;
+  m->q = (uint8_t)q;
+  enqueue(rt, m);
   return 0;
 }
 

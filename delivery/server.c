@@ -25,6 +25,9 @@ static void register_metrics(fo_server_t *srv) {
   G(users, "users", "distinct users with a local connection");
   G(rooms, "rooms", "rooms with a local member");
   G(queued_bytes, "queued_bytes", "bytes queued for clients, all connections");
+  G(backlog_bytes, "routing_backlog_bytes",
+    "bytes of messages waiting for Redis (routing script or room PUBLISH not answered yet); "
+    "counted with queued_bytes against the high-water mark");
   G(paused_partitions, "paused_partitions", "Kafka partitions paused by the high-water mark");
   G(assigned_partitions, "assigned_partitions", "Kafka partitions assigned (users + rooms)");
   G(consumer_lag, "consumer_lag", "messages behind the high watermark, all assigned partitions");
@@ -60,6 +63,7 @@ static void register_metrics(fo_server_t *srv) {
 static void on_collect(void *ud) {
   fo_server_t *srv = ud;
   *srv->m.queued_bytes = (int64_t)srv->queued_bytes;
+  *srv->m.backlog_bytes = (int64_t)srv->backlog_bytes;
   *srv->m.redis_conn_errors = fo__rreg_errors(srv);
   fo__consumer_collect(srv);
 }
@@ -68,18 +72,22 @@ static void on_collect(void *ud) {
 
 void fo__server_water(fo_server_t *srv) {
   const fo_dcfg_t *cfg = srv->cfg;
-  if (!srv->paused && srv->queued_bytes > (uint64_t)cfg->high_water_bytes) {
+  uint64_t load = srv->queued_bytes + srv->backlog_bytes;
+  if (!srv->paused && load > (uint64_t)cfg->high_water_bytes) {
     srv->paused = true;
-    FO_LOG_WARN("server", "high-water mark: pausing Kafka", "queued=%" PRIu64, srv->queued_bytes);
+    FO_LOG_WARN("server", "high-water mark: pausing Kafka", "queued=%" PRIu64 " backlog=%" PRIu64,
+                srv->queued_bytes, srv->backlog_bytes);
     fo__consumer_pause(srv, true);
-  } else if (srv->paused && srv->queued_bytes < (uint64_t)cfg->low_water_bytes) {
+  } else if (srv->paused && load < (uint64_t)cfg->low_water_bytes) {
     srv->paused = false;
-    FO_LOG_INFO("server", "low-water mark: resuming Kafka", "queued=%" PRIu64, srv->queued_bytes);
+    FO_LOG_INFO("server", "low-water mark: resuming Kafka", "queued=%" PRIu64 " backlog=%" PRIu64,
+                srv->queued_bytes, srv->backlog_bytes);
     fo__consumer_pause(srv, false);
   }
 }
 
 static void on_check(uv_check_t *h) {
+  fo__rreg_flush(h->data);
   fo__server_flush(h->data);
 }
 

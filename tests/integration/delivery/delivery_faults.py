@@ -123,5 +123,48 @@ def test_redis_outage_not_ready_then_reregisters():
     S.stop()
 
 
+def test_redis_outage_backlog_pauses_kafka_and_drains():
+    """While Redis is down the remote part of every user message waits for
+    it; that backlog counts into the high-water mark, so Kafka pauses instead
+    of memory growing for the whole outage."""
+    S = dtest.Stack()
+    A = S.start("A", "--high-water-bytes", "65536", "--low-water-bytes", "32768")
+    S.wait_group_settled()
+    c = WsClient(A.addr, token=dtest.token("olga"))
+    ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:olga") == "1")
+    port = S.redis.port
+    S.redis.stop()
+    ft.eventually(lambda: http_get(A.addr, "/readyz")[0] == 503, what="not ready")
+    n = 1500
+    pad = "p" * 300  # ~430 B of frame text a message: n of them are ~10x the mark
+    S.produce(["fanout.users send olga application/json %s\n" %
+               json.dumps({"i": i, "pad": pad}).encode().hex() for i in range(n)])
+    ft.eventually(lambda: dtest.metrics(A)["fanout_delivery_paused_partitions"] > 0,
+                  what="partitions paused")
+    time.sleep(1.0)  # would keep consuming (and holding) everything without the pause
+    m = dtest.metrics(A)
+    backlog = m["fanout_delivery_routing_backlog_bytes"]
+    ft.log("paused=%d backlog=%d queued=%d users_in=%d" % (
+        m["fanout_delivery_paused_partitions"], backlog, m["fanout_delivery_queued_bytes"],
+        m["fanout_delivery_messages_in_total{source=\"users\"}"]))
+    assert m["fanout_delivery_paused_partitions"] > 0, m
+    # paused above the high-water mark (65536, local frames + backlog), not yet below the low one
+    assert 32768 <= backlog + m["fanout_delivery_queued_bytes"] <= 2 * 65536, m
+    assert m["fanout_delivery_messages_in_total{source=\"users\"}"] < n / 2, m
+    # Local delivery went on until the pause.
+    got = [c.recv(timeout=15)["data"]["i"] for _ in range(10)]
+    assert got == list(range(10)), got
+    S.redis = ft.Redis(port=port)
+    ft.eventually(lambda: http_get(A.addr, "/readyz")[0] == 200, timeout=15, what="ready again")
+    got += [c.recv(timeout=30)["data"]["i"] for _ in range(n - 10)]
+    assert got == list(range(n)), "lost or reordered"
+    c.expect_silence(0.3)
+    m = dtest.metrics(A)
+    assert m["fanout_delivery_paused_partitions"] == 0, m
+    assert m["fanout_delivery_routing_backlog_bytes"] == 0, m
+    c.close()
+    S.stop()
+
+
 if __name__ == "__main__":
     ft.run_tests(globals(), only=sys.argv[1:] or None)

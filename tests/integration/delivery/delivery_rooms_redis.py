@@ -1,0 +1,109 @@
+"""Room mode "redis": the rooms topic is consumed once per deployment (a
+consumer group shared by the servers), the consuming server PUBLISHes each
+message to ws:room:{room}, and every server subscribed to that channel (the
+ones with a local member) delivers it. Two servers, members on both."""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import dtest  # noqa: E402
+import fanout_test as ft  # noqa: E402
+from wsclient import WsClient  # noqa: E402
+
+S = dtest.Stack()
+A = S.start("A", "--room-mode", "redis")
+B = S.start("B", "--room-mode", "redis")
+
+
+def assigned(pr):
+    return dtest.metrics(pr).get("fanout_delivery_assigned_partitions", 0)
+
+
+# Users and rooms partitions are both shared through consumer groups: each
+# topic's partitions are spread over A and B, nobody reads all of them.
+ft.eventually(lambda: assigned(A) + assigned(B) == 2 * S.kafka.partitions and
+              assigned(A) > 0 and assigned(B) > 0,
+              timeout=40, interval=0.2, what="both consumer groups settled")
+time.sleep(0.5)
+
+
+def join(c, room):
+    c.send_json({"type": "join", "room": room})
+    m = c.recv(timeout=10)
+    assert m == {"type": "joined", "room": room}, m
+
+
+def test_each_member_on_each_server_gets_each_message_once():
+    rooms = ["rr%d" % i for i in range(8)]  # keys spread over the partitions
+    claim = ["rr*", "other"]
+    a1 = WsClient(A.addr, token=dtest.token("a1", rooms=claim))
+    b1 = WsClient(B.addr, token=dtest.token("b1", rooms=claim))
+    b2 = WsClient(B.addr, token=dtest.token("b2", rooms=claim))
+    xa = WsClient(A.addr, token=dtest.token("xa", rooms=claim))   # in another room only
+    xb = WsClient(B.addr, token=dtest.token("xb", rooms=claim))   # in no room
+    for c in (a1, b1, b2):
+        for r in rooms:
+            join(c, r)
+    join(xa, "other")
+    ft.eventually(lambda: all(S.redis.cli("PUBSUB", "NUMSUB", "ws:room:" + r).split() ==
+                              ["ws:room:" + r, "2"] for r in rooms),
+                  what="both servers subscribed to every room channel")
+    before = {pr.sid: dtest.metrics(pr)["fanout_delivery_messages_in_total{source=\"rooms\"}"]
+              for pr in (A, B)}
+    n = 3
+    lines = []
+    for i in range(n):
+        for r in rooms:
+            lines.append("fanout.rooms broadcast %s application/json %s\n" %
+                         (r, json.dumps({"r": r, "i": i}).encode().hex()))
+    S.produce(lines)
+    expect = sorted((r, i) for r in rooms for i in range(n))
+    got = {}
+    for c, name in ((a1, "a1"), (b1, "b1"), (b2, "b2")):
+        msgs = [c.recv(timeout=15) for _ in range(len(expect))]
+        assert all(m["type"] == "message" and m["pos"].startswith("r/") for m in msgs), msgs
+        got[name] = msgs
+        assert sorted((m["room"], m["data"]["i"]) for m in msgs) == expect, msgs
+        for r in rooms:  # per room in Kafka order
+            assert [m["data"]["i"] for m in msgs if m["room"] == r] == list(range(n))
+        c.expect_silence(0.3)  # once each
+    # The same frame (id, pos) for every recipient on either server.
+    key = lambda m: (m["room"], m["data"]["i"])  # noqa: E731
+    ref = {key(m): (m["id"], m["pos"]) for m in got["a1"]}
+    for name in ("b1", "b2"):
+        assert {key(m): (m["id"], m["pos"]) for m in got[name]} == ref
+    for c in (xa, xb):  # non-members get nothing
+        c.expect_silence(0.3)
+    # Consumed once per deployment: A and B together took each record once,
+    # and both took some (the room keys spread over both servers' partitions).
+    after = {pr.sid: dtest.metrics(pr)["fanout_delivery_messages_in_total{source=\"rooms\"}"]
+             for pr in (A, B)}
+    took = {sid: after[sid] - before[sid] for sid in after}
+    assert sum(took.values()) == len(expect), took
+    assert all(v > 0 for v in took.values()), took
+    # The offsets are committed by the rooms group.
+    for c in (a1, b1, b2, xa, xb):
+        c.close()
+
+
+def test_last_member_leaving_unsubscribes():
+    c = WsClient(A.addr, token=dtest.token("solo", rooms=["solo"]))
+    join(c, "solo")
+    ft.eventually(lambda: S.redis.cli("PUBSUB", "NUMSUB", "ws:room:solo").split()[-1] == "1",
+                  what="subscribed")
+    S.broadcast("solo", {"k": 1})
+    assert c.recv(timeout=15)["data"] == {"k": 1}
+    c.send_json({"type": "leave", "room": "solo"})
+    assert c.recv(timeout=10) == {"type": "left", "room": "solo"}
+    ft.eventually(lambda: S.redis.cli("PUBSUB", "NUMSUB", "ws:room:solo").split()[-1] == "0",
+                  what="unsubscribed")
+    S.broadcast("solo", {"k": 2})
+    c.expect_silence(0.5)
+    c.close()
+
+
+if __name__ == "__main__":
+    ft.run_tests(globals(), only=sys.argv[1:] or None)
