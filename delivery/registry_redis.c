@@ -142,10 +142,39 @@ static void set_alive(fo_rreg_t *rr) {
   fo_sb_free(&k);
 }
 
+/* PEXPIRE answered 0: our liveness key had expired (this loop or Redis
+ * stalled longer than its TTL), so routing servers may have removed our
+ * registry entries as a dead server's. Set it again and re-register every
+ * local connection now rather than at the next heartbeat pass. */
+static void on_alive_refreshed(fo_redis_t *r, redisReply *reply, void *privdata) {
+  (void)r;
+  fo_rreg_t *rr = privdata;
+  fo_server_t *srv = rr->srv;
+  if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+    (*srv->m.redis_errors)++;
+    return;
+  }
+  if (reply->type != REDIS_REPLY_INTEGER || reply->integer != 0 || srv->draining ||
+      !fo_redis_connected(rr->cmd))
+    return;
+  FO_LOG_WARN("registry", "liveness key had expired: re-registering", "server=%s",
+              srv->cfg->server_id);
+  set_alive(rr);
+  start_pass(rr);
+}
+
 static void on_alive(uv_timer_t *t) {
   fo_rreg_t *rr = t->data;
-  if (fo_redis_connected(rr->cmd) && !rr->srv->draining)
-    set_alive(rr);
+  fo_server_t *srv = rr->srv;
+  if (!fo_redis_connected(rr->cmd) || srv->draining)
+    return;
+  fo_sb_t k;
+  fo_sb_init(&k);
+  fo_rkey_alive(&k, srv->cfg->redis_prefix, srv->cfg->server_id);
+  if (!k.oom)
+    fo_redis_command(rr->cmd, on_alive_refreshed, rr, "PEXPIRE %b %lld", k.data, k.len,
+                     (long long)srv->cfg->alive_ttl_ms);
+  fo_sb_free(&k);
 }
 
 static void on_refresh(uv_timer_t *t) {

@@ -98,5 +98,25 @@ def test_heartbeat_pass_reregisters_more_than_64_connections_of_a_user():
                   what="entries removed on close")
 
 
+def test_lapsed_liveness_key_reregisters_at_once():
+    """A server stalled past its liveness TTL finds its entries removed by
+    routing servers (as a dead server's); when it runs again it notices the
+    key had expired and re-registers at once, not at the next pass (60 s)."""
+    socks = open_many(A, ["lapse"], stopped=False)
+    ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:lapse") == "1", what="registered")
+    A.signal(signal.SIGSTOP)
+    try:
+        ft.eventually(lambda: S.redis.cli("EXISTS", "ws:alive:A") == "0", timeout=5,
+                      what="liveness key expired")
+        S.redis.cli("DEL", "ws:connections:lapse")  # what a routing server's cleanup does
+    finally:
+        A.signal(signal.SIGCONT)
+    ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:lapse") == "1", timeout=5,
+                  what="re-registered after the lapse")
+    assert S.redis.cli("EXISTS", "ws:alive:A") == "1"
+    for s in socks:
+        s.close()
+
+
 if __name__ == "__main__":
     ft.run_tests(globals(), only=sys.argv[1:] or None)
