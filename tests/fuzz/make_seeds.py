@@ -187,6 +187,9 @@ def client_seeds():
         op(0, 0) + op(0, 1) + txt(0, {"type": "join", "room": "lobby"}) +
         txt(1, {"type": "join", "room": "lobby"}) + op(6, 0) + op(6, 1) +
         op(4, 0, b"lobby") * 20 + op(11, 1) + op(5, 0, b"\x01" * 100),
+        # a client that sends JSON pings and stops reading: its queue limit closes it (1013)
+        op(0, 1) + op(6, 1) + op(13, 1, b"\xff" + b'{"type":"ping"}') * 4 +
+        op(5, 0, b"\x00" * 50),
         op(0, 0, mask_frame(1, b'{"type":"join","room":"lobby"}')) + op(1, 0, b"\xff") +
         op(0, 0) + op(1, 0, b"[1,2]") + op(1, 0, b'{"type":"join","room":""}'),
     ]
