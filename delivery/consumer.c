@@ -224,7 +224,11 @@ static void on_room_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
 static void on_done(void *ud, int32_t partition, int64_t offset) {
   fo_kc_t *kc = ud;
   if (kc->rkt != NULL && !kc->closed) {
-    rd_kafka_resp_err_t e = rd_kafka_offset_store(kc->rkt, partition, offset + 1);
+    /* The legacy rd_kafka_offset_store() stores offset + 1 itself (the next
+     * record to consume). Passing offset + 1 here committed one record past
+     * what was handed over: the record after it was skipped by whoever
+     * consumed the partition next (rebalance, restart). */
+    rd_kafka_resp_err_t e = rd_kafka_offset_store(kc->rkt, partition, offset);
     if (e != RD_KAFKA_RESP_ERR_NO_ERROR && e != RD_KAFKA_RESP_ERR__STATE)
       FO_LOG_DEBUG("consumer", "offset store failed", "partition=%" PRId32 " err=%s", partition,
                    rd_kafka_err2str(e));
