@@ -125,13 +125,14 @@ class HttpPool:
 
 class Msg:
     """One send or broadcast request."""
-    __slots__ = ("kind", "target", "seq", "tag", "t_start", "t_ack", "status", "id", "body")
+    __slots__ = ("kind", "target", "seq", "tag", "t_start", "t_ack", "status", "id", "body",
+                 "retry_after")
 
     def __init__(self, kind, target, seq):
         self.kind, self.target, self.seq = kind, target, seq
         self.tag = "%s|%s|%d" % (kind, target, seq)
         self.t_start = self.t_ack = None
-        self.status = self.id = self.body = None
+        self.status = self.id = self.body = self.retry_after = None
 
 
 class Conn:
@@ -348,7 +349,7 @@ class Ledger:
         r = dict(sent=0, accepted=0, refused=0, failed=0, delivered=0, unique_deliveries=0,
                  duplicates=0, lost=0, lost_users=0, out_of_order=0, pos_regressions=0,
                  obligations=0, extra=0, unknown=self.unknown, conns=len(self.conns),
-                 latency_ms={}, statuses={}, lost_examples=[])
+                 latency_ms={}, ack_ms={}, statuses={}, lost_examples=[])
         for m in self.msgs.values():
             r["sent"] += 1
             r["statuses"][str(m.status)] = r["statuses"].get(str(m.status), 0) + 1
@@ -411,6 +412,11 @@ class Ledger:
             owed = [c for c in cands if self.owed_to(m, c)]
             if owed and not any(c.n in received_by.get(m.tag, ()) for c in owed):
                 r["lost_users"] += 1
+        acks = sorted(m.t_ack - m.t_start for m in self.msgs.values() if m.status == 202)
+        if acks:
+            r["ack_ms"] = {"p50": round(acks[len(acks) // 2] * 1000, 1),
+                           "p99": round(acks[int(len(acks) * 0.99)] * 1000, 1),
+                           "max": round(acks[-1] * 1000, 1)}
         if lat:
             lat.sort()
             r["latency_ms"] = {"p50": round(lat[len(lat) // 2] * 1000, 1),
@@ -431,9 +437,10 @@ class Ledger:
                 "duplicates", "lost", "lost_users", "out_of_order", "pos_regressions",
                 "obligations", "extra", "unknown", "conns"]
         print("%s: %s" % (name, " ".join("%s=%s" % (k, r[k]) for k in keys)), flush=True)
-        print("%s: statuses=%s latency_ms=%s grace_s=%.1f" % (
-            name, json.dumps(r["statuses"], sort_keys=True), json.dumps(r["latency_ms"]),
-            GRACE), flush=True)
+        print("%s: statuses=%s latency_ms=%s (send start -> frame) ack_ms=%s (-> 202) "
+              "grace_s=%.1f" % (name, json.dumps(r["statuses"], sort_keys=True),
+                                json.dumps(r["latency_ms"]), json.dumps(r["ack_ms"]), GRACE),
+              flush=True)
         for e in r["lost_examples"]:
             print("%s: LOST %s" % (name, e), flush=True)
 
@@ -476,7 +483,7 @@ class Traffic:
         else:
             path, body = "/v1/broadcast", {"room": target, "data": payload}
         m.t_start = time.monotonic()
-        status, text, _h = await self.pool.request("POST", path, body, timeout=self.timeout)
+        status, text, hdrs = await self.pool.request("POST", path, body, timeout=self.timeout)
         m.t_ack = time.monotonic()
         m.status = status
         if status == 202:
@@ -486,6 +493,7 @@ class Traffic:
                 pass
         else:
             m.body = text[:200]
+            m.retry_after = hdrs.get("retry-after")
         self.busy.discard((kind, target))
 
     def _fire(self, kind, targets):

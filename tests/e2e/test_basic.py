@@ -155,7 +155,7 @@ def test_presence_counts_connections():
 
 def test_nginx_hash_keeps_a_user_on_one_server():
     c = cluster()
-    users = ["h%d-%s" % (i, RUN) for i in range(30)]
+    users = ["h%d-%s" % (i, RUN) for i in range(60)]
 
     async def go():
         conns = []
@@ -175,7 +175,7 @@ def test_nginx_hash_keeps_a_user_on_one_server():
         spread = {}
         for u, s in placed.items():
             spread[next(iter(s))] = spread.get(next(iter(s)), 0) + 1
-        log("hash spread of 30 users: %s" % spread)
+        log("hash spread of %d users: %s" % (len(users), spread))
         assert set(spread) == {"d1", "d2", "d3"}, spread
 
     asyncio.run(go())

@@ -316,6 +316,9 @@ async def _kafka_kill9(c):
     r = await sc.finish(settle_s=30)
     bad = {k: v for k, v in r["statuses"].items() if k not in ("202", "503")}
     assert not bad, "only 202 or 503 may answer a send: %s" % r["statuses"]
+    refused = [m for m in sc.led.msgs.values() if m.status == 503]
+    assert all(m.retry_after for m in refused), "a 503 without Retry-After"
+    assert all("error" in m.body for m in refused), [m.body for m in refused[:3]]
     sc.assert_nothing_lost(r)
     codes = sorted({code for t in sc.tabs for code in t.close_codes})
     assert not codes, "connections were closed during the Kafka outage: %s" % codes
