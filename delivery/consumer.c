@@ -158,6 +158,10 @@ static void on_user_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
   fo_env_t env;
   char err[128];
   (*srv->m.msgs_in_users)++;
+  if (msg->partition >= 0 && msg->partition < c->users.nparts &&
+      c->users.next_off[msg->partition] < 0)
+    FO_LOG_INFO("consumer", "first record after assignment", "topic=%s partition=%" PRId32
+                " offset=%" PRId64, srv->cfg->users_topic, msg->partition, msg->offset);
   track_partition(&c->users, msg->partition, msg->offset + 1);
   int rc = fo_env_decode(msg->payload, msg->len, &env, err, sizeof(err));
   if (rc != 0 || env.kind != FO_ENV_SEND) {
