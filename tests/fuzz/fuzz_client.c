@@ -16,8 +16,8 @@
  *   8 CLOSE frame with <bytes>           9 PING frame with <bytes>
  *  10 JSON message straight to fo__client_message (no framing)
  *  11 the server closes it (1001)
- *  12 a burst: 16 * (byte 0 + 1) PING frames with the rest as payload
- *  13 a burst: 16 * (byte 0 + 1) TEXT frames with the rest as payload
+ *  12 a burst: 4 * (byte 0 + 1) PING frames with the rest as payload
+ *  13 a burst: 4 * (byte 0 + 1) TEXT frames with the rest as payload
  * Everything the server writes is checked (fz_delivery.c), and the server
  * must be empty after all connections are gone. */
 #include <stdio.h>
@@ -174,7 +174,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 12:
     case 13:
       if (len > 0) {
-        size_t count = 16 * ((size_t)p[0] + 1);
+        size_t count = 4 * ((size_t)p[0] + 1);
         size_t pl = len - 1 < 125 ? len - 1 : 125;
         uint8_t one[140];
         uint8_t mask[4] = {op, 1, 2, 3};
