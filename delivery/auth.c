@@ -70,45 +70,38 @@ int fo_auth_verify(const char *token, size_t len, const char *secret, size_t sec
   json_t *hdr = NULL, *claims = NULL;
   int rc = 0;
   memset(out, 0, sizeof(*out));
-  if (token == NULL || len == 0)
-    {
+  if (token == NULL || len == 0) {
     rc = fail(err, errlen, -EACCES, "no token");
     goto done;
   }
-  if (len > MAX_TOKEN)
-    {
+  if (len > MAX_TOKEN) {
     rc = fail(err, errlen, -EINVAL, "token too long");
     goto done;
   }
   const char *dot1 = memchr(token, '.', len);
-  if (dot1 == NULL)
-    {
+  if (dot1 == NULL) {
     rc = fail(err, errlen, -EINVAL, "malformed token");
     goto done;
   }
   const char *dot2 = memchr(dot1 + 1, '.', len - (size_t)(dot1 + 1 - token));
-  if (dot2 == NULL)
-    {
+  if (dot2 == NULL) {
     rc = fail(err, errlen, -EINVAL, "malformed token");
     goto done;
   }
   const char *sig = dot2 + 1;
   size_t siglen = len - (size_t)(sig - token);
-  if (memchr(sig, '.', siglen) != NULL)
-    {
+  if (memchr(sig, '.', siglen) != NULL) {
     rc = fail(err, errlen, -EINVAL, "malformed token");
     goto done;
   }
 
   hdr = decode_json_part(token, (size_t)(dot1 - token));
-  if (!json_is_object(hdr))
-    {
+  if (!json_is_object(hdr)) {
     rc = fail(err, errlen, -EINVAL, "bad header");
     goto done;
   }
   const char *alg = json_string_value(json_object_get(hdr, "alg"));
-  if (alg == NULL || strcmp(alg, "HS256") != 0)
-    {
+  if (alg == NULL || strcmp(alg, "HS256") != 0) {
     rc = fail(err, errlen, -EACCES, "alg must be HS256");
     goto done;
   }
@@ -116,71 +109,64 @@ int fo_auth_verify(const char *token, size_t len, const char *secret, size_t sec
   uint8_t want[EVP_MAX_MD_SIZE];
   unsigned wantlen = 0;
   if (HMAC(EVP_sha256(), secret, (int)secret_len, (const unsigned char *)token,
-           (size_t)(dot2 - token), want, &wantlen) == NULL)
-    {
+           (size_t)(dot2 - token), want, &wantlen) == NULL) {
     rc = fail(err, errlen, -ENOMEM, "hmac failed");
     goto done;
   }
   uint8_t got[64];
-  if (siglen > 86)
-    {
+  if (siglen > 86) {
     rc = fail(err, errlen, -EACCES, "bad signature");
     goto done;
   }
   int gotlen = fo_b64url_decode(sig, siglen, got);
-  if (gotlen != (int)wantlen || CRYPTO_memcmp(got, want, wantlen) != 0)
-    {
+  if (gotlen != (int)wantlen || CRYPTO_memcmp(got, want, wantlen) != 0) {
     rc = fail(err, errlen, -EACCES, "bad signature");
     goto done;
   }
 
   claims = decode_json_part(dot1 + 1, (size_t)(dot2 - dot1 - 1));
-  if (!json_is_object(claims))
-    {
+  if (!json_is_object(claims)) {
     rc = fail(err, errlen, -EINVAL, "bad claims");
     goto done;
   }
   json_t *sub = json_object_get(claims, "sub");
-  if (!json_is_string(sub) || json_string_length(sub) == 0)
-    {
+  if (!json_is_string(sub) || json_string_length(sub) == 0) {
     rc = fail(err, errlen, -EACCES, "no sub");
     goto done;
   }
-  if (json_string_length(sub) > 256)
-    {
+  if (json_string_length(sub) > 256) {
     rc = fail(err, errlen, -EACCES, "sub too long");
     goto done;
   }
   json_t *exp = json_object_get(claims, "exp");
-  if (!json_is_number(exp))
-    {
+  if (!json_is_number(exp)) {
     rc = fail(err, errlen, -EACCES, "no exp");
     goto done;
   }
   double expv = json_number_value(exp);
-  if (expv <= (double)now_s)
-    {
+  if (expv <= (double)now_s) {
     rc = fail(err, errlen, -EACCES, "expired");
     goto done;
   }
+  if (!(expv < 9.0e18)) { /* would not fit the int64_t below (NaN included) */
+    rc = fail(err, errlen, -EACCES, "exp out of range");
+    goto done;
+  }
   json_t *nbf = json_object_get(claims, "nbf");
-  if (nbf != NULL && (!json_is_number(nbf) || json_number_value(nbf) > (double)now_s))
-    {
+  if (nbf != NULL && (!json_is_number(nbf) || json_number_value(nbf) > (double)now_s)) {
     rc = fail(err, errlen, -EACCES, "not yet valid");
     goto done;
   }
   json_t *rooms = json_object_get(claims, "rooms");
   if (rooms != NULL && !json_is_null(rooms)) {
-    if (!json_is_array(rooms))
-      {
+    if (!json_is_array(rooms)) {
     rc = fail(err, errlen, -EACCES, "rooms must be an array");
     goto done;
   }
     size_t i;
     json_t *r;
     json_array_foreach(rooms, i, r) {
-      if (!json_is_string(r))
-        {
+      if (!json_is_string(r)) {
     rc = fail(err, errlen, -EACCES, "rooms must be strings");
     goto done;
   }
@@ -189,8 +175,7 @@ int fo_auth_verify(const char *token, size_t len, const char *secret, size_t sec
   }
   out->sub_len = json_string_length(sub);
   out->sub = malloc(out->sub_len + 1);
-  if (out->sub == NULL)
-    {
+  if (out->sub == NULL) {
     rc = fail(err, errlen, -ENOMEM, "out of memory");
     goto done;
   }

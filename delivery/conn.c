@@ -118,6 +118,16 @@ static void conn_flush(fo_conn_t *conn);
 /* Appends buf to conn's queue (one reference). force skips the limit. */
 static int enqueue(fo_conn_t *conn, fo_buf_t *buf, bool force) {
   fo_server_t *srv = conn->srv;
+  if (!force && buf->len > (uint64_t)srv->cfg->outq_max_bytes) {
+    /* A frame that could never fit: drop it (counted), keep the client. */
+    (*srv->m.drops)++;
+    uint64_t sup = 0;
+    if (fo_log_ratelimit(&srv->big_frame_rl, fo_now_ms(), 5000, &sup))
+      FO_LOG_WARN("conn", "frame larger than the outbound queue limit dropped",
+                  "conn=%" PRIu32 " bytes=%" PRIu32 " suppressed=%" PRIu64, conn->id, buf->len,
+                  sup);
+    return -EMSGSIZE;
+  }
   fo_outq_t *q = outq_get(conn);
   if (q == NULL)
     return -ENOMEM;
@@ -527,7 +537,9 @@ static int on_ws_msg(void *ud, int opcode, uint8_t *p, size_t n) {
     if (conn->state == FO_CONN_OPEN) {
       fo_buf_t *buf = fo__frame_new(srv, FO_WS_OP_PONG, p, n);
       if (buf != NULL) {
-        enqueue(conn, buf, true);
+        /* Counted against the queue limit: a client that pings and never
+         * reads is a slow client like any other. */
+        enqueue(conn, buf, false);
         fo_buf_unref(buf);
       }
     }

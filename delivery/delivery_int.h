@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "log.h"
 #include "config.h"
 #include "metrics.h"
 
@@ -146,6 +147,7 @@ struct fo_user {
 
 struct fo_server {
   uv_loop_t *loop;
+  fo_log_ratelimit_t big_frame_rl; /* frames over the queue limit dropped */
   const fo_dcfg_t *cfg;
   uv_tcp_t listener;
   uv_timer_t sweep;

@@ -541,7 +541,7 @@ def test_client_that_never_reads_its_replies_is_closed():
     bystander_alive()
 
 
-def test_known_bug_protocol_ping_flood_is_bounded():
+def test_protocol_ping_flood_is_bounded():
     """The same with protocol pings: their pongs must count against the
     outbound queue limit too (or be coalesced: RFC 6455 5.5.3 allows
     answering only the latest ping)."""
@@ -568,11 +568,7 @@ def test_clean_shutdown():
     assert all(c == 0 for c in codes.values()), codes
 
 
-KNOWN_BUGS = {
-    "test_known_bug_protocol_ping_flood_is_bounded":
-        "pongs are queued with the limit skipped (enqueue(..., force=true) in conn.c), so a "
-        "client sending pings and not reading grows server memory without bound",
-}
+KNOWN_BUGS = {}  # none open
 
 if __name__ == "__main__":
     hl.run(globals(), KNOWN_BUGS)
