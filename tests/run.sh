@@ -4,6 +4,7 @@
 #   tests/run.sh                 everything, both builds
 #   tests/run.sh -L unit         extra arguments go to ctest (both builds)
 #   FANOUT_SKIP_ASAN=1 tests/run.sh   the Debug build only (quick local runs)
+#   FANOUT_SKIP_FUZZ=1, FANOUT_FUZZ_SECONDS=N   skip / lengthen the fuzz step
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -29,5 +30,12 @@ run_suite() {
 run_suite build Debug "$@"
 if [ "${FANOUT_SKIP_ASAN:-0}" != "1" ]; then
   run_suite build-asan Asan "$@"
+fi
+# libFuzzer targets (clang + ASan/UBSan), a short bounded run each;
+# tests/fuzz/run.sh 600 runs them longer. Skipped when ctest arguments
+# select a subset.
+if [ $# -eq 0 ] && [ "${FANOUT_SKIP_FUZZ:-0}" != "1" ]; then
+  echo "=== fuzz targets (clang + libFuzzer) in build-fuzz ==="
+  "$ROOT/tests/fuzz/run.sh" "${FANOUT_FUZZ_SECONDS:-10}" || status=1
 fi
 exit $status
