@@ -11,6 +11,7 @@ pieces away while clients keep talking to nginx. Everything runs on
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -18,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 
-from fanout_test import (SOURCE_DIR, ApacheKafka, Proc, Redis, eventually, free_port, log,
+from fanout_test import (SOURCE_DIR, STATE_DIR, ApacheKafka, Proc, Redis, eventually, free_port, log,
                          make_jwt, scaled, start_service, wait_port)
 
 SECRET = "e2e-secret"
@@ -372,7 +373,9 @@ class Cluster:
         return problems
 
     def stop(self):
-        """Stops whatever is running (also after a partial start)."""
+        """Stops whatever is running (also after a partial start), keeps the
+        broker's and nginx's logs beside the services' (STATE_DIR/logs) and
+        removes the cluster's temp dir (FANOUT_E2E_KEEP=1 keeps it)."""
         for s in [self.nginx] + self.ingest + self.delivery + [self.kafka, self.redis]:
             if s is None or (isinstance(s, Service) and not s.alive()):
                 continue
@@ -380,4 +383,15 @@ class Cluster:
                 s.stop()
             except Exception as e:  # keep stopping the rest
                 log("stopping %s: %r" % (getattr(s, "name", s), e))
+        logs = os.path.join(STATE_DIR, "logs")
+        stamp = int(time.time() * 1000)
+        for src, name in ((("kafka", "server.log"), "kafka-server"),
+                          (("nginx", "nginx-error.log"), "nginx-error"),
+                          (("nginx", "nginx-access.log"), "nginx-access")):
+            path = os.path.join(self.dir, *src)
+            if os.path.exists(path):
+                os.makedirs(logs, exist_ok=True)
+                shutil.copy(path, os.path.join(logs, "%s-%d.log" % (name, stamp)))
+        if os.environ.get("FANOUT_E2E_KEEP") != "1":
+            shutil.rmtree(self.dir, ignore_errors=True)
 
