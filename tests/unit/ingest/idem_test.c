@@ -38,7 +38,7 @@ void fo__reply_error(fo_reply_t *reply, int status, const char *msg, const char 
 
 static void idem_replays_a_finished_response(void **state) {
   (void)state;
-  fo_idem_t *idem;
+  fo_idem_t *idem = NULL;
   fo_idem_entry_t *e = NULL;
   struct fo_reply r1 = {0}, r2 = {0};
   assert_int_equal(fo__idem_new(10, 1000, &idem), 0);
@@ -54,7 +54,7 @@ static void idem_replays_a_finished_response(void **state) {
 
 static void idem_waiters_get_the_same_answer(void **state) {
   (void)state;
-  fo_idem_t *idem;
+  fo_idem_t *idem = NULL;
   fo_idem_entry_t *e = NULL, *e2 = NULL;
   struct fo_reply r1 = {0}, r2 = {0}, r3 = {0};
   assert_int_equal(fo__idem_new(10, 1000, &idem), 0);
@@ -71,7 +71,7 @@ static void idem_waiters_get_the_same_answer(void **state) {
 
 static void idem_errors_are_not_cached(void **state) {
   (void)state;
-  fo_idem_t *idem;
+  fo_idem_t *idem = NULL;
   fo_idem_entry_t *e = NULL;
   struct fo_reply r1 = {0}, w = {0}, r2 = {0};
   assert_int_equal(fo__idem_new(10, 1000, &idem), 0);
@@ -87,7 +87,7 @@ static void idem_errors_are_not_cached(void **state) {
 
 static void idem_mismatch_and_scoping(void **state) {
   (void)state;
-  fo_idem_t *idem;
+  fo_idem_t *idem = NULL;
   fo_idem_entry_t *e = NULL;
   struct fo_reply r = {0};
   assert_int_equal(fo__idem_new(10, 1000, &idem), 0);
@@ -103,7 +103,7 @@ static void idem_mismatch_and_scoping(void **state) {
 
 static void idem_expires_after_the_window(void **state) {
   (void)state;
-  fo_idem_t *idem;
+  fo_idem_t *idem = NULL;
   fo_idem_entry_t *e = NULL;
   struct fo_reply r = {0};
   assert_int_equal(fo__idem_new(10, 1000, &idem), 0);
@@ -117,7 +117,7 @@ static void idem_expires_after_the_window(void **state) {
 
 static void idem_is_bounded(void **state) {
   (void)state;
-  fo_idem_t *idem;
+  fo_idem_t *idem = NULL;
   fo_idem_entry_t *e = NULL, *pending = NULL;
   struct fo_reply r = {0};
   char key[32];
@@ -143,7 +143,7 @@ static void idem_is_bounded(void **state) {
 
 static void idem_free_answers_waiters(void **state) {
   (void)state;
-  fo_idem_t *idem;
+  fo_idem_t *idem = NULL;
   fo_idem_entry_t *e = NULL;
   struct fo_reply r1 = {0}, w = {0};
   assert_int_equal(fo__idem_new(10, 1000, &idem), 0);
