@@ -324,6 +324,8 @@ void fo__router_room_pubsub(fo_server_t *srv, const char *room, size_t rlen, con
                             size_t n);
 /* Redis came back: resend what waits. */
 void fo__router_redis_up(fo_server_t *srv);
+/* From the sweep timer: sends user routes held while the registry settles. */
+void fo__router_tick(fo_server_t *srv);
 size_t fo__router_inflight(fo_server_t *srv);
 size_t fo__router_inflight_q(fo_server_t *srv, int q);
 /* Delivers a JSON text frame to every local connection of the user. */

@@ -11,6 +11,7 @@ static void on_sweep(uv_timer_t *t) {
   fo_server_t *srv = t->data;
   const fo_dcfg_t *cfg = srv->cfg;
   uint64_t now = uv_now(srv->loop);
+  fo__router_tick(srv);
   fo_conn_t *conn = srv->conns.next;
   while (conn != &srv->conns) {
     fo_conn_t *next = conn->next; /* destroy unlinks conn */

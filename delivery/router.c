@@ -81,6 +81,8 @@ struct fo_router {
   char sha[41];
   char *alive_prefix, *chan_prefix;
   fo_log_ratelimit_t rl;
+  bool was_up;             /* Redis was connected before */
+  uint64_t settle_until;   /* loop ms: hold user routes until then */
 };
 
 static void sha1_hex(const char *s, size_t n, char out[41]) {
@@ -232,6 +234,11 @@ static void issue(fo_router_t *rt, fo_rmsg_t *m) {
   fo_redis_t *r = fo__rreg_cmd(srv);
   if (r == NULL || !fo_redis_connected(r))
     return;
+  /* Just after Redis came back the other servers may not have re-registered
+   * their connections yet (a restarted Redis is empty): a route run now
+   * would miss them. Held routes go out from fo__router_tick(). */
+  if (m->q == FO_RQ_USERS && rt->settle_until != 0)
+    return;
   if (m->q == FO_RQ_ROOMS) {
     const char *argv[3] = {"PUBLISH", (const char *)m->pub->data,
                            (const char *)m->pub->data + m->user_len};
@@ -269,14 +276,29 @@ static void issue(fo_router_t *rt, fo_rmsg_t *m) {
   fo_sb_free(&key);
 }
 
-void fo__router_redis_up(fo_server_t *srv) {
-  fo_router_t *rt = srv->router;
-  if (rt == NULL)
-    return;
+static void issue_pending(fo_router_t *rt) {
   for (int k = 0; k < FO_RQ_COUNT; k++)
     for (fo_rmsg_t *m = rt->q[k].head; m != NULL; m = m->next)
       if (!m->done && !m->issued)
         issue(rt, m);
+}
+
+void fo__router_redis_up(fo_server_t *srv) {
+  fo_router_t *rt = srv->router;
+  if (rt == NULL)
+    return;
+  if (rt->was_up) /* a reconnect, not the first connect: let the others re-register */
+    rt->settle_until = uv_now(srv->loop) + (uint64_t)srv->cfg->alive_ttl_ms / 2;
+  rt->was_up = true;
+  issue_pending(rt);
+}
+
+void fo__router_tick(fo_server_t *srv) {
+  fo_router_t *rt = srv->router;
+  if (rt == NULL || rt->settle_until == 0 || uv_now(srv->loop) < rt->settle_until)
+    return;
+  rt->settle_until = 0;
+  issue_pending(rt);
 }
 
 size_t fo__deliver_user_local(fo_server_t *srv, const char *user, size_t ulen, fo_buf_t *frame) {
