@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # README command two: installs what is missing, builds, and runs every test
-# with ctest — first the Debug build, then the ASan+UBSan build.
+# with ctest — after a short run of every fuzz target, the Debug build, then
+# the ASan+UBSan build.
 #   tests/run.sh                 everything, both builds
 #   tests/run.sh -L unit         extra arguments go to ctest (both builds)
 #   FANOUT_SKIP_ASAN=1 tests/run.sh   the Debug build only (quick local runs)
@@ -27,15 +28,15 @@ run_suite() {
   (cd "$ROOT/$dir" && ctest --output-on-failure --timeout 900 "$@") || status=1
 }
 
-run_suite build Debug "$@"
-if [ "${FANOUT_SKIP_ASAN:-0}" != "1" ]; then
-  run_suite build-asan Asan "$@"
-fi
-# libFuzzer targets (clang + ASan/UBSan), a short bounded run each;
+# First the libFuzzer targets (clang + ASan/UBSan), a short bounded run each;
 # tests/fuzz/run.sh 600 runs them longer. Skipped when ctest arguments
 # select a subset.
 if [ $# -eq 0 ] && [ "${FANOUT_SKIP_FUZZ:-0}" != "1" ]; then
   echo "=== fuzz targets (clang + libFuzzer) in build-fuzz ==="
   "$ROOT/tests/fuzz/run.sh" "${FANOUT_FUZZ_SECONDS:-10}" || status=1
+fi
+run_suite build Debug "$@"
+if [ "${FANOUT_SKIP_ASAN:-0}" != "1" ]; then
+  run_suite build-asan Asan "$@"
 fi
 exit $status

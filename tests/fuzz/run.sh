@@ -55,8 +55,9 @@ for t in $targets; do
     echo "ok $t"
   fi
 done
+ntargets=$(echo $targets | wc -w)
+echo "fuzz: $((ntargets - ${#failed[@]})) passed, ${#failed[@]} failed"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "fuzz: failed: ${failed[*]}"
   exit 1
 fi
-echo "fuzz: all targets ran clean"
