@@ -15,7 +15,7 @@ import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-SECRET = b"fuzz-secret"  # FZ_SECRET in fz_delivery.h
+SECRET = b"fuzz-secret-0123456789abcdef-0123456789"  # FZ_SECRET in fz_delivery.h
 
 
 def b64url(b):
