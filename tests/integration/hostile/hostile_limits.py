@@ -35,7 +35,7 @@ from hostile_lib import ft, frame  # noqa: E402
 PER_USER = 3
 LIFETIME_S = 3600
 PENDING = 5
-HANDSHAKE_MS = 2000
+HANDSHAKE_MS = 5000
 SID64 = "s" * 60 + "-d64"  # 64 bytes
 
 S = {}
