@@ -1,6 +1,7 @@
 #include "auth.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,7 +56,7 @@ static json_t *decode_json_part(const char *p, size_t n) {
   int m = fo_b64url_decode(p, n, buf);
   json_t *j = NULL;
   if (m >= 0)
-    j = json_loadb((const char *)buf, (size_t)m, 0, NULL);
+    j = json_loadb((const char *)buf, (size_t)m, JSON_REJECT_DUPLICATES, NULL);
   free(buf);
   return j;
 }
@@ -65,8 +66,32 @@ static int fail(char *err, size_t errlen, int code, const char *why) {
   return code;
 }
 
+/* `aud` is a string or an array of strings (RFC 7519 4.1.3). */
+static bool aud_matches(const json_t *aud, const char *want) {
+  if (json_is_string(aud))
+    return strcmp(json_string_value(aud), want) == 0;
+  if (!json_is_array(aud))
+    return false;
+  size_t i;
+  const json_t *a;
+  json_array_foreach(aud, i, a) {
+    if (json_is_string(a) && strcmp(json_string_value(a), want) == 0)
+      return true;
+  }
+  return false;
+}
+
 int fo_auth_verify(const char *token, size_t len, const char *secret, size_t secret_len,
                    int64_t now_s, fo_auth_claims_t *out, char *err, size_t errlen) {
+  fo_auth_opts_t opts = {secret, secret_len, NULL, NULL, 0};
+  int rc = fo_auth_check(&opts, token, len, now_s, out, err, errlen);
+  return rc == -EKEYEXPIRED ? -EACCES : rc;
+}
+
+int fo_auth_check(const fo_auth_opts_t *opts, const char *token, size_t len, int64_t now_s,
+                  fo_auth_claims_t *out, char *err, size_t errlen) {
+  const char *secret = opts->secret;
+  size_t secret_len = opts->secret_len;
   json_t *hdr = NULL, *claims = NULL;
   int rc = 0;
   memset(out, 0, sizeof(*out));
@@ -103,6 +128,12 @@ int fo_auth_verify(const char *token, size_t len, const char *secret, size_t sec
   const char *alg = json_string_value(json_object_get(hdr, "alg"));
   if (alg == NULL || strcmp(alg, "HS256") != 0) {
     rc = fail(err, errlen, -EACCES, "alg must be HS256");
+    goto done;
+  }
+  /* RFC 7515 4.1.11: extensions listed in `crit` must be understood; we
+   * understand none. */
+  if (json_object_get(hdr, "crit") != NULL) {
+    rc = fail(err, errlen, -EACCES, "crit not supported");
     goto done;
   }
 
@@ -145,7 +176,7 @@ int fo_auth_verify(const char *token, size_t len, const char *secret, size_t sec
   }
   double expv = json_number_value(exp);
   if (expv <= (double)now_s) {
-    rc = fail(err, errlen, -EACCES, "expired");
+    rc = fail(err, errlen, -EKEYEXPIRED, "expired");
     goto done;
   }
   if (!(expv < 9.0e18)) { /* would not fit the int64_t below (NaN included) */
@@ -156,6 +187,33 @@ int fo_auth_verify(const char *token, size_t len, const char *secret, size_t sec
   if (nbf != NULL && (!json_is_number(nbf) || json_number_value(nbf) > (double)now_s)) {
     rc = fail(err, errlen, -EACCES, "not yet valid");
     goto done;
+  }
+  if (opts->max_lifetime_s > 0) {
+    /* Without `iat` the lifetime left is what counts; an `iat` in the
+     * future does not shorten it. */
+    json_t *iat = json_object_get(claims, "iat");
+    if (iat != NULL && !json_is_number(iat)) {
+      rc = fail(err, errlen, -EACCES, "iat not a number");
+      goto done;
+    }
+    double from = (double)now_s;
+    if (iat != NULL && json_number_value(iat) < from)
+      from = json_number_value(iat);
+    if (!(expv - from <= (double)opts->max_lifetime_s)) {
+      rc = fail(err, errlen, -EACCES, "lifetime over the maximum");
+      goto done;
+    }
+  }
+  if (opts->audience != NULL && !aud_matches(json_object_get(claims, "aud"), opts->audience)) {
+    rc = fail(err, errlen, -EACCES, "wrong aud");
+    goto done;
+  }
+  if (opts->issuer != NULL) {
+    const char *iss = json_string_value(json_object_get(claims, "iss"));
+    if (iss == NULL || strcmp(iss, opts->issuer) != 0) {
+      rc = fail(err, errlen, -EACCES, "wrong iss");
+      goto done;
+    }
   }
   json_t *rooms = json_object_get(claims, "rooms");
   if (rooms != NULL && !json_is_null(rooms)) {

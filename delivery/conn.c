@@ -628,10 +628,19 @@ int fo__conn_accept(fo_server_t *srv) {
     goto fail_free;
   conn->tcp.data = conn;
   conn->prev = conn->next = conn;
+  /* Sockets that are not open WebSockets (handshakes, HTTP answers, closing)
+   * cost a descriptor and kernel memory before anyone authenticated: past
+   * the cap a new one is taken off the backlog and closed at once. */
+  bool over = srv->nconns - srv->nopen >= srv->cfg->max_pending_handshakes;
   srv->nconns++;
   rc = uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)&conn->tcp);
   if (rc != 0)
     goto fail_close;
+  if (over) {
+    (*srv->m.rejected_pending)++;
+    rc = 0; /* refused on purpose: not an accept failure to log */
+    goto fail_close;
+  }
   uv_tcp_nodelay(&conn->tcp, 1);
   conn->id = ++srv->next_conn_id;
   conn->state = FO_CONN_HANDSHAKE;

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "delivery_int.h"
 #include "log.h"
 #include "rkeys.h"
@@ -18,9 +19,15 @@ const fo_cfg_field_t fo_dcfg_fields[] = {
       "address for WebSocket clients and /healthz, /readyz, /metrics (port 0: any free port)"),
     F("redis", FO_CFG_ADDR, redis, 1, 65535, "127.0.0.1:6379", "Redis for the registry and Pub/Sub"),
     F("kafka", FO_CFG_STR, kafka, 1, 4096, "127.0.0.1:9092", "Kafka bootstrap servers"),
-    F("server-id", FO_CFG_STR, server_id, 1, 128, NULL,
-      "this server's id in the registry (default: hostname-pid)"),
-    F("jwt-secret", FO_CFG_STR, jwt_secret, 1, 4096, NULL, "HS256 secret for client tokens (required)"),
+    F("server-id", FO_CFG_STR, server_id, 1, FO_SERVER_ID_MAX, NULL,
+      "this server's id in the registry (default: hostname-pid, the hostname cut to fit 64 bytes)"),
+    F("jwt-secret", FO_CFG_STR, jwt_secret, 1, 4096, NULL,
+      "HS256 secret for client tokens (required, at least 32 bytes)"),
+    F("jwt-audience", FO_CFG_STR, jwt_audience, 0, 256, "",
+      "when set, a token's aud (a string, or an array containing it) must equal this"),
+    F("jwt-issuer", FO_CFG_STR, jwt_issuer, 0, 256, "", "when set, a token's iss must equal this"),
+    F("max-token-lifetime-s", FO_CFG_INT, max_token_lifetime_s, 0, 315360000, "0",
+      "refuse tokens (401) whose exp - iat (without iat: exp - now) exceeds this; 0: no limit"),
     F("log-level", FO_CFG_STR, log_level, 1, 16, "info", "debug, info, warn or error"),
     F("ping-interval-ms", FO_CFG_INT, ping_interval_ms, 10, 3600000, "30000",
       "protocol ping interval per connection"),
@@ -32,6 +39,11 @@ const fo_cfg_field_t fo_dcfg_fields[] = {
       "wait this long for the client's close frame after ours"),
     F("max-connections", FO_CFG_INT, max_connections, 1, 10000000, "100000",
       "WebSocket connections per process (over it: HTTP 503 before the upgrade)"),
+    F("max-connections-per-user", FO_CFG_INT, max_connections_per_user, 1, 10000000, "100",
+      "WebSocket connections of one user (token sub) per process (over it: HTTP 429)"),
+    F("max-pending-handshakes", FO_CFG_INT, max_pending_handshakes, 0, 10000000, "0",
+      "sockets that are not open WebSockets (handshakes, HTTP answers, closing); over it a "
+      "new TCP connection is closed at accept; 0: max(1024, max-connections/10)"),
     F("max-frame-bytes", FO_CFG_INT, max_frame_bytes, 125, 16777216, "65536",
       "largest client frame payload (over it: close 1009)"),
     F("max-message-bytes", FO_CFG_INT, max_message_bytes, 125, 16777216, "65536",
@@ -73,12 +85,35 @@ const fo_cfg_field_t fo_dcfg_fields[] = {
 };
 const size_t fo_dcfg_nfields = sizeof(fo_dcfg_fields) / sizeof(fo_dcfg_fields[0]);
 
+/* Secrets printed in the repository's examples and deploy files: fine for a
+ * laptop, a warning anywhere else. */
+static const char *const example_secrets[] = {
+    "dev-secret-change-me",
+    "change-me-to-a-long-random-secret",
+    FO_DEV_JWT_SECRET,
+};
+
 int fo_dcfg_finalize(void *p, char *err, size_t errlen) {
   fo_dcfg_t *cfg = p;
   fo_log_level_t lvl;
   if (cfg->jwt_secret == NULL || cfg->jwt_secret[0] == '\0') {
     snprintf(err, errlen, "jwt-secret is required (--jwt-secret or FANOUT_JWT_SECRET)");
     return -EINVAL;
+  }
+  /* The value is never echoed: it is a secret. */
+  if (strlen(cfg->jwt_secret) < FO_AUTH_MIN_SECRET) {
+    snprintf(err, errlen, "jwt-secret must be at least %d bytes (it has %zu)", FO_AUTH_MIN_SECRET,
+             strlen(cfg->jwt_secret));
+    return -EINVAL;
+  }
+  for (size_t i = 0; i < sizeof(example_secrets) / sizeof(example_secrets[0]); i++)
+    if (strcmp(cfg->jwt_secret, example_secrets[i]) == 0)
+      FO_LOG_WARN("config", "jwt-secret is an example value from the documentation",
+                  "hint=\"set a long random secret outside development\"");
+  if (cfg->max_pending_handshakes == 0) {
+    cfg->max_pending_handshakes = cfg->max_connections / 10;
+    if (cfg->max_pending_handshakes < 1024)
+      cfg->max_pending_handshakes = 1024;
   }
   if (fo_log_parse_level(cfg->log_level, &lvl) != 0) {
     snprintf(err, errlen, "log-level=%s: expected debug, info, warn or error", cfg->log_level);
@@ -113,8 +148,11 @@ int fo_dcfg_finalize(void *p, char *err, size_t errlen) {
     char host[256] = "delivery";
     gethostname(host, sizeof(host) - 1);
     host[sizeof(host) - 1] = '\0';
-    char id[300];
-    snprintf(id, sizeof(id), "%s-%d", host, (int)getpid());
+    /* Cut the hostname so that "-pid" still fits the id's limit. */
+    char pid[16];
+    int plen = snprintf(pid, sizeof(pid), "-%d", (int)getpid());
+    char id[FO_SERVER_ID_MAX + 1];
+    snprintf(id, sizeof(id), "%.*s%s", FO_SERVER_ID_MAX - plen, host, pid);
     cfg->server_id = strdup(id);
     if (cfg->server_id == NULL) {
       snprintf(err, errlen, "out of memory");

@@ -28,6 +28,15 @@ typedef struct fo_rreg fo_rreg_t;
 typedef struct fo_router fo_router_t;
 typedef struct fo_server fo_server_t;
 
+/* Longest --server-id; connection ids ("<server-id>-<start ms hex>-<conn id
+ * hex>") are sized from it so that they can never be cut. */
+#define FO_SERVER_ID_MAX 64
+#define FO_CONN_ID_LEN (FO_SERVER_ID_MAX + 1 + 16 + 1 + 8 + 1)
+
+/* The example secret of deploy/local and the examples (32+ bytes, but warned
+ * about at start: everyone knows it). */
+#define FO_DEV_JWT_SECRET "dev-secret-change-me-not-for-production"
+
 /* The configuration (one struct, one table in config_table.c). Read-only
  * once the loop starts. */
 typedef struct {
@@ -36,12 +45,17 @@ typedef struct {
   char *kafka;
   char *server_id;
   char *jwt_secret;
+  char *jwt_audience;        /* "" = not checked */
+  char *jwt_issuer;          /* "" = not checked */
+  int64_t max_token_lifetime_s;
   char *log_level;
   int64_t ping_interval_ms;
   int64_t pong_timeout_ms;
   int64_t handshake_timeout_ms;
   int64_t close_timeout_ms;
   int64_t max_connections;
+  int64_t max_connections_per_user;
+  int64_t max_pending_handshakes; /* 0 in the table is resolved by fo_dcfg_finalize */
   int64_t max_frame_bytes;
   int64_t max_message_bytes;
   int64_t max_handshake_bytes;
@@ -85,6 +99,9 @@ typedef struct {
   uint64_t *handshake_fail;
   uint64_t *auth_fail;
   uint64_t *rejected_full;
+  uint64_t *rejected_user;
+  uint64_t *rejected_pending;
+  uint64_t *token_expired;
   uint64_t *msgs_in_users;
   uint64_t *msgs_in_rooms;
   uint64_t *msgs_in_pubsub;
@@ -127,6 +144,7 @@ struct fo_conn {
   fo_perm_t *perm;          /* interned rooms claim; NULL = no rooms allowed */
   uint64_t deadline;        /* uv_now() ms: handshake end, next ping, pong or close deadline */
   uint32_t id;              /* per-process sequence number */
+  uint32_t exp_s;           /* token exp in seconds after srv->start_ms / 1000; 0 = none */
   uint8_t state;
   uint8_t await_pong : 1;
   uint8_t registered : 1;   /* in the local maps and (if connected) Redis */
@@ -223,7 +241,7 @@ void fo__outq_pool_free(fo_server_t *srv);
 /* Sends a small JSON text frame built from s. */
 int fo__conn_send_text(fo_conn_t *conn, const char *s, size_t n);
 void fo__conn_opened(fo_conn_t *conn);
-/* Builds "conn id" text for Redis into out (>= 64 bytes). */
+/* Builds "conn id" text for Redis into out (FO_CONN_ID_LEN bytes: never cut). */
 void fo__conn_id_str(const fo_conn_t *conn, char *out, size_t outlen);
 
 /* ---- listener.c ---- */

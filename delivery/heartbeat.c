@@ -1,6 +1,7 @@
 /* One timer per process sweeps every connection's single deadline: the end
  * of the handshake, the next protocol ping, the pong deadline, or the end
- * of the close handshake. No uv_timer_t per connection (152 bytes each). */
+ * of the close handshake; and the expiry of an open connection's token. No
+ * uv_timer_t per connection (152 bytes each). */
 #include <inttypes.h>
 
 #include "delivery_int.h"
@@ -11,11 +12,18 @@ static void on_sweep(uv_timer_t *t) {
   fo_server_t *srv = t->data;
   const fo_dcfg_t *cfg = srv->cfg;
   uint64_t now = uv_now(srv->loop);
+  /* Token expiry is wall-clock time (exp is seconds since the epoch). */
+  uint64_t wall_s = fo_now_ms() / 1000, start_s = srv->start_ms / 1000;
+  uint32_t now_rel_s = wall_s > start_s ? (uint32_t)(wall_s - start_s) : 0;
   fo__router_tick(srv);
   fo_conn_t *conn = srv->conns.next;
   while (conn != &srv->conns) {
     fo_conn_t *next = conn->next; /* destroy unlinks conn */
-    if (now >= conn->deadline) {
+    if (conn->state == FO_CONN_OPEN && conn->exp_s != 0 && now_rel_s >= conn->exp_s) {
+      (*srv->m.token_expired)++;
+      FO_LOG_DEBUG("heartbeat", "token expired: closing", "conn=%" PRIu32, conn->id);
+      fo__conn_close_ws(conn, FO_WS_CLOSE_TOKEN_EXPIRED, "token expired");
+    } else if (now >= conn->deadline) {
       switch (conn->state) {
       case FO_CONN_HANDSHAKE:
       case FO_CONN_HTTP:

@@ -242,23 +242,43 @@ static void upgrade(fo_conn_t *conn, fo_http_request_t *req) {
   const char *tok = qtok != NULL ? qtok : fo_http_bearer(req);
   fo_auth_claims_t claims;
   char err[128];
-  int rc = fo_auth_verify(tok, tok ? strlen(tok) : 0, srv->cfg->jwt_secret,
-                          strlen(srv->cfg->jwt_secret), (int64_t)(fo_now_ms() / 1000), &claims,
-                          err, sizeof(err));
+  const fo_dcfg_t *cfg = srv->cfg;
+  fo_auth_opts_t opts = {cfg->jwt_secret, strlen(cfg->jwt_secret),
+                         cfg->jwt_audience[0] != '\0' ? cfg->jwt_audience : NULL,
+                         cfg->jwt_issuer[0] != '\0' ? cfg->jwt_issuer : NULL,
+                         cfg->max_token_lifetime_s};
+  int64_t now_s = (int64_t)(fo_now_ms() / 1000);
+  int rc = fo_auth_check(&opts, tok, tok ? strlen(tok) : 0, now_s, &claims, err, sizeof(err));
   free(qtok);
   if (rc != 0) {
     (*srv->m.auth_fail)++;
     FO_LOG_DEBUG("auth", "token refused", "conn=%" PRIu32 " why=\"%s\"", conn->id, err);
-    respond_error(conn, 401, err, "WWW-Authenticate: Bearer\r\n");
+    /* The precise reason stays in the log: told to the client, it would say
+     * which part of a forged token passed. Only a genuine token that expired
+     * is told so, for the client to fetch a new one. */
+    respond_error(conn, 401, rc == -EKEYEXPIRED ? "token expired" : "invalid token",
+                  "WWW-Authenticate: Bearer\r\n");
     return;
   }
-  if (srv->draining || srv->nopen >= srv->cfg->max_connections) {
+  if (srv->draining || srv->nopen >= cfg->max_connections) {
     fo_auth_claims_free(&claims);
     (*srv->m.rejected_full)++;
     respond_error(conn, 503, srv->draining ? "shutting down" : "too many connections",
                   "Retry-After: 1\r\n");
     return;
   }
+  /* One token must not fill the server (security review M1). */
+  fo_user_t *user = fo__registry_user(srv, claims.sub, claims.sub_len);
+  if (user != NULL && user->nconns >= (uint64_t)cfg->max_connections_per_user) {
+    fo_auth_claims_free(&claims);
+    (*srv->m.rejected_user)++;
+    respond_error(conn, 429, "too many connections for this user", "Retry-After: 5\r\n");
+    return;
+  }
+  /* Kept relative to the start so that it fits 32 bits; the sweep closes
+   * the connection with 4001 once it passes. Past 2^32 s: never. */
+  int64_t exp_rel = claims.exp - (int64_t)(srv->start_ms / 1000);
+  conn->exp_s = exp_rel > 0 && exp_rel < (int64_t)UINT32_MAX ? (uint32_t)exp_rel : 0;
   if (fo__registry_add(conn, claims.sub, claims.sub_len) != 0 ||
       fo__perm_set(conn, claims.rooms) != 0) {
     fo__registry_remove(conn);

@@ -69,7 +69,7 @@ static void send_user(fo_rreg_t *rr, fo_user_t *user, bool only_pending) {
   enum { MAXF = 64 };
   const char *argv[2 + 2 * MAXF];
   size_t argvlen[2 + 2 * MAXF];
-  char ids[MAXF][96];
+  char ids[MAXF][FO_CONN_ID_LEN];
   fo_sb_reset(&rr->key);
   fo_rkey_connections(&rr->key, srv->cfg->redis_prefix, name, ulen);
   if (rr->key.oom)
@@ -325,7 +325,7 @@ void fo__rreg_conn_removed(fo_server_t *srv, fo_conn_t *conn) {
     return;
   size_t ulen;
   const char *name = fo__user_name(conn->user, &ulen);
-  char id[96];
+  char id[FO_CONN_ID_LEN];
   fo__conn_id_str(conn, id, sizeof(id));
   fo_sb_reset(&rr->key);
   fo_rkey_connections(&rr->key, srv->cfg->redis_prefix, name, ulen);

@@ -131,6 +131,16 @@ static int conn_room_index(const fo_conn_t *conn, const fo_room_t *room) {
   return -1;
 }
 
+/* A join that failed after the first allocation of conn's room list must
+ * not leave an empty list behind (security review L5). */
+static int join_failed(fo_conn_t *conn, int rc) {
+  if (conn->rooms != NULL && conn->rooms->n == 0) {
+    free(conn->rooms);
+    conn->rooms = NULL;
+  }
+  return rc;
+}
+
 int fo__room_join(fo_conn_t *conn, const char *name, size_t len) {
   fo_server_t *srv = conn->srv;
   if (!fo__perm_allows(conn->perm, name, len))
@@ -156,14 +166,14 @@ int fo__room_join(fo_conn_t *conn, const char *name, size_t len) {
   if (room == NULL) {
     room = calloc(1, sizeof(*room) + len + 1);
     if (room == NULL)
-      return -ENOMEM;
+      return join_failed(conn, -ENOMEM);
     memcpy(room->name, name, len);
     room->ent.hash = h;
     room->ent.len = (uint32_t)len;
     room->ent.key = room->name;
     if (fo_map_put(&srv->rooms, &room->ent) != 0) {
       free(room);
-      return -ENOMEM;
+      return join_failed(conn, -ENOMEM);
     }
     created = true;
     (*srv->m.rooms)++;
@@ -177,7 +187,7 @@ int fo__room_join(fo_conn_t *conn, const char *name, size_t len) {
         (*srv->m.rooms)--;
         free(room);
       }
-      return -ENOMEM;
+      return join_failed(conn, -ENOMEM);
     }
     room->members = nm;
     room->cap = ncap;
@@ -235,8 +245,10 @@ int fo__room_leave(fo_conn_t *conn, const char *name, size_t len) {
 }
 
 void fo__rooms_leave_all(fo_conn_t *conn) {
-  while (conn->rooms != NULL)
+  while (conn->rooms != NULL && conn->rooms->n > 0)
     leave_at(conn, conn->rooms->n - 1);
+  free(conn->rooms); /* an empty list (never kept, but cheap to be sure) */
+  conn->rooms = NULL;
 }
 
 size_t fo__room_broadcast(fo_server_t *srv, const char *name, size_t len, fo_buf_t *buf) {

@@ -39,6 +39,11 @@ static void register_metrics(fo_server_t *srv) {
   C(handshake_fail, "handshake_failures_total", "upgrade requests refused (any reason)");
   C(auth_fail, "auth_failures_total", "upgrade requests refused with 401");
   C(rejected_full, "rejected_full_total", "upgrade requests refused with 503");
+  C(rejected_user, "rejected_user_limit_total",
+    "upgrade requests refused with 429 (--max-connections-per-user)");
+  C(rejected_pending, "rejected_pending_total",
+    "TCP connections closed at accept (--max-pending-handshakes)");
+  C(token_expired, "token_expired_closes_total", "connections closed with 4001 (token expired)");
   C(msgs_in_users, "messages_in_total{source=\"users\"}", "messages received");
   C(msgs_in_rooms, "messages_in_total{source=\"rooms\"}", "messages received");
   C(msgs_in_pubsub, "messages_in_total{source=\"pubsub\"}", "messages received");

@@ -30,6 +30,7 @@ enum {
   FO_WS_CLOSE_TOO_BIG = 1009,
   FO_WS_CLOSE_INTERNAL = 1011,
   FO_WS_CLOSE_TRY_AGAIN = 1013,
+  FO_WS_CLOSE_TOKEN_EXPIRED = 4001, /* application range: DESIGN.md "token expired" */
 };
 
 typedef struct {

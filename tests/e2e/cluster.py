@@ -22,7 +22,7 @@ import urllib.request
 from fanout_test import (SOURCE_DIR, STATE_DIR, ApacheKafka, Proc, Redis, eventually, free_port, log,
                          make_jwt, scaled, start_service, wait_port)
 
-SECRET = "e2e-secret"
+SECRET = "e2e-secret-0123456789abcdef-0123456789"
 API_KEY = "e2e-key"
 TEMPLATE = os.path.join(SOURCE_DIR, "deploy", "local", "nginx.conf.in")
 

@@ -7,7 +7,9 @@
  *         with the server's secret, so the header and claim checks run
  *         (alg, sub, exp, nbf, rooms), and an accepted token must have
  *         alg HS256, a non-empty sub of at most 256 bytes, exp in the future
- *         and rooms an array of strings. */
+ *         and rooms an array of strings; and the same token checked with
+ *         --jwt-audience, --jwt-issuer and --max-token-lifetime-s set is
+ *         only accepted when it passes those too. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,10 +49,11 @@ static void check_accepted(const char *tok, size_t len, const fo_auth_claims_t *
   uint8_t *hdr = malloc(hl * 3 / 4 + 3);
   int n = fo_b64url_decode(tok, hl, hdr);
   CHECK(n >= 0);
-  json_t *h = json_loadb((const char *)hdr, (size_t)n, 0, NULL);
+  json_t *h = json_loadb((const char *)hdr, (size_t)n, JSON_REJECT_DUPLICATES, NULL);
   CHECK(h != NULL);
   const char *alg = json_string_value(json_object_get(h, "alg"));
   CHECK(alg != NULL && strcmp(alg, "HS256") == 0);
+  CHECK(json_object_get(h, "crit") == NULL);
   json_decref(h);
   free(hdr);
 }
@@ -89,6 +92,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   char *tok = fz_sign(FZ_SECRET, data, hlen, z + 1, size - hlen - 1);
   size_t len = strlen(tok);
   int rc = fo_auth_verify(tok, len, FZ_SECRET, strlen(FZ_SECRET), NOW, &cl, err, sizeof(err));
+  fo_auth_opts_t strict = {FZ_SECRET, strlen(FZ_SECRET), "fanout", "fz", 3600};
+  fo_auth_claims_t scl;
+  int src = fo_auth_check(&strict, tok, len, NOW, &scl, err, sizeof(err));
+  if (src == 0) {
+    CHECK(rc == 0); /* the options only ever refuse more */
+    CHECK(scl.exp - NOW <= 3600);
+    fo_auth_claims_free(&scl);
+  } else {
+    CHECK(src == -EACCES || src == -EINVAL || src == -ENOMEM || src == -EKEYEXPIRED);
+  }
   if (rc == 0) {
     check_accepted(tok, len, &cl);
     fo_auth_claims_free(&cl);

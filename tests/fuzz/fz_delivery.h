@@ -14,7 +14,7 @@
 
 #include "delivery_int.h"
 
-#define FZ_SECRET "fuzz-secret"
+#define FZ_SECRET "fuzz-secret-0123456789abcdef-0123456789"
 
 typedef struct {
   fo_conn_t *conn;  /* NULL once the server closed it (memory freed by the loop) */

@@ -15,7 +15,7 @@ import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-SECRET = b"fuzz-secret"  # FZ_SECRET in fz_delivery.h
+SECRET = b"fuzz-secret-0123456789abcdef-0123456789"  # FZ_SECRET in fz_delivery.h
 
 
 def b64url(b):
@@ -135,6 +135,21 @@ def jwt_seeds():
     for hd, cl in pairs:
         out.append(b"\x01" + json.dumps(hd).encode() + b"\x00" + json.dumps(cl).encode())
     out.append(b"\x01[]\x00{}")
+    # aud/iss/iat for the strict options (aud "fanout", iss "fz", 3600 s), crit,
+    # and duplicate members (which json.dumps cannot write)
+    now = 1700000000
+    strict = [
+        ({"alg": "HS256"}, {"sub": "a", "exp": now + 600, "aud": "fanout", "iss": "fz"}),
+        ({"alg": "HS256"}, {"sub": "a", "iat": now, "exp": now + 600, "aud": ["x", "fanout"],
+                            "iss": "fz"}),
+        ({"alg": "HS256"}, {"sub": "a", "iat": now, "exp": now + 86400, "aud": "fanout",
+                            "iss": "fz"}),
+        ({"alg": "HS256", "crit": ["exp"]}, {"sub": "a", "exp": 2e9}),
+    ]
+    for hd, cl in strict:
+        out.append(b"\x01" + json.dumps(hd).encode() + b"\x00" + json.dumps(cl).encode())
+    out.append(b'\x01{"alg":"HS256"}\x00{"sub":"a","exp":2000000000,"sub":"b"}')
+    out.append(b'\x01{"alg":"HS256","alg":"none"}\x00{"sub":"a","exp":2000000000}')
     return out
 
 
@@ -193,7 +208,49 @@ def client_seeds():
         op(0, 0, mask_frame(1, b'{"type":"join","room":"lobby"}')) + op(1, 0, b"\xff") +
         op(0, 0) + op(1, 0, b"[1,2]") + op(1, 0, b'{"type":"join","room":""}'),
     ]
+    seeds += room_churn_seeds(op, txt, open_all)
     return seeds
+
+
+def room_churn_seeds(op, txt, open_all):
+    """Join/leave churn (security review H1, L5): the same room again and
+    again, many rooms past --max-rooms-per-conn (4), members leaving from the
+    middle of a room's array while broadcasts run, and connections that go
+    away or are closed with rooms still joined."""
+    def join(c, r):
+        return txt(c, {"type": "join", "room": r})
+
+    def leave(c, r):
+        return txt(c, {"type": "leave", "room": r})
+
+    # one frame holding join, leave, join of the same room, sent as a burst
+    jl = (b'{"type":"join","room":"lobby"}')
+    return [
+        # join/leave/join of one room, the last member each time
+        op(0, 1) + (join(1, "team-a") + leave(1, "team-a")) * 6 + join(1, "team-a") +
+        op(4, 0, b"team-a") + leave(1, "team-a") + leave(1, "team-a") + join(1, "team-a"),
+        # many rooms, over the limit, leave from the middle, join again
+        op(0, 1) + b"".join(join(1, "r%d" % k) for k in range(8)) +
+        leave(1, "r1") + join(1, "r9") + join(1, "r9") + leave(1, "r0") + leave(1, "r3") +
+        b"".join(join(1, "s%d" % k) for k in range(4)) + op(4, 0, b"r2"),
+        # four members of one room leaving and rejoining in turn, broadcasts between
+        open_all + b"".join(join(c, "lobby") for c in (0, 1, 3)) +
+        b"".join(leave(c, "lobby") + op(4, 0, b"lobby") + join(c, "lobby")
+                 for c in (1, 0, 3, 1)) + op(4, 0, b"lobby"),
+        # members gone with rooms joined: peer away, server close, reopen and rejoin
+        open_all + join(0, "lobby") + join(1, "lobby") + join(1, "team-b") +
+        join(3, "lobby") + op(7, 1) + op(4, 0, b"lobby") + op(11, 0) + op(0, 1) +
+        join(1, "team-b") + op(0, 0) + join(0, "lobby") + op(7, 3) + op(4, 0, b"lobby"),
+        # a burst of the same join (already a member) and of join/leave pairs
+        op(0, 0) + op(13, 0, b"\x07" + jl) + op(13, 0, b"\x03" +
+                                                b'{"type":"leave","room":"lobby"}') +
+        op(13, 1, b"\x0f" + jl) + op(0, 1) + op(13, 1, b"\x0f" + jl),
+        # join and leave glued into one frame read (raw bytes of several frames)
+        op(0, 1) + op(2, 1, b"".join(mask_frame(1, m) for m in (
+            b'{"type":"join","room":"x1"}', b'{"type":"leave","room":"x1"}',
+            b'{"type":"join","room":"x1"}', b'{"type":"leave","room":"x1"}',
+            b'{"type":"join","room":"x1"}'))) + op(4, 0, b"x1") + op(8, 1, b"\x03\xe8"),
+    ]
 
 
 def write(target, seeds):

@@ -36,7 +36,7 @@ def main():
         os.environ["FANOUT_BUILD_DIR"] = os.path.abspath(args.build)
     import fanout_test as ft
 
-    secret = "bench-secret"
+    secret = "bench-secret-0123456789abcdef-0123456789"
     redis = ft.Redis()
     kafka = ft.KafkaDev(partitions=4)
     srv = ft.start_service("fanout-delivery", "bench-delivery", [

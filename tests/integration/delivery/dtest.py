@@ -14,7 +14,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(__file__))
 import fanout_test as ft  # noqa: E402
 
-SECRET = "test-secret-please-change"
+SECRET = "test-secret-please-change-0123456789abcdef"
 
 
 class Stack:

@@ -25,7 +25,7 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lib"))
 import fanout_test as ft  # noqa: E402
 
-SECRET = "hostile-secret"
+SECRET = "hostile-secret-0123456789abcdef-0123456789"
 API_KEY = "hostile-key"
 BYSTANDER = "good-user"
 
