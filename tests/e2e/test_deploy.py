@@ -24,10 +24,12 @@ upstreams and checks their log files for the token."""
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 
-from fanout_test import SOURCE_DIR, find_binary, log, run_tests
+from fanout_test import (SOURCE_DIR, Proc, find_binary, free_port, log, run_tests, scaled,
+                         wait_port)
 
 DEPLOY = os.path.join(SOURCE_DIR, "deploy")
 
@@ -491,6 +493,86 @@ def test_origins_and_jwt_placeholders():
             with open(os.path.join(root, f), errors="replace") as fh:
                 for m in re.finditer(r"(?<![{\w])FANOUT_JWT_SECRET\s*[=:]\s*\"?([^\s\"$]+)", fh.read()):
                     assert len(m.group(1)) >= 32, (f, m.group(1))
+
+
+def redis_cmd(port, payload, timeout=5.0):
+    """Sends raw RESP to port; returns what came back before the peer
+    closed, a pause, or the timeout."""
+    out = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=scaled(timeout)) as s:
+        s.sendall(payload)
+        try:
+            while not out.endswith(b"\r\n") or out.count(b"\r\n") < payload.count(b"\r\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                out += chunk
+        except OSError:
+            pass
+    return out
+
+
+def test_redis_stunnel_example():
+    """deploy/stunnel/redis-client.conf, with only its addresses and CA path
+    changed, carries plain Redis from loopback to a real redis-server's TLS
+    port (with requirepass), and refuses a server its CA did not sign."""
+    if shutil.which("stunnel") is None:
+        raise AssertionError("stunnel missing: run deploy/install-deps.sh")
+    tmp = tempfile.mkdtemp(prefix="fanout-stunnel-")
+    procs = []
+    try:
+        def ossl(*args):
+            subprocess.run(["openssl"] + list(args), check=True, capture_output=True, timeout=60,
+                           cwd=tmp)
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        for ca in ("ca", "other-ca"):
+            ossl("req", "-x509", *ec, "-days", "1", "-subj", "/CN=" + ca,
+                 "-keyout", ca + ".key", "-out", ca + ".crt")
+        ossl("req", *ec, "-subj", "/CN=localhost", "-keyout", "srv.key", "-out", "srv.csr")
+        with open(os.path.join(tmp, "san.ext"), "w") as f:
+            f.write("subjectAltName=DNS:localhost\n")
+        ossl("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", "srv.crt")
+        with open(os.path.join(tmp, "redis.conf"), "w") as f:
+            f.write("requirepass tunnel-test-password\n")
+        tls_port = free_port()
+        redis = Proc("redis-tls", ["redis-server", os.path.join(tmp, "redis.conf"), "--port", "0",
+                                   "--tls-port", str(tls_port), "--bind", "127.0.0.1",
+                                   "--tls-cert-file", os.path.join(tmp, "srv.crt"),
+                                   "--tls-key-file", os.path.join(tmp, "srv.key"),
+                                   "--tls-ca-cert-file", os.path.join(tmp, "ca.crt"),
+                                   "--tls-auth-clients", "no", "--save", "", "--appendonly", "no",
+                                   "--dir", tmp])
+        procs.append(redis)
+        redis.wait_line(r"Ready to accept connections")
+
+        def tunnel(ca):
+            port = free_port()
+            text = read("stunnel", "redis-client.conf")
+            text = re.sub(r"(?m)^accept = 127\.0\.0\.1:6379$", "accept = 127.0.0.1:%d" % port, text)
+            text = re.sub(r"(?m)^connect = .*$", "connect = 127.0.0.1:%d" % tls_port, text)
+            text = re.sub(r"(?m)^CAfile = .*$", "CAfile = " + os.path.join(tmp, ca), text)
+            text = re.sub(r"(?m)^checkHost = .*$", "checkHost = localhost", text)
+            assert text.count(str(port)) == 1 and text.count(str(tls_port)) == 1, text
+            conf = os.path.join(tmp, "stunnel-%s.conf" % ca)
+            with open(conf, "w") as f:
+                f.write(text)
+            pr = Proc("stunnel", ["stunnel", conf])
+            procs.append(pr)
+            wait_port("127.0.0.1", port, timeout=10)
+            return port
+
+        good = tunnel("ca.crt")
+        assert redis_cmd(good, b"PING\r\n").startswith(b"-NOAUTH"), "no password needed?"
+        got = redis_cmd(good, b"AUTH tunnel-test-password\r\nPING\r\n")
+        assert got == b"+OK\r\n+PONG\r\n", got
+        bad = tunnel("other-ca.crt")
+        got = redis_cmd(bad, b"AUTH tunnel-test-password\r\nPING\r\n")
+        assert got == b"", "a server signed by another CA was accepted: %r" % got
+    finally:
+        for pr in reversed(procs):
+            pr.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_flags_exist():
