@@ -7,9 +7,9 @@ PKGS=(
   build-essential cmake pkg-config ninja-build
   librdkafka-dev libhiredis-dev libuv1-dev libwslay-dev libmsgpack-dev libcmocka-dev
   libjansson-dev libhttp-parser-dev libxxhash-dev libssl-dev
-  redis-server kcat nginx-light wrk curl procps
+  redis-server kcat nginx-light wrk curl procps stunnel4
   clang libclang-rt-14-dev llvm
-  python3 python3-websockets
+  python3 python3-websockets python3-yaml
   openjdk-17-jdk-headless maven  # javac: deploy/local/apache-kafka compiles its admin helper
 )
 
