@@ -443,6 +443,8 @@ int fo__rreg_new(fo_server_t *srv) {
       .backoff_min_ms = 100,
       .backoff_max_ms = 3000,
       .name = "registry",
+      .password = cfg->redis_password,
+      .user = cfg->redis_user,
   };
   int rc = fo_redis_new(srv->loop, &o, on_cmd_state, rr, &rr->cmd);
   if (rc != 0)
