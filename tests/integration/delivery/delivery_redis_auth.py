@@ -140,6 +140,17 @@ def test_wrong_password_never_ready_and_not_logged():
     assert "user=fanout" in line, line
 
 
+def test_user_without_password_is_a_config_error():
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_REDIS")}
+    for binary, extra in (("fanout-delivery", ["--jwt-secret", "x" * 32]), ("fanout-ingest", [])):
+        p = subprocess.run([ft.find_binary(binary), "--redis-user", "fanout", "--check-config",
+                            *extra], capture_output=True, text=True, env=env,
+                           timeout=ft.scaled(10))
+        assert p.returncode == 2, (binary, p.returncode, p.stderr)
+        assert "redis-user needs redis-password" in p.stderr, p.stderr
+
+
 def test_zz_no_password_in_any_log_and_clean_exit():
     for pr in procs:
         assert pr.alive(), pr.log_tail()
