@@ -317,8 +317,13 @@ void fo__rreg_room_sub(fo_server_t *srv, const char *room, size_t len, bool on) 
   if (rr == NULL || !fo_redis_connected(rr->sub))
     return; /* resubscribed on reconnect */
   uint32_t h = fo_map_hash(room, len);
-  if (fo_map_get(&rr->unsubs, room, len, h) != NULL)
-    return; /* UNSUBSCRIBE in flight: its reply decides (unsubscribed()) */
+  if (fo_map_get(&rr->unsubs, room, len, h) != NULL) {
+    /* UNSUBSCRIBE in flight: its reply decides (unsubscribed()) */
+    if (on)
+      FO_LOG_DEBUG("registry", "room joined while its unsubscribe is pending: "
+                   "re-subscribing after the reply", "pending=%u", rr->unsubs.count);
+    return;
+  }
   if (on) {
     room_cmd(rr, "SUBSCRIBE", room, len);
     return;

@@ -198,6 +198,13 @@ def test_last_member_disconnects_while_another_joins():
     assert A.alive(), A.log_tail()
 
 
+def test_rejoins_did_wait_for_the_unsubscribe_reply():
+    """The glued leave+join above must have hit the in-flight UNSUBSCRIBE
+    (otherwise these tests would not exercise the race at all)."""
+    with open(A.logpath, "rb") as f:
+        assert b"room joined while its unsubscribe is pending" in f.read()
+
+
 def test_zz_servers_shut_down_cleanly():
     """Runs last: a use-after-free, double free or leak in the Pub/Sub
     bookkeeping shows up as a crash or a non-zero exit (ASan, LeakSanitizer)."""
