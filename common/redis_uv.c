@@ -17,7 +17,7 @@ struct fo_redis {
   redisAsyncContext *ac;   /* NULL while disconnected; ac->data == this */
   bool connected;
   bool closing;
-  fo_redis_opts_t opts;    /* host and name are owned copies */
+  fo_redis_opts_t opts;    /* host, name, user and password are owned copies */
   int backoff_ms;
   uint64_t next_attempt_ms;
   uint64_t connect_started_ms;
@@ -27,15 +27,25 @@ struct fo_redis {
   void *ud;
   unsigned long errors;
   fo_log_ratelimit_t rl;
+  unsigned gen;            /* bumped for every new context */
+  struct cmd *subs;        /* subscription records, freed in on_timer_closed */
 };
 
-/* One per command: hiredis gives a single privdata, and we need ours too.
- * Subscriptions keep theirs until hiredis is done with the channel. */
-typedef struct {
+/* hiredis gives a single privdata per command, and we need ours too.
+ * Ordinary commands get one each, freed when their reply (or NULL) comes.
+ * (P)SUBSCRIBE gets the one long-lived record of its (cb, privdata) pair
+ * from r->subs, shared by every channel and every connection: hiredis keeps
+ * one privdata per channel, replaces it on a re-SUBSCRIBE, and keeps using
+ * it after an "unsubscribe" reply when a SUBSCRIBE is still pending
+ * (pending_subs), so no reply tells us it is done with it. These are freed
+ * only after redisAsyncFree has run (fo_redis_close, then on_timer_closed). */
+typedef struct cmd {
   fo_redis_t *r;
   fo_redis_reply_cb cb;
   void *privdata;
   bool sub;
+  unsigned null_gen;       /* sub: the context whose NULL reply was passed on */
+  struct cmd *next;        /* sub: r->subs list */
 } cmd_t;
 
 static void schedule_reconnect(fo_redis_t *r) {
@@ -57,18 +67,76 @@ static void set_disconnected(fo_redis_t *r) {
     r->state_cb(r, false, r->ud);
 }
 
-/* Drops the connection now: hiredis runs every pending callback with NULL. */
+/* Drops the connection now: hiredis runs every pending callback with NULL
+ * (after the current callback returns when called from one). why == NULL:
+ * the caller has logged already. */
 static void drop(fo_redis_t *r, const char *why) {
   redisAsyncContext *ac = r->ac;
   if (ac == NULL)
     return;
   uint64_t sup = 0;
-  if (!r->closing && fo_log_ratelimit(&r->rl, fo_now_ms(), 5000, &sup))
+  if (!r->closing && why != NULL && fo_log_ratelimit(&r->rl, fo_now_ms(), 5000, &sup))
     FO_LOG_WARN("redis", "dropping connection", "name=%s reason=\"%s\" suppressed=%llu",
                 r->opts.name, why, (unsigned long long)sup);
   ac->data = NULL; /* connect/disconnect callbacks now ignore this context */
   set_disconnected(r);
   redisAsyncFree(ac);
+}
+
+static void set_connected(fo_redis_t *r) {
+  r->connected = true;
+  r->backoff_ms = r->opts.backoff_min_ms;
+  r->last_progress_ms = uv_now(r->loop);
+  FO_LOG_INFO("redis", "connected", "name=%s addr=%s:%d auth=%s", r->opts.name, r->opts.host,
+              r->opts.port, r->opts.password != NULL ? "yes" : "no");
+  if (r->state_cb != NULL)
+    r->state_cb(r, true, r->ud);
+}
+
+/* The AUTH reply: only now is the connection usable. A refused AUTH is a
+ * failed connect: counted, logged (Redis' error text, never the password),
+ * dropped and retried with backoff; `connected` stays false meanwhile. */
+static void on_auth(redisAsyncContext *ac, void *reply, void *privdata) {
+  fo_redis_t *r = privdata;
+  redisReply *rep = reply;
+  if (ac->data != r || r->ac != ac)
+    return; /* dropped or closing: that path has counted and logged */
+  if (rep == NULL)
+    return; /* disconnected: on_disconnect follows */
+  if (rep->type == REDIS_REPLY_STATUS || rep->type == REDIS_REPLY_STRING) {
+    set_connected(r);
+    return;
+  }
+  r->errors++;
+  uint64_t sup = 0;
+  if (fo_log_ratelimit(&r->rl, fo_now_ms(), 5000, &sup))
+    FO_LOG_ERROR("redis", "authentication failed",
+                 "name=%s addr=%s:%d user=%s err=\"%.200s\" suppressed=%llu", r->opts.name,
+                 r->opts.host, r->opts.port, r->opts.user != NULL ? r->opts.user : "default",
+                 rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply",
+                 (unsigned long long)sup);
+  drop(r, NULL);
+}
+
+/* AUTH [user] password, the first command on a new connection (hiredis
+ * 0.14.1 has no option for it). No other command can be queued before it:
+ * send_cmd refuses while `connected` is false. */
+static void send_auth(fo_redis_t *r) {
+  const char *argv[3];
+  size_t argvlen[3];
+  int argc = 0;
+  argv[argc] = "AUTH";
+  argvlen[argc++] = 4;
+  if (r->opts.user != NULL) {
+    argv[argc] = r->opts.user;
+    argvlen[argc++] = strlen(r->opts.user);
+  }
+  argv[argc] = r->opts.password;
+  argvlen[argc++] = strlen(r->opts.password);
+  if (redisAsyncCommandArgv(r->ac, on_auth, r, argc, argv, argvlen) != REDIS_OK) {
+    r->errors++;
+    drop(r, "cannot send AUTH");
+  }
 }
 
 static void on_connect(const redisAsyncContext *ac, int status) {
@@ -88,13 +156,11 @@ static void on_connect(const redisAsyncContext *ac, int status) {
       schedule_reconnect(r);
     return;
   }
-  r->connected = true;
-  r->backoff_ms = r->opts.backoff_min_ms;
-  r->last_progress_ms = uv_now(r->loop);
-  FO_LOG_INFO("redis", "connected", "name=%s addr=%s:%d", r->opts.name, r->opts.host,
-              r->opts.port);
-  if (r->state_cb != NULL)
-    r->state_cb(r, true, r->ud);
+  if (r->opts.password != NULL) {
+    send_auth(r);
+    return;
+  }
+  set_connected(r);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status) {
@@ -134,6 +200,7 @@ static void start_connect(fo_redis_t *r) {
   redisAsyncSetConnectCallback(ac, on_connect);
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
   r->ac = ac;
+  r->gen++;
   r->connect_started_ms = uv_now(r->loop);
 }
 
@@ -157,6 +224,16 @@ static void on_tick(uv_timer_t *t) {
   }
 }
 
+static void free_opts(fo_redis_t *r) {
+  free((char *)r->opts.host);
+  free((char *)r->opts.name);
+  free((char *)r->opts.user);
+  if (r->opts.password != NULL) {
+    explicit_bzero((char *)r->opts.password, strlen(r->opts.password));
+    free((char *)r->opts.password);
+  }
+}
+
 int fo_redis_new(uv_loop_t *loop, const fo_redis_opts_t *opts, fo_redis_state_cb state_cb,
                  void *ud, fo_redis_t **out) {
   fo_redis_t *r = calloc(1, sizeof(*r));
@@ -166,9 +243,13 @@ int fo_redis_new(uv_loop_t *loop, const fo_redis_opts_t *opts, fo_redis_state_cb
   r->opts = *opts;
   r->opts.host = strdup(opts->host != NULL ? opts->host : "127.0.0.1");
   r->opts.name = strdup(opts->name != NULL ? opts->name : "redis");
-  if (r->opts.host == NULL || r->opts.name == NULL) {
-    free((char *)r->opts.host);
-    free((char *)r->opts.name);
+  /* An empty password means none; a user without a password is ignored. */
+  bool auth = opts->password != NULL && opts->password[0] != '\0';
+  r->opts.password = auth ? strdup(opts->password) : NULL;
+  r->opts.user = auth && opts->user != NULL && opts->user[0] != '\0' ? strdup(opts->user) : NULL;
+  if (r->opts.host == NULL || r->opts.name == NULL || (auth && r->opts.password == NULL) ||
+      (auth && opts->user != NULL && opts->user[0] != '\0' && r->opts.user == NULL)) {
+    free_opts(r);
     free(r);
     return -ENOMEM;
   }
@@ -205,22 +286,43 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
   fo_redis_t *r = cmd->r;
   redisReply *rep = reply;
   (void)ac;
-  if (!cmd->sub) {
-    if (r->pending > 0)
-      r->pending--;
-    r->last_progress_ms = uv_now(r->loop);
+  if (cmd->sub) {
+    /* A lost connection calls us with NULL once per channel still known to
+     * hiredis: the owner hears it once per record and connection. */
+    if (rep == NULL) {
+      if (cmd->null_gen == r->gen)
+        return;
+      cmd->null_gen = r->gen;
+    }
+    if (cmd->cb != NULL)
+      cmd->cb(r, rep, cmd->privdata);
+    return; /* the record stays: see cmd_t */
   }
+  if (r->pending > 0)
+    r->pending--;
+  r->last_progress_ms = uv_now(r->loop);
   if (cmd->cb != NULL)
     cmd->cb(r, rep, cmd->privdata);
-  bool done = !cmd->sub || rep == NULL;
-  if (cmd->sub && rep != NULL && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 1 &&
-      rep->element[0]->type == REDIS_REPLY_STRING) {
-    const char *kind = rep->element[0]->str;
-    size_t klen = rep->element[0]->len;
-    done = is_word(kind, klen, "unsubscribe") || is_word(kind, klen, "punsubscribe");
-  }
-  if (done)
-    free(cmd);
+  free(cmd);
+}
+
+/* The subscription record of (cb, privdata), created on first use. Owners
+ * use a fixed handful of pairs, so the list stays short. */
+static cmd_t *sub_record(fo_redis_t *r, fo_redis_reply_cb cb, void *privdata) {
+  for (cmd_t *c = r->subs; c != NULL; c = c->next)
+    if (c->cb == cb && c->privdata == privdata)
+      return c;
+  cmd_t *c = calloc(1, sizeof(*c));
+  if (c == NULL)
+    return NULL;
+  c->r = r;
+  c->cb = cb;
+  c->privdata = privdata;
+  c->sub = true;
+  c->null_gen = r->gen - 1;
+  c->next = r->subs;
+  r->subs = c;
+  return c;
 }
 
 static int send_cmd(fo_redis_t *r, fo_redis_reply_cb cb, void *privdata, const char *verb,
@@ -233,21 +335,24 @@ static int send_cmd(fo_redis_t *r, fo_redis_reply_cb cb, void *privdata, const c
   bool unsub = is_word(verb, verblen, "unsubscribe") || is_word(verb, verblen, "punsubscribe");
   if (unsub)
     return issue(r->ac, NULL, arg) == REDIS_OK ? 0 : -EIO;
-  cmd_t *cmd = malloc(sizeof(*cmd));
+  if (is_word(verb, verblen, "subscribe") || is_word(verb, verblen, "psubscribe")) {
+    cmd_t *rec = sub_record(r, cb, privdata);
+    if (rec == NULL)
+      return -ENOMEM;
+    return issue(r->ac, rec, arg) == REDIS_OK ? 0 : -EIO; /* rec stays on r->subs */
+  }
+  cmd_t *cmd = calloc(1, sizeof(*cmd));
   if (cmd == NULL)
     return -ENOMEM;
   cmd->r = r;
   cmd->cb = cb;
   cmd->privdata = privdata;
-  cmd->sub = is_word(verb, verblen, "subscribe") || is_word(verb, verblen, "psubscribe");
   if (issue(r->ac, cmd, arg) != REDIS_OK) {
     free(cmd);
     return -EIO;
   }
-  if (!cmd->sub) {
-    if (r->pending++ == 0)
-      r->last_progress_ms = uv_now(r->loop);
-  }
+  if (r->pending++ == 0)
+    r->last_progress_ms = uv_now(r->loop);
   return 0;
 }
 
@@ -302,10 +407,16 @@ void *fo_redis_userdata(const fo_redis_t *r) { return r->ud; }
 
 unsigned long fo_redis_errors(const fo_redis_t *r) { return r->errors; }
 
+/* Runs after drop() in fo_redis_close: redisAsyncFree is done with every
+ * subscription record (it runs deferred frees before returning to the loop). */
 static void on_timer_closed(uv_handle_t *h) {
   fo_redis_t *r = h->data;
-  free((char *)r->opts.host);
-  free((char *)r->opts.name);
+  while (r->subs != NULL) {
+    cmd_t *c = r->subs;
+    r->subs = c->next;
+    free(c);
+  }
+  free_opts(r);
   free(r);
 }
 

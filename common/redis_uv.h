@@ -28,13 +28,21 @@ typedef struct {
   int backoff_min_ms;       /* default 100 */
   int backoff_max_ms;       /* default 5000 */
   const char *name;         /* for logs, e.g. "registry" */
+  const char *password;     /* NULL or "": no AUTH. Else AUTH is sent first on every
+                             * connection; a refused AUTH is a failed connect. */
+  const char *user;         /* Redis 6 ACL user for AUTH, NULL or "": none */
 } fo_redis_opts_t;
 
 /* Creates and starts connecting. Returns 0 or -ENOMEM. */
 int fo_redis_new(uv_loop_t *loop, const fo_redis_opts_t *opts, fo_redis_state_cb state_cb,
                  void *ud, fo_redis_t **out);
 /* Queues a command (pipelined with everything else queued this loop turn).
- * Returns 0, or -ENOTCONN when not connected (cb is then NOT called). */
+ * Returns 0, or -ENOTCONN when not connected (cb is then NOT called).
+ * (P)SUBSCRIBE: (cb, privdata) is kept for as long as r lives and shared by
+ * every channel subscribed with the same pair, so use a fixed few pairs. It
+ * gets every push on those channels, including (p)unsubscribe replies, and
+ * NULL once when the connection is lost. (P)UNSUBSCRIBE takes no callback:
+ * its replies go to the subscription's. */
 int fo_redis_command(fo_redis_t *r, fo_redis_reply_cb cb, void *privdata, const char *fmt, ...);
 int fo_redis_command_argv(fo_redis_t *r, fo_redis_reply_cb cb, void *privdata, int argc,
                           const char **argv, const size_t *argvlen);

@@ -18,6 +18,10 @@ const fo_cfg_field_t fo_dcfg_fields[] = {
     F("listen", FO_CFG_ADDR, listen, 0, 65535, "127.0.0.1:8081",
       "address for WebSocket clients and /healthz, /readyz, /metrics (port 0: any free port)"),
     F("redis", FO_CFG_ADDR, redis, 1, 65535, "127.0.0.1:6379", "Redis for the registry and Pub/Sub"),
+    F("redis-password", FO_CFG_STR, redis_password, 0, 4096, "",
+      "Redis AUTH password, sent first on every Redis connection (empty: no AUTH)"),
+    F("redis-user", FO_CFG_STR, redis_user, 0, 256, "",
+      "Redis 6+ ACL user for AUTH (empty: the default user); needs redis-password"),
     F("kafka", FO_CFG_STR, kafka, 1, 4096, "127.0.0.1:9092", "Kafka bootstrap servers"),
     F("server-id", FO_CFG_STR, server_id, 1, FO_SERVER_ID_MAX, NULL,
       "this server's id in the registry (default: hostname-pid, the hostname cut to fit 64 bytes)"),
@@ -117,6 +121,10 @@ int fo_dcfg_finalize(void *p, char *err, size_t errlen) {
   }
   if (fo_log_parse_level(cfg->log_level, &lvl) != 0) {
     snprintf(err, errlen, "log-level=%s: expected debug, info, warn or error", cfg->log_level);
+    return -EINVAL;
+  }
+  if (cfg->redis_user[0] != '\0' && cfg->redis_password[0] == '\0') {
+    snprintf(err, errlen, "redis-user needs redis-password (FANOUT_REDIS_PASSWORD)");
     return -EINVAL;
   }
   if (strcmp(cfg->room_mode, "kafka") != 0 && strcmp(cfg->room_mode, "redis") != 0) {

@@ -42,6 +42,8 @@ typedef struct fo_server fo_server_t;
 typedef struct {
   fo_addr_t listen;
   fo_addr_t redis;
+  char *redis_password;     /* "" = no AUTH */
+  char *redis_user;         /* "" = default user */
   char *kafka;
   char *server_id;
   char *jwt_secret;

@@ -8,7 +8,11 @@
  * once. A heartbeat pass walks every local user in chunks and re-sends
  * HSET (all its connections) + EXPIRE, pipelined (hiredis writes everything
  * queued in one loop turn in one go). After Redis comes back, the same pass
- * re-registers everything. */
+ * re-registers everything.
+ * In room mode "redis" the Pub/Sub connection also follows the local rooms:
+ * SUBSCRIBE {prefix}ws:room:{room} on the first local join, UNSUBSCRIBE on the
+ * last leave, never a SUBSCRIBE while an UNSUBSCRIBE of that channel is in
+ * flight (see unsub_t). */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -41,7 +45,21 @@ struct fo_rreg {
   uint64_t last_errors;
   fo_user_t **pend;           /* users with connections not registered yet; NULL = gone */
   uint32_t npend, pend_cap;
+  fo_map_t unsubs;            /* unsub_t by room name, on the current sub connection */
 };
+
+/* A room channel whose UNSUBSCRIBE is in flight on rr->sub. A SUBSCRIBE sent
+ * before its reply is where hiredis 0.14.1 gets subtle (pending_subs keeps
+ * the channel's callback past the "unsubscribe" reply), and the order of
+ * the two at the server decides whether we end up subscribed. So none is
+ * sent: a join meanwhile leaves the room in srv->rooms, and the reply
+ * re-subscribes if it is there. One entry per UNSUBSCRIBE in flight, freed
+ * with its reply or when the connection goes (a reconnect re-subscribes
+ * from srv->rooms), so churn does not grow it. */
+typedef struct {
+  fo_mapent_t ent;
+  char name[];
+} unsub_t;
 
 struct fo_redis *fo__rreg_cmd(fo_server_t *srv) {
   return srv->rreg ? srv->rreg->cmd : NULL;
@@ -199,6 +217,44 @@ static void on_cmd_state(fo_redis_t *r, bool connected, void *ud) {
 
 /* ---- Pub/Sub ---- */
 
+static void on_sub_message(fo_redis_t *r, redisReply *reply, void *privdata);
+
+static int room_cmd(fo_rreg_t *rr, const char *verb, const char *room, size_t len) {
+  fo_sb_t ch;
+  fo_sb_init(&ch);
+  fo_rkey_room_channel(&ch, rr->srv->cfg->redis_prefix, room, len);
+  int rc = -ENOMEM;
+  if (!ch.oom) {
+    if (strcmp(verb, "SUBSCRIBE") == 0)
+      rc = fo_redis_command(rr->sub, on_sub_message, rr, "SUBSCRIBE %b", ch.data, ch.len);
+    else
+      rc = fo_redis_command(rr->sub, NULL, NULL, "UNSUBSCRIBE %b", ch.data, ch.len);
+  }
+  fo_sb_free(&ch);
+  return rc;
+}
+
+static void clear_unsubs(fo_rreg_t *rr) {
+  uint32_t cur = 0;
+  fo_mapent_t *e;
+  while ((e = fo_map_next(&rr->unsubs, &cur)) != NULL)
+    free(e);
+  fo_map_free(&rr->unsubs);
+}
+
+/* The UNSUBSCRIBE reply for room: re-subscribe if it was joined meanwhile. */
+static void unsubscribed(fo_rreg_t *rr, const char *room, size_t len) {
+  fo_server_t *srv = rr->srv;
+  uint32_t h = fo_map_hash(room, len);
+  unsub_t *u = (unsub_t *)fo_map_get(&rr->unsubs, room, len, h);
+  if (u == NULL)
+    return;
+  fo_map_del(&rr->unsubs, &u->ent);
+  free(u);
+  if (fo_map_get(&srv->rooms, room, len, h) != NULL)
+    room_cmd(rr, "SUBSCRIBE", room, len);
+}
+
 static void on_sub_message(fo_redis_t *r, redisReply *reply, void *privdata) {
   (void)r;
   fo_rreg_t *rr = privdata;
@@ -217,6 +273,12 @@ static void on_sub_message(fo_redis_t *r, redisReply *reply, void *privdata) {
     }
     return;
   }
+  if (kind->len == 11 && memcmp(kind->str, "unsubscribe", 11) == 0) {
+    if (chan->len > rr->room_prefix_len &&
+        memcmp(chan->str, rr->room_prefix, rr->room_prefix_len) == 0)
+      unsubscribed(rr, chan->str + rr->room_prefix_len, chan->len - rr->room_prefix_len);
+    return;
+  }
   if (kind->len != 7 || memcmp(kind->str, "message", 7) != 0)
     return;
   redisReply *msg = reply->element[2];
@@ -231,20 +293,12 @@ static void on_sub_message(fo_redis_t *r, redisReply *reply, void *privdata) {
   }
 }
 
-static void resubscribe_room(fo_mapent_t *e, fo_rreg_t *rr) {
-  fo_sb_t ch;
-  fo_sb_init(&ch);
-  fo_rkey_room_channel(&ch, rr->srv->cfg->redis_prefix, e->key, e->len);
-  if (!ch.oom)
-    fo_redis_command(rr->sub, on_sub_message, rr, "SUBSCRIBE %b", ch.data, ch.len);
-  fo_sb_free(&ch);
-}
-
 static void on_sub_state(fo_redis_t *r, bool connected, void *ud) {
   fo_rreg_t *rr = ud;
   fo_server_t *srv = rr->srv;
   rr->sub_ready = false;
   *srv->m.redis_up = 0;
+  clear_unsubs(rr); /* that connection's subscriptions are gone with it */
   if (!connected)
     return;
   fo_redis_command(r, on_sub_message, rr, "SUBSCRIBE %b", rr->channel, rr->channel_len);
@@ -252,24 +306,44 @@ static void on_sub_state(fo_redis_t *r, bool connected, void *ud) {
     uint32_t cur = 0;
     fo_mapent_t *e;
     while ((e = fo_map_next(&srv->rooms, &cur)) != NULL)
-      resubscribe_room(e, rr);
+      room_cmd(rr, "SUBSCRIBE", e->key, e->len);
   }
 }
 
+/* Called on the first local join (on) and the last local leave (!on) of a
+ * room, while the room is in srv->rooms. */
 void fo__rreg_room_sub(fo_server_t *srv, const char *room, size_t len, bool on) {
   fo_rreg_t *rr = srv->rreg;
   if (rr == NULL || !fo_redis_connected(rr->sub))
     return; /* resubscribed on reconnect */
-  fo_sb_t ch;
-  fo_sb_init(&ch);
-  fo_rkey_room_channel(&ch, srv->cfg->redis_prefix, room, len);
-  if (!ch.oom) {
+  uint32_t h = fo_map_hash(room, len);
+  if (fo_map_get(&rr->unsubs, room, len, h) != NULL) {
+    /* UNSUBSCRIBE in flight: its reply decides (unsubscribed()) */
     if (on)
-      fo_redis_command(rr->sub, on_sub_message, rr, "SUBSCRIBE %b", ch.data, ch.len);
-    else
-      fo_redis_command(rr->sub, NULL, NULL, "UNSUBSCRIBE %b", ch.data, ch.len);
+      FO_LOG_DEBUG("registry", "room joined while its unsubscribe is pending: "
+                   "re-subscribing after the reply", "pending=%u", rr->unsubs.count);
+    return;
   }
-  fo_sb_free(&ch);
+  if (on) {
+    room_cmd(rr, "SUBSCRIBE", room, len);
+    return;
+  }
+  unsub_t *u = malloc(sizeof(*u) + len + 1);
+  if (u == NULL)
+    return; /* stay subscribed: messages for a room we lack are dropped */
+  memcpy(u->name, room, len);
+  u->name[len] = '\0';
+  u->ent.hash = h;
+  u->ent.len = (uint32_t)len;
+  u->ent.key = u->name;
+  if (fo_map_put(&rr->unsubs, &u->ent) != 0) {
+    free(u);
+    return;
+  }
+  if (room_cmd(rr, "UNSUBSCRIBE", room, len) != 0) {
+    fo_map_del(&rr->unsubs, &u->ent);
+    free(u);
+  }
 }
 
 /* ---- per connection ---- */
@@ -374,6 +448,8 @@ int fo__rreg_new(fo_server_t *srv) {
       .backoff_min_ms = 100,
       .backoff_max_ms = 3000,
       .name = "registry",
+      .password = cfg->redis_password,
+      .user = cfg->redis_user,
   };
   int rc = fo_redis_new(srv->loop, &o, on_cmd_state, rr, &rr->cmd);
   if (rc != 0)
@@ -406,6 +482,7 @@ static void on_timer_closed(uv_handle_t *h) {
   fo_rreg_t *rr = h->data;
   if (--rr->open_handles == 0) {
     fo_sb_free(&rr->key);
+    clear_unsubs(rr);
     free(rr->pend);
     free(rr->channel);
     free(rr->room_prefix);

@@ -31,6 +31,8 @@
 typedef struct fo_ingest_cfg {
   fo_addr_t listen;
   fo_addr_t redis;
+  char *redis_password;     /* "" = no AUTH */
+  char *redis_user;         /* "" = default user */
   char *kafka;
   char *api_keys;
   char *log_level;

@@ -19,6 +19,8 @@
 static const fo_cfg_field_t fields[] = {
     F("listen", FO_CFG_ADDR, listen, 0, 65535, "127.0.0.1:8080", "HTTP address (port 0: any free port)"),
     F("redis", FO_CFG_ADDR, redis, 1, 65535, "127.0.0.1:6379", "Redis holding the connection registry"),
+    F("redis-password", FO_CFG_STR, redis_password, 0, 4096, "", "Redis AUTH password, sent first on every Redis connection (empty: no AUTH)"),
+    F("redis-user", FO_CFG_STR, redis_user, 0, 256, "", "Redis 6+ ACL user for AUTH (empty: the default user); needs redis-password"),
     F("kafka", FO_CFG_STR, kafka, 1, 4096, "127.0.0.1:9092", "Kafka bootstrap servers"),
     F("api-keys", FO_CFG_STR, api_keys, 0, 0, "", "comma-separated API keys for /v1 (none: /v1 answers 401)"),
     F("log-level", FO_CFG_STR, log_level, 1, 16, "info", "debug, info, warn or error"),
@@ -60,6 +62,10 @@ static const fo_cfg_field_t fields[] = {
 static int finalize(void *p, char *err, size_t errlen) {
   fo_ingest_cfg_t *cfg = p;
   fo_log_level_t lvl;
+  if (cfg->redis_user[0] != '\0' && cfg->redis_password[0] == '\0') {
+    snprintf(err, errlen, "redis-user needs redis-password (FANOUT_REDIS_PASSWORD)");
+    return -EINVAL;
+  }
   if (fo_log_parse_level(cfg->log_level, &lvl) != 0) {
     snprintf(err, errlen, "log-level=%s: must be debug, info, warn or error", cfg->log_level);
     return -EINVAL;

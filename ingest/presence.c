@@ -211,6 +211,8 @@ int fo__presence_new(fo_ingest_t *ing, fo_presence_t **out) {
   opts.connect_timeout_ms = (int)ing->cfg->redis_timeout_ms;
   opts.command_timeout_ms = (int)ing->cfg->redis_timeout_ms;
   opts.name = "presence";
+  opts.password = ing->cfg->redis_password;
+  opts.user = ing->cfg->redis_user;
   int rc = fo_redis_new(ing->loop, &opts, on_state, pr, &pr->redis);
   if (rc != 0) {
     free(pr);

@@ -200,15 +200,19 @@ def wait_port(host, port, timeout=10.0):
 # ---- servers -----------------------------------------------------------------
 
 class Redis:
-    def __init__(self, port=None, datadir=None):
+    """requirepass: start with that password; cli() then authenticates."""
+
+    def __init__(self, port=None, datadir=None, requirepass=None):
         self.port = port or free_port()
         self.dir = datadir or tempfile.mkdtemp(prefix="fanout-redis-")
+        self.requirepass = requirepass
         self.start()
 
     def start(self):
+        extra = ["--requirepass", self.requirepass] if self.requirepass else []
         self.proc = Proc("redis", ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                                    "--dir", self.dir, "--save", "", "--appendonly", "no",
-                                   "--daemonize", "no", "--protected-mode", "no"])
+                                   "--daemonize", "no", "--protected-mode", "no", *extra])
         self.proc.wait_line(r"Ready to accept connections", timeout=10)
         self.addr = "127.0.0.1:%d" % self.port
 
@@ -216,7 +220,10 @@ class Redis:
         return self.proc.stop()
 
     def cli(self, *args):
-        return subprocess.run(["redis-cli", "-p", str(self.port), "--raw", *args],
+        env = dict(os.environ)
+        if self.requirepass:
+            env["REDISCLI_AUTH"] = self.requirepass  # not on the command line
+        return subprocess.run(["redis-cli", "-p", str(self.port), "--raw", *args], env=env,
                               capture_output=True, text=True, timeout=10).stdout.strip()
 
 

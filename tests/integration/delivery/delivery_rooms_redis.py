@@ -105,5 +105,114 @@ def test_last_member_leaving_unsubscribes():
     c.close()
 
 
+# ---- H1: re-joining a room while its UNSUBSCRIBE is in flight ----------------
+# The last local leave sends UNSUBSCRIBE; a join before its reply used to make
+# hiredis keep calling (then free again) a per-command record we had freed.
+# Each case ends with a broadcast that must arrive exactly once, and the last
+# test stops both servers: exit 0 means no crash and, under ASan, no leak.
+
+def numsub(room):
+    return S.redis.cli("PUBSUB", "NUMSUB", "ws:room:" + room).split()[-1]
+
+
+def expect_replies(c, msgs):
+    for m in msgs:
+        want = {"type": "joined" if m["type"] == "join" else "left", "room": m["room"]}
+        got = c.recv(timeout=10)
+        assert got == want, (got, want)
+
+
+def broadcast_once(c, room, k):
+    S.broadcast(room, {"k": k})
+    m = c.recv(timeout=15)
+    assert m["type"] == "message" and m["room"] == room and m["data"] == {"k": k}, m
+    c.expect_silence(0.3)
+
+
+def churn(room, seqs, glued):
+    c = WsClient(A.addr, token=dtest.token("churn-" + room, rooms=[room]))
+    join(c, room)
+    ft.eventually(lambda: numsub(room) == "1", what="subscribed")
+    for i, seq in enumerate(seqs * 5):
+        msgs = [{"type": t, "room": room} for t in seq]
+        if glued:
+            c.send_json_glued(msgs)
+        else:
+            for m in msgs:
+                c.send_json(m)
+                time.sleep(0.001 * (i % 3))  # 0-2 ms: before or after the reply
+        expect_replies(c, msgs)
+        joined = seq[-1] == "join"
+        ft.eventually(lambda: numsub(room) == ("1" if joined else "0"),
+                      what="subscription follows membership")
+        if joined:
+            broadcast_once(c, room, i)
+        else:
+            join(c, room)
+            ft.eventually(lambda: numsub(room) == "1", what="subscribed again")
+    assert A.alive(), A.log_tail()
+    c.close()
+
+
+def test_rejoin_in_one_write_keeps_subscription():
+    churn("glued", [["leave", "join"], ["leave", "join", "leave", "join"],
+                    ["leave", "join", "leave"]], glued=True)
+
+
+def test_rejoin_over_several_writes_keeps_subscription():
+    churn("spread", [["leave", "join"], ["leave", "join", "leave", "join"],
+                     ["leave", "join", "leave"]], glued=False)
+
+
+def test_join_leave_join_from_outside_the_room():
+    c = WsClient(A.addr, token=dtest.token("jlj", rooms=["jlj"]))
+    for i in range(5):
+        msgs = [{"type": t, "room": "jlj"} for t in ("join", "leave", "join")]
+        c.send_json_glued(msgs)
+        expect_replies(c, msgs)
+        ft.eventually(lambda: numsub("jlj") == "1", what="subscribed")
+        broadcast_once(c, "jlj", i)
+        c.send_json({"type": "leave", "room": "jlj"})
+        assert c.recv(timeout=10) == {"type": "left", "room": "jlj"}
+        ft.eventually(lambda: numsub("jlj") == "0", what="unsubscribed")
+    c.close()
+
+
+def test_last_member_disconnects_while_another_joins():
+    room = "handover"
+    for i in range(10):
+        old = WsClient(A.addr, token=dtest.token("old%d" % i, rooms=[room]))
+        new = WsClient(A.addr, token=dtest.token("new%d" % i, rooms=[room]))
+        join(old, room)
+        ft.eventually(lambda: numsub(room) == "1", what="subscribed")
+        # EOF of the last member and the newcomer's join, as close together as
+        # we can make them (usually read in the same loop turn).
+        frame = WsClient.frame(0x1, json.dumps({"type": "join", "room": room}).encode())
+        old.abort()
+        new.sock.sendall(frame)
+        assert new.recv(timeout=10) == {"type": "joined", "room": room}
+        ft.eventually(lambda: numsub(room) == "1", what="still subscribed")
+        broadcast_once(new, room, i)
+        new.close()
+        ft.eventually(lambda: numsub(room) == "0", what="unsubscribed after the last left")
+    assert A.alive(), A.log_tail()
+
+
+def test_rejoins_did_wait_for_the_unsubscribe_reply():
+    """The glued leave+join above must have hit the in-flight UNSUBSCRIBE
+    (otherwise these tests would not exercise the race at all)."""
+    with open(A.logpath, "rb") as f:
+        assert b"room joined while its unsubscribe is pending" in f.read()
+
+
+def test_zz_servers_shut_down_cleanly():
+    """Runs last: a use-after-free, double free or leak in the Pub/Sub
+    bookkeeping shows up as a crash or a non-zero exit (ASan, LeakSanitizer)."""
+    for pr in (A, B):
+        assert pr.alive(), pr.log_tail()
+        rc = pr.stop(timeout=30)
+        assert rc == 0, "%s exited %s\n%s" % (pr.sid, rc, pr.log_tail(80))
+
+
 if __name__ == "__main__":
     ft.run_tests(globals(), only=sys.argv[1:] or None)

@@ -96,6 +96,11 @@ class WsClient:
 
     # ---- sending ----
     def send_frame(self, opcode, payload=b"", fin=True, mask=True, rsv=0, raw_len=None):
+        self.sock.sendall(self.frame(opcode, payload, fin, mask, rsv, raw_len))
+
+    @staticmethod
+    def frame(opcode, payload=b"", fin=True, mask=True, rsv=0, raw_len=None):
+        """The bytes of one client frame (to glue several into one write)."""
         b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
         n = len(payload) if raw_len is None else raw_len
         if n < 126:
@@ -108,10 +113,15 @@ class WsClient:
             key = os.urandom(4)
             payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
             hdr += key
-        self.sock.sendall(hdr + payload)
+        return hdr + payload
 
     def send_json(self, obj):
         self.send_frame(0x1, json.dumps(obj).encode())
+
+    def send_json_glued(self, objs):
+        """Sends several text messages in ONE write, so the server reads them
+        together and handles them in one loop turn."""
+        self.sock.sendall(b"".join(self.frame(0x1, json.dumps(o).encode()) for o in objs))
 
     def close(self, code=1000):
         try:
