@@ -96,6 +96,8 @@ static const char *const example_secrets[] = {
     "change-me-to-a-long-random-secret",
     FO_DEV_JWT_SECRET,
 };
+/* The deploy/ examples mark their placeholders with this prefix. */
+#define EXAMPLE_PREFIX "CHANGE-ME"
 
 int fo_dcfg_finalize(void *p, char *err, size_t errlen) {
   fo_dcfg_t *cfg = p;
@@ -110,10 +112,12 @@ int fo_dcfg_finalize(void *p, char *err, size_t errlen) {
              strlen(cfg->jwt_secret));
     return -EINVAL;
   }
+  bool example = strncmp(cfg->jwt_secret, EXAMPLE_PREFIX, sizeof(EXAMPLE_PREFIX) - 1) == 0;
   for (size_t i = 0; i < sizeof(example_secrets) / sizeof(example_secrets[0]); i++)
-    if (strcmp(cfg->jwt_secret, example_secrets[i]) == 0)
-      FO_LOG_WARN("config", "jwt-secret is an example value from the documentation",
-                  "hint=\"set a long random secret outside development\"");
+    example = example || strcmp(cfg->jwt_secret, example_secrets[i]) == 0;
+  if (example)
+    FO_LOG_WARN("config", "jwt-secret is an example value from the documentation",
+                "hint=\"set a long random secret outside development\"");
   if (cfg->max_pending_handshakes == 0) {
     cfg->max_pending_handshakes = cfg->max_connections / 10;
     if (cfg->max_pending_handshakes < 1024)
