@@ -50,7 +50,7 @@ static const fo_cfg_field_t fields[] = {
     F("queue-max-kbytes", FO_CFG_INT, queue_max_kbytes, 1, 2147483647, "1048576", "producer queue.buffering.max.kbytes"),
     F("metadata-refresh-ms", FO_CFG_INT, metadata_refresh_ms, 1000, 3600000, "30000", "how often partition counts are refreshed"),
     F("stats-interval-ms", FO_CFG_INT, stats_interval_ms, 100, 60000, "1000", "producer statistics interval (readiness)"),
-    F("kafka-options", FO_CFG_STR, kafka_options, 0, 0, "", "extra librdkafka settings k=v,k=v (win over ours)"),
+    F("kafka-options", FO_CFG_STR, kafka_options, 0, 0, "", "extra librdkafka settings k=v,k=v (win over ours; write a comma inside a value as \\,)"),
     F("redis-timeout-ms", FO_CFG_INT, redis_timeout_ms, 10, 60000, "1000", "Redis connect and command timeout"),
     F("shutdown-timeout-ms", FO_CFG_INT, shutdown_timeout_ms, 0, 600000, "10000", "longest wait for in-flight work at shutdown"),
     F("reuseport", FO_CFG_BOOL, reuseport, 0, 0, "true", "SO_REUSEPORT: processes share the port"),
@@ -64,6 +64,23 @@ static int finalize(void *p, char *err, size_t errlen) {
     snprintf(err, errlen, "log-level=%s: must be debug, info, warn or error", cfg->log_level);
     return -EINVAL;
   }
+  /* Checked here so that the position is that of --kafka-options; the item
+   * itself is not printed (it may be the tail of a password). */
+  char **opts = NULL;
+  int nopts = fo_cfg_list_split(cfg->kafka_options, &opts);
+  if (nopts < 0) {
+    snprintf(err, errlen, "out of memory");
+    return -ENOMEM;
+  }
+  for (int i = 0; i < nopts; i++) {
+    if (opts[i][0] == '=' || strchr(opts[i], '=') == NULL) {
+      snprintf(err, errlen, "kafka-options: item %d is not key=value (a comma inside a value is "
+               "written \\,)", i + 1);
+      fo_cfg_list_free(opts);
+      return -EINVAL;
+    }
+  }
+  fo_cfg_list_free(opts);
   const char *topics[] = {cfg->topic_users, cfg->topic_rooms, cfg->topic_intake, cfg->topic_dlq};
   for (size_t i = 0; i < 4; i++) {
     for (size_t j = i + 1; j < 4; j++) {

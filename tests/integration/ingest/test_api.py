@@ -471,6 +471,26 @@ def test_bad_command_line_exits_2():
     assert pr.stop() == 0
 
 
+def test_kafka_option_errors_do_not_print_secrets():
+    import subprocess
+    exe = ft.find_binary("fanout-ingest")
+    # a password cut at an unescaped comma, a misspelled secret setting
+    for opts in ("sasl.password=abc,hunter2", "sasl.pasword=hunter2"):
+        p = subprocess.run([exe, "--kafka", KAFKA, "--intake", "false",
+                            "--listen", "127.0.0.1:0", "--kafka-options", opts],
+                           capture_output=True, text=True, timeout=20)
+        assert p.returncode == 2, (opts, p.returncode, p.stderr)
+        assert "hunter2" not in p.stdout + p.stderr, p.stderr
+        assert "kafka" in p.stderr, p.stderr
+    # "\," keeps the comma in the value: the process starts
+    port = ft.free_port()
+    pr = ft.start_service("fanout-ingest", "ingest-kopts",
+                          ["--listen", "127.0.0.1:%d" % port, "--kafka", KAFKA,
+                           "--intake", "false", "--api-keys", L.API_KEY,
+                           "--kafka-options", "client.rack=r\\,1,linger.ms=2"])
+    assert pr.stop() == 0
+
+
 def test_graceful_shutdown_finishes_in_flight_requests():
     # linger.ms=400 holds every acknowledgement back, so the requests are
     # surely in flight when SIGTERM arrives; each must still get its 202.
