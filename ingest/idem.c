@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "ingest_int.h"
-#include "partition.h"
+#include "hash.h"
 
 typedef struct waiter {
   struct waiter *next;
@@ -110,7 +110,7 @@ fo_idem_result_t fo__idem_begin(fo_idem_t *idem, uint64_t now_ms, const char *ke
                                 uint32_t fingerprint, fo_reply_t *reply,
                                 fo_idem_entry_t **entry) {
   expire(idem, now_ms);
-  uint32_t hash = fo_hash32(key, keylen);
+  uint32_t hash = fo_hash_private(key, keylen);
   for (fo_idem_entry_t *e = idem->buckets[hash & (idem->nbuckets - 1)]; e != NULL; e = e->hnext) {
     if (e->hash != hash || e->keylen != keylen || memcmp(e->key, key, keylen) != 0)
       continue;
