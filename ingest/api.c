@@ -63,6 +63,7 @@ struct fo_api {
   uint64_t *c_route[8];
   uint64_t *c_timeouts;
   int64_t *g_jobs;
+  int64_t *g_idem_keys, *g_idem_bytes;
   char retry_after[48];
 };
 
@@ -127,6 +128,9 @@ size_t fo__api_pending(const fo_api_t *api) { return api->pending; }
 static void on_collect(void *ud) {
   fo_api_t *api = ud;
   *api->g_jobs = (int64_t)api->pending;
+  fo_idem_t *idem = api->ing->idem;
+  *api->g_idem_keys = idem != NULL ? (int64_t)fo__idem_size(idem) : 0;
+  *api->g_idem_bytes = idem != NULL ? (int64_t)fo__idem_bytes(idem) : 0;
 }
 
 /* ---- jobs ---------------------------------------------------------------------- */
@@ -166,6 +170,7 @@ static void job_answer(job_t *job) {
   fo_sb_t body;
   fo_sb_init(&body);
   int status;
+  int accepted = 0; /* items Kafka has */
   const char *extra = NULL;
   char idtxt[FO_ID_STR_LEN + 1];
   for (int i = 0; i < job->n; i++) {
@@ -179,6 +184,7 @@ static void job_answer(job_t *job) {
     result_t *r = &job->results[0];
     status = r->status;
     if (status == 202) {
+      accepted++;
       fo_id_format(r->id, idtxt);
       fo_sb_printf(&body, "{\"id\":\"%s\"}", idtxt);
     } else {
@@ -195,6 +201,7 @@ static void job_answer(job_t *job) {
       if (i > 0)
         fo_sb_putc(&body, ',');
       if (r->status == 202) {
+        accepted++;
         fo_id_format(r->id, idtxt);
         fo_sb_printf(&body, "{\"id\":\"%s\",\"status\":202}", idtxt);
       } else {
@@ -214,8 +221,11 @@ static void job_answer(job_t *job) {
     fo_sb_puts(&body, "{\"error\":\"out of memory\"}");
   }
   if (job->idem != NULL) {
-    /* Cache what Kafka has (2xx, 207 included); errors worth retrying are not cached. */
-    bool cache = status < 300;
+    /* Cache only a reply that produced something (202, or a 207 with at
+     * least one item in Kafka), since its retry must not produce it twice.
+     * A reply that produced nothing is cheap to recompute, and caching it
+     * would let tiny requests pin large bodies (M3). */
+    bool cache = accepted > 0 && (status == 202 || status == 207);
     fo__idem_finish(ing->idem, job->idem, fo_now_ms(), status, extra, body.data, body.len, cache);
     job->idem = NULL;
   }
@@ -703,7 +713,12 @@ int fo__api_new(fo_ingest_t *ing, fo_api_t **out) {
                                        "Messages answered 503 at the produce deadline");
   api->g_jobs = fo_metrics_gauge(ing->metrics, "fanout_ingest_requests_waiting",
                                  "HTTP requests waiting for Kafka acknowledgements");
-  if (api->c_timeouts == NULL || api->g_jobs == NULL ||
+  api->g_idem_keys = fo_metrics_gauge(ing->metrics, "fanout_ingest_idempotency_keys",
+                                      "Idempotency-Keys remembered");
+  api->g_idem_bytes = fo_metrics_gauge(ing->metrics, "fanout_ingest_idempotency_bytes",
+                                       "Bytes held by the Idempotency-Key cache");
+  if (api->c_timeouts == NULL || api->g_jobs == NULL || api->g_idem_keys == NULL ||
+      api->g_idem_bytes == NULL ||
       fo_metrics_on_collect(ing->metrics, on_collect, api) != 0) {
     free(api);
     return -ENOMEM;

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,7 @@ static const fo_cfg_field_t fields[] = {
     F("batch-max-items", FO_CFG_INT, batch_max_items, 1, 100000, "1000", "messages in one /v1/batch"),
     F("idempotency-window-s", FO_CFG_INT, idempotency_window_s, 0, 86400, "300", "how long an Idempotency-Key is remembered (0: ignored)"),
     F("idempotency-max-keys", FO_CFG_INT, idempotency_max_keys, 1, 10000000, "100000", "Idempotency-Keys remembered at most"),
+    F("idempotency-max-bytes", FO_CFG_INT, idempotency_max_bytes, 65536, INT64_C(1) << 40, "67108864", "memory the Idempotency-Key cache may hold (keys + cached replies); oldest finished entries are evicted beyond it"),
     F("topic-users", FO_CFG_STR, topic_users, 1, 249, "fanout.users", "topic for /v1/send"),
     F("topic-rooms", FO_CFG_STR, topic_rooms, 1, 249, "fanout.rooms", "topic for /v1/broadcast"),
     F("topic-intake", FO_CFG_STR, topic_intake, 1, 249, "fanout.intake", "topic the intake consumes"),
@@ -188,8 +190,8 @@ int main(int argc, char **argv) {
   if (fo__auth_count(ing.auth) == 0)
     FO_LOG_WARN("main", "no API keys configured: every /v1 request is answered 401", "keys=0");
   if (cfg.idempotency_window_s > 0 &&
-      fo__idem_new((size_t)cfg.idempotency_max_keys, (uint64_t)cfg.idempotency_window_s * 1000,
-                   &ing.idem) != 0) {
+      fo__idem_new((size_t)cfg.idempotency_max_keys, (size_t)cfg.idempotency_max_bytes,
+                   (uint64_t)cfg.idempotency_window_s * 1000, &ing.idem) != 0) {
     fprintf(stderr, "fanout-ingest: out of memory\n");
     goto out;
   }

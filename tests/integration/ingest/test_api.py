@@ -287,6 +287,71 @@ def test_idempotency_key():
     c.close()
 
 
+def metric(host, port, name):
+    """The value of an unlabelled metric from /metrics (None when absent)."""
+    c = L.Client(host, port, key=None)
+    text = c.get("/metrics").body.decode()
+    c.close()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_idempotency_reply_that_produced_nothing_is_not_cached():
+    c = client()
+    key = "idem-bad-" + RUN
+    keys0 = metric(HOST, PORT, "fanout_ingest_idempotency_keys")
+    r1 = c.post("/v1/batch", {"messages": [1, {"user": ""}, "x"]},
+                headers={"Idempotency-Key": key})
+    assert r1.status == 207, r1.body
+    assert all(it["status"] == 400 for it in r1.json["results"]), r1.body
+    assert r1.getheader("Idempotent-Replayed") is None
+    keys1 = metric(HOST, PORT, "fanout_ingest_idempotency_keys")
+    # the same key with a valid body is a new request, produced (not 422, not a replay)
+    user = "idem-fixed-" + RUN
+    r2 = c.post("/v1/batch", {"messages": [{"user": user, "data": 1}]},
+                headers={"Idempotency-Key": key})
+    assert r2.status == 202, r2.body
+    assert r2.getheader("Idempotent-Replayed") is None
+    L.find_by_id(KAFKA, "fanout.users", r2.json["results"][0]["id"])
+    assert keys0 is not None and keys1 == keys0, (keys0, keys1)  # nothing was kept
+    # a 207 in which one item reached Kafka is kept (its retry must not produce twice)
+    key3 = "idem-mixed-" + RUN
+    body3 = {"messages": [{"user": user, "data": 2}, 1]}
+    r3 = c.post("/v1/batch", body3, headers={"Idempotency-Key": key3})
+    assert r3.status == 207, r3.body
+    r4 = c.post("/v1/batch", body3, headers={"Idempotency-Key": key3})
+    assert r4.status == 207 and r4.getheader("Idempotent-Replayed") == "true", r4.getheaders()
+    assert r4.json == r3.json
+    c.close()
+
+
+def test_idempotency_cache_stays_within_its_byte_budget():
+    budget = 200000
+    other = L.start_ingest(KAFKA, None, ["--intake", "false", "--batch-max-items", "1000",
+                                         "--idempotency-max-bytes", str(budget)],
+                           name="ingest-idem-bytes")
+    L.wait_ready(other.host, other.port)
+    c = L.Client(other.host, other.port)
+    # one valid item and 999 invalid ones: ~54 KB of reply cached per ~3 KB request
+    user = "idem-big-" + RUN
+    for i in range(20):
+        body = {"messages": [{"user": user, "data": i}] + [1] * 999}
+        r = c.post("/v1/batch", body, headers={"Idempotency-Key": "big-%d" % i})
+        assert r.status == 207, r.body[:200]
+        assert len(r.body) > 50000
+        held = metric(other.host, other.port, "fanout_ingest_idempotency_bytes")
+        assert held is not None and 0 < held <= budget, held
+    keys = metric(other.host, other.port, "fanout_ingest_idempotency_keys")
+    assert 1 <= keys <= budget // 50000, keys
+    # the newest reply is still replayed, the oldest was evicted
+    r = c.post("/v1/batch", body, headers={"Idempotency-Key": "big-19"})
+    assert r.getheader("Idempotent-Replayed") == "true"
+    c.close()
+    assert other.stop() == 0
+
+
 # ---- presence -----------------------------------------------------------------------------
 
 def test_presence():
