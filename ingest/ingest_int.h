@@ -128,6 +128,12 @@ int fo__api_new(fo_ingest_t *ing, fo_api_t **out);
 /* Stops the deadline timer (closing it); memory goes in fo__api_free. */
 void fo__api_close(fo_api_t *api);
 void fo__api_free(fo_api_t *api);
+/* Called when a request's headers are complete, before its body is read:
+ * returns NULL to read the body, or the reason to answer 401 at once (a
+ * /v1 request with a body and no valid API key), so that unauthenticated
+ * clients cannot make us buffer bodies. `memo` only reaches the
+ * connection's API key memo; nothing is sent on it. */
+const char *fo__api_refuse_body(fo_ingest_t *ing, fo_reply_t *memo, const fo_http_request_t *req);
 /* Handles one complete request. `req` is valid only during the call. */
 void fo__api_handle(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_t *req);
 /* Counts a response by status code (also used by server.c for its own). */

@@ -187,6 +187,117 @@ def test_auth():
     c.close()
 
 
+def _read_head(s):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        b = s.recv(4096)
+        if not b:
+            break
+        data += b
+    return data
+
+
+def _closed(s, seconds):
+    """True when the peer closes s within seconds (whatever it sends first)."""
+    s.settimeout(ft.scaled(seconds))
+    try:
+        while s.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_bad_key_is_refused_before_the_body():
+    """401 right after the headers: the declared body is never sent, and the
+    connection closes after the reply (the body was not consumed)."""
+    for auth in (b"Authorization: Bearer wrong\r\n", b"", b"Authorization: Basic abc\r\n"):
+        for extra in (b"", b"Expect: 100-continue\r\n"):
+            s = socket.create_connection((HOST, PORT), timeout=ft.scaled(5))
+            s.sendall(b"POST /v1/send HTTP/1.1\r\nHost: x\r\n" + auth + extra +
+                      b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+            head = _read_head(s)
+            assert head.startswith(b"HTTP/1.1 401 "), (auth, extra, head)
+            assert b"WWW-Authenticate: Bearer" in head and b"Connection: close" in head, head
+            assert _closed(s, 5), "still open after the 401"
+            s.close()
+    # the same for a chunked body and for /v1/batch
+    s = socket.create_connection((HOST, PORT), timeout=ft.scaled(5))
+    s.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n")
+    assert _read_head(s).startswith(b"HTTP/1.1 401 ")
+    s.close()
+    # good keys: 100-continue is still offered, and pipelining still works
+    s = socket.create_connection((HOST, PORT), timeout=ft.scaled(5))
+    body = b'{"user":"cont-%s","data":1}' % RUN.encode()
+    s.sendall(b"POST /v1/send HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+              L.API_KEY.encode() + b"\r\nExpect: 100-continue\r\n"
+              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+    assert _read_head(s).startswith(b"HTTP/1.1 100 Continue"), "no 100 Continue"
+    s.sendall(body)
+    head = _read_head(s)
+    assert head.startswith(b"HTTP/1.1 202 "), head
+    s.close()
+    one = (b"POST /v1/send HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + L.API_KEY.encode() +
+           b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) +
+           body)
+    out = L.raw(HOST, PORT, one * 3, responses=3)
+    assert [r[0] for r in L.parse_responses(out)] == [202, 202, 202], out[:300]
+    # a bad key behind good pipelined requests: they are answered, then the 401
+    out = L.raw(HOST, PORT, one * 2 + b"POST /v1/send HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: 500000\r\n\r\n", responses=3)
+    assert [r[0] for r in L.parse_responses(out)] == [202, 202, 401], out[:300]
+
+
+def _rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_unauthenticated_bodies_are_not_buffered():
+    """30 clients with a bad key each send ~1 MB of a 1 MB body and stall:
+    nothing of it is held (before: ~1 MB buffered per connection)."""
+    other = L.start_ingest(KAFKA, None, ["--intake", "false", "--max-body-bytes", "1048576"],
+                           name="ingest-l1")
+    L.wait_ready(other.host, other.port)
+    before = _rss_kb(other.pid)
+    chunk = b"x" * 65536
+    socks = []
+    for _ in range(30):
+        s = socket.create_connection((other.host, other.port), timeout=ft.scaled(5))
+        s.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n"
+                  b"Content-Length: 1000000\r\n\r\n")
+        try:
+            for _ in range(15):  # 983040 bytes, not all of it
+                s.sendall(chunk)
+        except OSError:
+            pass  # the server may already have closed after its 401
+        socks.append(s)
+    # what the server holds once it has read what the sockets carry: the
+    # largest growth seen over a second
+    grown = 0
+    deadline = time.time() + ft.scaled(1.0)
+    while time.time() < deadline:
+        grown = max(grown, _rss_kb(other.pid) - before)
+        time.sleep(0.05)
+    ft.log("RSS grew by %d KiB for 30 stalled unauthenticated bodies" % grown)
+    assert grown < 10 * 1024, "RSS grew by %d KiB" % grown
+    for s in socks:
+        s.settimeout(ft.scaled(5))
+        try:
+            head = _read_head(s)
+        except ConnectionResetError:
+            head = b"reset"
+        assert head.startswith(b"HTTP/1.1 401 ") or head == b"reset", head[:100]
+        s.close()
+    assert other.stop() == 0
+
+
 def test_not_found_and_method_not_allowed():
     c = client()
     assert_error(c.get("/"), 404)
