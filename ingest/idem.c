@@ -109,17 +109,25 @@ size_t fo__idem_size(const fo_idem_t *idem) { return idem->count; }
 
 size_t fo__idem_bytes(const fo_idem_t *idem) { return idem->bytes; }
 
+/* Pending entries make_room steps over at most, so that a cache full of
+ * them costs a bounded walk per request (they end within the produce
+ * deadline anyway). */
+#define MAX_SKIP 64
+
 /* Evicts the oldest finished entries (skipping pending ones, and `keep`)
  * until `need` more bytes fit and, when `key_slot`, one more key. Returns
  * false when that cannot be reached. */
 static bool make_room(fo_idem_t *idem, size_t need, bool key_slot, const fo_idem_entry_t *keep) {
   fo_idem_entry_t *e = idem->oldest;
+  int skipped = 0;
   while ((idem->bytes + need > idem->max_bytes || (key_slot && idem->count >= idem->max)) &&
-         e != NULL) {
+         e != NULL && skipped <= MAX_SKIP) {
     fo_idem_entry_t *next = e->newer;
     if (!e->pending && e != keep) {
       entry_unlink(idem, e);
       entry_free(e);
+    } else {
+      skipped++;
     }
     e = next;
   }

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "../common/xxh32_collide.h"
 #include "map.h"
 #include "partition.h"
 
@@ -56,42 +57,6 @@ static void map_random_ops_match_reference(void **state) {
 }
 
 /* ---- hash flooding (M2) ---- */
-
-#define P1 0x9E3779B1u
-#define P2 0x85EBCA77u
-#define P3 0xC2B2AE3Du
-#define P4 0x27D4EB2Fu
-#define P5 0x165667B1u
-
-static uint32_t rotl(uint32_t x, int r) { return x << r | x >> (32 - r); }
-static uint32_t rotr(uint32_t x, int r) { return x >> r | x << (32 - r); }
-static uint32_t inv(uint32_t a) { /* odd a: inverse mod 2^32 by Newton's iteration */
-  uint32_t x = a;
-  for (int i = 0; i < 5; i++)
-    x *= 2 - a * x;
-  return x;
-}
-static uint32_t unavalanche(uint32_t h) {
-  h ^= h >> 16;
-  h *= inv(P3);
-  h ^= h >> 13 ^ h >> 26;
-  h *= inv(P2);
-  h ^= h >> 15 ^ h >> 30;
-  return h;
-}
-
-/* An 8-byte key (w1, w2 little-endian) whose XXH32 with seed 0 is `target`:
- * XXH32 of a short input is two invertible rounds and an invertible
- * finaliser, so w2 follows from w1 -- what an attacker does offline. */
-static void colliding_key(uint32_t w1, uint32_t target, char out[8]) {
-  uint32_t h = P5 + 8;
-  h = rotl(h + w1 * P3, 17) * P4;
-  uint32_t w2 = (rotr(unavalanche(target) * inv(P4), 17) - h) * inv(P3);
-  for (int i = 0; i < 4; i++) {
-    out[i] = (char)(w1 >> (8 * i));
-    out[4 + i] = (char)(w2 >> (8 * i));
-  }
-}
 
 /* 20,000 keys sharing one public XXH32 value (so one home slot under the
  * old unseeded hash, and an O(n^2) build) stay spread out in the map. */

@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include "../../../ingest/idem.c"
+#include "../common/xxh32_collide.h"
+#include "partition.h"
 
 struct fo_reply {
   int status;
@@ -222,6 +224,34 @@ static void idem_pending_entries_are_never_evicted_for_bytes(void **state) {
   fo__idem_free(idem);
 }
 
+/* Keys sharing one public XXH32 value spread over the buckets (M2): with
+ * the unseeded hash they formed one chain of 20,000. */
+static void idem_buckets_survive_seed0_collisions(void **state) {
+  (void)state;
+  enum { N = 20000 };
+  fo_idem_t *idem = NULL;
+  fo_idem_entry_t *e = NULL;
+  struct fo_reply r = {0};
+  assert_int_equal(fo__idem_new(100000, (size_t)1 << 30, 100000, &idem), 0);
+  for (uint32_t i = 0; i < N; i++) {
+    char key[8];
+    colliding_key(i * 2654435761u, 0xabcd1234u, key);
+    assert_int_equal(fo_hash32(key, 8), 0xabcd1234u);
+    assert_int_equal(fo__idem_begin(idem, 0, key, 8, 1, &r, &e), FO_IDEM_NEW);
+    fo__idem_finish(idem, e, 0, 202, NULL, "ok", 2, true);
+  }
+  size_t longest = 0;
+  for (size_t b = 0; b < idem->nbuckets; b++) {
+    size_t len = 0;
+    for (fo_idem_entry_t *x = idem->buckets[b]; x != NULL; x = x->hnext)
+      len++;
+    longest = len > longest ? len : longest;
+  }
+  assert_int_equal(fo__idem_size(idem), N);
+  assert_true(longest < 16);
+  fo__idem_free(idem);
+}
+
 static void idem_free_answers_waiters(void **state) {
   (void)state;
   fo_idem_t *idem = NULL;
@@ -245,6 +275,7 @@ int main(void) {
       cmocka_unit_test(idem_is_bounded),
       cmocka_unit_test(idem_is_bounded_by_bytes),
       cmocka_unit_test(idem_pending_entries_are_never_evicted_for_bytes),
+      cmocka_unit_test(idem_buckets_survive_seed0_collisions),
       cmocka_unit_test(idem_free_answers_waiters),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
