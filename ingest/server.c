@@ -376,6 +376,7 @@ static int on_headers(void *ud, const fo_http_request_t *req) {
     conn_close(conn);
     return 1;
   }
+  reply->head = strcmp(req->method, "HEAD") == 0;
   fo__reply_error(reply, 401, why, "WWW-Authenticate: Bearer\r\n");
   return 1;
 }
