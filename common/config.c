@@ -141,13 +141,24 @@ static const fo_cfg_field_t *find_field(const fo_cfg_field_t *fields, size_t n, 
   return NULL;
 }
 
+/* Fields whose values are not echoed in errors: credentials, and the Kafka
+ * option lists (they may carry SASL/SSL passwords). */
+static bool secret_field(const char *name) {
+  static const char *const parts[] = {"secret", "key", "password", "token", "kafka-opt"};
+  for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+    if (strstr(name, parts[i]) != NULL)
+      return true;
+  }
+  return false;
+}
+
 static int apply(void *cfg, const fo_cfg_field_t *f, const char *v, const char *source,
                  char *err, size_t errlen) {
   char why[160];
   why[0] = '\0';
   int rc = set_value(cfg, f, v, why, sizeof(why));
   if (rc != 0) {
-    bool secret = strstr(f->name, "secret") != NULL || strstr(f->name, "key") != NULL;
+    bool secret = secret_field(f->name);
     snprintf(err, errlen, "%s=%s (%s): %s", f->name, secret ? "<hidden>" : v, source, why);
   }
   return rc;
@@ -281,27 +292,35 @@ int fo_cfg_list_split(const char *s, char ***out) {
   if (list == NULL)
     return -ENOMEM;
   int n = 0;
-  const char *start = s;
+  const char *p = s;
   for (;;) {
-    const char *end = strchr(start, ',');
-    size_t len = end != NULL ? (size_t)(end - start) : strlen(start);
-    while (len > 0 && isspace((unsigned char)*start)) {
-      start++;
-      len--;
-    }
-    while (len > 0 && isspace((unsigned char)start[len - 1]))
+    while (*p != '\0' && *p != ',' && isspace((unsigned char)*p))
+      p++;
+    /* The item ends at the first comma not preceded by a backslash. */
+    const char *end = p;
+    while (*end != '\0' && *end != ',')
+      end += end[0] == '\\' && end[1] == ',' ? 2 : 1;
+    size_t len = (size_t)(end - p);
+    while (len > 0 && isspace((unsigned char)p[len - 1]))
       len--;
     if (len > 0) {
-      list[n] = strndup(start, len);
-      if (list[n] == NULL) {
+      char *item = malloc(len + 1);
+      if (item == NULL) {
         fo_cfg_list_free(list);
         return -ENOMEM;
       }
-      n++;
+      size_t o = 0;
+      for (size_t i = 0; i < len; i++) {
+        if (p[i] == '\\' && i + 1 < len && p[i + 1] == ',')
+          i++;
+        item[o++] = p[i];
+      }
+      item[o] = '\0';
+      list[n++] = item;
     }
-    if (end == NULL)
+    if (*end == '\0')
       break;
-    start = end + 1;
+    p = end + 1;
   }
   *out = list;
   return n;

@@ -54,8 +54,10 @@ int fo_cfg_main(const char *prog, const char *about, const fo_cfg_field_t *field
 /* Parses "HOST:PORT" (IPv6 as "[::1]:80"). Returns 0 or -EINVAL. */
 int fo_addr_parse(const char *s, fo_addr_t *out, char *err, size_t errlen);
 /* Splits a comma-separated list in place-independent copies: returns the
- * number of items (empty items skipped) and a NULL-terminated array the
- * caller frees with fo_cfg_list_free, or -ENOMEM. */
+ * number of items (empty items skipped, spaces around items trimmed) and a
+ * NULL-terminated array the caller frees with fo_cfg_list_free, or -ENOMEM.
+ * "\," stands for a comma inside an item (e.g. in a SASL password); any
+ * other backslash is kept as is. */
 int fo_cfg_list_split(const char *s, char ***out);
 void fo_cfg_list_free(char **list);
 

@@ -16,6 +16,7 @@ struct fo_http_parser {
   http_parser_settings settings;
   fo_http_limits_t limits;
   fo_http_request_cb cb;
+  fo_http_headers_cb headers_cb; /* or NULL */
   void *ud;
   fo_http_request_t req;
   fo_sb_t url;
@@ -135,6 +136,11 @@ static int on_headers_complete(http_parser *hp) {
     return fail(p, -ENOMEM, "out of memory");
   if (req->path[0] != '/' && hp->method != HTTP_CONNECT && hp->method != HTTP_OPTIONS)
     return fail(p, -EPROTO, "request target must be an absolute path");
+  req->body_follows = (hp->flags & F_CHUNKED) != 0 ||
+                      (hp->content_length != ULLONG_MAX && hp->content_length > 0);
+  /* The service first (e.g. 401 comes before 413 for an unknown client). */
+  if (p->headers_cb != NULL && p->headers_cb(p->ud, req) != 0)
+    return fail(p, -ECANCELED, "refused after the headers");
   /* Declared too large: refuse before a single body byte is read. */
   if ((hp->flags & F_CHUNKED) == 0 && hp->content_length != ULLONG_MAX &&
       hp->content_length > p->limits.max_body_bytes) {
@@ -186,6 +192,8 @@ fo_http_parser_t *fo_http_parser_new(const fo_http_limits_t *limits, fo_http_req
   p->ud = ud;
   return p;
 }
+
+void fo_http_parser_on_headers(fo_http_parser_t *p, fo_http_headers_cb cb) { p->headers_cb = cb; }
 
 void fo_http_parser_free(fo_http_parser_t *p) {
   if (p == NULL)

@@ -29,6 +29,7 @@ typedef struct {
   int http_major, http_minor;
   bool keep_alive;
   bool upgrade;          /* Connection: upgrade + Upgrade: present */
+  bool body_follows;     /* Content-Length > 0 or chunked (set with the headers) */
 } fo_http_request_t;
 
 /* Limits and outcome codes. */
@@ -45,8 +46,18 @@ typedef struct fo_http_parser fo_http_parser_t;
  * (fo_http_parser_feed then returns how many bytes it consumed). */
 typedef int (*fo_http_request_cb)(void *ud, fo_http_request_t *req);
 
+/* Optional: called once per request when its headers are complete, before
+ * any body byte is read, with the same ud. `req` has everything but the
+ * body (and keep_alive/upgrade); it is valid during the call only and must
+ * not be modified. Return 0 to read the body and go on, non-zero to refuse
+ * it: fo_http_parser_feed then returns -ECANCELED and the parser takes no
+ * more bytes (the body was not consumed, so the connection cannot be
+ * reused); the callback answers the request itself. */
+typedef int (*fo_http_headers_cb)(void *ud, const fo_http_request_t *req);
+
 fo_http_parser_t *fo_http_parser_new(const fo_http_limits_t *limits, fo_http_request_cb cb,
                                      void *ud);
+void fo_http_parser_on_headers(fo_http_parser_t *p, fo_http_headers_cb cb);
 void fo_http_parser_free(fo_http_parser_t *p);
 
 /* Feeds bytes. Returns bytes consumed (< n when paused by the callback or
@@ -54,7 +65,8 @@ void fo_http_parser_free(fo_http_parser_t *p);
  *   -EMSGSIZE  headers over the limit (431) or body over the limit (413;
  *              reported as soon as Content-Length declares it)
  *   -EPROTO    malformed request (400); fo_http_parser_error() says why
- *   -ENOTSUP   unsupported method or version (501 / 505) */
+ *   -ENOTSUP   unsupported method or version (501 / 505)
+ *   -ECANCELED the headers callback refused the request (it answered) */
 ssize_t fo_http_parser_feed(fo_http_parser_t *p, const char *data, size_t n);
 /* True when the request that caused -EMSGSIZE was over the body limit. */
 bool fo_http_parser_body_too_large(const fo_http_parser_t *p);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -134,13 +135,41 @@ static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const
   FO_LOG_(lvl, "kafka", "librdkafka", "fac=%s detail=\"%s\"", fac, buf);
 }
 
-static int set(rd_kafka_conf_t *conf, const char *k, const char *v, char *err, size_t errlen) {
-  char why[256];
-  if (rd_kafka_conf_set(conf, k, v, why, sizeof(why)) != RD_KAFKA_CONF_OK) {
-    snprintf(err, errlen, "kafka setting %s=%s: %s", k, v, why);
-    return -EINVAL;
+/* Settings whose value may be a credential: their values never reach an
+ * error message. */
+static bool secret_setting(const char *k) {
+  static const char *const prefixes[] = {"sasl.", "ssl.key.", "ssl.keystore.", "ssl_key"};
+  static const char *const parts[] = {"password", "secret", "token", "credential", "private"};
+  for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++) {
+    if (strncasecmp(k, prefixes[i], strlen(prefixes[i])) == 0)
+      return true;
   }
-  return 0;
+  for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+    if (strcasestr(k, parts[i]) != NULL)
+      return true;
+  }
+  size_t len = strlen(k);
+  return len >= 4 && strcasecmp(k + len - 4, ".pem") == 0;
+}
+
+/* `redact`: the value comes from the operator and may be a secret under a
+ * misspelled name (e.g. sasl.pasword=...): print it only when the key is
+ * known and not secret-looking. librdkafka's reason may quote the value, so
+ * it is dropped too when it does. */
+static int set(rd_kafka_conf_t *conf, const char *k, const char *v, bool redact, char *err,
+               size_t errlen) {
+  char why[256];
+  rd_kafka_conf_res_t res = rd_kafka_conf_set(conf, k, v, why, sizeof(why));
+  if (res == RD_KAFKA_CONF_OK)
+    return 0;
+  if (redact && (res == RD_KAFKA_CONF_UNKNOWN || secret_setting(k))) {
+    if (v[0] != '\0' && strstr(why, v) != NULL)
+      snprintf(why, sizeof(why), "invalid value");
+    snprintf(err, errlen, "kafka setting %s=<hidden>: %s", k, why);
+  } else {
+    snprintf(err, errlen, "kafka setting %s=%s: %s", k, v, why);
+  }
+  return -EINVAL;
 }
 
 rd_kafka_conf_t *fo_kafka_conf_new(fo_kafka_role_t role, const char *bootstrap,
@@ -168,31 +197,38 @@ rd_kafka_conf_t *fo_kafka_conf_new(fo_kafka_role_t role, const char *bootstrap,
     return NULL;
   }
   rd_kafka_conf_set_log_cb(conf, on_kafka_log);
-  if (set(conf, "bootstrap.servers", bootstrap, err, errlen) != 0 ||
-      set(conf, "client.id", client_id, err, errlen) != 0 ||
-      set(conf, "socket.keepalive.enable", "true", err, errlen) != 0 ||
-      set(conf, "reconnect.backoff.max.ms", "2000", err, errlen) != 0)
+  if (set(conf, "bootstrap.servers", bootstrap, false, err, errlen) != 0 ||
+      set(conf, "client.id", client_id, false, err, errlen) != 0 ||
+      set(conf, "socket.keepalive.enable", "true", false, err, errlen) != 0 ||
+      set(conf, "reconnect.backoff.max.ms", "2000", false, err, errlen) != 0)
     goto fail;
   if (role == FO_KAFKA_PRODUCER) {
     for (size_t i = 0; i < sizeof(producer) / sizeof(producer[0]); i++) {
-      if (set(conf, producer[i][0], producer[i][1], err, errlen) != 0)
+      if (set(conf, producer[i][0], producer[i][1], false, err, errlen) != 0)
         goto fail;
     }
   } else {
     for (size_t i = 0; i < sizeof(consumer) / sizeof(consumer[0]); i++) {
-      if (set(conf, consumer[i][0], consumer[i][1], err, errlen) != 0)
+      if (set(conf, consumer[i][0], consumer[i][1], false, err, errlen) != 0)
         goto fail;
     }
   }
+  int pos = 0;
   for (char *const *o = overrides; o != NULL && *o != NULL; o++) {
     const char *eq = strchr(*o, '=');
+    pos++;
+    /* Never the item itself: it may be the tail of a password cut at a comma. */
     if (eq == NULL || eq == *o) {
-      snprintf(err, errlen, "kafka setting '%s': expected key=value", *o);
+      snprintf(err, errlen, "kafka setting #%d: expected key=value", pos);
       goto fail;
     }
     char key[128];
+    if ((size_t)(eq - *o) >= sizeof(key)) {
+      snprintf(err, errlen, "kafka setting #%d: key too long", pos);
+      goto fail;
+    }
     snprintf(key, sizeof(key), "%.*s", (int)(eq - *o), *o);
-    if (set(conf, key, eq + 1, err, errlen) != 0)
+    if (set(conf, key, eq + 1, true, err, errlen) != 0)
       goto fail;
   }
   return conf;

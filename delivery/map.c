@@ -1,14 +1,16 @@
-/* Linear probing with backward-shift deletion; load factor <= 1/2. */
+/* Linear probing with backward-shift deletion; load factor <= 1/2. Keys
+ * come from clients, so the hash is seeded per process (hash.h): with a
+ * public hash, colliding names would pile into one probe cluster. */
 #include "map.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "partition.h"
+#include "hash.h"
 
 uint32_t fo_map_hash(const char *key, size_t len) {
-  return fo_hash32(key, len);
+  return fo_hash_private(key, len);
 }
 
 fo_mapent_t *fo_map_get(const fo_map_t *map, const char *key, size_t len, uint32_t hash) {

@@ -20,6 +20,7 @@ typedef struct fo_map {
   uint32_t count;
 } fo_map_t;
 
+/* Seeded per process (hash.h): store it in entries, never outside. */
 uint32_t fo_map_hash(const char *key, size_t len);
 /* Returns the entry with this key, or NULL. */
 fo_mapent_t *fo_map_get(const fo_map_t *map, const char *key, size_t len, uint32_t hash);

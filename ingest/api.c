@@ -63,6 +63,7 @@ struct fo_api {
   uint64_t *c_route[8];
   uint64_t *c_timeouts;
   int64_t *g_jobs;
+  int64_t *g_idem_keys, *g_idem_bytes;
   char retry_after[48];
 };
 
@@ -127,6 +128,9 @@ size_t fo__api_pending(const fo_api_t *api) { return api->pending; }
 static void on_collect(void *ud) {
   fo_api_t *api = ud;
   *api->g_jobs = (int64_t)api->pending;
+  fo_idem_t *idem = api->ing->idem;
+  *api->g_idem_keys = idem != NULL ? (int64_t)fo__idem_size(idem) : 0;
+  *api->g_idem_bytes = idem != NULL ? (int64_t)fo__idem_bytes(idem) : 0;
 }
 
 /* ---- jobs ---------------------------------------------------------------------- */
@@ -166,6 +170,7 @@ static void job_answer(job_t *job) {
   fo_sb_t body;
   fo_sb_init(&body);
   int status;
+  int accepted = 0; /* items Kafka has */
   const char *extra = NULL;
   char idtxt[FO_ID_STR_LEN + 1];
   for (int i = 0; i < job->n; i++) {
@@ -179,6 +184,7 @@ static void job_answer(job_t *job) {
     result_t *r = &job->results[0];
     status = r->status;
     if (status == 202) {
+      accepted++;
       fo_id_format(r->id, idtxt);
       fo_sb_printf(&body, "{\"id\":\"%s\"}", idtxt);
     } else {
@@ -195,6 +201,7 @@ static void job_answer(job_t *job) {
       if (i > 0)
         fo_sb_putc(&body, ',');
       if (r->status == 202) {
+        accepted++;
         fo_id_format(r->id, idtxt);
         fo_sb_printf(&body, "{\"id\":\"%s\",\"status\":202}", idtxt);
       } else {
@@ -214,8 +221,11 @@ static void job_answer(job_t *job) {
     fo_sb_puts(&body, "{\"error\":\"out of memory\"}");
   }
   if (job->idem != NULL) {
-    /* Cache what Kafka has (2xx, 207 included); errors worth retrying are not cached. */
-    bool cache = status < 300;
+    /* Cache only a reply that produced something (202, or a 207 with at
+     * least one item in Kafka), since its retry must not produce it twice.
+     * A reply that produced nothing is cheap to recompute, and caching it
+     * would let tiny requests pin large bodies (M3). */
+    bool cache = accepted > 0 && (status == 202 || status == 207);
     fo__idem_finish(ing->idem, job->idem, fo_now_ms(), status, extra, body.data, body.len, cache);
     job->idem = NULL;
   }
@@ -601,59 +611,91 @@ static void handle_presence(fo_ingest_t *ing, fo_reply_t *reply, const char *raw
   fo__presence_get(ing->presence, user, (size_t)len, reply);
 }
 
+static int route_of(const char *path) {
+  if (strcmp(path, "/v1/send") == 0)
+    return R_SEND;
+  if (strcmp(path, "/v1/broadcast") == 0)
+    return R_BROADCAST;
+  if (strcmp(path, "/v1/batch") == 0)
+    return R_BATCH;
+  if (strncmp(path, "/v1/presence/", 13) == 0 && path[13] != '\0' &&
+      strchr(path + 13, '/') == NULL)
+    return R_PRESENCE;
+  if (strcmp(path, "/healthz") == 0)
+    return R_HEALTHZ;
+  if (strcmp(path, "/readyz") == 0)
+    return R_READYZ;
+  if (strcmp(path, "/metrics") == 0)
+    return R_METRICS;
+  return R_OTHER;
+}
+
+/* The Allow header when the method does not fit the route, else NULL. */
+static const char *disallowed(int route, const char *method) {
+  bool post = route == R_SEND || route == R_BROADCAST || route == R_BATCH;
+  if (post && strcmp(method, "POST") != 0)
+    return "Allow: POST\r\n";
+  if (!post && strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+    return "Allow: GET, HEAD\r\n";
+  return NULL;
+}
+
+/* The API key of a /v1 request: its index, or -1 with *why set (401).
+ * `reply` serves only to reach the connection's memo of its last key. */
+static int authenticate(fo_ingest_t *ing, fo_reply_t *reply, const fo_http_request_t *req,
+                        const char **why) {
+  const char *token = fo_http_bearer(req);
+  if (token == NULL) {
+    *why = "missing API key (Authorization: Bearer <key>)";
+    return -1;
+  }
+  size_t token_len = strlen(token);
+  int key_index = fo__reply_auth_cached(reply, token, token_len);
+  if (key_index < 0) {
+    key_index = fo__auth_check(ing->auth, token, token_len);
+    if (key_index >= 0)
+      fo__reply_auth_remember(reply, token, token_len, key_index);
+  }
+  if (key_index < 0)
+    *why = "invalid API key";
+  return key_index;
+}
+
+const char *fo__api_refuse_body(fo_ingest_t *ing, fo_reply_t *memo, const fo_http_request_t *req) {
+  fo_api_t *api = ing->api;
+  int route = route_of(req->path);
+  if (!req->body_follows || route == R_OTHER || strncmp(req->path, "/v1/", 4) != 0 ||
+      disallowed(route, req->method) != NULL)
+    return NULL; /* answered as usual once the request is complete */
+  const char *why = NULL;
+  if (authenticate(ing, memo, req, &why) >= 0)
+    return NULL;
+  if (api->c_route[route] != NULL)
+    (*api->c_route[route])++;
+  return why;
+}
+
 void fo__api_handle(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_t *req) {
   fo_api_t *api = ing->api;
   const char *path = req->path;
-  int route = R_OTHER;
-  const char *allow = NULL;
-  bool is_v1 = strncmp(path, "/v1/", 4) == 0;
-  if (strcmp(path, "/v1/send") == 0)
-    route = R_SEND;
-  else if (strcmp(path, "/v1/broadcast") == 0)
-    route = R_BROADCAST;
-  else if (strcmp(path, "/v1/batch") == 0)
-    route = R_BATCH;
-  else if (strncmp(path, "/v1/presence/", 13) == 0 && path[13] != '\0' &&
-           strchr(path + 13, '/') == NULL)
-    route = R_PRESENCE;
-  else if (strcmp(path, "/healthz") == 0)
-    route = R_HEALTHZ;
-  else if (strcmp(path, "/readyz") == 0)
-    route = R_READYZ;
-  else if (strcmp(path, "/metrics") == 0)
-    route = R_METRICS;
+  int route = route_of(path);
   if (api->c_route[route] != NULL)
     (*api->c_route[route])++;
   if (route == R_OTHER) {
     fo__reply_error(reply, 404, "not found", NULL);
     return;
   }
-  bool post = route == R_SEND || route == R_BROADCAST || route == R_BATCH;
-  if (post && strcmp(req->method, "POST") != 0)
-    allow = "Allow: POST\r\n";
-  else if (!post && strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0)
-    allow = "Allow: GET, HEAD\r\n";
+  const char *allow = disallowed(route, req->method);
   if (allow != NULL) {
     fo__reply_error(reply, 405, "method not allowed", allow);
     return;
   }
   int key_index = -1;
-  if (is_v1) {
-    const char *token = fo_http_bearer(req);
-    if (token == NULL) {
-      fo__reply_error(reply, 401, "missing API key (Authorization: Bearer <key>)",
-                      "WWW-Authenticate: Bearer\r\n");
-      return;
-    }
-    size_t token_len = strlen(token);
-    key_index = fo__reply_auth_cached(reply, token, token_len);
+  if (strncmp(path, "/v1/", 4) == 0) {
+    const char *why = NULL;
+    key_index = authenticate(ing, reply, req, &why);
     if (key_index < 0) {
-      key_index = fo__auth_check(ing->auth, token, token_len);
-      if (key_index >= 0)
-        fo__reply_auth_remember(reply, token, token_len, key_index);
-    }
-    if (key_index < 0) {
-      fo__reply_error(reply, 401, "invalid API key", "WWW-Authenticate: Bearer\r\n");
+      fo__reply_error(reply, 401, why, "WWW-Authenticate: Bearer\r\n");
       return;
     }
   }
@@ -703,7 +745,12 @@ int fo__api_new(fo_ingest_t *ing, fo_api_t **out) {
                                        "Messages answered 503 at the produce deadline");
   api->g_jobs = fo_metrics_gauge(ing->metrics, "fanout_ingest_requests_waiting",
                                  "HTTP requests waiting for Kafka acknowledgements");
-  if (api->c_timeouts == NULL || api->g_jobs == NULL ||
+  api->g_idem_keys = fo_metrics_gauge(ing->metrics, "fanout_ingest_idempotency_keys",
+                                      "Idempotency-Keys remembered");
+  api->g_idem_bytes = fo_metrics_gauge(ing->metrics, "fanout_ingest_idempotency_bytes",
+                                       "Bytes held by the Idempotency-Key cache");
+  if (api->c_timeouts == NULL || api->g_jobs == NULL || api->g_idem_keys == NULL ||
+      api->g_idem_bytes == NULL ||
       fo_metrics_on_collect(ing->metrics, on_collect, api) != 0) {
     free(api);
     return -ENOMEM;

@@ -48,6 +48,7 @@ typedef struct fo_ingest_cfg {
   int64_t batch_max_items;
   int64_t idempotency_window_s;
   int64_t idempotency_max_keys;
+  int64_t idempotency_max_bytes;
   char *topic_users;
   char *topic_rooms;
   char *topic_intake;
@@ -129,6 +130,12 @@ int fo__api_new(fo_ingest_t *ing, fo_api_t **out);
 /* Stops the deadline timer (closing it); memory goes in fo__api_free. */
 void fo__api_close(fo_api_t *api);
 void fo__api_free(fo_api_t *api);
+/* Called when a request's headers are complete, before its body is read:
+ * returns NULL to read the body, or the reason to answer 401 at once (a
+ * /v1 request with a body and no valid API key), so that unauthenticated
+ * clients cannot make us buffer bodies. `memo` only reaches the
+ * connection's API key memo; nothing is sent on it. */
+const char *fo__api_refuse_body(fo_ingest_t *ing, fo_reply_t *memo, const fo_http_request_t *req);
 /* Handles one complete request. `req` is valid only during the call. */
 void fo__api_handle(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_t *req);
 /* Counts a response by status code (also used by server.c for its own). */
@@ -158,7 +165,9 @@ typedef enum {
   FO_IDEM_FULL,      /* cache full of pending entries: run without caching */
 } fo_idem_result_t;
 
-int fo__idem_new(size_t max_keys, uint64_t window_ms, fo_idem_t **out);
+/* At most max_keys entries holding at most max_bytes (keys, cached bodies
+ * and bookkeeping). */
+int fo__idem_new(size_t max_keys, size_t max_bytes, uint64_t window_ms, fo_idem_t **out);
 void fo__idem_free(fo_idem_t *idem);
 /* `key` scopes the entry (caller includes API key and route); `fingerprint`
  * identifies the request body. Takes nothing from the caller; on FO_IDEM_DONE
@@ -167,10 +176,14 @@ fo_idem_result_t fo__idem_begin(fo_idem_t *idem, uint64_t now_ms, const char *ke
                                 uint32_t fingerprint, fo_reply_t *reply,
                                 fo_idem_entry_t **entry);
 /* Ends a pending entry: replies to its waiters with the same response and
- * keeps it for the window when `cache` (else forgets it). */
+ * keeps it for the window when `cache` (else forgets it). It is forgotten
+ * too when it cannot fit the byte budget even after evicting finished
+ * entries. */
 void fo__idem_finish(fo_idem_t *idem, fo_idem_entry_t *entry, uint64_t now_ms, int status,
                      const char *extra_headers, const void *body, size_t body_len, bool cache);
 size_t fo__idem_size(const fo_idem_t *idem);
+/* Bytes charged to the cache (<= max_bytes). */
+size_t fo__idem_bytes(const fo_idem_t *idem);
 
 /* ---- producer.c ---------------------------------------------------------- */
 

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,7 @@ static const fo_cfg_field_t fields[] = {
     F("batch-max-items", FO_CFG_INT, batch_max_items, 1, 100000, "1000", "messages in one /v1/batch"),
     F("idempotency-window-s", FO_CFG_INT, idempotency_window_s, 0, 86400, "300", "how long an Idempotency-Key is remembered (0: ignored)"),
     F("idempotency-max-keys", FO_CFG_INT, idempotency_max_keys, 1, 10000000, "100000", "Idempotency-Keys remembered at most"),
+    F("idempotency-max-bytes", FO_CFG_INT, idempotency_max_bytes, 65536, INT64_C(1) << 40, "67108864", "memory the Idempotency-Key cache may hold (keys + cached replies); oldest finished entries are evicted beyond it"),
     F("topic-users", FO_CFG_STR, topic_users, 1, 249, "fanout.users", "topic for /v1/send"),
     F("topic-rooms", FO_CFG_STR, topic_rooms, 1, 249, "fanout.rooms", "topic for /v1/broadcast"),
     F("topic-intake", FO_CFG_STR, topic_intake, 1, 249, "fanout.intake", "topic the intake consumes"),
@@ -52,7 +54,7 @@ static const fo_cfg_field_t fields[] = {
     F("queue-max-kbytes", FO_CFG_INT, queue_max_kbytes, 1, 2147483647, "1048576", "producer queue.buffering.max.kbytes"),
     F("metadata-refresh-ms", FO_CFG_INT, metadata_refresh_ms, 1000, 3600000, "30000", "how often partition counts are refreshed"),
     F("stats-interval-ms", FO_CFG_INT, stats_interval_ms, 100, 60000, "1000", "producer statistics interval (readiness)"),
-    F("kafka-options", FO_CFG_STR, kafka_options, 0, 0, "", "extra librdkafka settings k=v,k=v (win over ours)"),
+    F("kafka-options", FO_CFG_STR, kafka_options, 0, 0, "", "extra librdkafka settings k=v,k=v (win over ours; write a comma inside a value as \\,)"),
     F("redis-timeout-ms", FO_CFG_INT, redis_timeout_ms, 10, 60000, "1000", "Redis connect and command timeout"),
     F("shutdown-timeout-ms", FO_CFG_INT, shutdown_timeout_ms, 0, 600000, "10000", "longest wait for in-flight work at shutdown"),
     F("reuseport", FO_CFG_BOOL, reuseport, 0, 0, "true", "SO_REUSEPORT: processes share the port"),
@@ -70,6 +72,23 @@ static int finalize(void *p, char *err, size_t errlen) {
     snprintf(err, errlen, "log-level=%s: must be debug, info, warn or error", cfg->log_level);
     return -EINVAL;
   }
+  /* Checked here so that the position is that of --kafka-options; the item
+   * itself is not printed (it may be the tail of a password). */
+  char **opts = NULL;
+  int nopts = fo_cfg_list_split(cfg->kafka_options, &opts);
+  if (nopts < 0) {
+    snprintf(err, errlen, "out of memory");
+    return -ENOMEM;
+  }
+  for (int i = 0; i < nopts; i++) {
+    if (opts[i][0] == '=' || strchr(opts[i], '=') == NULL) {
+      snprintf(err, errlen, "kafka-options: item %d is not key=value (a comma inside a value is "
+               "written \\,)", i + 1);
+      fo_cfg_list_free(opts);
+      return -EINVAL;
+    }
+  }
+  fo_cfg_list_free(opts);
   const char *topics[] = {cfg->topic_users, cfg->topic_rooms, cfg->topic_intake, cfg->topic_dlq};
   for (size_t i = 0; i < 4; i++) {
     for (size_t j = i + 1; j < 4; j++) {
@@ -177,8 +196,8 @@ int main(int argc, char **argv) {
   if (fo__auth_count(ing.auth) == 0)
     FO_LOG_WARN("main", "no API keys configured: every /v1 request is answered 401", "keys=0");
   if (cfg.idempotency_window_s > 0 &&
-      fo__idem_new((size_t)cfg.idempotency_max_keys, (uint64_t)cfg.idempotency_window_s * 1000,
-                   &ing.idem) != 0) {
+      fo__idem_new((size_t)cfg.idempotency_max_keys, (size_t)cfg.idempotency_max_bytes,
+                   (uint64_t)cfg.idempotency_window_s * 1000, &ing.idem) != 0) {
     fprintf(stderr, "fanout-ingest: out of memory\n");
     goto out;
   }

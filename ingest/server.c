@@ -359,6 +359,28 @@ static int on_request(void *ud, fo_http_request_t *req) {
   return 0;
 }
 
+/* The request's headers are in: refuse a /v1 body from a client without a
+ * valid API key before buffering any of it. */
+static int on_headers(void *ud, const fo_http_request_t *req) {
+  fo_conn_t *conn = ud;
+  fo_server_t *srv = conn->srv;
+  struct fo_reply memo = {.conn = conn}; /* reaches the key memo; never queued */
+  const char *why = fo__api_refuse_body(srv->ing, &memo, req);
+  if (why == NULL)
+    return 0;
+  /* The body stays unread, so nothing after it can be parsed: answer and
+   * close (conn_feed sees -ECANCELED). */
+  conn->no_more = true;
+  fo_reply_t *reply = reply_new(conn, false);
+  if (reply == NULL) {
+    conn_close(conn);
+    return 1;
+  }
+  reply->head = strcmp(req->method, "HEAD") == 0;
+  fo__reply_error(reply, 401, why, "WWW-Authenticate: Bearer\r\n");
+  return 1;
+}
+
 /* Answers a protocol error in order (after the replies already queued) and
  * stops reading requests from this connection. */
 static void conn_protocol_error(fo_conn_t *conn, int status, const char *msg) {
@@ -402,6 +424,13 @@ static void conn_feed(fo_conn_t *conn, const char *data, size_t n) {
   conn->in_feed = false;
   if (conn->closing)
     return;
+  if (used == -ECANCELED) { /* refused after its headers, and answered */
+    conn->paused = true;
+    conn->req_start_ms = 0;
+    conn_read_stop(conn);
+    conn_flush(conn);
+    return;
+  }
   if (used < 0) {
     int status = 400;
     if (used == -EMSGSIZE)
@@ -556,6 +585,7 @@ static void on_connection(uv_stream_t *ls, int status) {
     conn_close(conn);
     return;
   }
+  fo_http_parser_on_headers(conn->parser, on_headers);
   uv_tcp_nodelay(&conn->tcp, 1);
   conn->last_active_ms = now_ms(srv);
   (*srv->c_accepted)++;

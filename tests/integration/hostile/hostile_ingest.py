@@ -8,6 +8,7 @@ bystander keeps receiving every accepted message through delivery:
   connections past --max-connections          -> 503 and closed; the
                                                  established ones keep working
   malformed HTTP, bad JSON, bad keys          -> the documented 4xx, JSON errors
+                                                 (a bad key: 401 from the headers alone)
 and ingest still shuts down cleanly (exit 0) at the end."""
 
 import json
@@ -204,6 +205,12 @@ def test_malformed_http_and_bad_requests():
          + good, (401,)),
         ("wrong API key", ("POST /v1/send HTTP/1.1\r\nAuthorization: Bearer nope\r\n"
                            "Content-Length: %d\r\n\r\n" % len(good)).encode() + good, (401,)),
+        # refused from the headers alone: the body is never sent (and 401 comes before 413)
+        ("wrong API key, 1 MB body not sent",
+         b"POST /v1/send HTTP/1.1\r\nAuthorization: Bearer nope\r\nContent-Length: 1000000\r\n\r\n",
+         (401,)),
+        ("no API key, chunked body not sent",
+         b"POST /v1/batch HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", (401,)),
         ("GET on /v1/send", ("GET /v1/send HTTP/1.1\r\n%s\r\n" % key).encode(), (405,)),
         ("unknown path", b"GET /nope HTTP/1.1\r\n\r\n", (404,)),
     ]

@@ -187,6 +187,117 @@ def test_auth():
     c.close()
 
 
+def _read_head(s):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        b = s.recv(4096)
+        if not b:
+            break
+        data += b
+    return data
+
+
+def _closed(s, seconds):
+    """True when the peer closes s within seconds (whatever it sends first)."""
+    s.settimeout(ft.scaled(seconds))
+    try:
+        while s.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_bad_key_is_refused_before_the_body():
+    """401 right after the headers: the declared body is never sent, and the
+    connection closes after the reply (the body was not consumed)."""
+    for auth in (b"Authorization: Bearer wrong\r\n", b"", b"Authorization: Basic abc\r\n"):
+        for extra in (b"", b"Expect: 100-continue\r\n"):
+            s = socket.create_connection((HOST, PORT), timeout=ft.scaled(5))
+            s.sendall(b"POST /v1/send HTTP/1.1\r\nHost: x\r\n" + auth + extra +
+                      b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+            head = _read_head(s)
+            assert head.startswith(b"HTTP/1.1 401 "), (auth, extra, head)
+            assert b"WWW-Authenticate: Bearer" in head and b"Connection: close" in head, head
+            assert _closed(s, 5), "still open after the 401"
+            s.close()
+    # the same for a chunked body and for /v1/batch
+    s = socket.create_connection((HOST, PORT), timeout=ft.scaled(5))
+    s.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n")
+    assert _read_head(s).startswith(b"HTTP/1.1 401 ")
+    s.close()
+    # good keys: 100-continue is still offered, and pipelining still works
+    s = socket.create_connection((HOST, PORT), timeout=ft.scaled(5))
+    body = b'{"user":"cont-%s","data":1}' % RUN.encode()
+    s.sendall(b"POST /v1/send HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+              L.API_KEY.encode() + b"\r\nExpect: 100-continue\r\n"
+              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+    assert _read_head(s).startswith(b"HTTP/1.1 100 Continue"), "no 100 Continue"
+    s.sendall(body)
+    head = _read_head(s)
+    assert head.startswith(b"HTTP/1.1 202 "), head
+    s.close()
+    one = (b"POST /v1/send HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + L.API_KEY.encode() +
+           b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) +
+           body)
+    out = L.raw(HOST, PORT, one * 3, responses=3)
+    assert [r[0] for r in L.parse_responses(out)] == [202, 202, 202], out[:300]
+    # a bad key behind good pipelined requests: they are answered, then the 401
+    out = L.raw(HOST, PORT, one * 2 + b"POST /v1/send HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: 500000\r\n\r\n", responses=3)
+    assert [r[0] for r in L.parse_responses(out)] == [202, 202, 401], out[:300]
+
+
+def _rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_unauthenticated_bodies_are_not_buffered():
+    """30 clients with a bad key each send ~1 MB of a 1 MB body and stall:
+    nothing of it is held (before: ~1 MB buffered per connection)."""
+    other = L.start_ingest(KAFKA, None, ["--intake", "false", "--max-body-bytes", "1048576"],
+                           name="ingest-l1")
+    L.wait_ready(other.host, other.port)
+    before = _rss_kb(other.pid)
+    chunk = b"x" * 65536
+    socks = []
+    for _ in range(30):
+        s = socket.create_connection((other.host, other.port), timeout=ft.scaled(5))
+        s.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n"
+                  b"Content-Length: 1000000\r\n\r\n")
+        try:
+            for _ in range(15):  # 983040 bytes, not all of it
+                s.sendall(chunk)
+        except OSError:
+            pass  # the server may already have closed after its 401
+        socks.append(s)
+    # what the server holds once it has read what the sockets carry: the
+    # largest growth seen over a second
+    grown = 0
+    deadline = time.time() + ft.scaled(1.0)
+    while time.time() < deadline:
+        grown = max(grown, _rss_kb(other.pid) - before)
+        time.sleep(0.05)
+    ft.log("RSS grew by %d KiB for 30 stalled unauthenticated bodies" % grown)
+    assert grown < 10 * 1024, "RSS grew by %d KiB" % grown
+    for s in socks:
+        s.settimeout(ft.scaled(5))
+        try:
+            head = _read_head(s)
+        except ConnectionResetError:
+            head = b"reset"
+        assert head.startswith(b"HTTP/1.1 401 ") or head == b"reset", head[:100]
+        s.close()
+    assert other.stop() == 0
+
+
 def test_not_found_and_method_not_allowed():
     c = client()
     assert_error(c.get("/"), 404)
@@ -285,6 +396,71 @@ def test_idempotency_key():
     assert len(recs) == 2, recs  # one per API key, not one per request
     assert_error(c.post("/v1/send", body, headers={"Idempotency-Key": "k" * 300}), 400)
     c.close()
+
+
+def metric(host, port, name):
+    """The value of an unlabelled metric from /metrics (None when absent)."""
+    c = L.Client(host, port, key=None)
+    text = c.get("/metrics").body.decode()
+    c.close()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_idempotency_reply_that_produced_nothing_is_not_cached():
+    c = client()
+    key = "idem-bad-" + RUN
+    keys0 = metric(HOST, PORT, "fanout_ingest_idempotency_keys")
+    r1 = c.post("/v1/batch", {"messages": [1, {"user": ""}, "x"]},
+                headers={"Idempotency-Key": key})
+    assert r1.status == 207, r1.body
+    assert all(it["status"] == 400 for it in r1.json["results"]), r1.body
+    assert r1.getheader("Idempotent-Replayed") is None
+    keys1 = metric(HOST, PORT, "fanout_ingest_idempotency_keys")
+    # the same key with a valid body is a new request, produced (not 422, not a replay)
+    user = "idem-fixed-" + RUN
+    r2 = c.post("/v1/batch", {"messages": [{"user": user, "data": 1}]},
+                headers={"Idempotency-Key": key})
+    assert r2.status == 202, r2.body
+    assert r2.getheader("Idempotent-Replayed") is None
+    L.find_by_id(KAFKA, "fanout.users", r2.json["results"][0]["id"])
+    assert keys0 is not None and keys1 == keys0, (keys0, keys1)  # nothing was kept
+    # a 207 in which one item reached Kafka is kept (its retry must not produce twice)
+    key3 = "idem-mixed-" + RUN
+    body3 = {"messages": [{"user": user, "data": 2}, 1]}
+    r3 = c.post("/v1/batch", body3, headers={"Idempotency-Key": key3})
+    assert r3.status == 207, r3.body
+    r4 = c.post("/v1/batch", body3, headers={"Idempotency-Key": key3})
+    assert r4.status == 207 and r4.getheader("Idempotent-Replayed") == "true", r4.getheaders()
+    assert r4.json == r3.json
+    c.close()
+
+
+def test_idempotency_cache_stays_within_its_byte_budget():
+    budget = 200000
+    other = L.start_ingest(KAFKA, None, ["--intake", "false", "--batch-max-items", "1000",
+                                         "--idempotency-max-bytes", str(budget)],
+                           name="ingest-idem-bytes")
+    L.wait_ready(other.host, other.port)
+    c = L.Client(other.host, other.port)
+    # one valid item and 999 invalid ones: ~54 KB of reply cached per ~3 KB request
+    user = "idem-big-" + RUN
+    for i in range(20):
+        body = {"messages": [{"user": user, "data": i}] + [1] * 999}
+        r = c.post("/v1/batch", body, headers={"Idempotency-Key": "big-%d" % i})
+        assert r.status == 207, r.body[:200]
+        assert len(r.body) > 50000
+        held = metric(other.host, other.port, "fanout_ingest_idempotency_bytes")
+        assert held is not None and 0 < held <= budget, held
+    keys = metric(other.host, other.port, "fanout_ingest_idempotency_keys")
+    assert 1 <= keys <= budget // 50000, keys
+    # the newest reply is still replayed, the oldest was evicted
+    r = c.post("/v1/batch", body, headers={"Idempotency-Key": "big-19"})
+    assert r.getheader("Idempotent-Replayed") == "true"
+    c.close()
+    assert other.stop() == 0
 
 
 # ---- presence -----------------------------------------------------------------------------
@@ -468,6 +644,26 @@ def test_bad_command_line_exits_2():
     c = L.Client(pr.host, pr.port, key="envkey")
     assert c.post("/v1/send", {"user": "env-" + RUN, "data": 1}).status == 202
     c.close()
+    assert pr.stop() == 0
+
+
+def test_kafka_option_errors_do_not_print_secrets():
+    import subprocess
+    exe = ft.find_binary("fanout-ingest")
+    # a password cut at an unescaped comma, a misspelled secret setting
+    for opts in ("sasl.password=abc,hunter2", "sasl.pasword=hunter2"):
+        p = subprocess.run([exe, "--kafka", KAFKA, "--intake", "false",
+                            "--listen", "127.0.0.1:0", "--kafka-options", opts],
+                           capture_output=True, text=True, timeout=20)
+        assert p.returncode == 2, (opts, p.returncode, p.stderr)
+        assert "hunter2" not in p.stdout + p.stderr, p.stderr
+        assert "kafka" in p.stderr, p.stderr
+    # "\," keeps the comma in the value: the process starts
+    port = ft.free_port()
+    pr = ft.start_service("fanout-ingest", "ingest-kopts",
+                          ["--listen", "127.0.0.1:%d" % port, "--kafka", KAFKA,
+                           "--intake", "false", "--api-keys", L.API_KEY,
+                           "--kafka-options", "client.rack=r\\,1,linger.ms=2"])
     assert pr.stop() == 0
 
 

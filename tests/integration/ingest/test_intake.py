@@ -118,6 +118,40 @@ def test_offsets_are_committed():
                 if r["key"] is not None and r["key"] == ("bad-%s-0" % RUN).encode()]) == 1
 
 
+def test_dlq_log_line_escapes_record_bytes():
+    """jansson quotes up to 20 raw bytes of a bad record ("near '...'"): an
+    ESC and a forged '" level=error' must come out escaped, inside our own
+    reason="..." value, on one line."""
+    svc = state["svc"]
+    value = b'{"user":"\\" level=error\\u1\x1b[31m"}'
+    want = b'reason="invalid JSON: invalid escape near \'\\"\\\\\\" level=error\\\\u1\\x1b\''
+    found = None
+    deadline = time.time() + ft.scaled(30)
+    i = 0
+    while found is None and time.time() < deadline:
+        # DLQ lines are rate-limited to one a second: send again until ours is logged
+        L.produce(KAFKA, "fanout.intake", value, key="esc-%s-%d" % (RUN, i))
+        i += 1
+        until = time.time() + 1.5
+        while found is None and time.time() < until:
+            with open(svc.logpath, "rb") as f:
+                for line in f:
+                    if b"record to dlq" in line and want in line:
+                        found = line
+            time.sleep(0.1)
+    assert found is not None, "no escaped DLQ line in %s" % svc.logpath
+    assert b"\x1b" not in found and found.endswith(b"\n") and found.count(b"\n") == 1
+    # a logfmt reader sees our keys only: one level, the forged text inside reason
+    import re
+    pairs = re.findall(rb'(?:^| )([a-z_]+)=("(?:[^"\\]|\\.)*"|[^ "\n]*)(?= |\n)', found)
+    keys = [k for k, _v in pairs]
+    assert keys == [b"ts", b"level", b"mod", b"msg", b"partition", b"offset", b"reason",
+                    b"suppressed"], (keys, found)
+    assert dict(pairs)[b"level"] == b"info", found
+    with open(svc.logpath, "rb") as f:
+        assert b"\x1b" not in f.read()
+
+
 def test_a_burst_with_bad_records_mixed_in():
     svc = state["svc"]
     n = 60

@@ -17,6 +17,8 @@ typedef struct {
   int64_t ping_ms;
   bool origin_check;
   char *secret;
+  char *redis_password;
+  char *kafka_opts;
 } cfg_t;
 
 static const fo_cfg_field_t fields[] = {
@@ -24,6 +26,8 @@ static const fo_cfg_field_t fields[] = {
     {"ping-interval-ms", FO_CFG_INT, offsetof(cfg_t, ping_ms), 100, 600000, "30000", "ping"},
     {"origin-check", FO_CFG_BOOL, offsetof(cfg_t, origin_check), 0, 0, "false", "origin"},
     {"jwt-secret", FO_CFG_STR, offsetof(cfg_t, secret), 1, 4096, NULL, "secret"},
+    {"redis-password", FO_CFG_STR, offsetof(cfg_t, redis_password), 0, 8, "", "password"},
+    {"kafka-opts", FO_CFG_STR, offsetof(cfg_t, kafka_opts), 0, 24, "", "librdkafka k=v"},
 };
 #define NF (sizeof(fields) / sizeof(fields[0]))
 
@@ -117,6 +121,24 @@ static void config_errors_name_key_value_and_source(void **state) {
   fo_cfg_free(fields, NF, &cfg);
 }
 
+/* Passwords and Kafka option lists (which may carry SASL passwords) are not
+ * echoed when they are refused. */
+static void config_errors_hide_passwords_and_kafka_options(void **state) {
+  (void)state;
+  cfg_t cfg;
+  char err[256];
+  char *a1[] = {"prog", "--redis-password=hunter2hunter2"};
+  assert_int_equal(load(&cfg, 2, a1, err), -EINVAL);
+  assert_non_null(strstr(err, "redis-password=<hidden>"));
+  assert_null(strstr(err, "hunter2"));
+  fo_cfg_free(fields, NF, &cfg);
+  char *a2[] = {"prog", "--kafka-opts", "sasl.password=hunter2,acks=all"};
+  assert_int_equal(load(&cfg, 3, a2, err), -EINVAL);
+  assert_non_null(strstr(err, "kafka-opts=<hidden>"));
+  assert_null(strstr(err, "hunter2"));
+  fo_cfg_free(fields, NF, &cfg);
+}
+
 static void config_help_and_check(void **state) {
   (void)state;
   cfg_t cfg;
@@ -156,6 +178,12 @@ static void config_addr_ipv6_and_lists(void **state) {
   fo_cfg_list_free(list);
   assert_int_equal(fo_cfg_list_split("", &list), 0);
   fo_cfg_list_free(list);
+  /* "\\," keeps a comma inside an item (a SASL password with a comma) */
+  assert_int_equal(fo_cfg_list_split("sasl.password=a\\,b\\,, acks=all ,x=c:\\d", &list), 3);
+  assert_string_equal(list[0], "sasl.password=a,b,");
+  assert_string_equal(list[1], "acks=all");
+  assert_string_equal(list[2], "x=c:\\d");
+  fo_cfg_list_free(list);
 }
 
 int main(void) {
@@ -163,6 +191,7 @@ int main(void) {
       cmocka_unit_test_teardown(config_defaults_apply, teardown_env),
       cmocka_unit_test_teardown(config_env_then_flag_wins, teardown_env),
       cmocka_unit_test_teardown(config_errors_name_key_value_and_source, teardown_env),
+      cmocka_unit_test(config_errors_hide_passwords_and_kafka_options),
       cmocka_unit_test(config_help_and_check),
       cmocka_unit_test(config_addr_ipv6_and_lists),
   };

@@ -86,6 +86,54 @@ static void http_refuses_declared_large_body_before_reading_it(void **state) {
   fo_http_parser_free(p);
 }
 
+typedef struct {
+  seen_t seen;
+  int calls;
+  bool body_follows;
+  char auth[64];
+} gate_t;
+
+/* Refuses requests without "Authorization: good" when a body follows. */
+static int on_headers(void *ud, const fo_http_request_t *req) {
+  gate_t *g = ud;
+  g->calls++;
+  g->body_follows = req->body_follows;
+  const char *a = fo_http_header(req, "authorization");
+  snprintf(g->auth, sizeof(g->auth), "%s", a ? a : "");
+  assert_int_equal(req->body.len, 0);
+  return req->body_follows && (a == NULL || strcmp(a, "good") != 0);
+}
+
+static int on_gated_request(void *ud, fo_http_request_t *req) {
+  return on_request(&((gate_t *)ud)->seen, req);
+}
+
+static void http_headers_callback_can_refuse_before_the_body(void **state) {
+  (void)state;
+  const fo_http_limits_t big = {1024, 1 << 20};
+  gate_t g = {0};
+  fo_http_parser_t *p = fo_http_parser_new(&big, on_gated_request, &g);
+  fo_http_parser_on_headers(p, on_headers);
+  /* accepted: pipelined requests go on as before, with and without bodies */
+  const char ok[] = "POST /a HTTP/1.1\r\nAuthorization: good\r\nContent-Length: 2\r\n\r\nhi"
+                    "GET /b HTTP/1.1\r\n\r\n";
+  assert_int_equal(fo_http_parser_feed(p, ok, sizeof(ok) - 1), (ssize_t)sizeof(ok) - 1);
+  assert_int_equal(g.calls, 2);
+  assert_int_equal(g.seen.count, 2);
+  assert_false(g.body_follows);
+  /* refused right after the headers: the body is neither needed nor read */
+  const char bad[] = "POST /c HTTP/1.1\r\nAuthorization: bad\r\nContent-Length: 1000000\r\n\r\n";
+  assert_int_equal(fo_http_parser_feed(p, bad, sizeof(bad) - 1), -ECANCELED);
+  assert_int_equal(g.calls, 3);
+  assert_true(g.body_follows);
+  assert_string_equal(g.auth, "bad");
+  assert_int_equal(g.seen.count, 2);
+  /* and nothing more is taken */
+  assert_int_equal(fo_http_parser_feed(p, "xxxx", 4), -ECANCELED);
+  assert_int_equal(g.seen.count, 2);
+  fo_http_parser_free(p);
+}
+
 static void http_refuses_chunked_body_over_limit(void **state) {
   (void)state;
   seen_t s = {0};
@@ -181,6 +229,7 @@ int main(void) {
       cmocka_unit_test(http_pipelined_and_chunked_with_pause),
       cmocka_unit_test(http_refuses_declared_large_body_before_reading_it),
       cmocka_unit_test(http_refuses_chunked_body_over_limit),
+      cmocka_unit_test(http_headers_callback_can_refuse_before_the_body),
       cmocka_unit_test(http_refuses_huge_headers),
       cmocka_unit_test(http_rejects_malformed),
       cmocka_unit_test(http_upgrade_leaves_the_rest),

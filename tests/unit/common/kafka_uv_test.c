@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "fixture_env.h"
 #include "kafka_uv.h"
 #include "log.h"
@@ -179,10 +180,55 @@ static void kafka_conf_rejects_bad_overrides(void **state) {
   assert_non_null(strstr(err, "not.a.real.property"));
 }
 
+/* Values of secret-looking or unknown settings, and malformed items (maybe
+ * the tail of a password cut at a comma), never reach the error text. */
+static void kafka_conf_errors_hide_secrets(void **state) {
+  (void)state;
+  char err[256];
+  char *typo[] = {"acks=all", "sasl.pasword=hunter2", NULL};
+  assert_null(fo_kafka_conf_new(FO_KAFKA_PRODUCER, "127.0.0.1:1", "x", typo, err, sizeof(err)));
+  assert_non_null(strstr(err, "sasl.pasword=<hidden>"));
+  assert_null(strstr(err, "hunter2"));
+  char *bad_val[] = {"sasl.kerberos.min.time.before.relogin=hunter2", NULL};
+  assert_null(fo_kafka_conf_new(FO_KAFKA_PRODUCER, "127.0.0.1:1", "x", bad_val, err, sizeof(err)));
+  assert_non_null(strstr(err, "relogin=<hidden>"));
+  assert_null(strstr(err, "hunter2"));
+  char *unknown[] = {"my.pasword=hunter2", NULL};
+  assert_null(fo_kafka_conf_new(FO_KAFKA_CONSUMER, "127.0.0.1:1", "x", unknown, err, sizeof(err)));
+  assert_non_null(strstr(err, "my.pasword"));
+  assert_null(strstr(err, "hunter2"));
+  char *cut[] = {"acks=all", "sasl.password=abc", "hunter2", NULL};
+  assert_null(fo_kafka_conf_new(FO_KAFKA_PRODUCER, "127.0.0.1:1", "x", cut, err, sizeof(err)));
+  assert_non_null(strstr(err, "#3"));
+  assert_non_null(strstr(err, "expected key=value"));
+  assert_null(strstr(err, "hunter2"));
+  char *nokey[] = {"=hunter2", NULL};
+  assert_null(fo_kafka_conf_new(FO_KAFKA_PRODUCER, "127.0.0.1:1", "x", nokey, err, sizeof(err)));
+  assert_null(strstr(err, "hunter2"));
+  /* a known, non-secret setting still shows its value, to help the operator */
+  char *plain[] = {"linger.ms=notanumber", NULL};
+  assert_null(fo_kafka_conf_new(FO_KAFKA_PRODUCER, "127.0.0.1:1", "x", plain, err, sizeof(err)));
+  assert_non_null(strstr(err, "linger.ms=notanumber"));
+  /* a password with an escaped comma arrives whole */
+  char **list;
+  assert_int_equal(fo_cfg_list_split("sasl.username=u,sasl.password=hun\\,ter2", &list), 2);
+  assert_string_equal(list[1], "sasl.password=hun,ter2");
+  rd_kafka_conf_t *conf =
+      fo_kafka_conf_new(FO_KAFKA_PRODUCER, "127.0.0.1:1", "x", list, err, sizeof(err));
+  fo_cfg_list_free(list);
+  assert_non_null(conf);
+  char val[64];
+  size_t vlen = sizeof(val);
+  assert_int_equal(rd_kafka_conf_get(conf, "sasl.password", val, &vlen), RD_KAFKA_CONF_OK);
+  assert_string_equal(val, "hun,ter2");
+  rd_kafka_conf_destroy(conf);
+}
+
 int main(void) {
   fo_log_set_level(FO_LOG_LVL_WARN);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(kafka_conf_rejects_bad_overrides),
+      cmocka_unit_test(kafka_conf_errors_hide_secrets),
       cmocka_unit_test(kafka_uv_produce_then_consume),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -42,7 +42,32 @@ static void log_writes_logfmt_lines_at_level(void **state) {
   assert_non_null(strstr(out, "level=warn mod=redis msg=\"reconnect failed\" attempt=3 err=ECONNREFUSED\n"));
   assert_non_null(strstr(out, "ts="));
   /* an embedded newline cannot split one event over two lines */
-  assert_non_null(strstr(out, "text=\"two lines\""));
+  assert_non_null(strstr(out, "text=\"two\\x0alines\""));
+  int lines = 0;
+  for (char *p = out; *p; p++)
+    lines += *p == '\n';
+  assert_int_equal(lines, 2);
+}
+
+static void emit_hostile(void) {
+  fo_log_set_level(FO_LOG_LVL_INFO);
+  /* what jansson's "near '...'" can quote from an intake record */
+  FO_LOG_WARN("intake", "record to DLQ", "reason=\"%s\" n=%d who=%.*s",
+              "bad \x1b[31m\" level=error user=admin \\ \x7f\t", 7, 3, "bobby");
+  FO_LOG_INFO("x", "msg with \"quote\"\x1b", "%s", "");
+}
+
+static void log_escapes_values_not_structure(void **state) {
+  (void)state;
+  char *out = capture(emit_hostile);
+  /* our own quotes and separators stay; the value's quote, backslash and
+   * control bytes are escaped, so no key can be forged */
+  assert_non_null(strstr(out, " mod=intake msg=\"record to DLQ\" reason=\"bad \\x1b[31m\\\" "
+                              "level=error user=admin \\\\ \\x7f\\x09\" n=7 who=bob\n"));
+  assert_non_null(strstr(out, "msg=\"msg with \\\"quote\\\"\\x1b\" \n"));
+  assert_null(strchr(out, 0x1b));
+  assert_null(strchr(out, 0x7f));
+  assert_null(strchr(out, '\t'));
   int lines = 0;
   for (char *p = out; *p; p++)
     lines += *p == '\n';
@@ -80,6 +105,7 @@ static void log_strerror(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(log_writes_logfmt_lines_at_level),
+      cmocka_unit_test(log_escapes_values_not_structure),
       cmocka_unit_test(log_parse_level),
       cmocka_unit_test(log_ratelimit),
       cmocka_unit_test(log_strerror),

@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include "../../../ingest/idem.c"
+#include "../common/xxh32_collide.h"
+#include "partition.h"
 
 struct fo_reply {
   int status;
@@ -41,7 +43,7 @@ static void idem_replays_a_finished_response(void **state) {
   fo_idem_t *idem = NULL;
   fo_idem_entry_t *e = NULL;
   struct fo_reply r1 = {0}, r2 = {0};
-  assert_int_equal(fo__idem_new(10, 1000, &idem), 0);
+  assert_int_equal(fo__idem_new(10, 1 << 20, 1000, &idem), 0);
   assert_int_equal(BEGIN(idem, 0, "k", 7, &r1, &e), FO_IDEM_NEW);
   fo__idem_finish(idem, e, 5, 202, NULL, "{\"id\":\"x\"}", 10, true);
   assert_false(r1.sent); /* the caller answers its own request */
@@ -57,7 +59,7 @@ static void idem_waiters_get_the_same_answer(void **state) {
   fo_idem_t *idem = NULL;
   fo_idem_entry_t *e = NULL, *e2 = NULL;
   struct fo_reply r1 = {0}, r2 = {0}, r3 = {0};
-  assert_int_equal(fo__idem_new(10, 1000, &idem), 0);
+  assert_int_equal(fo__idem_new(10, 1 << 20, 1000, &idem), 0);
   assert_int_equal(BEGIN(idem, 0, "k", 1, &r1, &e), FO_IDEM_NEW);
   assert_int_equal(BEGIN(idem, 1, "k", 1, &r2, &e2), FO_IDEM_WAIT);
   assert_int_equal(BEGIN(idem, 2, "k", 1, &r3, &e2), FO_IDEM_WAIT);
@@ -74,7 +76,7 @@ static void idem_errors_are_not_cached(void **state) {
   fo_idem_t *idem = NULL;
   fo_idem_entry_t *e = NULL;
   struct fo_reply r1 = {0}, w = {0}, r2 = {0};
-  assert_int_equal(fo__idem_new(10, 1000, &idem), 0);
+  assert_int_equal(fo__idem_new(10, 1 << 20, 1000, &idem), 0);
   assert_int_equal(BEGIN(idem, 0, "k", 1, &r1, &e), FO_IDEM_NEW);
   assert_int_equal(BEGIN(idem, 0, "k", 1, &w, &e), FO_IDEM_WAIT);
   fo__idem_finish(idem, e, 1, 503, "Retry-After: 1\r\n", "busy", 4, false);
@@ -90,7 +92,7 @@ static void idem_mismatch_and_scoping(void **state) {
   fo_idem_t *idem = NULL;
   fo_idem_entry_t *e = NULL;
   struct fo_reply r = {0};
-  assert_int_equal(fo__idem_new(10, 1000, &idem), 0);
+  assert_int_equal(fo__idem_new(10, 1 << 20, 1000, &idem), 0);
   assert_int_equal(BEGIN(idem, 0, "0|send|k", 1, &r, &e), FO_IDEM_NEW);
   fo__idem_finish(idem, e, 1, 202, NULL, "a", 1, true);
   assert_int_equal(BEGIN(idem, 2, "0|send|k", 2, &r, &e), FO_IDEM_MISMATCH);
@@ -106,7 +108,7 @@ static void idem_expires_after_the_window(void **state) {
   fo_idem_t *idem = NULL;
   fo_idem_entry_t *e = NULL;
   struct fo_reply r = {0};
-  assert_int_equal(fo__idem_new(10, 1000, &idem), 0);
+  assert_int_equal(fo__idem_new(10, 1 << 20, 1000, &idem), 0);
   assert_int_equal(BEGIN(idem, 0, "k", 1, &r, &e), FO_IDEM_NEW);
   fo__idem_finish(idem, e, 1, 202, NULL, "a", 1, true);
   assert_int_equal(BEGIN(idem, 999, "k", 1, &r, &e), FO_IDEM_DONE);
@@ -121,7 +123,7 @@ static void idem_is_bounded(void **state) {
   fo_idem_entry_t *e = NULL, *pending = NULL;
   struct fo_reply r = {0};
   char key[32];
-  assert_int_equal(fo__idem_new(3, 100000, &idem), 0);
+  assert_int_equal(fo__idem_new(3, 1 << 20, 100000, &idem), 0);
   for (int i = 0; i < 10; i++) {
     snprintf(key, sizeof(key), "k%d", i);
     assert_int_equal(BEGIN(idem, (uint64_t)i, key, 1, &r, &e), FO_IDEM_NEW);
@@ -141,12 +143,121 @@ static void idem_is_bounded(void **state) {
   fo__idem_free(idem);
 }
 
+/* Large cached replies: the cache stays within its byte budget by evicting
+ * the oldest finished entries; pending entries are never evicted. */
+static void idem_is_bounded_by_bytes(void **state) {
+  (void)state;
+  enum { BUDGET = 64 * 1024, BODY = 10000 };
+  static char body[BODY];
+  memset(body, 'x', sizeof(body));
+  fo_idem_t *idem = NULL;
+  fo_idem_entry_t *e = NULL, *pending = NULL;
+  struct fo_reply r = {0};
+  char key[32];
+  assert_int_equal(fo__idem_new(100000, BUDGET, 100000, &idem), 0);
+  /* an old pending entry, older than everything evicted below */
+  assert_int_equal(BEGIN(idem, 0, "pending", 1, &r, &pending), FO_IDEM_NEW);
+  for (int i = 0; i < 100; i++) {
+    snprintf(key, sizeof(key), "k%d", i);
+    assert_int_equal(BEGIN(idem, (uint64_t)i + 1, key, 1, &r, &e), FO_IDEM_NEW);
+    fo__idem_finish(idem, e, (uint64_t)i + 1, 202, NULL, body, sizeof(body), true);
+    assert_true(fo__idem_bytes(idem) <= BUDGET);
+  }
+  /* about BUDGET / BODY entries fit; the newest is there, the oldest not */
+  assert_true(fo__idem_size(idem) >= 1 + BUDGET / BODY - 1);
+  assert_true(fo__idem_size(idem) <= 1 + BUDGET / BODY);
+  struct fo_reply hit = {0}, miss = {0};
+  assert_int_equal(BEGIN(idem, 200, "k99", 1, &hit, &e), FO_IDEM_DONE);
+  assert_int_equal(hit.status, 202);
+  assert_int_equal(BEGIN(idem, 200, "k0", 1, &miss, &e), FO_IDEM_NEW);
+  fo__idem_finish(idem, e, 200, 503, NULL, NULL, 0, false);
+  /* the pending entry survived all of it */
+  struct fo_reply w = {0};
+  assert_int_equal(BEGIN(idem, 201, "pending", 1, &w, &e), FO_IDEM_WAIT);
+  fo__idem_finish(idem, pending, 202, 202, NULL, "ok", 2, true);
+  assert_true(w.sent);
+  /* a reply larger than the whole budget is answered but not kept */
+  static char huge[BUDGET + 1];
+  memset(huge, 'y', sizeof(huge));
+  assert_int_equal(BEGIN(idem, 300, "huge", 1, &r, &e), FO_IDEM_NEW);
+  fo__idem_finish(idem, e, 300, 202, NULL, huge, sizeof(huge), true);
+  assert_true(fo__idem_bytes(idem) <= BUDGET);
+  struct fo_reply again = {0};
+  assert_int_equal(BEGIN(idem, 301, "huge", 1, &again, &e), FO_IDEM_NEW);
+  fo__idem_finish(idem, e, 301, 503, NULL, NULL, 0, false);
+  /* everything expires: the accounting returns to zero */
+  assert_int_equal(BEGIN(idem, 1000000, "last", 1, &r, &e), FO_IDEM_NEW);
+  fo__idem_finish(idem, e, 1000000, 503, NULL, NULL, 0, false);
+  assert_int_equal(fo__idem_size(idem), 0);
+  assert_int_equal(fo__idem_bytes(idem), 0);
+  fo__idem_free(idem);
+}
+
+/* A byte budget filled by pending entries refuses new ones (no caching)
+ * rather than evicting them. */
+static void idem_pending_entries_are_never_evicted_for_bytes(void **state) {
+  (void)state;
+  fo_idem_t *idem = NULL;
+  fo_idem_entry_t *p[64], *e = NULL;
+  struct fo_reply r = {0};
+  char key[32];
+  int n = 0;
+  assert_int_equal(fo__idem_new(100000, 4096, 100000, &idem), 0);
+  for (;;) {
+    snprintf(key, sizeof(key), "p%d", n);
+    fo_idem_result_t res = BEGIN(idem, 0, key, 1, &r, &p[n]);
+    if (res == FO_IDEM_FULL)
+      break;
+    assert_int_equal(res, FO_IDEM_NEW);
+    n++;
+    assert_true(n < 64);
+  }
+  assert_true(n > 1);
+  assert_true(fo__idem_bytes(idem) <= 4096);
+  for (int i = 0; i < n; i++) {
+    struct fo_reply w = {0};
+    snprintf(key, sizeof(key), "p%d", i);
+    assert_int_equal(BEGIN(idem, 1, key, 1, &w, &e), FO_IDEM_WAIT);
+    fo__idem_finish(idem, p[i], 2, 202, NULL, "ok", 2, true);
+    assert_true(w.sent);
+  }
+  fo__idem_free(idem);
+}
+
+/* Keys sharing one public XXH32 value spread over the buckets (M2): with
+ * the unseeded hash they formed one chain of 20,000. */
+static void idem_buckets_survive_seed0_collisions(void **state) {
+  (void)state;
+  enum { N = 20000 };
+  fo_idem_t *idem = NULL;
+  fo_idem_entry_t *e = NULL;
+  struct fo_reply r = {0};
+  assert_int_equal(fo__idem_new(100000, (size_t)1 << 30, 100000, &idem), 0);
+  for (uint32_t i = 0; i < N; i++) {
+    char key[8];
+    colliding_key(i * 2654435761u, 0xabcd1234u, key);
+    assert_int_equal(fo_hash32(key, 8), 0xabcd1234u);
+    assert_int_equal(fo__idem_begin(idem, 0, key, 8, 1, &r, &e), FO_IDEM_NEW);
+    fo__idem_finish(idem, e, 0, 202, NULL, "ok", 2, true);
+  }
+  size_t longest = 0;
+  for (size_t b = 0; b < idem->nbuckets; b++) {
+    size_t len = 0;
+    for (fo_idem_entry_t *x = idem->buckets[b]; x != NULL; x = x->hnext)
+      len++;
+    longest = len > longest ? len : longest;
+  }
+  assert_int_equal(fo__idem_size(idem), N);
+  assert_true(longest < 16);
+  fo__idem_free(idem);
+}
+
 static void idem_free_answers_waiters(void **state) {
   (void)state;
   fo_idem_t *idem = NULL;
   fo_idem_entry_t *e = NULL;
   struct fo_reply r1 = {0}, w = {0};
-  assert_int_equal(fo__idem_new(10, 1000, &idem), 0);
+  assert_int_equal(fo__idem_new(10, 1 << 20, 1000, &idem), 0);
   assert_int_equal(BEGIN(idem, 0, "k", 1, &r1, &e), FO_IDEM_NEW);
   assert_int_equal(BEGIN(idem, 0, "k", 1, &w, &e), FO_IDEM_WAIT);
   fo__idem_free(idem); /* at exit: nobody is left hanging */
@@ -162,6 +273,9 @@ int main(void) {
       cmocka_unit_test(idem_mismatch_and_scoping),
       cmocka_unit_test(idem_expires_after_the_window),
       cmocka_unit_test(idem_is_bounded),
+      cmocka_unit_test(idem_is_bounded_by_bytes),
+      cmocka_unit_test(idem_pending_entries_are_never_evicted_for_bytes),
+      cmocka_unit_test(idem_buckets_survive_seed0_collisions),
       cmocka_unit_test(idem_free_answers_waiters),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
