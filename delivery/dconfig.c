@@ -71,7 +71,7 @@ const fo_cfg_field_t fo_dcfg_fields[] = {
     F("session-timeout-ms", FO_CFG_INT, session_timeout_ms, 1000, 600000, "10000",
       "consumer group session timeout (a dead server's partitions move after it)"),
     F("kafka-opts", FO_CFG_STR, kafka_opts, 0, 8192, "",
-      "extra librdkafka settings, comma-separated key=value"),
+      "extra librdkafka settings, comma-separated key=value (write a comma inside a value as \\,)"),
     F("redis-prefix", FO_CFG_STR, redis_prefix, 0, 128, "", "prefix of every Redis key and channel"),
     F("origins", FO_CFG_STR, origins, 0, 8192, "",
       "comma-separated Origin allow-list (empty: any; requests without Origin are allowed)"),
