@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <time.h>
 
-#include "../common/xxh32_collide.h"
+#include "xxh32_collide.h"
 #include "map.h"
 #include "partition.h"
 
