@@ -70,6 +70,15 @@ const fo_cfg_field_t fo_dcfg_fields[] = {
       "TTL of this server's liveness key (refreshed every third of it)"),
     F("reuseport", FO_CFG_BOOL, reuseport, 0, 0, "true",
       "SO_REUSEPORT: several processes on one host share the port"),
+    F("read-pause-bytes", FO_CFG_INT, read_pause_bytes, 1024, 1073741824, "65536",
+      "stop reading a client while its outbound queue costs more than this (frames, their "
+      "allocations and queue slots; at most half of --outq-max-bytes is used)"),
+    F("client-msg-rate", FO_CFG_INT, client_msg_rate, 0, 1000000, "20",
+      "client messages (text, binary, protocol pings) per second per connection, refilled "
+      "into a bucket of --client-msg-burst; an empty bucket closes with 1008 (0: no limit)"),
+    F("client-msg-burst", FO_CFG_INT, client_msg_burst, 1, 65535, "100",
+      "client messages a connection may send at once; keep it above --max-rooms-per-conn "
+      "(clients join their rooms right after connecting)"),
 };
 const size_t fo_dcfg_nfields = sizeof(fo_dcfg_fields) / sizeof(fo_dcfg_fields[0]);
 

@@ -12,9 +12,12 @@ static void on_sweep(uv_timer_t *t) {
   const fo_dcfg_t *cfg = srv->cfg;
   uint64_t now = uv_now(srv->loop);
   fo__router_tick(srv);
+  uint32_t refill = fo__conn_rate_refill(srv, now);
   fo_conn_t *conn = srv->conns.next;
   while (conn != &srv->conns) {
     fo_conn_t *next = conn->next; /* destroy unlinks conn */
+    if (refill != 0)
+      fo__conn_refill(conn, refill);
     if (now >= conn->deadline) {
       switch (conn->state) {
       case FO_CONN_HANDSHAKE:
