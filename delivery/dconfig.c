@@ -41,7 +41,8 @@ const fo_cfg_field_t fo_dcfg_fields[] = {
     F("max-rooms-per-conn", FO_CFG_INT, max_rooms_per_conn, 1, 100000, "64",
       "rooms one connection may join"),
     F("outq-max-bytes", FO_CFG_INT, outq_max_bytes, 1024, 1073741824, "1048576",
-      "per-connection outbound queue limit (over it: close 1013)"),
+      "per-connection outbound queue limit, counting what queued frames cost in memory "
+      "(over it: close 1013)"),
     F("high-water-bytes", FO_CFG_INT, high_water_bytes, 1024, 68719476736LL, "268435456",
       "pause Kafka when all queued output plus messages waiting for Redis exceed this"),
     F("low-water-bytes", FO_CFG_INT, low_water_bytes, 0, 68719476736LL, "134217728",

@@ -81,8 +81,11 @@ class RssSampler:
         self.t.start()
 
     def _run(self):
-        while not self.stop.is_set() and self.pr.alive():
-            self.peak = max(self.peak, rss(self.pr))
+        while not self.stop.is_set():
+            try:
+                self.peak = max(self.peak, rss(self.pr))
+            except (OSError, AssertionError):
+                return  # the process is gone (a failed test's leftovers)
             time.sleep(0.02)
 
     def done(self):
