@@ -13,6 +13,7 @@ per-connection message rate limit (L7), against real processes:
                                         and resumes when the client reads; no
                                         message is lost
   a client over --client-msg-rate    -> close 1008 "rate limit exceeded"
+  an incomplete frame                -> counted in rx_buffered_bytes until it goes
   a burst within --client-msg-burst and a steady rate below the limit -> fine
 while a well-behaved client on the flooded server keeps receiving, in order,
 every message accepted through ingest.
@@ -348,6 +349,21 @@ def test_replies_that_do_not_collapse_pause_reading():
     c.send(frame(0x8, struct.pack(">H", 1000)))
     c.expect_close(1000)
     bystander_alive()
+
+
+def test_partial_input_is_counted():
+    """Bytes held for an incomplete frame show in rx_buffered_bytes and are
+    given back when the connection goes."""
+    pr = d1()
+    before = m(pr, "rx_buffered_bytes")
+    c = hl.RawWs(pr.addr, hl.token("partial"))
+    assert c.status == 101
+    c.send(frame(0x1, b"x" * 40000)[:20000])  # half a frame
+    ft.eventually(lambda: m(pr, "rx_buffered_bytes") - before >= 20000, timeout=5,
+                  what="rx_buffered_bytes counting the partial frame")
+    c.close()
+    ft.eventually(lambda: m(pr, "rx_buffered_bytes") == before, timeout=5,
+                  what="rx_buffered_bytes back to %d" % before)
 
 
 def test_client_over_the_rate_is_closed_with_1008():
