@@ -191,7 +191,10 @@ struct fo_server {
   uint64_t backlog_bytes;   /* routed messages waiting for Redis (router.c); counts
                              * into the water marks with queued_bytes */
   bool paused;              /* Kafka paused by the high-water mark */
-  uint64_t rx_bytes;        /* partial client input held (fo_ws_rx_bytes of every connection) */
+  uint64_t rx_bytes;        /* partial client input held (fo_ws_rx_bytes of every connection):
+                             * a gauge only; not in the water marks, since pausing Kafka
+                             * frees none of it (per connection it is capped by the frame
+                             * and message limits) */
   uint64_t rate_refill_ms;  /* uv_now() up to which the rate buckets were refilled */
   fo_log_ratelimit_t rate_rl; /* "rate limit exceeded" lines */
   uv_buf_t *iov;            /* scratch for writes */
