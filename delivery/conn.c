@@ -27,10 +27,33 @@ struct fo_outq {
   uint32_t n, cap;
   uint32_t inflight;        /* bufs[0..inflight) belong to req while writing */
   uint32_t off;             /* bytes of bufs[0] already written */
-  uint64_t bytes;           /* bytes of bufs not yet written */
+  uint64_t bytes;           /* what bufs cost: the sum of frame_cost() */
   bool dirty;
   bool writing;
 };
+
+/* What one queued frame costs, charged to its queue's --outq-max-bytes
+ * and to srv->queued_bytes (the water marks): the glibc chunk that holds
+ * the fo_buf_t (header, data rounded up to 16 with 8 bytes of chunk
+ * header, 32 at least) plus two pointer slots in q->bufs (one, and up to
+ * one more of slack as the array doubles). A shared broadcast frame is
+ * charged the same to every queue that holds it: its memory is freed only
+ * when the last holder lets go, so one client that does not read keeps the
+ * whole allocation alive; this over-counts a broadcast on the server total,
+ * as counting its length per recipient did before. A 2-byte pong costs 48,
+ * not 2: a client cannot pin memory with many tiny replies. Depends only on
+ * buf->cap, which never changes, so adding and removing match. */
+static uint64_t frame_cost(const fo_buf_t *buf) {
+  uint64_t chunk = (sizeof(fo_buf_t) + (uint64_t)buf->cap + 8 + 15) & ~(uint64_t)15;
+  return (chunk < 32 ? 32 : chunk) + 2 * sizeof(fo_buf_t *);
+}
+
+/* Reading stops above this much queued (see read_update). */
+static uint64_t pause_at(const fo_server_t *srv) {
+  uint64_t half = (uint64_t)srv->cfg->outq_max_bytes / 2;
+  uint64_t at = (uint64_t)srv->cfg->read_pause_bytes;
+  return at < half ? at : half;
+}
 
 static fo_ws_limits_t limits_of(const fo_server_t *srv) {
   fo_ws_limits_t lim = {(size_t)srv->cfg->max_frame_bytes, (size_t)srv->cfg->max_message_bytes};
@@ -80,16 +103,20 @@ static void outq_put(fo_server_t *srv, fo_outq_t *q) {
   }
 }
 
+/* Takes frame i off the books and drops the queue's reference. */
+static void uncharge(fo_server_t *srv, fo_outq_t *q, uint32_t i) {
+  uint64_t cost = frame_cost(q->bufs[i]);
+  q->bytes -= cost;
+  srv->queued_bytes -= cost;
+  fo_buf_unref(q->bufs[i]);
+}
+
 /* Drops every reference the queue holds (not the in-flight ones when
  * keep_inflight) and fixes the byte counts. */
 static void outq_drop(fo_server_t *srv, fo_outq_t *q, bool keep_inflight) {
   uint32_t from = keep_inflight && q->writing ? q->inflight : 0;
-  for (uint32_t i = from; i < q->n; i++) {
-    uint32_t len = q->bufs[i]->len - (i == 0 ? q->off : 0);
-    q->bytes -= len;
-    srv->queued_bytes -= len;
-    fo_buf_unref(q->bufs[i]);
-  }
+  for (uint32_t i = from; i < q->n; i++)
+    uncharge(srv, q, i);
   q->n = from;
   if (from == 0)
     q->off = 0;
@@ -114,11 +141,77 @@ static void mark_dirty(fo_server_t *srv, fo_outq_t *q) {
 }
 
 static void conn_flush(fo_conn_t *conn);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* Input backpressure: a connection whose queue costs more than pause_at()
+ * is not read (uv_read_stop) until the queue drains below it, so a client
+ * that sends and does not read stops making replies. While a protocol ping
+ * waits for its pong it is read anyway: the pong must be seen, or a slow
+ * client that still answers would be closed as dead. That window is
+ * bounded too: by the queue limit (1013) and the rate limit (1008). A
+ * client that does not read our ping cannot answer it and is closed by the
+ * sweep at the pong deadline, as before. */
+static void read_update(fo_conn_t *conn) {
+  if (conn->state != FO_CONN_OPEN && conn->state != FO_CONN_CLOSING)
+    return;
+  fo_server_t *srv = conn->srv;
+  uint64_t cost = conn->out != NULL ? conn->out->bytes : 0;
+  bool pause = cost > pause_at(srv) && !conn->await_pong;
+  if (pause == (bool)conn->read_paused)
+    return;
+  conn->read_paused = pause;
+  if (pause) {
+    (*srv->m.read_pauses)++;
+    uv_read_stop((uv_stream_t *)&conn->tcp);
+  } else if (uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read) != 0) {
+    /* Cannot happen on an open handle; if it did, the pong deadline ends it. */
+    FO_LOG_WARN("conn", "could not resume reading", "conn=%" PRIu32, conn->id);
+  }
+}
+
+/* RFC 6455 5.5.3 lets a pong answer only the latest ping: if the last
+ * queued frame is a pong of ours that no write has taken yet, the new
+ * payload replaces its own (pongs are allocated for 125 bytes), so a ping
+ * flood holds one pong. Only the tail is looked at: replies keep their
+ * order relative to everything else. */
+static fo_buf_t *unsent_tail(fo_conn_t *conn) {
+  fo_outq_t *q = conn->out;
+  if (q == NULL || q->n == 0)
+    return NULL;
+  uint32_t i = q->n - 1;
+  if ((q->writing && i < q->inflight) || (i == 0 && q->off > 0))
+    return NULL;
+  fo_buf_t *buf = q->bufs[i];
+  return buf->refs == 1 ? buf : NULL; /* 1: only this queue holds it, a reply */
+}
+
+static bool pong_collapse(fo_conn_t *conn, const uint8_t *p, size_t n) {
+  fo_buf_t *buf = unsent_tail(conn);
+  if (buf == NULL || buf->len < 2 || buf->data[0] != (0x80 | FO_WS_OP_PONG) ||
+      buf->cap < n + 2)
+    return false;
+  buf->len = (uint32_t)fo_ws_header(buf->data, FO_WS_OP_PONG, true, n);
+  memcpy(buf->data + buf->len, p, n);
+  buf->len += (uint32_t)n;
+  return true;
+}
+
+static const char app_pong[] = "\x81\x0f{\"type\":\"pong\"}"; /* a whole text frame */
+
+/* The same for {"type":"pong"}: while one is queued and unsent, another
+ * would say nothing new. */
+static bool app_pong_queued(fo_conn_t *conn) {
+  fo_buf_t *buf = unsent_tail(conn);
+  return buf != NULL && buf->len == sizeof(app_pong) - 1 &&
+         memcmp(buf->data, app_pong, sizeof(app_pong) - 1) == 0;
+}
 
 /* Appends buf to conn's queue (one reference). force skips the limit. */
 static int enqueue(fo_conn_t *conn, fo_buf_t *buf, bool force) {
   fo_server_t *srv = conn->srv;
-  if (!force && buf->len > (uint64_t)srv->cfg->outq_max_bytes) {
+  uint64_t cost = frame_cost(buf);
+  if (!force && cost > (uint64_t)srv->cfg->outq_max_bytes) {
     /* A frame that could never fit: drop it (counted), keep the client. */
     (*srv->m.drops)++;
     uint64_t sup = 0;
@@ -131,7 +224,7 @@ static int enqueue(fo_conn_t *conn, fo_buf_t *buf, bool force) {
   fo_outq_t *q = outq_get(conn);
   if (q == NULL)
     return -ENOMEM;
-  if (!force && q->bytes + buf->len > (uint64_t)srv->cfg->outq_max_bytes && !q->writing) {
+  if (!force && q->bytes + cost > (uint64_t)srv->cfg->outq_max_bytes && !q->writing) {
     /* Before calling the client slow, let the kernel take what it can. */
     conn_flush(conn);
     if (conn->state != FO_CONN_OPEN)
@@ -140,7 +233,7 @@ static int enqueue(fo_conn_t *conn, fo_buf_t *buf, bool force) {
     if (q == NULL)
       return -ENOMEM;
   }
-  if (!force && q->bytes + buf->len > (uint64_t)srv->cfg->outq_max_bytes) {
+  if (!force && q->bytes + cost > (uint64_t)srv->cfg->outq_max_bytes) {
     (*srv->m.slow_closes)++;
     (*srv->m.drops)++;
     FO_LOG_INFO("conn", "slow client closed", "conn=%" PRIu32 " queued=%" PRIu64, conn->id,
@@ -162,11 +255,12 @@ static int enqueue(fo_conn_t *conn, fo_buf_t *buf, bool force) {
     q->cap = ncap;
   }
   q->bufs[q->n++] = fo_buf_ref(buf);
-  q->bytes += buf->len;
-  srv->queued_bytes += buf->len;
+  q->bytes += cost;
+  srv->queued_bytes += cost;
   if (srv->queued_bytes + srv->backlog_bytes > (uint64_t)srv->cfg->high_water_bytes && !srv->paused)
     fo__server_water(srv);
   mark_dirty(srv, q);
+  read_update(conn);
   return 0;
 }
 
@@ -185,17 +279,16 @@ int fo__conn_send(fo_conn_t *conn, fo_buf_t *buf) {
   return rc;
 }
 
-/* Removes the first `bytes` written bytes from the front of the queue. */
+/* Removes the first `bytes` written bytes from the front of the queue; a
+ * frame is uncharged once all of it is written. */
 static void consume(fo_server_t *srv, fo_outq_t *q, size_t bytes) {
   uint32_t k = 0;
-  q->bytes -= bytes;
-  srv->queued_bytes -= bytes;
   *srv->m.bytes_out += bytes;
   while (bytes > 0 && k < q->n) {
     size_t rem = q->bufs[k]->len - q->off;
     if (bytes >= rem) {
       bytes -= rem;
-      fo_buf_unref(q->bufs[k]);
+      uncharge(srv, q, k);
       k++;
       q->off = 0;
     } else {
@@ -263,6 +356,7 @@ static void conn_flush(fo_conn_t *conn) {
     }
     q->writing = true;
     q->inflight = (uint32_t)n;
+    read_update(conn);
     return;
   }
   conn->out = NULL;
@@ -272,6 +366,8 @@ static void conn_flush(fo_conn_t *conn) {
     q->conn = NULL; /* still on the dirty list: fo__server_flush recycles it */
   if (conn->close_after_flush)
     fo__conn_destroy(conn);
+  else
+    read_update(conn);
 }
 
 static void on_write(uv_write_t *req, int status) {
@@ -283,12 +379,8 @@ static void on_write(uv_write_t *req, int status) {
   if (status < 0 || conn->state == FO_CONN_DEAD) {
     /* The close callback frees the queue; only drop the in-flight frames. */
     uint32_t n = q->inflight;
-    for (uint32_t i = 0; i < n; i++) {
-      uint32_t len = q->bufs[i]->len - (i == 0 ? q->off : 0);
-      q->bytes -= len;
-      srv->queued_bytes -= len;
-      fo_buf_unref(q->bufs[i]);
-    }
+    for (uint32_t i = 0; i < n; i++)
+      uncharge(srv, q, i);
     memmove(q->bufs, q->bufs + n, (q->n - n) * sizeof(*q->bufs));
     q->n -= n;
     q->off = 0;
@@ -370,6 +462,7 @@ static void on_close(uv_handle_t *h) {
   }
   if (conn->in != NULL) {
     fo_ws_rx_t *rx = conn->in;
+    srv->rx_bytes -= fo_ws_rx_bytes(rx);
     fo_ws_rx_free(&rx);
     conn->in = NULL;
   }
@@ -439,6 +532,7 @@ void fo__conn_opened(fo_conn_t *conn) {
   conn->state = FO_CONN_OPEN;
   conn->registered = 1;
   conn->deadline = uv_now(srv->loop) + (uint64_t)srv->cfg->ping_interval_ms;
+  conn->tokens = (uint16_t)srv->cfg->client_msg_burst;
   srv->nopen++;
   (*srv->m.connections)++;
   fo__rreg_conn_added(srv, conn);
@@ -488,8 +582,8 @@ void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n) {
     goto out;
   }
   if (strcmp(type, "ping") == 0) {
-    static const char pong[] = "{\"type\":\"pong\"}";
-    fo__conn_send_text(conn, pong, sizeof(pong) - 1);
+    if (!app_pong_queued(conn))
+      fo__conn_send_text(conn, app_pong + 2, sizeof(app_pong) - 3);
   } else if (strcmp(type, "join") == 0 || strcmp(type, "leave") == 0) {
     json_t *room = json_object_get(msg, "room");
     const char *name = json_string_value(room);
@@ -519,11 +613,79 @@ out:
   json_decref(msg);
 }
 
+/* ---- rate limit ---- */
+
+/* One token bucket per connection for what makes us work and answer: data
+ * messages and protocol pings cost one token each (a ping is cheap to
+ * parse, but its pong is a reply like any other; clients ping every few
+ * seconds at most). Pongs and close frames are free. The tokens come back
+ * from the sweep timer for all connections at once (fo__conn_rate_refill),
+ * so a connection holds a 16-bit count and no timestamp. */
+uint32_t fo__conn_rate_refill(fo_server_t *srv, uint64_t now) {
+  uint64_t rate = (uint64_t)srv->cfg->client_msg_rate;
+  uint64_t burst = (uint64_t)srv->cfg->client_msg_burst;
+  if (rate == 0 || now <= srv->rate_refill_ms)
+    return 0;
+  uint64_t add = (now - srv->rate_refill_ms) * rate / 1000;
+  if (add >= burst) {
+    srv->rate_refill_ms = now;
+    return (uint32_t)burst;
+  }
+  srv->rate_refill_ms += add * 1000 / rate; /* the fraction carries over */
+  return (uint32_t)add;
+}
+
+void fo__conn_refill(fo_conn_t *conn, uint32_t add) {
+  uint32_t burst = (uint32_t)conn->srv->cfg->client_msg_burst;
+  if (conn->tokens < burst)
+    conn->tokens = (uint16_t)(conn->tokens + add < burst ? conn->tokens + add : burst);
+}
+
+/* Takes a token; false (and the connection is closing with 1008) when the
+ * bucket is empty. */
+static bool rate_take(fo_conn_t *conn) {
+  fo_server_t *srv = conn->srv;
+  if (srv->cfg->client_msg_rate == 0)
+    return true;
+  if (conn->tokens > 0) {
+    conn->tokens--;
+    return true;
+  }
+  (*srv->m.rate_limited)++;
+  uint64_t sup = 0;
+  if (fo_log_ratelimit(&srv->rate_rl, fo_now_ms(), 5000, &sup))
+    FO_LOG_INFO("conn", "client message rate limit exceeded: closing", "conn=%" PRIu32
+                " rate=%" PRId64 " burst=%" PRId64 " suppressed=%" PRIu64, conn->id,
+                srv->cfg->client_msg_rate, srv->cfg->client_msg_burst, sup);
+  fo__conn_close_ws(conn, FO_WS_CLOSE_POLICY, "rate limit exceeded");
+  return false;
+}
+
 /* ---- reading ---- */
+
+/* A pong for a client ping: collapsed into an unsent one, or a new frame
+ * with room for any ping payload (125 bytes) so later pings can reuse it. */
+static void send_pong(fo_conn_t *conn, const uint8_t *p, size_t n) {
+  if (pong_collapse(conn, p, n))
+    return;
+  fo_buf_t *buf = fo_buf_new(2 + 125);
+  if (buf == NULL)
+    return;
+  buf->len = (uint32_t)fo_ws_header(buf->data, FO_WS_OP_PONG, true, n);
+  memcpy(buf->data + buf->len, p, n);
+  buf->len += (uint32_t)n;
+  /* Counted against the queue limit: a client that pings and never reads
+   * is a slow client like any other. */
+  enqueue(conn, buf, false);
+  fo_buf_unref(buf);
+}
 
 static int on_ws_msg(void *ud, int opcode, uint8_t *p, size_t n) {
   fo_conn_t *conn = ud;
   fo_server_t *srv = conn->srv;
+  if ((opcode == FO_WS_OP_TEXT || opcode == FO_WS_OP_BINARY || opcode == FO_WS_OP_PING) &&
+      conn->state == FO_CONN_OPEN && !rate_take(conn))
+    return conn->state == FO_CONN_DEAD ? 1 : 0; /* closing: the rest is ignored */
   switch (opcode) {
   case FO_WS_OP_TEXT:
     if (conn->state == FO_CONN_OPEN)
@@ -534,15 +696,8 @@ static int on_ws_msg(void *ud, int opcode, uint8_t *p, size_t n) {
       reply_error(conn, "bad_request", "binary messages are not supported");
     break;
   case FO_WS_OP_PING:
-    if (conn->state == FO_CONN_OPEN) {
-      fo_buf_t *buf = fo__frame_new(srv, FO_WS_OP_PONG, p, n);
-      if (buf != NULL) {
-        /* Counted against the queue limit: a client that pings and never
-         * reads is a slow client like any other. */
-        enqueue(conn, buf, false);
-        fo_buf_unref(buf);
-      }
-    }
+    if (conn->state == FO_CONN_OPEN)
+      send_pong(conn, p, n);
     break;
   case FO_WS_OP_PONG:
     if (conn->state == FO_CONN_OPEN && conn->await_pong) {
@@ -589,6 +744,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   fo_ws_limits_t lim = limits_of(srv);
   fo_ws_rx_t *rx = conn->in;
+  size_t held = fo_ws_rx_bytes(rx);
   int rc = fo_ws_rx_feed(&rx, (uint8_t *)buf->base, (size_t)nread, &lim, on_ws_msg, conn);
   conn->in = rx;
   if (rc > 1 || rc < 0) {
@@ -609,6 +765,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     else if (conn->out == NULL)
       fo__conn_destroy(conn);
   }
+  /* Unsigned: wraps back right when the state shrank. on_close takes off
+   * what is still held then. */
+  srv->rx_bytes += fo_ws_rx_bytes(conn->in) - held;
+  read_update(conn); /* a pong may have ended the window that kept us reading */
 }
 
 /* Feeds bytes that arrived with the upgrade request. */

@@ -57,7 +57,8 @@ const fo_cfg_field_t fo_dcfg_fields[] = {
     F("max-rooms-per-conn", FO_CFG_INT, max_rooms_per_conn, 1, 100000, "64",
       "rooms one connection may join"),
     F("outq-max-bytes", FO_CFG_INT, outq_max_bytes, 1024, 1073741824, "1048576",
-      "per-connection outbound queue limit (over it: close 1013)"),
+      "per-connection outbound queue limit, counting what queued frames cost in memory "
+      "(over it: close 1013)"),
     F("high-water-bytes", FO_CFG_INT, high_water_bytes, 1024, 68719476736LL, "268435456",
       "pause Kafka when all queued output plus messages waiting for Redis exceed this"),
     F("low-water-bytes", FO_CFG_INT, low_water_bytes, 0, 68719476736LL, "134217728",
@@ -86,6 +87,15 @@ const fo_cfg_field_t fo_dcfg_fields[] = {
       "TTL of this server's liveness key (refreshed every third of it)"),
     F("reuseport", FO_CFG_BOOL, reuseport, 0, 0, "true",
       "SO_REUSEPORT: several processes on one host share the port"),
+    F("read-pause-bytes", FO_CFG_INT, read_pause_bytes, 1024, 1073741824, "65536",
+      "stop reading a client while its outbound queue costs more than this (frames, their "
+      "allocations and queue slots; at most half of --outq-max-bytes is used)"),
+    F("client-msg-rate", FO_CFG_INT, client_msg_rate, 0, 1000000, "20",
+      "client messages (text, binary, protocol pings) per second per connection, refilled "
+      "into a bucket of --client-msg-burst; an empty bucket closes with 1008 (0: no limit)"),
+    F("client-msg-burst", FO_CFG_INT, client_msg_burst, 1, 65535, "100",
+      "client messages a connection may send at once; keep it above --max-rooms-per-conn "
+      "(clients join their rooms right after connecting)"),
 };
 const size_t fo_dcfg_nfields = sizeof(fo_dcfg_fields) / sizeof(fo_dcfg_fields[0]);
 

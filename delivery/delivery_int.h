@@ -79,6 +79,9 @@ typedef struct {
   int64_t alive_ttl_ms;
   bool reuseport;
   bool kafka_enabled;
+  int64_t read_pause_bytes;  /* input backpressure (conn.c) */
+  int64_t client_msg_rate;   /* token bucket per connection; 0 = no limit */
+  int64_t client_msg_burst;
 } fo_dcfg_t;
 
 extern const fo_cfg_field_t fo_dcfg_fields[];
@@ -119,6 +122,9 @@ typedef struct {
   uint64_t *kafka_errors;
   uint64_t *dead_servers_cleaned;
   uint64_t *redis_conn_errors;
+  uint64_t *rate_limited;
+  uint64_t *read_pauses;
+  int64_t *rx_bytes;
 } fo_dmetrics_t;
 
 /* Connection states. */
@@ -154,6 +160,10 @@ struct fo_conn {
   uint8_t peer_closed : 1;
   uint8_t rx_broken : 1;     /* protocol error: input is ignored */
   uint8_t reg_pending : 1;   /* HSET not sent yet: batched at the end of the loop turn */
+  uint8_t read_paused : 1;   /* uv_read_stop'd: the outbound queue is over --read-pause-bytes */
+  uint16_t tokens;          /* client messages left in the rate bucket; refilled by the
+                             * sweep for every connection at once, so no timestamp here
+                             * (this fills padding: sizeof stays 336) */
 };
 
 /* An interned user with its local connections (registry.c). */
@@ -197,10 +207,16 @@ struct fo_server {
   fo_outq_t *dirty;         /* connections with output to flush this turn */
   fo_outq_t *outq_pool;     /* free outbound queues, reused */
   int outq_pool_n;
-  uint64_t queued_bytes;    /* all bytes queued on all connections */
+  uint64_t queued_bytes;    /* what all outbound queues cost: see frame_cost() in conn.c */
   uint64_t backlog_bytes;   /* routed messages waiting for Redis (router.c); counts
                              * into the water marks with queued_bytes */
   bool paused;              /* Kafka paused by the high-water mark */
+  uint64_t rx_bytes;        /* partial client input held (fo_ws_rx_bytes of every connection):
+                             * a gauge only; not in the water marks, since pausing Kafka
+                             * frees none of it (per connection it is capped by the frame
+                             * and message limits) */
+  uint64_t rate_refill_ms;  /* uv_now() up to which the rate buckets were refilled */
+  fo_log_ratelimit_t rate_rl; /* "rate limit exceeded" lines */
   uv_buf_t *iov;            /* scratch for writes */
   int iov_cap;
 
@@ -236,6 +252,11 @@ void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason);
 void fo__conn_destroy(fo_conn_t *conn);
 /* Flushes every connection with queued output (from the check handle). */
 void fo__server_flush(fo_server_t *srv);
+/* Rate buckets (from the sweep): returns the tokens every connection gets
+ * back for the time since the last call (0: none, or no limit), then
+ * fo__conn_refill() adds them to one connection. */
+uint32_t fo__conn_rate_refill(fo_server_t *srv, uint64_t now);
+void fo__conn_refill(fo_conn_t *conn, uint32_t add);
 /* Writes conn's queue now (one uv_try_write; the rest via uv_write). */
 void fo__conn_flush(fo_conn_t *conn);
 /* Frees the pooled outbound queues (at exit). */

@@ -16,9 +16,12 @@ static void on_sweep(uv_timer_t *t) {
   uint64_t wall_s = fo_now_ms() / 1000, start_s = srv->start_ms / 1000;
   uint32_t now_rel_s = wall_s > start_s ? (uint32_t)(wall_s - start_s) : 0;
   fo__router_tick(srv);
+  uint32_t refill = fo__conn_rate_refill(srv, now);
   fo_conn_t *conn = srv->conns.next;
   while (conn != &srv->conns) {
     fo_conn_t *next = conn->next; /* destroy unlinks conn */
+    if (refill != 0)
+      fo__conn_refill(conn, refill);
     if (conn->state == FO_CONN_OPEN && conn->exp_s != 0 && now_rel_s >= conn->exp_s) {
       (*srv->m.token_expired)++;
       FO_LOG_DEBUG("heartbeat", "token expired: closing", "conn=%" PRIu32, conn->id);

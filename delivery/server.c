@@ -24,7 +24,8 @@ static void register_metrics(fo_server_t *srv) {
   G(connections, "connections", "open WebSocket connections");
   G(users, "users", "distinct users with a local connection");
   G(rooms, "rooms", "rooms with a local member");
-  G(queued_bytes, "queued_bytes", "bytes queued for clients, all connections");
+  G(queued_bytes, "queued_bytes",
+    "what the outbound queues of all connections cost (frames, their allocations, queue slots)");
   G(backlog_bytes, "routing_backlog_bytes",
     "bytes of messages waiting for Redis (routing script or room PUBLISH not answered yet); "
     "counted with queued_bytes against the high-water mark");
@@ -52,6 +53,11 @@ static void register_metrics(fo_server_t *srv) {
   C(published, "published_total", "messages PUBLISHed to other servers");
   C(drops, "drops_total", "frames not delivered (queue full, out of memory)");
   C(slow_closes, "slow_client_closes_total", "connections closed for a full outbound queue");
+  C(rate_limited, "rate_limited_total",
+    "connections closed with 1008 for sending messages faster than --client-msg-rate");
+  C(read_pauses, "read_pauses_total",
+    "times a connection stopped being read because its outbound queue passed --read-pause-bytes");
+  G(rx_bytes, "rx_buffered_bytes", "bytes held for incomplete client frames and messages");
   C(ping_timeouts, "ping_timeouts_total", "connections closed for a missing pong");
   C(protocol_errors, "protocol_errors_total", "connections closed for a protocol violation");
   C(decode_errors, "decode_errors_total", "records that could not be decoded (skipped)");
@@ -69,6 +75,7 @@ static void on_collect(void *ud) {
   fo_server_t *srv = ud;
   *srv->m.queued_bytes = (int64_t)srv->queued_bytes;
   *srv->m.backlog_bytes = (int64_t)srv->backlog_bytes;
+  *srv->m.rx_bytes = (int64_t)srv->rx_bytes;
   *srv->m.redis_conn_errors = fo__rreg_errors(srv);
   fo__consumer_collect(srv);
 }
