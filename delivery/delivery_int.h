@@ -163,7 +163,8 @@ struct fo_conn {
   uint8_t read_paused : 1;   /* uv_read_stop'd: the outbound queue is over --read-pause-bytes */
   uint16_t tokens;          /* client messages left in the rate bucket; refilled by the
                              * sweep for every connection at once, so no timestamp here
-                             * (this fills padding: sizeof stays 336) */
+                             * (it fills padding: 344 bytes with exp_s, one 352-byte
+                             * malloc chunk as before either field) */
 };
 
 /* An interned user with its local connections (registry.c). */
