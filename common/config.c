@@ -8,6 +8,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "log.h"
+
 static void *field_ptr(void *cfg, const fo_cfg_field_t *f) { return (char *)cfg + f->offset; }
 
 /* "jwt-secret" -> "FANOUT_JWT_SECRET" */
@@ -34,7 +36,7 @@ int fo_addr_parse(const char *s, fo_addr_t *out, char *err, size_t errlen) {
   } else {
     colon = strrchr(s, ':');
     if (colon == NULL) {
-      snprintf(err, errlen, "expected HOST:PORT");
+      snprintf(err, errlen, "expected a single HOST:PORT");
       return -EINVAL;
     }
     hostlen = (size_t)(colon - s);
@@ -42,6 +44,16 @@ int fo_addr_parse(const char *s, fo_addr_t *out, char *err, size_t errlen) {
   if (hostlen == 0) {
     snprintf(err, errlen, "empty host");
     return -EINVAL;
+  }
+  for (size_t i = 0; i < hostlen; i++) {
+    unsigned char c = (unsigned char)host[i];
+    bool ok = isalnum(c) || c == '-' || c == '.' || c == '_' || c == ':' ||
+              (s[0] == '[' && c == '%');
+    if (!ok) {
+      snprintf(err, errlen, "expected a single HOST:PORT%s",
+               c == ',' ? " (a list of nodes is not supported yet)" : "");
+      return -EINVAL;
+    }
   }
   char *endp;
   errno = 0;
@@ -128,6 +140,8 @@ static int set_value(void *cfg, const fo_cfg_field_t *f, const char *v, char *er
     *d = a;
     return 0;
   }
+  case FO_CFG_ALIAS: /* resolved to its field before values are applied */
+    break;
   }
   return -EINVAL;
 }
@@ -139,6 +153,18 @@ static const fo_cfg_field_t *find_field(const fo_cfg_field_t *fields, size_t n, 
       return &fields[i];
   }
   return NULL;
+}
+
+/* The field an alias stands for (NULL when the table is wrong). */
+static const fo_cfg_field_t *alias_target(const fo_cfg_field_t *fields, size_t n,
+                                          const fo_cfg_field_t *alias) {
+  const fo_cfg_field_t *f = find_field(fields, n, alias->def, strlen(alias->def));
+  return f != NULL && f->type != FO_CFG_ALIAS ? f : NULL;
+}
+
+static void warn_alias(const char *used, const char *instead) {
+  FO_LOG_WARN("config", "deprecated option name: use the new one", "used=%s instead=%s", used,
+              instead);
 }
 
 /* Fields whose values are not echoed in errors: credentials, and the Kafka
@@ -168,20 +194,34 @@ int fo_cfg_load(const fo_cfg_field_t *fields, size_t nfields, void *cfg, int arg
                 char *err, size_t errlen) {
   int result = FO_CFG_OK;
   for (size_t i = 0; i < nfields; i++) {
-    if (fields[i].def != NULL) {
+    if (fields[i].type != FO_CFG_ALIAS && fields[i].def != NULL) {
       int rc = apply(cfg, &fields[i], fields[i].def, "default", err, errlen);
       if (rc != 0)
         return rc;
     }
   }
-  for (size_t i = 0; i < nfields; i++) {
-    char ename[96];
-    env_name(fields[i].name, ename, sizeof(ename));
-    const char *v = getenv(ename);
-    if (v != NULL) {
+  /* Old names first, so that the current name wins when both are set. */
+  for (int pass = 0; pass < 2; pass++) {
+    for (size_t i = 0; i < nfields; i++) {
+      const fo_cfg_field_t *f = &fields[i];
+      if ((f->type == FO_CFG_ALIAS) != (pass == 0))
+        continue;
+      char ename[96];
+      env_name(f->name, ename, sizeof(ename));
+      const char *v = getenv(ename);
+      if (v == NULL)
+        continue;
+      if (f->type == FO_CFG_ALIAS) {
+        f = alias_target(fields, nfields, f);
+        if (f == NULL)
+          continue;
+        char tname[96];
+        env_name(f->name, tname, sizeof(tname));
+        warn_alias(ename, tname);
+      }
       char source[128];
       snprintf(source, sizeof(source), "env %s", ename);
-      int rc = apply(cfg, &fields[i], v, source, err, errlen);
+      int rc = apply(cfg, f, v, source, err, errlen);
       if (rc != 0)
         return rc;
     }
@@ -202,9 +242,18 @@ int fo_cfg_load(const fo_cfg_field_t *fields, size_t nfields, void *cfg, int arg
     const char *eq = strchr(name, '=');
     size_t nlen = eq != NULL ? (size_t)(eq - name) : strlen(name);
     const fo_cfg_field_t *f = find_field(fields, nfields, name, nlen);
+    const char *used = f != NULL ? f->name : NULL; /* the spelling given */
+    if (f != NULL && f->type == FO_CFG_ALIAS)
+      f = alias_target(fields, nfields, f);
     if (f == NULL) {
       snprintf(err, errlen, "unknown option '--%.*s'", (int)nlen, name);
       return -EINVAL;
+    }
+    if (used != f->name) {
+      char u[128], t[128];
+      snprintf(u, sizeof(u), "--%s", used);
+      snprintf(t, sizeof(t), "--%s", f->name);
+      warn_alias(u, t);
     }
     const char *v;
     if (eq != NULL) {
@@ -214,11 +263,11 @@ int fo_cfg_load(const fo_cfg_field_t *fields, size_t nfields, void *cfg, int arg
     } else if (i + 1 < argc) {
       v = argv[++i];
     } else {
-      snprintf(err, errlen, "option '--%s' needs a value", f->name);
+      snprintf(err, errlen, "option '--%s' needs a value", used);
       return -EINVAL;
     }
     char source[96];
-    snprintf(source, sizeof(source), "flag --%s", f->name);
+    snprintf(source, sizeof(source), "flag --%s", used);
     int rc = apply(cfg, f, v, source, err, errlen);
     if (rc != 0)
       return rc;
@@ -237,6 +286,11 @@ void fo_cfg_usage(const char *prog, const char *about, const fo_cfg_field_t *fie
     const fo_cfg_field_t *fd = &fields[i];
     char ename[96];
     env_name(fd->name, ename, sizeof(ename));
+    if (fd->type == FO_CFG_ALIAS) {
+      fprintf(f, "  --%s\n      deprecated name of --%s (env %s still works too)\n", fd->name,
+              fd->def, ename);
+      continue;
+    }
     const char *kind = fd->type == FO_CFG_INT ? "N" : fd->type == FO_CFG_BOOL ? "BOOL"
                        : fd->type == FO_CFG_ADDR ? "HOST:PORT" : "TEXT";
     fprintf(f, "  --%s %s\n      %s\n      env %s, default: %s", fd->name, kind,

@@ -13,7 +13,9 @@ typedef enum {
   FO_CFG_INT,    /* int64_t, bounded by [min, max] */
   FO_CFG_BOOL,   /* bool: true/false/1/0/yes/no/on/off */
   FO_CFG_STR,    /* char * (owned by the struct, freed by fo_cfg_free) */
-  FO_CFG_ADDR,   /* fo_addr_t: "HOST:PORT", port in [min, max] */
+  FO_CFG_ADDR,   /* fo_addr_t: a single "HOST:PORT", port in [min, max] */
+  FO_CFG_ALIAS,  /* an old name kept working: `def` names the field it sets; using
+                    it (flag or env) logs a deprecation warning. No offset. */
 } fo_cfg_type_t;
 
 typedef struct {
@@ -51,7 +53,10 @@ int fo_cfg_main(const char *prog, const char *about, const fo_cfg_field_t *field
                 size_t nfields, void *cfg, int argc, char **argv,
                 int (*finalize)(void *cfg, char *err, size_t errlen));
 
-/* Parses "HOST:PORT" (IPv6 as "[::1]:80"). Returns 0 or -EINVAL. */
+/* Parses one "HOST:PORT" (IPv6 as "[::1]:80"); the host is a name or a
+ * numeric address (letters, digits, '-', '.', '_'; inside brackets hex
+ * digits, ':', '.', and a "%zone"). Returns 0 or -EINVAL (a list such as
+ * "a:1,b:2" is refused too). */
 int fo_addr_parse(const char *s, fo_addr_t *out, char *err, size_t errlen);
 /* Splits a comma-separated list in place-independent copies: returns the
  * number of items (empty items skipped, spaces around items trimmed) and a

@@ -249,6 +249,30 @@ static int hexval(int c) {
   return -1;
 }
 
+ssize_t fo_http_pct_decode(const char *s, size_t len, fo_pct_mode_t mode, char *out,
+                           size_t outlen) {
+  size_t o = 0;
+  for (size_t i = 0; i < len; i++) {
+    int c = (unsigned char)s[i];
+    if (c == '%') {
+      int hi = i + 1 < len ? hexval((unsigned char)s[i + 1]) : -1;
+      int lo = hi >= 0 && i + 2 < len ? hexval((unsigned char)s[i + 2]) : -1;
+      if (hi >= 0 && lo >= 0) {
+        c = hi << 4 | lo;
+        i += 2;
+      } else if (mode == FO_PCT_PATH) {
+        return -EINVAL;
+      }
+    } else if (c == '+' && mode == FO_PCT_QUERY) {
+      c = ' ';
+    }
+    if (o >= outlen)
+      return -EMSGSIZE;
+    out[o++] = (char)c;
+  }
+  return (ssize_t)o;
+}
+
 char *fo_http_query_param(const char *query, const char *key) {
   if (query == NULL)
     return NULL;
@@ -263,21 +287,8 @@ char *fo_http_query_param(const char *query, const char *key) {
       char *out = malloc(vlen + 1);
       if (out == NULL)
         return NULL;
-      size_t o = 0;
-      for (size_t i = 0; i < vlen; i++) {
-        int hi, lo;
-        if (v[i] == '%' && i + 2 < vlen &&
-            (hi = hexval((unsigned char)v[i + 1])) >= 0 &&
-            (lo = hexval((unsigned char)v[i + 2])) >= 0) {
-          out[o++] = (char)(hi << 4 | lo);
-          i += 2;
-        } else if (v[i] == '+') {
-          out[o++] = ' ';
-        } else {
-          out[o++] = v[i];
-        }
-      }
-      out[o] = '\0';
+      ssize_t o = fo_http_pct_decode(v, vlen, FO_PCT_QUERY, out, vlen);
+      out[o >= 0 ? (size_t)o : 0] = '\0'; /* cannot fail: lenient, and never grows */
       return out;
     }
     if (end == NULL)
@@ -327,31 +338,59 @@ const char *fo_http_status_text(int status) {
   }
 }
 
+int fo_http_format_head(fo_sb_t *out, int status, const char *content_type,
+                        const char *extra_headers, size_t content_length, bool keep_alive) {
+  char num[24];
+  int n = 0;
+  size_t v = content_length;
+  do {
+    num[sizeof(num) - 1 - n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v > 0 && n < 20);
+  if (status < 100 || status > 999)
+    status = 500;
+  char code[4] = {(char)('0' + status / 100 % 10), (char)('0' + status / 10 % 10),
+                  (char)('0' + status % 10), ' '};
+  fo_sb_append(out, "HTTP/1.1 ", 9);
+  fo_sb_append(out, code, 4);
+  fo_sb_puts(out, fo_http_status_text(status));
+  if (content_type != NULL) {
+    fo_sb_append(out, "\r\nContent-Type: ", 16);
+    fo_sb_puts(out, content_type);
+  }
+  fo_sb_append(out, "\r\nContent-Length: ", 18);
+  fo_sb_append(out, num + sizeof(num) - n, (size_t)n);
+  fo_sb_append(out, "\r\n", 2);
+  if (!keep_alive)
+    fo_sb_append(out, "Connection: close\r\n", 19);
+  if (extra_headers != NULL)
+    fo_sb_puts(out, extra_headers);
+  fo_sb_append(out, "\r\n", 2);
+  return out->oom ? -ENOMEM : 0;
+}
+
 int fo_http_format_response(fo_sb_t *out, int status, const char *content_type,
                             const char *extra_headers, const void *body, size_t body_len,
                             bool keep_alive) {
-  fo_sb_printf(out, "HTTP/1.1 %d %s\r\n", status, fo_http_status_text(status));
-  if (body != NULL && content_type != NULL)
-    fo_sb_printf(out, "Content-Type: %s\r\n", content_type);
-  fo_sb_printf(out, "Content-Length: %zu\r\n", body != NULL ? body_len : 0);
-  if (!keep_alive)
-    fo_sb_puts(out, "Connection: close\r\n");
-  if (extra_headers != NULL)
-    fo_sb_puts(out, extra_headers);
-  fo_sb_puts(out, "\r\n");
+  fo_http_format_head(out, status, body != NULL ? content_type : NULL, extra_headers,
+                      body != NULL ? body_len : 0, keep_alive);
   if (body != NULL && body_len > 0)
     fo_sb_append(out, body, body_len);
   return out->oom ? -ENOMEM : 0;
+}
+
+void fo_http_error_body(fo_sb_t *out, const char *msg) {
+  fo_sb_puts(out, "{\"error\":");
+  /* msg is ours, but may quote peer input: escape it properly. */
+  fo_json_put_str(out, msg, strlen(msg));
+  fo_sb_puts(out, "}");
 }
 
 int fo_http_format_error(fo_sb_t *out, int status, const char *msg, const char *extra_headers,
                          bool keep_alive) {
   fo_sb_t body;
   fo_sb_init(&body);
-  fo_sb_puts(&body, "{\"error\":");
-  /* msg is ours, but may quote peer input: escape it properly. */
-  fo_json_put_str(&body, msg, strlen(msg));
-  fo_sb_puts(&body, "}");
+  fo_http_error_body(&body, msg);
   int rc = body.oom ? -ENOMEM
                     : fo_http_format_response(out, status, "application/json", extra_headers,
                                               body.data, body.len, keep_alive);

@@ -78,19 +78,41 @@ bool fo_http_parser_mid_request(const fo_http_parser_t *p);
 
 /* Case-insensitive header lookup; returns the value or NULL. */
 const char *fo_http_header(const fo_http_request_t *req, const char *lower_name);
+/* How fo_http_pct_decode treats its input:
+ *   FO_PCT_PATH   a path segment (RFC 3986): '%' must start "%XX" (else
+ *                 -EINVAL); '+' is a plus sign.
+ *   FO_PCT_QUERY  a query value (HTML form encoding, as browsers send it):
+ *                 '+' is a space; a '%' not followed by two hex digits is
+ *                 kept as it is. */
+typedef enum { FO_PCT_PATH, FO_PCT_QUERY } fo_pct_mode_t;
+/* Percent-decodes s[0..len) into out (outlen bytes, no NUL appended).
+ * Returns the decoded length, -EINVAL (bad escape, FO_PCT_PATH) or
+ * -EMSGSIZE (does not fit outlen). Decoding never grows: len bytes suffice. */
+ssize_t fo_http_pct_decode(const char *s, size_t len, fo_pct_mode_t mode, char *out,
+                           size_t outlen);
 /* Finds key in a query string ("a=1&b=2") and returns a malloc'd,
- * percent-decoded copy, or NULL when absent. */
+ * NUL-terminated copy decoded with FO_PCT_QUERY, or NULL when absent. */
 char *fo_http_query_param(const char *query, const char *key);
 /* "Bearer X" -> X (pointer into value) or NULL. */
 const char *fo_http_bearer(const fo_http_request_t *req);
 
 const char *fo_http_status_text(int status);
-/* Appends a complete response: status line, Content-Type (when body != NULL),
- * Content-Length, Connection, any extra header lines (each "Name: value\r\n",
- * may be NULL), blank line, body. Returns 0 or -ENOMEM. */
+/* The one response formatter of both services (printf-free: it runs once
+ * per request). Appends the status line, Content-Type (when content_type is
+ * not NULL), "Content-Length: content_length", "Connection: close" unless
+ * keep_alive, any extra header lines (each "Name: value\r\n", may be NULL)
+ * and the blank line; the caller appends the body (or not, for HEAD).
+ * Returns 0 or -ENOMEM (out->oom). */
+int fo_http_format_head(fo_sb_t *out, int status, const char *content_type,
+                        const char *extra_headers, size_t content_length, bool keep_alive);
+/* A complete response: fo_http_format_head (Content-Type only when body is
+ * not NULL; Content-Length 0 when it is NULL), then the body. Returns 0 or
+ * -ENOMEM. */
 int fo_http_format_response(fo_sb_t *out, int status, const char *content_type,
                             const char *extra_headers, const void *body, size_t body_len,
                             bool keep_alive);
+/* Appends the JSON error body `{"error":"msg"}` (msg escaped). */
+void fo_http_error_body(fo_sb_t *out, const char *msg);
 /* Appends `{"error":"msg"}` as a complete JSON error response. */
 int fo_http_format_error(fo_sb_t *out, int status, const char *msg,
                          const char *extra_headers, bool keep_alive);

@@ -19,7 +19,9 @@
 #include "envelope.h"
 #include "ingest_int.h"
 #include "json_out.h"
+#include "list.h"
 #include "log.h"
+#include "message.h"
 #include "partition.h"
 
 #define MAX_IDEM_KEY 255
@@ -40,7 +42,7 @@ typedef struct {
 
 struct job {
   fo_api_t *api;
-  job_t *prev, *next;   /* deadline FIFO, while unanswered */
+  TAILQ_ENTRY(job) fifo; /* deadline FIFO, while listed */
   fo_reply_t *reply;    /* NULL once answered */
   fo_idem_entry_t *idem;
   uint64_t deadline_ms;
@@ -56,10 +58,9 @@ struct job {
 struct fo_api {
   fo_ingest_t *ing;
   uv_timer_t timer; /* timer.data == this */
-  job_t *oldest, *newest;
+  TAILQ_HEAD(, job) jobs; /* unanswered, by deadline */
   size_t pending;   /* jobs not yet freed */
   uint64_t period;  /* of the deadline sweep, ms */
-  uint64_t *c_status[600];
   uint64_t *c_route[8];
   uint64_t *c_timeouts;
   int64_t *g_jobs;
@@ -71,57 +72,7 @@ enum { R_SEND, R_BROADCAST, R_BATCH, R_PRESENCE, R_HEALTHZ, R_READYZ, R_METRICS,
 static const char *const route_names[] = {"send",    "broadcast", "batch",   "presence",
                                           "healthz", "readyz",    "metrics", "other"};
 
-/* ---- helpers shared with intake.c -------------------------------------------- */
-
-const char *fo__target_invalid(const char *s, size_t len) {
-  if (len == 0)
-    return "must not be empty";
-  if (len > FO_ENV_MAX_TARGET)
-    return "longer than 256 bytes";
-  if (!fo_utf8_valid(s, len))
-    return "not valid UTF-8";
-  for (size_t i = 0; i < len; i++) {
-    if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
-      return "contains control characters";
-  }
-  return NULL;
-}
-
-int fo__envelope_build(fo_ingest_t *ing, int kind, const char *target, size_t target_len,
-                       const char *json, size_t json_len, fo_sb_t *out,
-                       uint8_t id_out[FO_ID_LEN]) {
-  fo_env_t env;
-  memset(&env, 0, sizeof(env));
-  uint64_t now = fo_now_ms();
-  env.version = FO_ENV_VERSION;
-  fo_id_next(&ing->idgen, now, env.id);
-  env.kind = (fo_env_kind_t)kind;
-  env.target = target;
-  env.target_len = target_len;
-  env.payload = (const uint8_t *)json;
-  env.payload_len = json_len;
-  env.content_type = "application/json";
-  env.content_type_len = strlen(env.content_type);
-  env.created_ms = (int64_t)now;
-  memcpy(id_out, env.id, FO_ID_LEN);
-  return fo_env_encode(&env, out);
-}
-
 /* ---- metrics ------------------------------------------------------------------ */
-
-void fo__api_count_status(fo_ingest_t *ing, int status) {
-  fo_api_t *api = ing->api;
-  if (api == NULL || status < 100 || status >= 600)
-    return;
-  if (api->c_status[status] == NULL) {
-    char name[96];
-    snprintf(name, sizeof(name), "fanout_ingest_http_responses_total{code=\"%d\"}", status);
-    api->c_status[status] = fo_metrics_counter(ing->metrics, name, "HTTP responses by status");
-    if (api->c_status[status] == NULL)
-      return;
-  }
-  (*api->c_status[status])++;
-}
 
 size_t fo__api_pending(const fo_api_t *api) { return api->pending; }
 
@@ -143,14 +94,7 @@ static void job_unlist(job_t *job) {
   fo_api_t *api = job->api;
   if (!job->listed)
     return;
-  if (job->prev != NULL)
-    job->prev->next = job->next;
-  else
-    api->oldest = job->next;
-  if (job->next != NULL)
-    job->next->prev = job->prev;
-  else
-    api->newest = job->prev;
+  TAILQ_REMOVE(&api->jobs, job, fifo);
   job->listed = false;
 }
 
@@ -262,8 +206,8 @@ static void on_item_done(fo_prod_req_t *preq, rd_kafka_resp_err_t err, int32_t p
 static void on_deadline(uv_timer_t *t) {
   fo_api_t *api = t->data;
   uint64_t now = uv_now(api->ing->loop);
-  while (api->oldest != NULL && api->oldest->deadline_ms <= now) {
-    job_t *job = api->oldest;
+  job_t *job;
+  while ((job = TAILQ_FIRST(&api->jobs)) != NULL && job->deadline_ms <= now) {
     job_answer(job); /* unlists it */
     job_maybe_free(job);
   }
@@ -292,67 +236,13 @@ static job_t *job_new(fo_api_t *api, fo_reply_t *reply, int n, bool batch) {
 
 /* ---- building and producing one message -------------------------------------------- */
 
-/* Validates one {"user"|"room", "data"} object for the given kind (0 = either,
- * as in a batch) and produces it as item i of job. On a validation or local
- * produce error the item's result is set and 0 is returned; the job then
- * does not wait for it. */
-static void produce_item(fo_ingest_t *ing, job_t *job, int i, json_t *obj, int want_kind) {
+/* Produces one valid message as item i of job. On a local error the item's
+ * result is set; the job then does not wait for it. */
+static void produce_item(fo_ingest_t *ing, job_t *job, int i, const fo_msg_t *msg) {
   result_t *r = &job->results[i];
-  const char *field = want_kind == FO_ENV_BROADCAST ? "room" : "user";
-  int kind = want_kind == 0 ? FO_ENV_SEND : want_kind;
-  if (!json_is_object(obj)) {
-    r->status = 400;
-    r->error = "message must be a JSON object";
-    return;
-  }
-  json_t *target = json_object_get(obj, field);
-  if (want_kind == 0 && target == NULL) {
-    field = "room";
-    kind = FO_ENV_BROADCAST;
-    target = json_object_get(obj, field);
-  }
-  if (want_kind == 0 && target != NULL && kind == FO_ENV_SEND &&
-      json_object_get(obj, "room") != NULL) {
-    r->status = 400;
-    r->error = "give either user or room, not both";
-    return;
-  }
-  if (target == NULL) {
-    r->status = 400;
-    r->error = want_kind == FO_ENV_BROADCAST ? "missing room"
-               : want_kind == FO_ENV_SEND    ? "missing user"
-                                             : "missing user or room";
-    return;
-  }
-  if (!json_is_string(target)) {
-    r->status = 400;
-    r->error = kind == FO_ENV_BROADCAST ? "room must be a string" : "user must be a string";
-    return;
-  }
-  const char *name = json_string_value(target);
-  size_t name_len = json_string_length(target);
-  const char *why = fo__target_invalid(name, name_len);
-  if (why != NULL) {
-    r->status = 400;
-    r->error = kind == FO_ENV_BROADCAST ? "invalid room" : "invalid user";
-    return;
-  }
-  json_t *data = json_object_get(obj, "data");
-  if (data == NULL) {
-    r->status = 400;
-    r->error = "missing data";
-    return;
-  }
-  char *text = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
-  if (text == NULL) {
-    r->status = 503;
-    r->error = "out of memory";
-    return;
-  }
   fo_sb_t env;
   fo_sb_init(&env);
-  int rc = fo__envelope_build(ing, kind, name, name_len, text, strlen(text), &env, r->id);
-  free(text);
+  int rc = fo__msg_envelope(&ing->idgen, msg, &env, r->id);
   if (rc != 0) {
     fo_sb_free(&env);
     r->status = rc == -ENOMEM ? 503 : 400;
@@ -360,8 +250,8 @@ static void produce_item(fo_ingest_t *ing, job_t *job, int i, json_t *obj, int w
     return;
   }
   rd_kafka_resp_err_t err = fo__producer_send(
-      ing->producer, kind == FO_ENV_BROADCAST ? FO_TOPIC_ROOMS : FO_TOPIC_USERS, name, name_len,
-      env.data, env.len, NULL, &job->items[i].preq);
+      ing->producer, msg->kind == FO_ENV_BROADCAST ? FO_TOPIC_ROOMS : FO_TOPIC_USERS,
+      msg->target, msg->target_len, env.data, env.len, NULL, &job->items[i].preq);
   fo_sb_free(&env);
   switch (err) {
   case RD_KAFKA_RESP_ERR_NO_ERROR:
@@ -441,6 +331,7 @@ static void handle_produce(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_
   if (root == NULL)
     return;
   json_t *messages = NULL;
+  fo_msg_t single;
   int n = 1;
   if (route == R_BATCH) {
     messages = json_object_get(root, "messages");
@@ -460,17 +351,8 @@ static void handle_produce(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_
     }
   } else {
     /* Fail fast on a malformed single message, before any idempotency state. */
-    const char *field = route == R_BROADCAST ? "room" : "user";
-    json_t *target = json_object_get(root, field);
-    const char *err = NULL;
-    if (target == NULL)
-      err = route == R_BROADCAST ? "missing room" : "missing user";
-    else if (!json_is_string(target))
-      err = route == R_BROADCAST ? "room must be a string" : "user must be a string";
-    else if (fo__target_invalid(json_string_value(target), json_string_length(target)) != NULL)
-      err = route == R_BROADCAST ? "invalid room" : "invalid user";
-    else if (json_object_get(root, "data") == NULL)
-      err = "missing data";
+    const char *err = fo__msg_check(root, route == R_BROADCAST ? FO_ENV_BROADCAST : FO_ENV_SEND,
+                                    &single);
     if (err != NULL) {
       json_decref(root);
       fo__reply_error(reply, 400, err, NULL);
@@ -517,10 +399,18 @@ static void handle_produce(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_
   }
   job->idem = idem;
   if (route == R_BATCH) {
-    for (int i = 0; i < n; i++)
-      produce_item(ing, job, i, json_array_get(messages, (size_t)i), 0);
+    for (int i = 0; i < n; i++) {
+      fo_msg_t msg;
+      const char *err = fo__msg_check(json_array_get(messages, (size_t)i), 0, &msg);
+      if (err != NULL) {
+        job->results[i].status = 400;
+        job->results[i].error = err;
+      } else {
+        produce_item(ing, job, i, &msg);
+      }
+    }
   } else {
-    produce_item(ing, job, 0, root, route == R_BROADCAST ? FO_ENV_BROADCAST : FO_ENV_SEND);
+    produce_item(ing, job, 0, &single);
   }
   json_decref(root);
   job->unknown = job->outstanding;
@@ -533,12 +423,7 @@ static void handle_produce(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_
    * is out by the configured deadline. */
   job->deadline_ms = uv_now(ing->loop) + (uint64_t)cfg->produce_timeout_ms - api->period;
   job->listed = true;
-  job->prev = api->newest;
-  if (api->newest != NULL)
-    api->newest->next = job;
-  else
-    api->oldest = job;
-  api->newest = job;
+  TAILQ_INSERT_TAIL(&api->jobs, job, fifo);
 }
 
 static void handle_metrics(fo_ingest_t *ing, fo_reply_t *reply) {
@@ -567,40 +452,11 @@ static void handle_readyz(fo_ingest_t *ing, fo_reply_t *reply) {
                  body, strlen(body));
 }
 
-static int hexval(int c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
-/* Percent-decodes s into out (at most outlen bytes); returns the length or -1. */
-static ssize_t pct_decode(const char *s, char *out, size_t outlen) {
-  size_t o = 0;
-  for (size_t i = 0; s[i] != '\0'; i++) {
-    int c = (unsigned char)s[i];
-    if (c == '%') {
-      int hi = s[i + 1] != '\0' ? hexval((unsigned char)s[i + 1]) : -1;
-      int lo = hi >= 0 && s[i + 2] != '\0' ? hexval((unsigned char)s[i + 2]) : -1;
-      if (hi < 0 || lo < 0)
-        return -1;
-      c = hi << 4 | lo;
-      i += 2;
-    }
-    if (o >= outlen)
-      return -1;
-    out[o++] = (char)c;
-  }
-  return (ssize_t)o;
-}
-
 static void handle_presence(fo_ingest_t *ing, fo_reply_t *reply, const char *raw) {
   char user[FO_ENV_MAX_TARGET + 1];
-  ssize_t len = pct_decode(raw, user, FO_ENV_MAX_TARGET);
-  if (len < 0 || fo__target_invalid(user, (size_t)len) != NULL) {
+  /* A path segment: strict, and '+' is a plus sign (a valid name char). */
+  ssize_t len = fo_http_pct_decode(raw, strlen(raw), FO_PCT_PATH, user, FO_ENV_MAX_TARGET);
+  if (len < 0 || fo__msg_target_invalid(user, (size_t)len) != NULL) {
     fo__reply_error(reply, 400, "invalid user", NULL);
     return;
   }
@@ -641,8 +497,8 @@ static const char *disallowed(int route, const char *method) {
 }
 
 /* The API key of a /v1 request: its index, or -1 with *why set (401).
- * `reply` serves only to reach the connection's memo of its last key. */
-static int authenticate(fo_ingest_t *ing, fo_reply_t *reply, const fo_http_request_t *req,
+ * `slot` is the connection's, for auth.c's memo of its last key. */
+static int authenticate(fo_ingest_t *ing, void **slot, const fo_http_request_t *req,
                         const char **why) {
   const char *token = fo_http_bearer(req);
   if (token == NULL) {
@@ -650,32 +506,35 @@ static int authenticate(fo_ingest_t *ing, fo_reply_t *reply, const fo_http_reque
     return -1;
   }
   size_t token_len = strlen(token);
-  int key_index = fo__reply_auth_cached(reply, token, token_len);
-  if (key_index < 0) {
-    key_index = fo__auth_check(ing->auth, token, token_len);
-    if (key_index >= 0)
-      fo__reply_auth_remember(reply, token, token_len, key_index);
-  }
+  int key_index = fo__auth_check_memo(ing->auth, slot, token, token_len);
   if (key_index < 0)
     *why = "invalid API key";
   return key_index;
 }
 
-const char *fo__api_refuse_body(fo_ingest_t *ing, fo_reply_t *memo, const fo_http_request_t *req) {
+/* A /v1 request with a body and no valid API key is answered 401 at once,
+ * so that unauthenticated clients cannot make us buffer bodies. */
+static bool api_refuse_body(void *ud, void **slot, const fo_http_request_t *req,
+                            fo_server_refusal_t *refusal) {
+  fo_ingest_t *ing = ud;
   fo_api_t *api = ing->api;
   int route = route_of(req->path);
   if (!req->body_follows || route == R_OTHER || strncmp(req->path, "/v1/", 4) != 0 ||
       disallowed(route, req->method) != NULL)
-    return NULL; /* answered as usual once the request is complete */
+    return false; /* answered as usual once the request is complete */
   const char *why = NULL;
-  if (authenticate(ing, memo, req, &why) >= 0)
-    return NULL;
+  if (authenticate(ing, slot, req, &why) >= 0)
+    return false;
   if (api->c_route[route] != NULL)
     (*api->c_route[route])++;
-  return why;
+  refusal->status = 401;
+  refusal->msg = why;
+  refusal->extra_headers = "WWW-Authenticate: Bearer\r\n";
+  return true;
 }
 
-void fo__api_handle(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_t *req) {
+static void api_handle(void *ud, fo_reply_t *reply, fo_http_request_t *req) {
+  fo_ingest_t *ing = ud;
   fo_api_t *api = ing->api;
   const char *path = req->path;
   int route = route_of(path);
@@ -693,7 +552,7 @@ void fo__api_handle(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_t *req)
   int key_index = -1;
   if (strncmp(path, "/v1/", 4) == 0) {
     const char *why = NULL;
-    key_index = authenticate(ing, reply, req, &why);
+    key_index = authenticate(ing, fo__reply_slot(reply), req, &why);
     if (key_index < 0) {
       fo__reply_error(reply, 401, why, "WWW-Authenticate: Bearer\r\n");
       return;
@@ -726,6 +585,12 @@ void fo__api_handle(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_t *req)
   }
 }
 
+const fo_server_handler_t fo__api_handler = {
+    .refuse_body = api_refuse_body,
+    .handle = api_handle,
+    .slot_free = fo__auth_memo_free,
+};
+
 /* ---- lifetime --------------------------------------------------------------------------- */
 
 int fo__api_new(fo_ingest_t *ing, fo_api_t **out) {
@@ -733,6 +598,7 @@ int fo__api_new(fo_ingest_t *ing, fo_api_t **out) {
   if (api == NULL)
     return -ENOMEM;
   api->ing = ing;
+  TAILQ_INIT(&api->jobs);
   snprintf(api->retry_after, sizeof(api->retry_after), "Retry-After: %" PRId64 "\r\n",
            ing->cfg->retry_after_s);
   for (int r = 0; r <= R_OTHER; r++) {
@@ -778,8 +644,8 @@ void fo__api_free(fo_api_t *api) {
   if (api == NULL)
     return;
   /* Jobs still listed are answered (their connections are gone by now). */
-  while (api->oldest != NULL) {
-    job_t *job = api->oldest;
+  job_t *job;
+  while ((job = TAILQ_FIRST(&api->jobs)) != NULL) {
     job_answer(job);
     job_maybe_free(job);
   }

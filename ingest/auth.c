@@ -68,3 +68,36 @@ int fo__auth_check(const fo_auth_t *auth, const char *token, size_t len) {
   }
   return found;
 }
+
+/* The memo: the last token accepted on one connection and its key index. */
+typedef struct {
+  size_t len;
+  int index;
+  char token[];
+} memo_t;
+
+int fo__auth_check_memo(const fo_auth_t *auth, void **slot, const char *token, size_t len) {
+  const memo_t *memo = slot != NULL ? *slot : NULL;
+  if (memo != NULL && memo->len == len && CRYPTO_memcmp(memo->token, token, len) == 0)
+    return memo->index;
+  int index = fo__auth_check(auth, token, len);
+  if (index < 0 || slot == NULL)
+    return index;
+  memo_t *copy = malloc(sizeof(*copy) + len);
+  if (copy == NULL)
+    return index; /* no memo: the next request hashes again */
+  copy->len = len;
+  copy->index = index;
+  memcpy(copy->token, token, len);
+  fo__auth_memo_free(*slot);
+  *slot = copy;
+  return index;
+}
+
+void fo__auth_memo_free(void *memo) {
+  if (memo == NULL)
+    return;
+  memo_t *m = memo;
+  OPENSSL_cleanse(m->token, m->len);
+  free(m);
+}

@@ -12,39 +12,40 @@
 #include <string.h>
 
 #include "ingest_int.h"
-#include "hash.h"
+#include "list.h"
+#include "map.h"
 
 typedef struct waiter {
-  struct waiter *next;
+  SLIST_ENTRY(waiter) link;
   fo_reply_t *reply;
 } waiter_t;
 
+SLIST_HEAD(waiters, waiter);
+
 struct fo_idem_entry {
-  fo_idem_entry_t *hnext;       /* hash chain */
-  fo_idem_entry_t *older, *newer; /* age list */
-  uint32_t hash;
+  fo_mapent_t ment;                 /* in idem->map; ment.key == key */
+  TAILQ_ENTRY(fo_idem_entry) age;   /* oldest first */
   uint32_t fingerprint;
   bool pending;
   uint64_t created_ms;
   int status;
   char *extra;   /* owned; extra header lines, or NULL */
   fo_buf_t *body; /* owned; the response body */
-  waiter_t *waiters;
+  struct waiters waiters;
   size_t cost;    /* bytes charged to the cache for this entry */
   size_t keylen;
   char key[];
 };
 
-/* Allocator and bucket overhead charged per entry on top of what it holds. */
+/* Allocator and map-slot overhead charged per entry on top of what it holds. */
 #define ENTRY_OVERHEAD 64
 
 struct fo_idem {
   size_t max, count;
   size_t max_bytes, bytes;
   uint64_t window_ms;
-  size_t nbuckets; /* a power of two */
-  fo_idem_entry_t **buckets;
-  fo_idem_entry_t *oldest, *newest;
+  fo_map_t map;    /* key -> entry */
+  TAILQ_HEAD(, fo_idem_entry) ages;
 };
 
 int fo__idem_new(size_t max_keys, size_t max_bytes, uint64_t window_ms, fo_idem_t **out) {
@@ -54,38 +55,22 @@ int fo__idem_new(size_t max_keys, size_t max_bytes, uint64_t window_ms, fo_idem_
   idem->max = max_keys;
   idem->max_bytes = max_bytes;
   idem->window_ms = window_ms;
-  idem->nbuckets = 64;
-  while (idem->nbuckets < max_keys && idem->nbuckets < (1u << 24))
-    idem->nbuckets <<= 1;
-  idem->buckets = calloc(idem->nbuckets, sizeof(*idem->buckets));
-  if (idem->buckets == NULL) {
-    free(idem);
-    return -ENOMEM;
-  }
+  TAILQ_INIT(&idem->ages);
   *out = idem;
   return 0;
 }
 
 static void entry_unlink(fo_idem_t *idem, fo_idem_entry_t *e) {
-  fo_idem_entry_t **pp = &idem->buckets[e->hash & (idem->nbuckets - 1)];
-  while (*pp != e)
-    pp = &(*pp)->hnext;
-  *pp = e->hnext;
-  if (e->older != NULL)
-    e->older->newer = e->newer;
-  else
-    idem->oldest = e->newer;
-  if (e->newer != NULL)
-    e->newer->older = e->older;
-  else
-    idem->newest = e->older;
+  fo_map_del(&idem->map, &e->ment);
+  TAILQ_REMOVE(&idem->ages, e, age);
   idem->count--;
   idem->bytes -= e->cost;
 }
 
 static void entry_free(fo_idem_entry_t *e) {
-  for (waiter_t *w = e->waiters, *next; w != NULL; w = next) {
-    next = w->next;
+  waiter_t *w;
+  while ((w = SLIST_FIRST(&e->waiters)) != NULL) {
+    SLIST_REMOVE_HEAD(&e->waiters, link);
     fo__reply_error(w->reply, 503, "shutting down", NULL);
     free(w);
   }
@@ -97,11 +82,10 @@ static void entry_free(fo_idem_entry_t *e) {
 void fo__idem_free(fo_idem_t *idem) {
   if (idem == NULL)
     return;
-  for (fo_idem_entry_t *e = idem->oldest, *next; e != NULL; e = next) {
-    next = e->newer;
+  fo_idem_entry_t *e, *next;
+  TAILQ_FOREACH_SAFE(e, &idem->ages, age, next)
     entry_free(e);
-  }
-  free(idem->buckets);
+  fo_map_free(&idem->map);
   free(idem);
 }
 
@@ -118,11 +102,11 @@ size_t fo__idem_bytes(const fo_idem_t *idem) { return idem->bytes; }
  * until `need` more bytes fit and, when `key_slot`, one more key. Returns
  * false when that cannot be reached. */
 static bool make_room(fo_idem_t *idem, size_t need, bool key_slot, const fo_idem_entry_t *keep) {
-  fo_idem_entry_t *e = idem->oldest;
+  fo_idem_entry_t *e = TAILQ_FIRST(&idem->ages);
   int skipped = 0;
   while ((idem->bytes + need > idem->max_bytes || (key_slot && idem->count >= idem->max)) &&
          e != NULL && skipped <= MAX_SKIP) {
-    fo_idem_entry_t *next = e->newer;
+    fo_idem_entry_t *next = TAILQ_NEXT(e, age);
     if (!e->pending && e != keep) {
       entry_unlink(idem, e);
       entry_free(e);
@@ -135,9 +119,9 @@ static bool make_room(fo_idem_t *idem, size_t need, bool key_slot, const fo_idem
 }
 
 static void expire(fo_idem_t *idem, uint64_t now_ms) {
-  while (idem->oldest != NULL && !idem->oldest->pending &&
-         idem->oldest->created_ms + idem->window_ms <= now_ms) {
-    fo_idem_entry_t *e = idem->oldest;
+  fo_idem_entry_t *e;
+  while ((e = TAILQ_FIRST(&idem->ages)) != NULL && !e->pending &&
+         e->created_ms + idem->window_ms <= now_ms) {
     entry_unlink(idem, e);
     entry_free(e);
   }
@@ -147,10 +131,10 @@ fo_idem_result_t fo__idem_begin(fo_idem_t *idem, uint64_t now_ms, const char *ke
                                 uint32_t fingerprint, fo_reply_t *reply,
                                 fo_idem_entry_t **entry) {
   expire(idem, now_ms);
-  uint32_t hash = fo_hash_private(key, keylen);
-  for (fo_idem_entry_t *e = idem->buckets[hash & (idem->nbuckets - 1)]; e != NULL; e = e->hnext) {
-    if (e->hash != hash || e->keylen != keylen || memcmp(e->key, key, keylen) != 0)
-      continue;
+  uint32_t hash = fo_map_hash(key, keylen);
+  fo_mapent_t *found = fo_map_get(&idem->map, key, keylen, hash);
+  if (found != NULL) {
+    fo_idem_entry_t *e = (fo_idem_entry_t *)found;
     if (e->fingerprint != fingerprint)
       return FO_IDEM_MISMATCH;
     if (e->pending) {
@@ -160,8 +144,7 @@ fo_idem_result_t fo__idem_begin(fo_idem_t *idem, uint64_t now_ms, const char *ke
         return FO_IDEM_DONE;
       }
       w->reply = reply;
-      w->next = e->waiters;
-      e->waiters = w;
+      SLIST_INSERT_HEAD(&e->waiters, w, link);
       return FO_IDEM_WAIT;
     }
     char extra[256];
@@ -179,20 +162,19 @@ fo_idem_result_t fo__idem_begin(fo_idem_t *idem, uint64_t now_ms, const char *ke
     return FO_IDEM_FULL;
   memcpy(e->key, key, keylen);
   e->keylen = keylen;
+  e->ment.hash = hash;
+  e->ment.len = (uint32_t)keylen;
+  e->ment.key = e->key;
   e->cost = cost;
-  e->hash = hash;
   e->fingerprint = fingerprint;
   e->pending = true;
   e->created_ms = now_ms;
-  size_t b = hash & (idem->nbuckets - 1);
-  e->hnext = idem->buckets[b];
-  idem->buckets[b] = e;
-  e->older = idem->newest;
-  if (idem->newest != NULL)
-    idem->newest->newer = e;
-  else
-    idem->oldest = e;
-  idem->newest = e;
+  SLIST_INIT(&e->waiters);
+  if (fo_map_put(&idem->map, &e->ment) != 0) {
+    free(e);
+    return FO_IDEM_FULL;
+  }
+  TAILQ_INSERT_TAIL(&idem->ages, e, age);
   idem->count++;
   idem->bytes += cost;
   *entry = e;
@@ -202,11 +184,11 @@ fo_idem_result_t fo__idem_begin(fo_idem_t *idem, uint64_t now_ms, const char *ke
 void fo__idem_finish(fo_idem_t *idem, fo_idem_entry_t *e, uint64_t now_ms, int status,
                      const char *extra_headers, const void *body, size_t body_len, bool cache) {
   (void)now_ms;
-  waiter_t *waiters = e->waiters;
-  e->waiters = NULL;
+  struct waiters waiters = e->waiters;
+  SLIST_INIT(&e->waiters);
   e->pending = false;
-  for (waiter_t *w = waiters, *next; w != NULL; w = next) {
-    next = w->next;
+  waiter_t *w, *next;
+  SLIST_FOREACH_SAFE(w, &waiters, link, next) {
     fo__reply_send(w->reply, status, "application/json", extra_headers, body, body_len);
     free(w);
   }

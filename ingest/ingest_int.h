@@ -3,8 +3,10 @@
  * (and its unit tests) includes this.
  *
  *   main.c      config table, start-up, signals, shutdown
- *   server.c    HTTP/1.1 connections (keep-alive, pipelining, limits, timeouts)
- *   api.c       routes -> handlers, replies, produce deadlines
+ *   server.c    HTTP/1.1 connections (keep-alive, pipelining, limits, timeouts),
+ *               server.h; the reply slot handlers answer, reply.h
+ *   api.c       routes -> handlers, produce deadlines (the server's handler)
+ *   message.c   {user|room, data} validation and the envelope, message.h
  *   auth.c      API keys, compared in constant time
  *   idem.c      Idempotency-Key cache
  *   producer.c  the Kafka producer (idempotent, acks=all, delivery reports)
@@ -25,6 +27,8 @@
 #include "http.h"
 #include "id.h"
 #include "metrics.h"
+#include "reply.h"
+#include "server.h"
 
 /* ---- configuration (main.c owns the table) ------------------------------ */
 
@@ -74,7 +78,6 @@ typedef struct fo_ingest_cfg {
 /* ---- the per-process context ------------------------------------------- */
 
 typedef struct fo_server fo_server_t;
-typedef struct fo_reply fo_reply_t;
 typedef struct fo_producer fo_producer_t;
 typedef struct fo_intake fo_intake_t;
 typedef struct fo_presence fo_presence_t;
@@ -97,49 +100,14 @@ typedef struct fo_ingest {
   bool stopping;             /* SIGTERM/SIGINT seen */
 } fo_ingest_t;
 
-/* ---- server.c: connections and ordered replies -------------------------- */
-
-/* Binds (SO_REUSEPORT when cfg->reuseport), listens and starts accepting.
- * Writes the bound "HOST:PORT" into bound. Returns 0 or a negative errno. */
-int fo__server_start(fo_ingest_t *ing, char *bound, size_t boundlen, fo_server_t **out);
-/* Stops accepting; idle connections close now, busy ones after their last
- * reply (which says Connection: close). */
-void fo__server_stop(fo_server_t *srv);
-/* Number of open connections (stopping: when 0, the server is drained). */
-size_t fo__server_connections(const fo_server_t *srv);
-/* Frees the server once every connection is closed (call after stop). */
-void fo__server_free(fo_server_t *srv);
-
-/* A reply slot: one per request, answered in request order. The handler
- * that receives it must call fo__reply_send() or fo__reply_error() exactly
- * once, now or later; that call frees the slot if its connection is gone. */
-void fo__reply_send(fo_reply_t *reply, int status, const char *content_type,
-                    const char *extra_headers, const void *body, size_t body_len);
-void fo__reply_error(fo_reply_t *reply, int status, const char *msg,
-                     const char *extra_headers);
-/* The connection's memo of its last accepted API key: the key index when
- * token equals it, else -1; and how to set it. */
-int fo__reply_auth_cached(const fo_reply_t *reply, const char *token, size_t len);
-void fo__reply_auth_remember(fo_reply_t *reply, const char *token, size_t len, int index);
-/* True when the client went away; the reply must still be sent (to free it). */
-bool fo__reply_detached(const fo_reply_t *reply);
-
 /* ---- api.c: routing ----------------------------------------------------- */
 
 int fo__api_new(fo_ingest_t *ing, fo_api_t **out);
 /* Stops the deadline timer (closing it); memory goes in fo__api_free. */
 void fo__api_close(fo_api_t *api);
 void fo__api_free(fo_api_t *api);
-/* Called when a request's headers are complete, before its body is read:
- * returns NULL to read the body, or the reason to answer 401 at once (a
- * /v1 request with a body and no valid API key), so that unauthenticated
- * clients cannot make us buffer bodies. `memo` only reaches the
- * connection's API key memo; nothing is sent on it. */
-const char *fo__api_refuse_body(fo_ingest_t *ing, fo_reply_t *memo, const fo_http_request_t *req);
-/* Handles one complete request. `req` is valid only during the call. */
-void fo__api_handle(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_t *req);
-/* Counts a response by status code (also used by server.c for its own). */
-void fo__api_count_status(fo_ingest_t *ing, int status);
+/* The request handler given to the HTTP server (ud = the fo_ingest_t). */
+extern const fo_server_handler_t fo__api_handler;
 /* Jobs still waiting for Kafka. */
 size_t fo__api_pending(const fo_api_t *api);
 
@@ -152,6 +120,13 @@ size_t fo__auth_count(const fo_auth_t *auth);
 /* Returns the index of the matching key (>= 0) or -1. Takes the same time
  * whatever the token is and whichever key (if any) matches. */
 int fo__auth_check(const fo_auth_t *auth, const char *token, size_t len);
+/* fo__auth_check with a per-connection memo of the last key accepted there,
+ * kept in *slot (the server's per-connection slot; NULL: no memo), so that a
+ * keep-alive client's key is not hashed again on every request. Comparing
+ * with a token this same client already proved valid leaks nothing. The
+ * server frees the memo with fo__auth_memo_free. */
+int fo__auth_check_memo(const fo_auth_t *auth, void **slot, const char *token, size_t len);
+void fo__auth_memo_free(void *memo);
 
 /* ---- idem.c: Idempotency-Key cache --------------------------------------- */
 
@@ -239,16 +214,5 @@ int fo__presence_new(fo_ingest_t *ing, fo_presence_t **out);
 void fo__presence_get(fo_presence_t *pr, const char *user, size_t user_len, fo_reply_t *reply);
 bool fo__presence_connected(const fo_presence_t *pr);
 void fo__presence_close(fo_presence_t *pr);
-
-/* ---- small helpers shared by api.c and intake.c (api.c) ------------------ */
-
-/* Validates a user or room name: non-empty, at most FO_ENV_MAX_TARGET bytes,
- * valid UTF-8, no control characters. Returns NULL or a reason. */
-const char *fo__target_invalid(const char *s, size_t len);
-/* Builds the envelope for (kind, target, JSON text of data) with a new id.
- * Appends to out; writes the id into id_out. Returns 0 or a negative errno. */
-int fo__envelope_build(fo_ingest_t *ing, int kind, const char *target, size_t target_len,
-                       const char *json, size_t json_len, fo_sb_t *out,
-                       uint8_t id_out[FO_ID_LEN]);
 
 #endif

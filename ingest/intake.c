@@ -22,8 +22,10 @@
 
 #include "envelope.h"
 #include "ingest_int.h"
-#include "kafka_uv.h"
+#include "kafka_consumer.h"
+#include "list.h"
 #include "log.h"
+#include "message.h"
 
 #define RETRY_MS 500
 #define MAX_REASON 200
@@ -35,9 +37,9 @@ struct rec {
   fo_prod_req_t preq;   /* first: the opaque handed to the producer */
   fo_intake_t *in;
   tracker_t *tr;
-  rec_t *next;          /* tracker FIFO */
-  rec_t *retry_next;    /* retry list */
-  rec_t *all_prev, *all_next; /* every live record, for the final cleanup */
+  STAILQ_ENTRY(rec) fifo;   /* tracker FIFO, in offset order */
+  SLIST_ENTRY(rec) retry;   /* retry list */
+  LIST_ENTRY(rec) all;      /* every live record, for the final cleanup */
   int64_t offset;
   int32_t partition;
   fo_topic_t topic;     /* where it goes now */
@@ -55,14 +57,12 @@ struct tracker {
   int32_t partition;
   bool attached;        /* still in the assignment */
   int refs;             /* records pointing here, + 1 while attached */
-  rec_t *head, *tail;
+  STAILQ_HEAD(, rec) recs;
 };
 
 struct fo_intake {
   fo_ingest_t *ing;
-  rd_kafka_t *rk;
-  rd_kafka_queue_t *q;
-  fo_kafka_uv_t *kuv;
+  fo_kafka_consumer_t *kc;
   tracker_t **trackers; /* by partition, attached ones */
   int ntrackers;
   size_t inflight;
@@ -70,8 +70,8 @@ struct fo_intake {
   bool stopping;
   uv_timer_t retry_timer; /* retry_timer.data == this */
   bool timer_closed;
-  rec_t *retry_head;
-  rec_t *all;
+  SLIST_HEAD(, rec) retries;
+  LIST_HEAD(, rec) all;
   fo_log_ratelimit_t rl;
   uint64_t *c_forwarded, *c_dlq, *c_retries;
   int64_t *g_inflight;
@@ -107,58 +107,39 @@ static tracker_t *tracker_get(fo_intake_t *in, int32_t partition) {
     tr->partition = partition;
     tr->attached = true;
     tr->refs = 1;
+    STAILQ_INIT(&tr->recs);
     in->trackers[partition] = tr;
   }
   return in->trackers[partition];
 }
 
-static void tracker_detach_all(fo_intake_t *in) {
-  for (int i = 0; i < in->ntrackers; i++) {
-    tracker_t *tr = in->trackers[i];
-    if (tr == NULL)
-      continue;
-    in->trackers[i] = NULL;
-    tr->attached = false;
-    tracker_unref(tr);
-  }
+static void tracker_detach(fo_intake_t *in, int32_t partition) {
+  if (partition < 0 || partition >= in->ntrackers || in->trackers[partition] == NULL)
+    return;
+  tracker_t *tr = in->trackers[partition];
+  in->trackers[partition] = NULL;
+  tr->attached = false;
+  tracker_unref(tr);
 }
 
 static void store_offset(fo_intake_t *in, int32_t partition, int64_t next_offset) {
-  rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
-  if (list == NULL)
-    return;
-  rd_kafka_topic_partition_list_add(list, in->ing->cfg->topic_intake, partition)->offset =
-      next_offset;
-  rd_kafka_resp_err_t err = rd_kafka_offsets_store(in->rk, list);
+  rd_kafka_resp_err_t err =
+      fo_kafka_consumer_store(in->kc, in->ing->cfg->topic_intake, partition, next_offset);
   if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
     FO_LOG_DEBUG("intake", "offset not stored", "partition=%d err=\"%s\"", (int)partition,
                  rd_kafka_err2str(err));
-  rd_kafka_topic_partition_list_destroy(list);
 }
 
 static void set_paused(fo_intake_t *in, bool pause) {
   if (in->paused == pause)
     return;
-  rd_kafka_topic_partition_list_t *parts = NULL;
-  if (rd_kafka_assignment(in->rk, &parts) == RD_KAFKA_RESP_ERR_NO_ERROR && parts != NULL) {
-    if (pause)
-      rd_kafka_pause_partitions(in->rk, parts);
-    else
-      rd_kafka_resume_partitions(in->rk, parts);
-    rd_kafka_topic_partition_list_destroy(parts);
-  }
+  fo_kafka_consumer_pause(in->kc, pause);
   in->paused = pause;
   FO_LOG_DEBUG("intake", pause ? "paused" : "resumed", "inflight=%zu", in->inflight);
 }
 
 static void rec_free(rec_t *rec) {
-  fo_intake_t *in = rec->in;
-  if (rec->all_prev != NULL)
-    rec->all_prev->all_next = rec->all_next;
-  else
-    in->all = rec->all_next;
-  if (rec->all_next != NULL)
-    rec->all_next->all_prev = rec->all_prev;
+  LIST_REMOVE(rec, all);
   free(rec->key);
   free(rec->val);
   if (rec->hdrs != NULL)
@@ -169,11 +150,9 @@ static void rec_free(rec_t *rec) {
 /* Pops the done prefix of the record's partition and stores the offset. */
 static void tracker_advance(fo_intake_t *in, tracker_t *tr) {
   int64_t last = -1;
-  while (tr->head != NULL && tr->head->done) {
-    rec_t *rec = tr->head;
-    tr->head = rec->next;
-    if (tr->head == NULL)
-      tr->tail = NULL;
+  rec_t *rec;
+  while ((rec = STAILQ_FIRST(&tr->recs)) != NULL && rec->done) {
+    STAILQ_REMOVE_HEAD(&tr->recs, fifo);
     last = rec->offset;
     rec_free(rec);
     in->inflight--;
@@ -209,8 +188,7 @@ static void to_dlq(rec_t *rec, const char *fmt, ...) {
 static void retry_later(rec_t *rec) {
   fo_intake_t *in = rec->in;
   (*in->c_retries)++;
-  rec->retry_next = in->retry_head;
-  in->retry_head = rec;
+  SLIST_INSERT_HEAD(&in->retries, rec, retry);
   if (!in->timer_closed && !uv_is_active((uv_handle_t *)&in->retry_timer))
     uv_timer_start(&in->retry_timer, on_retry, RETRY_MS, 0);
 }
@@ -309,12 +287,13 @@ static void rec_send(rec_t *rec) {
 
 static void on_retry(uv_timer_t *t) {
   fo_intake_t *in = t->data;
-  rec_t *list = in->retry_head;
-  in->retry_head = NULL;
-  while (list != NULL) {
-    rec_t *rec = list;
-    list = rec->retry_next;
-    rec->retry_next = NULL;
+  rec_t *rec;
+  /* Taken one by one: rec_send may put a record back on the list, for
+   * the next round. */
+  SLIST_HEAD(, rec) list = {SLIST_FIRST(&in->retries)};
+  SLIST_INIT(&in->retries);
+  while ((rec = SLIST_FIRST(&list)) != NULL) {
+    SLIST_REMOVE_HEAD(&list, retry);
     rec_send(rec);
   }
 }
@@ -344,7 +323,7 @@ static void classify(fo_intake_t *in, rec_t *rec) {
       to_dlq(rec, "invalid envelope: %s", err[0] != '\0' ? err : fo_strerror(rc));
       return;
     }
-    const char *why = fo__target_invalid(env.target, env.target_len);
+    const char *why = fo__msg_target_invalid(env.target, env.target_len);
     if (why != NULL) {
       to_dlq(rec, "invalid envelope: target %s", why);
       return;
@@ -375,38 +354,20 @@ static void classify(fo_intake_t *in, rec_t *rec) {
     to_dlq(rec, "invalid JSON: %s (line %d, column %d)", jerr.text, jerr.line, jerr.column);
     return;
   }
-  json_t *user = json_object_get(root, "user");
-  json_t *room = json_object_get(root, "room");
-  json_t *data = json_object_get(root, "data");
-  json_t *target = user != NULL ? user : room;
-  int kind = user != NULL ? FO_ENV_SEND : FO_ENV_BROADCAST;
-  const char *why = NULL;
-  if (user != NULL && room != NULL)
-    why = "give either user or room, not both";
-  else if (target == NULL)
-    why = "missing user or room";
-  else if (!json_is_string(target))
-    why = user != NULL ? "user must be a string" : "room must be a string";
-  else if (fo__target_invalid(json_string_value(target), json_string_length(target)) != NULL)
-    why = user != NULL ? "invalid user" : "invalid room";
-  else if (data == NULL)
-    why = "missing data";
+  fo_msg_t msg;
+  const char *why = fo__msg_check(root, 0, &msg);
   if (why != NULL) {
     json_decref(root);
     to_dlq(rec, "invalid JSON form: %s", why);
     return;
   }
-  char *text = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
   fo_sb_t env;
   fo_sb_init(&env);
   uint8_t id[FO_ID_LEN];
-  int rc = text == NULL ? -ENOMEM
-                        : fo__envelope_build(in->ing, kind, json_string_value(target),
-                                             json_string_length(target), text, strlen(text),
-                                             &env, id);
-  free(text);
-  char *key = rc == 0 ? strndup(json_string_value(target), json_string_length(target)) : NULL;
-  size_t keylen = json_string_length(target);
+  int rc = fo__msg_envelope(&in->ing->idgen, &msg, &env, id);
+  char *key = rc == 0 ? strndup(msg.target, msg.target_len) : NULL;
+  size_t keylen = msg.target_len;
+  fo_env_kind_t kind = msg.kind;
   json_decref(root);
   if (rc != 0 || key == NULL) {
     free(key);
@@ -457,16 +418,9 @@ static void on_record(fo_intake_t *in, const rd_kafka_message_t *msg) {
   rd_kafka_headers_t *h = NULL;
   if (rd_kafka_message_headers(msg, &h) == RD_KAFKA_RESP_ERR_NO_ERROR && h != NULL)
     rec->hdrs = rd_kafka_headers_copy(h);
-  rec->all_next = in->all;
-  if (in->all != NULL)
-    in->all->all_prev = rec;
-  in->all = rec;
+  LIST_INSERT_HEAD(&in->all, rec, all);
   tr->refs++;
-  if (tr->tail != NULL)
-    tr->tail->next = rec;
-  else
-    tr->head = rec;
-  tr->tail = rec;
+  STAILQ_INSERT_TAIL(&tr->recs, rec, fifo);
   in->inflight++;
   classify(in, rec);
   if (rec->topic != FO_TOPIC_DLQ) {
@@ -482,67 +436,28 @@ static void on_record(fo_intake_t *in, const rd_kafka_message_t *msg) {
 
 /* ---- consumer events -------------------------------------------------------------------- */
 
-static void on_rebalance(fo_intake_t *in, rd_kafka_event_t *ev) {
-  rd_kafka_resp_err_t err = rd_kafka_event_error(ev);
-  rd_kafka_topic_partition_list_t *parts = rd_kafka_event_topic_partition_list(ev);
-  bool cooperative = strcmp(rd_kafka_rebalance_protocol(in->rk), "COOPERATIVE") == 0;
-  if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-    FO_LOG_INFO("intake", "partitions assigned", "count=%d", parts != NULL ? parts->cnt : 0);
-    if (cooperative)
-      rd_kafka_incremental_assign(in->rk, parts);
-    else
-      rd_kafka_assign(in->rk, parts);
-    in->paused = false;
-    if (in->stopping || in->inflight >= (size_t)in->ing->cfg->intake_max_inflight)
-      set_paused(in, true);
-  } else {
-    FO_LOG_INFO("intake", "partitions revoked", "count=%d", parts != NULL ? parts->cnt : 0);
-    /* In-flight records of revoked partitions still complete, but their
-     * offsets are no longer ours to store: the new owner reads them again. */
-    if (cooperative) {
-      for (int i = 0; parts != NULL && i < parts->cnt; i++) {
-        int32_t p = parts->elems[i].partition;
-        if (p >= 0 && p < in->ntrackers && in->trackers[p] != NULL) {
-          in->trackers[p]->attached = false;
-          tracker_unref(in->trackers[p]);
-          in->trackers[p] = NULL;
-        }
-      }
-      rd_kafka_incremental_unassign(in->rk, parts);
-    } else {
-      tracker_detach_all(in);
-      rd_kafka_assign(in->rk, NULL);
-    }
-  }
+static void on_message(void *ud, const rd_kafka_message_t *msg) { on_record(ud, msg); }
+
+static void on_assign(void *ud, const rd_kafka_topic_partition_list_t *parts) {
+  (void)parts;
+  fo_intake_t *in = ud;
+  in->paused = false; /* a new assignment fetches */
+  if (in->stopping || in->inflight >= (size_t)in->ing->cfg->intake_max_inflight)
+    set_paused(in, true);
 }
 
-static void on_event(rd_kafka_event_t *ev, void *ud) {
+static bool on_revoke(void *ud, const rd_kafka_topic_partition_list_t *parts, bool incremental) {
   fo_intake_t *in = ud;
-  switch (rd_kafka_event_type(ev)) {
-  case RD_KAFKA_EVENT_FETCH: {
-    const rd_kafka_message_t *msg;
-    while ((msg = rd_kafka_event_message_next(ev)) != NULL) {
-      if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        on_record(in, msg);
-      } else if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-        uint64_t suppressed;
-        if (fo_log_ratelimit(&in->rl, fo_now_ms(), 1000, &suppressed))
-          FO_LOG_WARN("intake", "consume error", "err=\"%s\" suppressed=%llu",
-                      rd_kafka_message_errstr(msg), (unsigned long long)suppressed);
-      }
-    }
-    break;
+  /* In-flight records of revoked partitions still complete, but their
+   * offsets are no longer ours to store: the new owner reads them again. */
+  if (incremental) {
+    for (int i = 0; i < parts->cnt; i++)
+      tracker_detach(in, parts->elems[i].partition);
+  } else {
+    for (int32_t p = 0; p < in->ntrackers; p++)
+      tracker_detach(in, p);
   }
-  case RD_KAFKA_EVENT_REBALANCE:
-    on_rebalance(in, ev);
-    break;
-  case RD_KAFKA_EVENT_ERROR:
-    FO_LOG_WARN("intake", "consumer error", "err=\"%s\" fatal=%d",
-                rd_kafka_event_error_string(ev), rd_kafka_event_error_is_fatal(ev));
-    break;
-  default:
-    break;
-  }
+  return true;
 }
 
 static void on_collect(void *ud) {
@@ -570,52 +485,32 @@ int fo__intake_new(fo_ingest_t *ing, fo_intake_t **out, char *err, size_t errlen
     free(in);
     return -ENOMEM;
   }
-  char group[512], session[64], heartbeat[64];
-  snprintf(group, sizeof(group), "group.id=%s", cfg->intake_group);
-  snprintf(session, sizeof(session), "session.timeout.ms=%" PRId64,
-           cfg->intake_session_timeout_ms);
-  snprintf(heartbeat, sizeof(heartbeat), "heartbeat.interval.ms=%" PRId64,
-           cfg->intake_session_timeout_ms / 6 > 100 ? cfg->intake_session_timeout_ms / 6 : 100);
-  char *overrides[] = {group, session, heartbeat, "auto.offset.reset=earliest", NULL};
-  rd_kafka_conf_t *conf =
-      fo_kafka_conf_new(FO_KAFKA_CONSUMER, cfg->kafka, "fanout-ingest-intake", overrides, err,
-                        errlen);
-  if (conf == NULL) {
-    free(in);
-    return -EINVAL;
-  }
-  rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_FETCH | RD_KAFKA_EVENT_REBALANCE |
-                                     RD_KAFKA_EVENT_ERROR);
-  in->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, errlen);
-  if (in->rk == NULL) {
-    rd_kafka_conf_destroy(conf);
-    free(in);
-    return -EINVAL;
-  }
-  rd_kafka_poll_set_consumer(in->rk);
-  in->q = rd_kafka_queue_get_consumer(in->rk);
-  rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
-  rd_kafka_topic_partition_list_add(topics, cfg->topic_intake, RD_KAFKA_PARTITION_UA);
-  rd_kafka_resp_err_t kerr = rd_kafka_subscribe(in->rk, topics);
-  rd_kafka_topic_partition_list_destroy(topics);
-  if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
-    snprintf(err, errlen, "subscribe %s: %s", cfg->topic_intake, rd_kafka_err2str(kerr));
-    goto fail_destroy;
-  }
-  int rc = fo_kafka_uv_start(ing->loop, in->q, 256, on_event, in, &in->kuv);
+  SLIST_INIT(&in->retries);
+  LIST_INIT(&in->all);
+  char *ours[] = {"auto.offset.reset=earliest", NULL};
+  const char *topics[] = {cfg->topic_intake, NULL};
+  fo_kafka_consumer_opts_t opts = {
+      .bootstrap = cfg->kafka,
+      .client_id = "fanout-ingest-intake",
+      .group = cfg->intake_group,
+      .session_timeout_ms = cfg->intake_session_timeout_ms,
+      .settings = ours,
+      .extra = cfg->kafka_options,
+      .topics = topics,
+      .batch = 256,
+      .log_mod = "intake",
+  };
+  fo_kafka_consumer_cbs_t cbs = {.on_message = on_message, .on_assign = on_assign,
+                                 .on_revoke = on_revoke};
+  int rc = fo_kafka_consumer_new(ing->loop, &opts, &cbs, in, err, errlen, &in->kc);
   if (rc != 0) {
-    snprintf(err, errlen, "kafka_uv: %s", fo_strerror(rc));
-    goto fail_destroy;
+    free(in);
+    return rc == -ENOMEM ? rc : -EINVAL;
   }
   uv_timer_init(ing->loop, &in->retry_timer);
   in->retry_timer.data = in;
   *out = in;
   return 0;
-fail_destroy:
-  rd_kafka_queue_destroy(in->q);
-  rd_kafka_destroy(in->rk);
-  free(in);
-  return -EINVAL;
 }
 
 void fo__intake_stop(fo_intake_t *in) {
@@ -633,10 +528,7 @@ static void on_timer_closed(uv_handle_t *h) { (void)h; }
 void fo__intake_close(fo_intake_t *in) {
   if (in == NULL)
     return;
-  if (in->kuv != NULL) {
-    fo_kafka_uv_close(in->kuv);
-    in->kuv = NULL;
-  }
+  fo_kafka_consumer_close(in->kc);
   if (!in->timer_closed) {
     in->timer_closed = true;
     uv_close((uv_handle_t *)&in->retry_timer, on_timer_closed);
@@ -648,15 +540,11 @@ void fo__intake_free(fo_intake_t *in) {
     return;
   fo__intake_close(in);
   /* Blocking, but the loop is over: leaves the group, commits stored offsets. */
-  uint64_t t0 = fo_now_ms();
-  rd_kafka_resp_err_t err = rd_kafka_consumer_close(in->rk);
-  FO_LOG_INFO("intake", "consumer closed", "err=\"%s\" ms=%llu", rd_kafka_err2str(err),
-              (unsigned long long)(fo_now_ms() - t0));
-  rd_kafka_queue_destroy(in->q);
-  rd_kafka_destroy(in->rk);
+  fo_kafka_consumer_free(in->kc);
+  in->kc = NULL;
   /* Records never acknowledged (never committed either): freed here. */
-  while (in->all != NULL) {
-    rec_t *rec = in->all;
+  rec_t *rec;
+  while ((rec = LIST_FIRST(&in->all)) != NULL) {
     tracker_t *tr = rec->tr;
     rec_free(rec);
     tracker_unref(tr);

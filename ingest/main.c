@@ -16,6 +16,8 @@
 
 #define F(name, type, field, min, max, def, help) \
   { name, type, offsetof(fo_ingest_cfg_t, field), min, max, def, help }
+#define A(old, name) \
+  { old, FO_CFG_ALIAS, 0, 0, 0, name, NULL }
 
 static const fo_cfg_field_t fields[] = {
     F("listen", FO_CFG_ADDR, listen, 0, 65535, "127.0.0.1:8080", "HTTP address (port 0: any free port)"),
@@ -38,10 +40,10 @@ static const fo_cfg_field_t fields[] = {
     F("idempotency-window-s", FO_CFG_INT, idempotency_window_s, 0, 86400, "300", "how long an Idempotency-Key is remembered (0: ignored)"),
     F("idempotency-max-keys", FO_CFG_INT, idempotency_max_keys, 1, 10000000, "100000", "Idempotency-Keys remembered at most"),
     F("idempotency-max-bytes", FO_CFG_INT, idempotency_max_bytes, 65536, INT64_C(1) << 40, "67108864", "memory the Idempotency-Key cache may hold (keys + cached replies); oldest finished entries are evicted beyond it"),
-    F("topic-users", FO_CFG_STR, topic_users, 1, 249, "fanout.users", "topic for /v1/send"),
-    F("topic-rooms", FO_CFG_STR, topic_rooms, 1, 249, "fanout.rooms", "topic for /v1/broadcast"),
-    F("topic-intake", FO_CFG_STR, topic_intake, 1, 249, "fanout.intake", "topic the intake consumes"),
-    F("topic-dlq", FO_CFG_STR, topic_dlq, 1, 249, "fanout.dlq", "topic for invalid intake records"),
+    F("users-topic", FO_CFG_STR, topic_users, 1, 249, "fanout.users", "topic for /v1/send"),
+    F("rooms-topic", FO_CFG_STR, topic_rooms, 1, 249, "fanout.rooms", "topic for /v1/broadcast"),
+    F("intake-topic", FO_CFG_STR, topic_intake, 1, 249, "fanout.intake", "topic the intake consumes"),
+    F("dlq-topic", FO_CFG_STR, topic_dlq, 1, 249, "fanout.dlq", "topic for invalid intake records"),
     F("intake", FO_CFG_BOOL, intake, 0, 0, "true", "consume the intake topic"),
     F("intake-group", FO_CFG_STR, intake_group, 1, 255, "fanout-ingest-intake", "consumer group of the intake"),
     F("intake-max-bytes", FO_CFG_INT, intake_max_bytes, 64, 64 << 20, "1048576", "larger intake records go to the DLQ"),
@@ -54,10 +56,17 @@ static const fo_cfg_field_t fields[] = {
     F("queue-max-kbytes", FO_CFG_INT, queue_max_kbytes, 1, 2147483647, "1048576", "producer queue.buffering.max.kbytes"),
     F("metadata-refresh-ms", FO_CFG_INT, metadata_refresh_ms, 1000, 3600000, "30000", "how often partition counts are refreshed"),
     F("stats-interval-ms", FO_CFG_INT, stats_interval_ms, 100, 60000, "1000", "producer statistics interval (readiness)"),
-    F("kafka-options", FO_CFG_STR, kafka_options, 0, 0, "", "extra librdkafka settings k=v,k=v (win over ours; write a comma inside a value as \\,)"),
+    F("kafka-opts", FO_CFG_STR, kafka_options, 0, 0, "", "extra librdkafka settings k=v,k=v (win over ours; write a comma inside a value as \\,)"),
     F("redis-timeout-ms", FO_CFG_INT, redis_timeout_ms, 10, 60000, "1000", "Redis connect and command timeout"),
     F("shutdown-timeout-ms", FO_CFG_INT, shutdown_timeout_ms, 0, 600000, "10000", "longest wait for in-flight work at shutdown"),
     F("reuseport", FO_CFG_BOOL, reuseport, 0, 0, "true", "SO_REUSEPORT: processes share the port"),
+    /* Old spellings (before the names were aligned with fanout-delivery's):
+     * they still work, with a warning. */
+    A("kafka-options", "kafka-opts"),
+    A("topic-users", "users-topic"),
+    A("topic-rooms", "rooms-topic"),
+    A("topic-intake", "intake-topic"),
+    A("topic-dlq", "dlq-topic"),
 };
 #define NFIELDS (sizeof(fields) / sizeof(fields[0]))
 
@@ -72,7 +81,7 @@ static int finalize(void *p, char *err, size_t errlen) {
     snprintf(err, errlen, "log-level=%s: must be debug, info, warn or error", cfg->log_level);
     return -EINVAL;
   }
-  /* Checked here so that the position is that of --kafka-options; the item
+  /* Checked here so that the position is that of --kafka-opts; the item
    * itself is not printed (it may be the tail of a password). */
   char **opts = NULL;
   int nopts = fo_cfg_list_split(cfg->kafka_options, &opts);
@@ -82,7 +91,7 @@ static int finalize(void *p, char *err, size_t errlen) {
   }
   for (int i = 0; i < nopts; i++) {
     if (opts[i][0] == '=' || strchr(opts[i], '=') == NULL) {
-      snprintf(err, errlen, "kafka-options: item %d is not key=value (a comma inside a value is "
+      snprintf(err, errlen, "kafka-opts: item %d is not key=value (a comma inside a value is "
                "written \\,)", i + 1);
       fo_cfg_list_free(opts);
       return -EINVAL;
@@ -216,7 +225,17 @@ int main(int argc, char **argv) {
     goto out;
   }
   char bound[128];
-  rc = fo__server_start(&ing, bound, sizeof(bound), &ing.server);
+  fo_server_opts_t sopts = {
+      .listen = {.host = cfg.listen.host, .port = cfg.listen.port, .reuseport = cfg.reuseport},
+      .limits = {.max_header_bytes = (size_t)cfg.max_header_bytes,
+                 .max_body_bytes = (size_t)cfg.max_body_bytes},
+      .max_connections = (size_t)cfg.max_connections,
+      .max_pipeline = (size_t)cfg.max_pipeline,
+      .read_timeout_ms = (uint64_t)cfg.read_timeout_ms,
+      .idle_timeout_ms = (uint64_t)cfg.idle_timeout_ms,
+  };
+  rc = fo__server_start(&loop, ing.metrics, &sopts, &fo__api_handler, &ing, bound, sizeof(bound),
+                        &ing.server);
   if (rc != 0) {
     fprintf(stderr, "fanout-ingest: listen %s:%d: %s\n", cfg.listen.host, cfg.listen.port,
             fo_strerror(rc));

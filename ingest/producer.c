@@ -122,7 +122,7 @@ static void on_collect(void *ud) {
   *prod->g_outq = prod->rk != NULL ? rd_kafka_outq_len(prod->rk) : 0;
 }
 
-/* The settings fanout-ingest imposes, then --kafka-options (which win). */
+/* The settings fanout-ingest imposes, then --kafka-opts (which win). */
 static char **build_overrides(const fo_ingest_cfg_t *cfg) {
   char **extra = NULL;
   int nextra = 0;

@@ -1,22 +1,20 @@
-/* HTTP/1.1 connections for the ingest API: keep-alive, pipelined requests
+/* HTTP/1.1 connections for the ingest API (server.h): keep-alive, pipelined requests
  * answered in order, header/body limits (413 before reading a body that is
  * declared too large), read and idle timeouts swept by one timer per
  * process, a maximum number of connections, and SO_REUSEPORT so that
- * several processes can share a port. Parsing is common/http.c's. */
+ * several processes can share a port. Parsing and response formatting are
+ * common/http.c's; what a request means is the handler's (api.c). Responses
+ * are counted here by status code. */
 #define _GNU_SOURCE /* memmem */
 #include <errno.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 
-#include <openssl/crypto.h>
-
-#include "ingest_int.h"
-#include "json_out.h"
+#include "list.h"
 #include "log.h"
+#include "server.h"
 
 #define READ_BUF_SIZE (64 * 1024)
 #define LINGER_MS 2000      /* keep draining input this long after a final reply */
@@ -25,7 +23,7 @@
 typedef struct fo_conn fo_conn_t;
 
 struct fo_reply {
-  fo_reply_t *next;   /* in the connection's FIFO */
+  STAILQ_ENTRY(fo_reply) link; /* in the connection's FIFO */
   fo_conn_t *conn;    /* NULL once detached (connection closed) */
   fo_buf_t *out;      /* formatted response, owned; set when done */
   bool done;
@@ -41,9 +39,9 @@ typedef struct {
 struct fo_conn {
   uv_tcp_t tcp; /* tcp.data == this */
   fo_server_t *srv;
-  fo_conn_t *prev, *next; /* server list */
+  LIST_ENTRY(fo_conn) link; /* server list */
   fo_http_parser_t *parser;
-  fo_reply_t *head, *tail; /* replies in request order */
+  STAILQ_HEAD(, fo_reply) replies; /* in request order */
   int inflight;            /* replies in the FIFO */
   fo_sb_t rest;            /* bytes received but not yet parsed (while paused) */
   fo_sb_t wbuf;            /* replies gathered for one write */
@@ -58,18 +56,20 @@ struct fo_conn {
   bool lingering;          /* final reply written, draining input before close */
   bool in_feed;            /* inside fo_http_parser_feed */
   bool continued;          /* "100 Continue" sent for the request being received */
-  char *auth_token;        /* last API key accepted here (owned), see fo__reply_auth_cached */
-  size_t auth_len;
-  int auth_index;
+  void *slot;              /* the handler's, freed with handler.slot_free */
   bool closing;
 };
 
 struct fo_server {
-  fo_ingest_t *ing;
+  uv_loop_t *loop;
+  fo_metrics_t *metrics;
+  fo_server_opts_t opts;
+  fo_server_handler_t h;
+  void *ud;          /* the handler's */
   uv_tcp_t listener;
   uv_timer_t sweep;
   int open_handles;
-  fo_conn_t *conns; /* list head */
+  LIST_HEAD(, fo_conn) conns;
   size_t nconns;
   bool stopping;
   bool freeing;
@@ -78,6 +78,7 @@ struct fo_server {
   fo_log_ratelimit_t rl;
   uint64_t *c_accepted, *c_rejected, *c_timeouts, *c_bad;
   int64_t *g_conns;
+  uint64_t *c_status[600]; /* by status code, registered on first use */
 };
 
 static void conn_close(fo_conn_t *conn);
@@ -86,7 +87,20 @@ static void conn_feed(fo_conn_t *conn, const char *data, size_t n);
 static void conn_read_start(fo_conn_t *conn);
 static void conn_read_stop(fo_conn_t *conn);
 
-static uint64_t now_ms(const fo_server_t *srv) { return uv_now(srv->ing->loop); }
+static uint64_t now_ms(const fo_server_t *srv) { return uv_now(srv->loop); }
+
+static void count_status(fo_server_t *srv, int status) {
+  if (status < 100 || status >= 600)
+    return;
+  if (srv->c_status[status] == NULL) {
+    char name[96];
+    snprintf(name, sizeof(name), "fanout_ingest_http_responses_total{code=\"%d\"}", status);
+    srv->c_status[status] = fo_metrics_counter(srv->metrics, name, "HTTP responses by status");
+    if (srv->c_status[status] == NULL)
+      return;
+  }
+  (*srv->c_status[status])++;
+}
 
 /* ---- replies -------------------------------------------------------------- */
 
@@ -96,46 +110,17 @@ static fo_reply_t *reply_new(fo_conn_t *conn, bool keep_alive) {
     return NULL;
   reply->conn = conn;
   reply->keep_alive = keep_alive;
-  if (conn->tail != NULL)
-    conn->tail->next = reply;
-  else
-    conn->head = reply;
-  conn->tail = reply;
+  STAILQ_INSERT_TAIL(&conn->replies, reply, link);
   conn->inflight++;
   return reply;
 }
 
-bool fo__reply_detached(const fo_reply_t *reply) { return reply->conn == NULL; }
-
-/* Appends a response to sb: what fo_http_format_response writes, without
- * printf (this is the per-request hot path). */
+/* Appends a response to sb; a HEAD request gets the headers only. */
 static void format_response(fo_sb_t *sb, int status, const char *content_type,
                             const char *extra_headers, const void *body, size_t body_len,
                             bool keep_alive, bool head_only) {
-  char num[24];
-  int n = 0;
-  size_t v = body != NULL ? body_len : 0;
-  do {
-    num[sizeof(num) - 1 - n++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v > 0 && n < 20);
-  char code[4] = {(char)('0' + status / 100 % 10), (char)('0' + status / 10 % 10),
-                  (char)('0' + status % 10), ' '};
-  fo_sb_append(sb, "HTTP/1.1 ", 9);
-  fo_sb_append(sb, code, 4);
-  fo_sb_puts(sb, fo_http_status_text(status));
-  if (body != NULL && content_type != NULL) {
-    fo_sb_append(sb, "\r\nContent-Type: ", 16);
-    fo_sb_puts(sb, content_type);
-  }
-  fo_sb_append(sb, "\r\nContent-Length: ", 18);
-  fo_sb_append(sb, num + sizeof(num) - n, (size_t)n);
-  fo_sb_append(sb, "\r\n", 2);
-  if (!keep_alive)
-    fo_sb_append(sb, "Connection: close\r\n", 19);
-  if (extra_headers != NULL)
-    fo_sb_puts(sb, extra_headers);
-  fo_sb_append(sb, "\r\n", 2);
+  fo_http_format_head(sb, status, body != NULL ? content_type : NULL, extra_headers,
+                      body != NULL ? body_len : 0, keep_alive);
   if (body != NULL && body_len > 0 && !head_only)
     fo_sb_append(sb, body, body_len);
 }
@@ -147,13 +132,12 @@ void fo__reply_send(fo_reply_t *reply, int status, const char *content_type,
     free(reply);
     return;
   }
-  fo_ingest_t *ing = conn->srv->ing;
-  fo__api_count_status(ing, status);
+  count_status(conn->srv, status);
   bool keep_alive = reply->keep_alive && !conn->srv->stopping && !conn->no_more;
   if (!keep_alive)
     conn->no_more = true;
   reply->done = true;
-  if (reply == conn->head) {
+  if (reply == STAILQ_FIRST(&conn->replies)) {
     /* Next in line: straight into the connection's output. */
     format_response(&conn->wbuf, status, content_type, extra_headers, body, body_len,
                     keep_alive, reply->head);
@@ -171,29 +155,8 @@ void fo__reply_send(fo_reply_t *reply, int status, const char *content_type,
     conn->no_more = true;
 }
 
-/* Per-connection memo of the last API key accepted on it, so that a
- * keep-alive client's key is not hashed again on every request. Comparing
- * with a token this same client already proved valid leaks nothing. */
-int fo__reply_auth_cached(const fo_reply_t *reply, const char *token, size_t len) {
-  const fo_conn_t *conn = reply->conn;
-  if (conn == NULL || conn->auth_token == NULL || conn->auth_len != len ||
-      CRYPTO_memcmp(conn->auth_token, token, len) != 0)
-    return -1;
-  return conn->auth_index;
-}
-
-void fo__reply_auth_remember(fo_reply_t *reply, const char *token, size_t len, int index) {
-  fo_conn_t *conn = reply->conn;
-  if (conn == NULL)
-    return;
-  char *copy = malloc(len > 0 ? len : 1);
-  if (copy == NULL)
-    return;
-  memcpy(copy, token, len);
-  free(conn->auth_token);
-  conn->auth_token = copy;
-  conn->auth_len = len;
-  conn->auth_index = index;
+void **fo__reply_slot(fo_reply_t *reply) {
+  return reply->conn != NULL ? &reply->conn->slot : NULL;
 }
 
 void fo__reply_error(fo_reply_t *reply, int status, const char *msg, const char *extra_headers) {
@@ -205,9 +168,7 @@ void fo__reply_error(fo_reply_t *reply, int status, const char *msg, const char 
   fo_sb_t body;
   fo_sb_init(&body);
   /* Only the body here, so that fo__reply_send decides keep-alive. */
-  fo_sb_puts(&body, "{\"error\":");
-  fo_json_put_str(&body, msg, strlen(msg));
-  fo_sb_puts(&body, "}");
+  fo_http_error_body(&body, msg);
   fo__reply_send(reply, status, "application/json", extra_headers, body.data, body.len);
   fo_sb_free(&body);
 }
@@ -256,11 +217,9 @@ static void conn_flush(fo_conn_t *conn) {
   if (conn->closing)
     return;
   fo_server_t *srv = conn->srv;
-  while (conn->head != NULL && conn->head->done) {
-    fo_reply_t *reply = conn->head;
-    conn->head = reply->next;
-    if (conn->head == NULL)
-      conn->tail = NULL;
+  fo_reply_t *reply;
+  while ((reply = STAILQ_FIRST(&conn->replies)) != NULL && reply->done) {
+    STAILQ_REMOVE_HEAD(&conn->replies, link);
     conn->inflight--;
     if (reply->out != NULL)
       fo_sb_append(&conn->wbuf, reply->out->data, reply->out->len);
@@ -310,11 +269,11 @@ static void conn_flush(fo_conn_t *conn) {
   if (conn->in_feed)
     return; /* conn_feed re-checks when the parser returns */
   if (conn->no_more) {
-    if (conn->head == NULL && conn->writes == 0)
+    if (STAILQ_EMPTY(&conn->replies) && conn->writes == 0)
       conn_finish(conn);
     return;
   }
-  if (conn->paused && conn->inflight < srv->ing->cfg->max_pipeline &&
+  if (conn->paused && (size_t)conn->inflight < srv->opts.max_pipeline &&
       conn->write_queued < MAX_OUT_BYTES) {
     conn->paused = false;
     fo_http_parser_resume(conn->parser);
@@ -346,27 +305,26 @@ static int on_request(void *ud, fo_http_request_t *req) {
   reply->head = strcmp(req->method, "HEAD") == 0;
   if (req->upgrade)
     conn->no_more = true; /* what follows is another protocol: we answer and close */
-  fo__api_handle(srv->ing, reply, req); /* may answer (and flush) right away */
+  srv->h.handle(srv->ud, reply, req); /* may answer (and flush) right away */
   if (conn->closing || conn->no_more || srv->stopping) {
     conn->no_more = true;
     conn->paused = true;
     return 1;
   }
-  if (conn->inflight >= srv->ing->cfg->max_pipeline || conn->write_queued >= MAX_OUT_BYTES) {
+  if ((size_t)conn->inflight >= srv->opts.max_pipeline || conn->write_queued >= MAX_OUT_BYTES) {
     conn->paused = true;
     return 1;
   }
   return 0;
 }
 
-/* The request's headers are in: refuse a /v1 body from a client without a
- * valid API key before buffering any of it. */
+/* The request's headers are in: the handler may refuse the body before
+ * any of it is buffered. */
 static int on_headers(void *ud, const fo_http_request_t *req) {
   fo_conn_t *conn = ud;
   fo_server_t *srv = conn->srv;
-  struct fo_reply memo = {.conn = conn}; /* reaches the key memo; never queued */
-  const char *why = fo__api_refuse_body(srv->ing, &memo, req);
-  if (why == NULL)
+  fo_server_refusal_t refusal;
+  if (srv->h.refuse_body == NULL || !srv->h.refuse_body(srv->ud, &conn->slot, req, &refusal))
     return 0;
   /* The body stays unread, so nothing after it can be parsed: answer and
    * close (conn_feed sees -ECANCELED). */
@@ -377,7 +335,7 @@ static int on_headers(void *ud, const fo_http_request_t *req) {
     return 1;
   }
   reply->head = strcmp(req->method, "HEAD") == 0;
-  fo__reply_error(reply, 401, why, "WWW-Authenticate: Bearer\r\n");
+  fo__reply_error(reply, refusal.status, refusal.msg, refusal.extra_headers);
   return 1;
 }
 
@@ -454,7 +412,8 @@ static void conn_feed(fo_conn_t *conn, const char *data, size_t n) {
   if (fo_http_parser_mid_request(conn->parser)) {
     if (conn->req_start_ms == 0)
       conn->req_start_ms = now_ms(srv);
-    if (!conn->continued && conn->head == NULL && (size_t)used == n && wants_continue(data, n)) {
+    if (!conn->continued && STAILQ_EMPTY(&conn->replies) && (size_t)used == n &&
+        wants_continue(data, n)) {
       conn->continued = true;
       fo_sb_puts(&conn->wbuf, "HTTP/1.1 100 Continue\r\n\r\n");
     }
@@ -482,7 +441,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   if (nread < 0) {
     /* A peer that half-closes after its requests still gets the replies it
      * is owed; anything else (error, EOF while idle or lingering) closes. */
-    if (nread == UV_EOF && !conn->lingering && conn->head != NULL &&
+    if (nread == UV_EOF && !conn->lingering && !STAILQ_EMPTY(&conn->replies) &&
         !fo_http_parser_mid_request(conn->parser)) {
       conn->no_more = true;
       conn->paused = true;
@@ -523,7 +482,8 @@ static void on_conn_closed(uv_handle_t *h) {
   fo_http_parser_free(conn->parser);
   fo_sb_free(&conn->rest);
   fo_sb_free(&conn->wbuf);
-  free(conn->auth_token);
+  if (conn->slot != NULL && srv->h.slot_free != NULL)
+    srv->h.slot_free(conn->slot);
   free(conn);
   if (srv->freeing && srv->nconns == 0 && srv->open_handles == 0)
     free(srv);
@@ -535,23 +495,17 @@ static void conn_close(fo_conn_t *conn) {
   fo_server_t *srv = conn->srv;
   conn->closing = true;
   /* Detach replies still owed by handlers; free the finished ones. */
-  for (fo_reply_t *reply = conn->head, *next; reply != NULL; reply = next) {
-    next = reply->next;
+  fo_reply_t *reply;
+  while ((reply = STAILQ_FIRST(&conn->replies)) != NULL) {
+    STAILQ_REMOVE_HEAD(&conn->replies, link);
     if (reply->done) {
       fo_buf_unref(reply->out);
       free(reply);
     } else {
       reply->conn = NULL;
-      reply->next = NULL;
     }
   }
-  conn->head = conn->tail = NULL;
-  if (conn->prev != NULL)
-    conn->prev->next = conn->next;
-  else
-    srv->conns = conn->next;
-  if (conn->next != NULL)
-    conn->next->prev = conn->prev;
+  LIST_REMOVE(conn, link);
   srv->nconns--;
   (*srv->g_conns)--;
   uv_close((uv_handle_t *)&conn->tcp, on_conn_closed);
@@ -559,7 +513,6 @@ static void conn_close(fo_conn_t *conn) {
 
 static void on_connection(uv_stream_t *ls, int status) {
   fo_server_t *srv = ls->data;
-  const fo_ingest_cfg_t *cfg = srv->ing->cfg;
   if (status < 0) {
     FO_LOG_WARN("http", "accept failed", "err=%s", fo_strerror(status));
     return;
@@ -568,16 +521,14 @@ static void on_connection(uv_stream_t *ls, int status) {
   if (conn == NULL)
     return;
   conn->srv = srv;
-  if (uv_tcp_init(srv->ing->loop, &conn->tcp) != 0) {
+  STAILQ_INIT(&conn->replies);
+  if (uv_tcp_init(srv->loop, &conn->tcp) != 0) {
     free(conn);
     return;
   }
   conn->tcp.data = conn;
   /* Registered from here on: memory goes through uv_close. */
-  conn->next = srv->conns;
-  if (srv->conns != NULL)
-    srv->conns->prev = conn;
-  srv->conns = conn;
+  LIST_INSERT_HEAD(&srv->conns, conn, link);
   srv->nconns++;
   (*srv->g_conns)++;
   conn->parser = fo_http_parser_new(&srv->limits, on_request, conn);
@@ -589,7 +540,7 @@ static void on_connection(uv_stream_t *ls, int status) {
   uv_tcp_nodelay(&conn->tcp, 1);
   conn->last_active_ms = now_ms(srv);
   (*srv->c_accepted)++;
-  if (srv->nconns > (size_t)cfg->max_connections) {
+  if (srv->nconns > srv->opts.max_connections) {
     (*srv->c_rejected)++;
     conn_read_start(conn);
     conn_protocol_error(conn, 503, "too many connections");
@@ -602,10 +553,10 @@ static void on_connection(uv_stream_t *ls, int status) {
 
 static void on_sweep(uv_timer_t *t) {
   fo_server_t *srv = t->data;
-  const fo_ingest_cfg_t *cfg = srv->ing->cfg;
+  const fo_server_opts_t *cfg = &srv->opts;
   uint64_t now = now_ms(srv);
-  for (fo_conn_t *conn = srv->conns, *next; conn != NULL; conn = next) {
-    next = conn->next;
+  fo_conn_t *conn, *next;
+  LIST_FOREACH_SAFE(conn, &srv->conns, link, next) {
     if (conn->closing)
       continue;
     if (conn->lingering) {
@@ -626,7 +577,7 @@ static void on_sweep(uv_timer_t *t) {
       conn_protocol_error(conn, 408, "request not received in time");
       continue;
     }
-    if (conn->head == NULL && conn->writes == 0 && conn->req_start_ms == 0 &&
+    if (STAILQ_EMPTY(&conn->replies) && conn->writes == 0 && conn->req_start_ms == 0 &&
         now - conn->last_active_ms >= (uint64_t)cfg->idle_timeout_ms) {
       conn_close(conn); /* idle keep-alive connection */
     }
@@ -635,23 +586,6 @@ static void on_sweep(uv_timer_t *t) {
 
 /* ---- start / stop ----------------------------------------------------------- */
 
-static int resolve(const fo_addr_t *a, struct sockaddr_storage *ss) {
-  struct addrinfo hints, *res = NULL;
-  char port[16];
-  memset(&hints, 0, sizeof(hints));
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  snprintf(port, sizeof(port), "%d", a->port);
-  /* Before the loop runs: a blocking lookup is fine here. */
-  int rc = getaddrinfo(a->host, port, &hints, &res);
-  if (rc != 0 || res == NULL)
-    return -EADDRNOTAVAIL;
-  memcpy(ss, res->ai_addr, res->ai_addrlen);
-  freeaddrinfo(res);
-  return 0;
-}
-
 static void on_srv_handle_closed(uv_handle_t *h) {
   fo_server_t *srv = h->data;
   srv->open_handles--;
@@ -659,19 +593,19 @@ static void on_srv_handle_closed(uv_handle_t *h) {
     free(srv);
 }
 
-int fo__server_start(fo_ingest_t *ing, char *bound, size_t boundlen, fo_server_t **out) {
-  const fo_ingest_cfg_t *cfg = ing->cfg;
-  struct sockaddr_storage ss;
-  int rc = resolve(&cfg->listen, &ss);
-  if (rc != 0)
-    return rc;
+int fo__server_start(uv_loop_t *loop, fo_metrics_t *m, const fo_server_opts_t *opts,
+                     const fo_server_handler_t *handler, void *ud, char *bound, size_t boundlen,
+                     fo_server_t **out) {
   fo_server_t *srv = calloc(1, sizeof(*srv));
   if (srv == NULL)
     return -ENOMEM;
-  srv->ing = ing;
-  srv->limits.max_header_bytes = (size_t)cfg->max_header_bytes;
-  srv->limits.max_body_bytes = (size_t)cfg->max_body_bytes;
-  fo_metrics_t *m = ing->metrics;
+  srv->loop = loop;
+  srv->metrics = m;
+  srv->opts = *opts;
+  srv->h = *handler;
+  srv->ud = ud;
+  srv->limits = opts->limits;
+  LIST_INIT(&srv->conns);
   srv->c_accepted = fo_metrics_counter(m, "fanout_ingest_connections_accepted_total",
                                        "TCP connections accepted");
   srv->c_rejected = fo_metrics_counter(m, "fanout_ingest_connections_rejected_total",
@@ -686,46 +620,21 @@ int fo__server_start(fo_ingest_t *ing, char *bound, size_t boundlen, fo_server_t
     free(srv);
     return -ENOMEM;
   }
-  rc = uv_tcp_init_ex(ing->loop, &srv->listener, ss.ss_family);
+  int rc = uv_tcp_init(loop, &srv->listener);
   if (rc != 0) {
     free(srv);
     return rc;
   }
   srv->listener.data = srv;
   srv->open_handles = 1;
-  uv_timer_init(ing->loop, &srv->sweep);
+  uv_timer_init(loop, &srv->sweep);
   srv->sweep.data = srv;
   srv->open_handles++;
-  if (cfg->reuseport) {
-    uv_os_fd_t fd;
-    int one = 1;
-    if (uv_fileno((uv_handle_t *)&srv->listener, &fd) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
-      rc = -errno;
-      goto fail_close;
-    }
-  }
-  rc = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&ss, 0);
-  if (rc == 0)
-    rc = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
+  rc = fo_listen(&srv->listener, &opts->listen, on_connection, bound, boundlen);
   if (rc != 0)
     goto fail_close;
-  struct sockaddr_storage name;
-  int namelen = sizeof(name);
-  char host[INET6_ADDRSTRLEN] = "?";
-  int port = 0;
-  uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&name, &namelen);
-  if (name.ss_family == AF_INET6) {
-    uv_ip6_name((struct sockaddr_in6 *)&name, host, sizeof(host));
-    port = ntohs(((struct sockaddr_in6 *)&name)->sin6_port);
-    snprintf(bound, boundlen, "[%s]:%d", host, port);
-  } else {
-    uv_ip4_name((struct sockaddr_in *)&name, host, sizeof(host));
-    port = ntohs(((struct sockaddr_in *)&name)->sin_port);
-    snprintf(bound, boundlen, "%s:%d", host, port);
-  }
-  uint64_t period = (uint64_t)(cfg->read_timeout_ms < cfg->idle_timeout_ms ? cfg->read_timeout_ms
-                                                                          : cfg->idle_timeout_ms);
+  uint64_t period = opts->read_timeout_ms < opts->idle_timeout_ms ? opts->read_timeout_ms
+                                                                  : opts->idle_timeout_ms;
   period = period / 4 < 50 ? 50 : period / 4 > 500 ? 500 : period / 4;
   uv_timer_start(&srv->sweep, on_sweep, period, period);
   uv_unref((uv_handle_t *)&srv->sweep);
@@ -743,10 +652,10 @@ void fo__server_stop(fo_server_t *srv) {
     return;
   srv->stopping = true;
   uv_close((uv_handle_t *)&srv->listener, on_srv_handle_closed);
-  for (fo_conn_t *conn = srv->conns, *next; conn != NULL; conn = next) {
-    next = conn->next;
+  fo_conn_t *conn, *next;
+  LIST_FOREACH_SAFE(conn, &srv->conns, link, next) {
     conn->no_more = true;
-    if (conn->head == NULL && conn->writes == 0)
+    if (STAILQ_EMPTY(&conn->replies) && conn->writes == 0)
       conn_close(conn); /* nothing owed (a half-received request is dropped) */
     else
       conn_read_stop(conn); /* busy: closes after its last reply */
@@ -759,10 +668,9 @@ void fo__server_free(fo_server_t *srv) {
   if (srv == NULL)
     return;
   fo__server_stop(srv);
-  for (fo_conn_t *conn = srv->conns, *next; conn != NULL; conn = next) {
-    next = conn->next;
+  fo_conn_t *conn, *next;
+  LIST_FOREACH_SAFE(conn, &srv->conns, link, next)
     conn_close(conn);
-  }
   srv->freeing = true;
   uv_close((uv_handle_t *)&srv->sweep, on_srv_handle_closed);
 }

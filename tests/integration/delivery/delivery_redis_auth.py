@@ -151,6 +151,23 @@ def test_user_without_password_is_a_config_error():
         assert "redis-user needs redis-password" in p.stderr, p.stderr
 
 
+def test_malformed_redis_address_exits_2_with_one_line():
+    # Both services read --redis the same way (common/config.c): one
+    # HOST:PORT; a comma (a node list, not supported yet), a missing port or
+    # junk exit 2 with one line that names the flag.
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_REDIS")}
+    for binary, extra in (("fanout-delivery", ["--jwt-secret", "x" * 32]), ("fanout-ingest", [])):
+        for bad, why in (("a,b:6379", "single HOST:PORT"), ("redis", "HOST:PORT"),
+                         ("redis:", "bad port"), ("re dis:6379", "HOST:PORT")):
+            p = subprocess.run([ft.find_binary(binary), "--redis", bad, "--check-config", *extra],
+                               capture_output=True, text=True, env=env, timeout=ft.scaled(10))
+            assert p.returncode == 2, (binary, bad, p.returncode, p.stderr)
+            lines = p.stderr.strip().splitlines()
+            assert len(lines) == 1, (binary, bad, p.stderr)
+            assert "redis=" in lines[0] and "flag --redis" in lines[0] and why in lines[0], lines
+
+
 def test_zz_no_password_in_any_log_and_clean_exit():
     for pr in procs:
         assert pr.alive(), pr.log_tail()

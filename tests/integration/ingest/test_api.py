@@ -653,7 +653,7 @@ def test_kafka_option_errors_do_not_print_secrets():
     # a password cut at an unescaped comma, a misspelled secret setting
     for opts in ("sasl.password=abc,hunter2", "sasl.pasword=hunter2"):
         p = subprocess.run([exe, "--kafka", KAFKA, "--intake", "false",
-                            "--listen", "127.0.0.1:0", "--kafka-options", opts],
+                            "--listen", "127.0.0.1:0", "--kafka-opts", opts],
                            capture_output=True, text=True, timeout=20)
         assert p.returncode == 2, (opts, p.returncode, p.stderr)
         assert "hunter2" not in p.stdout + p.stderr, p.stderr
@@ -663,8 +663,41 @@ def test_kafka_option_errors_do_not_print_secrets():
     pr = ft.start_service("fanout-ingest", "ingest-kopts",
                           ["--listen", "127.0.0.1:%d" % port, "--kafka", KAFKA,
                            "--intake", "false", "--api-keys", L.API_KEY,
-                           "--kafka-options", "client.rack=r\\,1,linger.ms=2"])
+                           "--kafka-opts", "client.rack=r\\,1,linger.ms=2"])
     assert pr.stop() == 0
+
+
+def test_old_flag_names_still_work_and_warn():
+    # The names were aligned with fanout-delivery's (--kafka-opts,
+    # --users-topic, ...); the old ones are aliases that log a warning.
+    import subprocess
+    exe = ft.find_binary("fanout-ingest")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
+    # The alias really sets the field: users topic = rooms topic is refused.
+    p = subprocess.run([exe, "--topic-users", "fanout.rooms", "--check-config"],
+                       capture_output=True, text=True, env=env, timeout=ft.scaled(10))
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "topic fanout.rooms is configured twice" in p.stderr, p.stderr
+    assert "used=--topic-users instead=--users-topic" in p.stderr, p.stderr
+    env2 = dict(env, FANOUT_TOPIC_DLQ="t.dlq", FANOUT_KAFKA_OPTIONS="acks=all")
+    p = subprocess.run([exe, "--topic-intake=t.in", "--topic-rooms", "t.rooms", "--check-config"],
+                       capture_output=True, text=True, env=env2, timeout=ft.scaled(10))
+    assert p.returncode == 0, (p.returncode, p.stderr)
+    for old, new in (("--topic-intake", "--intake-topic"), ("--topic-rooms", "--rooms-topic"),
+                     ("FANOUT_TOPIC_DLQ", "FANOUT_DLQ_TOPIC"),
+                     ("FANOUT_KAFKA_OPTIONS", "FANOUT_KAFKA_OPTS")):
+        assert "used=%s instead=%s" % (old, new) in p.stderr, p.stderr
+    # the new names do not warn
+    p = subprocess.run([exe, "--users-topic", "a", "--kafka-opts", "acks=all", "--check-config"],
+                       capture_output=True, text=True, env=env, timeout=ft.scaled(10))
+    assert p.returncode == 0 and "deprecated" not in p.stderr, p.stderr
+    # a malformed --redis exits 2 with one line naming the flag
+    p = subprocess.run([exe, "--redis", "a,b:6379", "--check-config"],
+                       capture_output=True, text=True, env=env, timeout=ft.scaled(10))
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert p.stderr.strip() == ("fanout-ingest: config: redis=a,b:6379 (flag --redis): expected "
+                                "a single HOST:PORT (a list of nodes is not supported yet)"), \
+        p.stderr
 
 
 def test_graceful_shutdown_finishes_in_flight_requests():

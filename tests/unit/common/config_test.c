@@ -28,6 +28,8 @@ static const fo_cfg_field_t fields[] = {
     {"jwt-secret", FO_CFG_STR, offsetof(cfg_t, secret), 1, 4096, NULL, "secret"},
     {"redis-password", FO_CFG_STR, offsetof(cfg_t, redis_password), 0, 8, "", "password"},
     {"kafka-opts", FO_CFG_STR, offsetof(cfg_t, kafka_opts), 0, 24, "", "librdkafka k=v"},
+    {"kafka-options", FO_CFG_ALIAS, 0, 0, 0, "kafka-opts", NULL},
+    {"ping-ms", FO_CFG_ALIAS, 0, 0, 0, "ping-interval-ms", NULL},
 };
 #define NF (sizeof(fields) / sizeof(fields[0]))
 
@@ -40,6 +42,8 @@ static int teardown_env(void **state) {
   (void)state;
   unsetenv("FANOUT_PING_INTERVAL_MS");
   unsetenv("FANOUT_LISTEN");
+  unsetenv("FANOUT_PING_MS");
+  unsetenv("FANOUT_KAFKA_OPTIONS");
   return 0;
 }
 
@@ -186,6 +190,78 @@ static void config_addr_ipv6_and_lists(void **state) {
   fo_cfg_list_free(list);
 }
 
+
+/* An old name (flag or env) still sets the field; the current name wins
+ * over the old one in the environment; errors name the spelling used and
+ * still hide secrets; --help lists the old name as deprecated. */
+static void config_aliases(void **state) {
+  (void)state;
+  cfg_t cfg;
+  char err[256];
+  char *a1[] = {"prog", "--kafka-options", "acks=all", "--ping-ms=700"};
+  assert_int_equal(load(&cfg, 4, a1, err), FO_CFG_OK);
+  assert_string_equal(cfg.kafka_opts, "acks=all");
+  assert_int_equal(cfg.ping_ms, 700);
+  fo_cfg_free(fields, NF, &cfg);
+  setenv("FANOUT_PING_MS", "800", 1);
+  char *a2[] = {"prog"};
+  assert_int_equal(load(&cfg, 1, a2, err), FO_CFG_OK);
+  assert_int_equal(cfg.ping_ms, 800);
+  fo_cfg_free(fields, NF, &cfg);
+  setenv("FANOUT_PING_INTERVAL_MS", "900", 1);
+  assert_int_equal(load(&cfg, 1, a2, err), FO_CFG_OK);
+  assert_int_equal(cfg.ping_ms, 900); /* the current name wins */
+  fo_cfg_free(fields, NF, &cfg);
+  char *a3[] = {"prog", "--ping-ms", "5"};
+  assert_int_equal(load(&cfg, 3, a3, err), -EINVAL);
+  assert_non_null(strstr(err, "flag --ping-ms"));
+  fo_cfg_free(fields, NF, &cfg);
+  char *a4[] = {"prog", "--kafka-options=sasl.password=hunter2,acks=all"};
+  assert_int_equal(load(&cfg, 2, a4, err), -EINVAL);
+  assert_non_null(strstr(err, "<hidden>"));
+  assert_null(strstr(err, "hunter2"));
+  fo_cfg_free(fields, NF, &cfg);
+  char *a5[] = {"prog", "--ping-ms"};
+  assert_int_equal(load(&cfg, 2, a5, err), -EINVAL);
+  assert_non_null(strstr(err, "--ping-ms"));
+  fo_cfg_free(fields, NF, &cfg);
+  FILE *f = tmpfile();
+  fo_cfg_usage("prog", "about", fields, NF, f);
+  char buf[4096];
+  rewind(f);
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  buf[n] = '\0';
+  fclose(f);
+  assert_non_null(strstr(buf, "--kafka-options\n      deprecated name of --kafka-opts"));
+}
+
+/* One HOST:PORT: a list, a missing port or junk is refused with a reason
+ * that says so (delivery and ingest exit 2 with it). */
+static void config_addr_is_one_host_port(void **state) {
+  (void)state;
+  fo_addr_t a = {NULL, 0};
+  char err[128];
+  assert_int_equal(fo_addr_parse("a,b:6379", &a, err, sizeof(err)), -EINVAL);
+  assert_non_null(strstr(err, "single HOST:PORT"));
+  assert_non_null(strstr(err, "list"));
+  assert_int_equal(fo_addr_parse("a:1,b:2", &a, err, sizeof(err)), -EINVAL);
+  assert_int_equal(fo_addr_parse("redis", &a, err, sizeof(err)), -EINVAL);
+  assert_int_equal(fo_addr_parse("redis:", &a, err, sizeof(err)), -EINVAL);
+  assert_int_equal(fo_addr_parse("re dis:1", &a, err, sizeof(err)), -EINVAL);
+  assert_int_equal(fo_addr_parse("re/dis:1", &a, err, sizeof(err)), -EINVAL);
+  assert_int_equal(fo_addr_parse("[::1%lo]:1", &a, err, sizeof(err)), 0);
+  free(a.host);
+  assert_int_equal(fo_addr_parse("redis-1.svc_x.local:6379", &a, err, sizeof(err)), 0);
+  assert_string_equal(a.host, "redis-1.svc_x.local");
+  free(a.host);
+  cfg_t cfg;
+  char *argv[] = {"prog", "--listen", "a,b:6379"};
+  assert_int_equal(load(&cfg, 3, argv, err), -EINVAL);
+  assert_non_null(strstr(err, "listen=a,b:6379 (flag --listen)"));
+  assert_null(strchr(err, '\n'));
+  fo_cfg_free(fields, NF, &cfg);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(config_defaults_apply, teardown_env),
@@ -194,6 +270,8 @@ int main(void) {
       cmocka_unit_test(config_errors_hide_passwords_and_kafka_options),
       cmocka_unit_test(config_help_and_check),
       cmocka_unit_test(config_addr_ipv6_and_lists),
+      cmocka_unit_test_teardown(config_aliases, teardown_env),
+      cmocka_unit_test(config_addr_is_one_host_port),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -209,6 +209,56 @@ static void http_formats_responses(void **state) {
   fo_sb_free(&sb);
 }
 
+
+/* One decoder, two modes: a path segment is strict and keeps '+'; a query
+ * value turns '+' into a space and keeps a stray '%'. */
+static void http_pct_decode_modes(void **state) {
+  (void)state;
+  char out[16];
+  ssize_t n = fo_http_pct_decode("a%2Fb+c", 7, FO_PCT_PATH, out, sizeof(out));
+  assert_int_equal(n, 5);
+  assert_memory_equal(out, "a/b+c", 5);
+  n = fo_http_pct_decode("a%2fb+c", 7, FO_PCT_QUERY, out, sizeof(out));
+  assert_int_equal(n, 5);
+  assert_memory_equal(out, "a/b c", 5);
+  /* bad or cut escapes */
+  assert_int_equal(fo_http_pct_decode("a%2", 3, FO_PCT_PATH, out, sizeof(out)), -EINVAL);
+  assert_int_equal(fo_http_pct_decode("a%zz", 4, FO_PCT_PATH, out, sizeof(out)), -EINVAL);
+  assert_int_equal(fo_http_pct_decode("%", 1, FO_PCT_PATH, out, sizeof(out)), -EINVAL);
+  n = fo_http_pct_decode("a%2", 3, FO_PCT_QUERY, out, sizeof(out));
+  assert_int_equal(n, 3);
+  assert_memory_equal(out, "a%2", 3);
+  n = fo_http_pct_decode("%zz%41", 6, FO_PCT_QUERY, out, sizeof(out));
+  assert_int_equal(n, 4);
+  assert_memory_equal(out, "%zzA", 4);
+  /* %00 decodes to a NUL byte: the length says where the value ends */
+  n = fo_http_pct_decode("x%00y", 5, FO_PCT_PATH, out, sizeof(out));
+  assert_int_equal(n, 3);
+  assert_memory_equal(out, "x\0y", 3);
+  /* room: exactly outlen fits, one more does not */
+  assert_int_equal(fo_http_pct_decode("abcd", 4, FO_PCT_PATH, out, 4), 4);
+  assert_int_equal(fo_http_pct_decode("abcde", 5, FO_PCT_PATH, out, 4), -EMSGSIZE);
+  assert_int_equal(fo_http_pct_decode("%41%42%43%44", 12, FO_PCT_PATH, out, 4), 4);
+  assert_int_equal(fo_http_pct_decode("", 0, FO_PCT_QUERY, out, 0), 0);
+  char *v = fo_http_query_param("x=1&q=a+b%20c%2", "q");
+  assert_string_equal(v, "a b c%2");
+  free(v);
+}
+
+static void http_formats_head_only(void **state) {
+  (void)state;
+  fo_sb_t sb;
+  fo_sb_init(&sb);
+  assert_int_equal(fo_http_format_head(&sb, 200, "text/plain", "X-A: 1\r\n", 1234567, true), 0);
+  assert_string_equal(fo_sb_cstr(&sb), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                                       "Content-Length: 1234567\r\nX-A: 1\r\n\r\n");
+  fo_sb_reset(&sb);
+  fo_http_format_response(&sb, 404, "application/json", NULL, NULL, 0, false);
+  assert_string_equal(fo_sb_cstr(&sb), "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n"
+                                       "Connection: close\r\n\r\n");
+  fo_sb_free(&sb);
+}
+
 static void http_bearer(void **state) {
   (void)state;
   fo_http_request_t req;
@@ -235,6 +285,8 @@ int main(void) {
       cmocka_unit_test(http_upgrade_leaves_the_rest),
       cmocka_unit_test(http_formats_responses),
       cmocka_unit_test(http_bearer),
+      cmocka_unit_test(http_pct_decode_modes),
+      cmocka_unit_test(http_formats_head_only),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
