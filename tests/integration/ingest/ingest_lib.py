@@ -375,13 +375,15 @@ def partitions(bootstrap, topic):
     raise AssertionError("topic %s not found" % topic)
 
 
-def produce(bootstrap, topic, value, key=None, headers=()):
+def produce(bootstrap, topic, value, key=None, headers=(), partition=None):
     """Produces one record (value: bytes) with kcat, from a file so that any
-    bytes go through unchanged."""
+    bytes go through unchanged; to `partition` if given."""
     import tempfile
     if value == b"":
         # kcat sends nothing for an empty file: an empty line from stdin instead
         argv = ["kcat", "-P", "-b", bootstrap, "-t", topic, "-K", "\t"]
+        if partition is not None:
+            argv += ["-p", str(partition)]
         for h in headers:
             argv += ["-H", h]
         subprocess.run(argv, input=(key or "").encode() + b"\t\n", check=True,
@@ -392,6 +394,8 @@ def produce(bootstrap, topic, value, key=None, headers=()):
         path = f.name
     try:
         argv = ["kcat", "-P", "-b", bootstrap, "-t", topic]
+        if partition is not None:
+            argv += ["-p", str(partition)]
         if key is not None:
             argv += ["-k", key]
         for h in headers:
