@@ -6,7 +6,6 @@ entries skipped and cleaned."""
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import dtest  # noqa: E402

@@ -12,9 +12,7 @@ envelope for a connected user must not cost that user the connection."""
 
 import json
 import os
-import struct
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hostile_lib as hl  # noqa: E402
