@@ -62,34 +62,56 @@ class Stack:
         a broadcast produced before a server has found that end is never
         delivered. Probes every rooms partition until each running server
         delivers a broadcast from each of them to a member of its own."""
-        from wsclient import WsClient
+        from wsclient import Closed, WsClient
         rooms = probe_rooms(self.kafka.partitions)
-        probes = {}
-        conns = {}
+
+        def open_probe(sid):
+            c = WsClient(self.servers[sid].addr, token=token("probe-" + sid, rooms=["__probe*"]))
+            for r in rooms:
+                c.send_json({"type": "join", "room": r})
+                m = c.recv(timeout=10)
+                assert m == {"type": "joined", "room": r}, m
+            return c
+
+        conns, probes = {}, {}
         for sid, pr in self.servers.items():
             if pr.alive():
                 conns[sid] = metrics(pr).get("fanout_delivery_connections", 0)
-                c = WsClient(pr.addr, token=token("probe-" + sid, rooms=["__probe*"]))
-                for r in rooms:
-                    c.send_json({"type": "join", "room": r})
-                    m = c.recv(timeout=10)
-                    assert m == {"type": "joined", "room": r}, m
-                probes[sid] = c
+                probes[sid] = open_probe(sid)
         pending = {(sid, r) for sid in probes for r in rooms}
-        deadline = time.time() + ft.scaled(timeout)
-        k = 0
-        while pending:
-            assert time.time() < deadline, "rooms not delivered from: %r" % sorted(pending)
-            self.produce(["fanout.rooms broadcast %s application/json %s\n" %
-                          (r, json.dumps({"probe": k}).encode().hex()) for r in rooms])
-            for sid, c in probes.items():
+
+        def read_all():
+            # Round-robin in short reads: each probe answers its pings in
+            # time even on a server with a 400 ms ping interval.
+            for sid in list(probes):
                 try:
                     while True:
-                        m = c.recv(timeout=0.3)
+                        m = probes[sid].recv(timeout=0.05 / ft.SCALE)
                         if m.get("type") == "message":
                             pending.discard((sid, m["room"]))
                 except socket.timeout:
                     pass
+                except (Closed, OSError):
+                    probes[sid] = open_probe(sid)  # closed anyway: a new one
+
+        deadline = time.time() + ft.scaled(timeout)
+        k = 0
+        while pending:
+            assert time.time() < deadline, "rooms not delivered from: %r" % sorted(pending)
+            lines = "".join("fanout.rooms broadcast %s application/json %s\n" %
+                            (r, json.dumps({"probe": k}).encode().hex()) for r in rooms)
+            p = subprocess.Popen([ft.find_binary("fanout-test-produce"), self.kafka.bootstrap],
+                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+            p.stdin.write(lines)
+            p.stdin.close()
+            while p.poll() is None:
+                read_all()
+            assert p.returncode == 0, p.stderr.read()
+            p.stderr.close()
+            until = time.time() + ft.scaled(0.3)
+            while pending and time.time() < until:
+                read_all()
             k += 1
         # Gone again before the tests count connections or rooms.
         for sid, c in probes.items():
