@@ -7,7 +7,8 @@ allows (no Docker engine, no Kubernetes cluster, no systemd as init):
 - the systemd units pass `systemd-analyze verify` (apart from the binaries
   not being installed under /usr/local/bin);
 - the Kubernetes manifests build with `kubectl kustomize` (reported SKIP,
-  exit 77, where kubectl is not installed) and agree with each other (selectors, HPA targets, grace periods longer than the drain);
+  exit 77, where kubectl is not installed) and agree with each other
+  (selectors, HPA targets, grace periods longer than the drain);
 - the compose file parses and its delivery services get a stop grace period
   longer than their drain;
 - every --flag the files pass to fanout-ingest / fanout-delivery exists in
