@@ -10,6 +10,9 @@ PKGS=(
   redis-server kcat nginx-light wrk curl procps stunnel4
   clang libclang-rt-14-dev llvm
   python3 python3-websockets python3-yaml
+  # tests: independent encoders for the contract checks (XXH32, msgpack), a
+  # Kafka client to read committed offsets, systemd-analyze for the units
+  python3-xxhash python3-msgpack python3-confluent-kafka systemd
   openjdk-17-jdk-headless maven  # javac: deploy/local/apache-kafka compiles its admin helper
 )
 

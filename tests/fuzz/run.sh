@@ -57,6 +57,10 @@ for t in $targets; do
 done
 ntargets=$(echo $targets | wc -w)
 echo "fuzz: $((ntargets - ${#failed[@]})) passed, ${#failed[@]} failed"
+if [ "$ntargets" -eq 0 ]; then
+  echo "fuzz: no target ran (FUZZ_TARGETS, $FZ/targets.txt): nothing was checked" >&2
+  exit 1
+fi
 if [ ${#failed[@]} -gt 0 ]; then
   echo "fuzz: failed: ${failed[*]}"
   exit 1

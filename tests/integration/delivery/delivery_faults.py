@@ -141,8 +141,17 @@ def test_redis_outage_backlog_pauses_kafka_and_drains():
                json.dumps({"i": i, "pad": pad}).encode().hex() for i in range(n)])
     ft.eventually(lambda: dtest.metrics(A)["fanout_delivery_paused_partitions"] > 0,
                   what="partitions paused")
-    time.sleep(1.0)  # would keep consuming (and holding) everything without the pause
-    m = dtest.metrics(A)
+    # Without the pause it would keep consuming (and holding) everything. A
+    # paused consumer lets no marker through, so this negative is watched:
+    # every sample over a (scaled) second must still be paused and below n/2.
+    end = time.time() + ft.scaled(1.0)
+    while True:
+        m = dtest.metrics(A)
+        assert m["fanout_delivery_paused_partitions"] > 0, m
+        assert m["fanout_delivery_messages_in_total{source=\"users\"}"] < n / 2, m
+        if time.time() >= end:
+            break
+        time.sleep(0.1)
     backlog = m["fanout_delivery_routing_backlog_bytes"]
     ft.log("paused=%d backlog=%d queued=%d users_in=%d" % (
         m["fanout_delivery_paused_partitions"], backlog, m["fanout_delivery_queued_bytes"],
@@ -158,7 +167,8 @@ def test_redis_outage_backlog_pauses_kafka_and_drains():
     ft.eventually(lambda: http_get(A.addr, "/readyz")[0] == 200, timeout=15, what="ready again")
     got += [c.recv(timeout=30)["data"]["i"] for _ in range(n - 10)]
     assert got == list(range(n)), "lost or reordered"
-    c.expect_silence(0.3)
+    S.send("olga", {"i": n})  # nothing twice: the next one is n
+    c.expect_next(lambda m: m["data"]["i"] == n, "record %d" % n)
     m = dtest.metrics(A)
     assert m["fanout_delivery_paused_partitions"] == 0, m
     assert m["fanout_delivery_routing_backlog_bytes"] == 0, m

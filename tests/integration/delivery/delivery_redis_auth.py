@@ -109,7 +109,11 @@ def test_right_credentials_everything_works():
     for c in clients.values():
         m = c.recv(timeout=15)
         assert m["room"] == "lobby" and m["data"] == {"b": 1}, m
-        c.expect_silence(0.3)
+    # once each: a second broadcast (same room, same partition) comes next
+    st, body = api(I, "POST", "/v1/broadcast", {"room": "lobby", "data": {"b": 2}})
+    assert st == 202, (st, body)
+    for c in clients.values():
+        c.expect_next(lambda m: m["room"] == "lobby" and m["data"] == {"b": 2}, "broadcast 2")
         c.close()
 
 

@@ -27,7 +27,7 @@ def assigned(pr):
 ft.eventually(lambda: assigned(A) + assigned(B) == 2 * S.kafka.partitions and
               assigned(A) > 0 and assigned(B) > 0,
               timeout=40, interval=0.2, what="both consumer groups settled")
-time.sleep(0.5)
+S.wait_rooms_live()  # the rooms group starts at "latest": found before the tests produce
 
 
 def join(c, room):
@@ -69,20 +69,33 @@ def test_each_member_on_each_server_gets_each_message_once():
         assert sorted((m["room"], m["data"]["i"]) for m in msgs) == expect, msgs
         for r in rooms:  # per room in Kafka order
             assert [m["data"]["i"] for m in msgs if m["room"] == r] == list(range(n))
-        c.expect_silence(0.3)  # once each
+    # Once each: a marker on every room (its partition, after the n). A
+    # second copy of a room's record would come before that room's marker,
+    # so the next len(rooms) messages are the markers and nothing else.
+    S.produce(["fanout.rooms broadcast %s application/json %s\n" %
+               (r, json.dumps({"r": r, "i": "marker"}).encode().hex()) for r in rooms])
+    for c in (a1, b1, b2):
+        marks = [c.expect_next(lambda m: m["data"]["i"] == "marker") for _ in rooms]
+        assert sorted(m["room"] for m in marks) == sorted(rooms), marks
     # The same frame (id, pos) for every recipient on either server.
     key = lambda m: (m["room"], m["data"]["i"])  # noqa: E731
     ref = {key(m): (m["id"], m["pos"]) for m in got["a1"]}
     for name in ("b1", "b2"):
         assert {key(m): (m["id"], m["pos"]) for m in got[name]} == ref
-    for c in (xa, xb):  # non-members get nothing
-        c.expect_silence(0.3)
+    # Non-members get nothing: xa is on A with a1, xb on B with b1; their
+    # servers wrote every room frame before the markers above, so a message
+    # sent to xa / xb now is queued after anything sent to them wrongly.
+    for c, sub in ((xa, "xa"), (xb, "xb")):
+        ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:" + sub) == "1",
+                      what="%s registered" % sub)
+        S.send(sub, {"marker": sub})
+        c.expect_next(lambda m: m.get("data") == {"marker": sub}, "the direct marker")
     # Consumed once per deployment: A and B together took each record once,
     # and both took some (the room keys spread over both servers' partitions).
     after = {pr.sid: dtest.metrics(pr)["fanout_delivery_messages_in_total{source=\"rooms\"}"]
              for pr in (A, B)}
     took = {sid: after[sid] - before[sid] for sid in after}
-    assert sum(took.values()) == len(expect), took
+    assert sum(took.values()) == len(expect) + len(rooms), took  # and the markers
     assert all(v > 0 for v in took.values()), took
     # The offsets are committed by the rooms group.
     for c in (a1, b1, b2, xa, xb):
@@ -100,8 +113,17 @@ def test_last_member_leaving_unsubscribes():
     assert c.recv(timeout=10) == {"type": "left", "room": "solo"}
     ft.eventually(lambda: S.redis.cli("PUBSUB", "NUMSUB", "ws:room:solo").split()[-1] == "0",
                   what="unsubscribed")
+    # Nothing more for c: a witness on B gets the next broadcast (so it was
+    # consumed and published), then a message sent to c itself comes next.
+    w = WsClient(B.addr, token=dtest.token("solo-w", rooms=["solo"]))
+    join(w, "solo")
+    ft.eventually(lambda: numsub("solo") == "1", what="B subscribed")
     S.broadcast("solo", {"k": 2})
-    c.expect_silence(0.5)
+    assert w.recv(timeout=15)["data"] == {"k": 2}
+    ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:solo") == "1", what="registered")
+    S.send("solo", {"marker": 1})
+    c.expect_next(lambda m: m.get("data") == {"marker": 1}, "the direct marker")
+    w.close()
     c.close()
 
 
@@ -126,7 +148,9 @@ def broadcast_once(c, room, k):
     S.broadcast(room, {"k": k})
     m = c.recv(timeout=15)
     assert m["type"] == "message" and m["room"] == room and m["data"] == {"k": k}, m
-    c.expect_silence(0.3)
+    # once: the next broadcast on the room (same partition) comes next
+    S.broadcast(room, {"k": k, "marker": True})
+    c.expect_next(lambda m: m["room"] == room and m["data"] == {"k": k, "marker": True})
 
 
 def churn(room, seqs, glued):

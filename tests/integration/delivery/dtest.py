@@ -5,11 +5,10 @@ ports, stopped by PID."""
 import asyncio
 import json
 import os
-import re
+import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fanout_test as ft  # noqa: E402
@@ -55,7 +54,72 @@ class Stack:
                 n += m.get("fanout_delivery_assigned_partitions", 0) - self.kafka.partitions
             return n == total
         ft.eventually(ok, timeout=timeout, interval=0.2, what="consumer group settled")
-        time.sleep(0.3)
+        self.wait_rooms_live()
+
+    def wait_rooms_live(self, timeout=30):
+        """Rooms are read from the end of each partition (room-mode kafka:
+        from where each server started; redis: "latest" for a new group), so
+        a broadcast produced before a server has found that end is never
+        delivered. Probes every rooms partition until each running server
+        delivers a broadcast from each of them to a member of its own."""
+        from wsclient import Closed, WsClient
+        rooms = probe_rooms(self.kafka.partitions)
+
+        def open_probe(sid):
+            c = WsClient(self.servers[sid].addr, token=token("probe-" + sid, rooms=["__probe*"]))
+            for r in rooms:
+                c.send_json({"type": "join", "room": r})
+                m = c.recv(timeout=10)
+                assert m == {"type": "joined", "room": r}, m
+            return c
+
+        conns, probes = {}, {}
+        for sid, pr in self.servers.items():
+            if pr.alive():
+                conns[sid] = metrics(pr).get("fanout_delivery_connections", 0)
+                probes[sid] = open_probe(sid)
+        pending = {(sid, r) for sid in probes for r in rooms}
+
+        def read_all():
+            # Round-robin in short reads: each probe answers its pings in
+            # time even on a server with a 400 ms ping interval.
+            for sid in list(probes):
+                try:
+                    while True:
+                        m = probes[sid].recv(timeout=0.05 / ft.SCALE)
+                        if m.get("type") == "message":
+                            pending.discard((sid, m["room"]))
+                except socket.timeout:
+                    pass
+                except (Closed, OSError):
+                    probes[sid] = open_probe(sid)  # closed anyway: a new one
+
+        deadline = time.time() + ft.scaled(timeout)
+        k = 0
+        while pending:
+            assert time.time() < deadline, "rooms not delivered from: %r" % sorted(pending)
+            lines = "".join("fanout.rooms broadcast %s application/json %s\n" %
+                            (r, json.dumps({"probe": k}).encode().hex()) for r in rooms)
+            p = subprocess.Popen([ft.find_binary("fanout-test-produce"), self.kafka.bootstrap],
+                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+            p.stdin.write(lines)
+            p.stdin.close()
+            while p.poll() is None:
+                read_all()
+            assert p.returncode == 0, p.stderr.read()
+            p.stderr.close()
+            until = time.time() + ft.scaled(0.3)
+            while pending and time.time() < until:
+                read_all()
+            k += 1
+        # Gone again before the tests count connections or rooms.
+        for sid, c in probes.items():
+            c.close()
+            c.expect_close()
+            pr = self.servers[sid]
+            ft.eventually(lambda: metrics(pr).get("fanout_delivery_connections", 0) <= conns[sid],
+                          what="probe connection closed on %s" % sid)
 
     def produce(self, lines):
         p = subprocess.run([ft.find_binary("fanout-test-produce"), self.kafka.bootstrap],
@@ -73,21 +137,36 @@ class Stack:
         return self.produce(["fanout.rooms broadcast %s %s %s\n" % (room, ct, payload.hex())])
 
 
+def probe_rooms(partitions):
+    """One room key per rooms partition (for wait_rooms_live)."""
+    out, i = {}, 0
+    while len(out) < partitions:
+        r = "__probe%d" % i
+        out.setdefault(ft.partition_of(r, partitions), r)
+        i += 1
+    return [out[p] for p in sorted(out)]
+
+
+def committed(bootstrap, topic, partition, group="fanout-delivery"):
+    """The offset the group committed for topic/partition (-1001: none yet),
+    read with python3-confluent-kafka's OffsetFetch: it does not join the
+    group, so it moves no partition."""
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                  "enable.auto.commit": False})
+    try:
+        tp, = c.committed([TopicPartition(topic, partition)], timeout=ft.scaled(10))
+        return tp.offset
+    finally:
+        c.close()
+
+
 def token(sub, **kw):
     return ft.make_jwt(SECRET, sub, **kw)
 
 
 def metrics(pr):
-    with urllib.request.urlopen("http://%s/metrics" % pr.addr, timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = re.match(r"^(\S+)\s+(\S+)$", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
+    return ft.metrics(pr.addr)
 
 
 def ws_url(pr, sub, **kw):

@@ -195,9 +195,24 @@ class WsClient:
                 return None
         raise AssertionError("connection not closed in time")
 
-    def expect_silence(self, seconds=0.5):
-        try:
-            msg = self.recv(timeout=seconds / ft.SCALE)
-        except socket.timeout:
-            return
-        raise AssertionError("unexpected message %r" % (msg,))
+    def expect_next(self, pred, what="the marker", timeout=15.0):
+        """The next message satisfies pred. A negative check ("nothing more
+        came") sends a marker that must arrive after anything that should
+        not have (same partition, or the same server's later work), then
+        expects the marker as the very next message: no fixed silence."""
+        msg = self.recv(timeout=timeout)
+        assert pred(msg), "expected %s next, got %r" % (what, msg)
+        return msg
+
+    def wait_pings(self, n, timeout=10.0):
+        """Reads, answering pings, until n pings came in all; a message, a
+        close or EOF before that fails."""
+        deadline = time.time() + ft.scaled(timeout)
+        while self.pings < n:
+            left = deadline - time.time()
+            assert left > 0, "only %d of %d pings in time" % (self.pings, n)
+            try:
+                msg = self.recv(timeout=min(left, 0.5) / ft.SCALE)
+            except socket.timeout:
+                continue
+            raise AssertionError("unexpected message %r" % (msg,))

@@ -67,7 +67,8 @@ def delivery_ok():
     S["stack"].check_alive()
 
 
-def test_start():
+def setup_module():
+    """The stack the tests share (not a test: ft.run_tests runs it first)."""
     st = S["stack"] = hl.Stack(partitions=4)
     S["d1"] = st.delivery("h1", "--handshake-timeout-ms", str(HANDSHAKE_MS),
                           "--max-frame-bytes", str(MAX_FRAME),
@@ -569,7 +570,9 @@ def test_clean_shutdown():
     assert all(c == 0 for c in codes.values()), codes
 
 
-KNOWN_BUGS = {}  # none open
+def teardown_module():
+    hl.teardown(S)
+
 
 if __name__ == "__main__":
-    hl.run(globals(), KNOWN_BUGS)
+    ft.run_tests(globals(), only=sys.argv[1:] or None)

@@ -13,14 +13,12 @@ import hmac
 import http.client
 import json
 import os
-import re
 import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lib"))
 import fanout_test as ft  # noqa: E402
@@ -55,6 +53,7 @@ class Stack:
         self.kafka = ft.KafkaDev(partitions=partitions)
         self.deliveries = []
         self.ingests = []
+        self.stopped = False
 
     def delivery(self, sid, *extra):
         args = ["--listen", "127.0.0.1:0", "--redis", self.redis.addr, "--kafka",
@@ -89,7 +88,14 @@ class Stack:
         for pr in self.deliveries + self.ingests:
             assert pr.alive(), "%s died; log %s:\n%s" % (pr.name, pr.logpath, pr.log_tail())
 
+    def wait_registered(self, user, n=1, timeout=10):
+        """Waits until user's registry entry (ws:connections:{user}) has n
+        connections: from then on a record for user reaches them."""
+        ft.eventually(lambda: self.redis.cli("HLEN", "ws:connections:" + user) == str(n),
+                      timeout=timeout, what="%d registry entries for %s" % (n, user))
+
     def stop(self):
+        self.stopped = True
         codes = {}
         for pr in self.deliveries + self.ingests:
             codes[pr.name] = pr.stop(timeout=15)
@@ -99,16 +105,7 @@ class Stack:
 
 
 def metrics(pr):
-    with urllib.request.urlopen("http://%s/metrics" % pr.addr, timeout=ft.scaled(5)) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = re.match(r"^(\S+)\s+(\S+)$", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
+    return ft.metrics(pr.addr)
 
 
 # ---- raw HTTP ---------------------------------------------------------------------
@@ -459,20 +456,15 @@ def produce(bootstrap, topic, values, partition=0, key=None):
     assert p.stdout.decode().strip() == "produced=%d" % len(values), p.stdout
 
 
-# ---- running, with known bugs kept apart ------------------------------------------------
+# ---- set-up and tear-down -----------------------------------------------------------
 
-def run(namespace, known_bugs):
-    """ft.run_tests, except the tests named in known_bugs ({name: why}):
-    those are listed as SKIP with the reason unless FANOUT_KNOWN_BUGS=1
-    (then they run like the others). A known bug is a test that states
-    the right behaviour and fails until the code is fixed."""
-    only = None
-    if os.environ.get("FANOUT_KNOWN_BUGS") != "1":
-        for name, why in known_bugs.items():
-            print("SKIP %s (known bug: %s; FANOUT_KNOWN_BUGS=1 runs it)" % (name, why),
-                  flush=True)
-        only = [n for n in namespace if n.startswith("test_") and n not in known_bugs]
-    ft.run_tests(namespace, only=only)
+def teardown(S):
+    """teardown_module of the suites: stops whatever test_clean_shutdown
+    did not (it failed, or a subset of the tests ran)."""
+    if "by" in S:
+        S["by"].close()
+    if "stack" in S and not S["stack"].stopped:
+        S["stack"].stop()
 
 
 # ---- msgpack envelope (just enough to build good and bad ones) -------------------------

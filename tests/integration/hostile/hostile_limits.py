@@ -56,7 +56,8 @@ def close_ok(c):
     c.expect_close(1000)
 
 
-def test_start():
+def setup_module():
+    """The stack the tests share (not a test: ft.run_tests runs it first)."""
     st = S["stack"] = hl.Stack(partitions=2)
     S["d1"] = st.delivery(SID64, "--max-connections-per-user", str(PER_USER),
                           "--max-token-lifetime-s", str(LIFETIME_S))
@@ -238,7 +239,9 @@ def test_clean_shutdown():
     assert all(c == 0 for c in codes.values()), codes
 
 
-KNOWN_BUGS = {}
+def teardown_module():
+    hl.teardown(S)
+
 
 if __name__ == "__main__":
-    hl.run(globals(), KNOWN_BUGS)
+    ft.run_tests(globals(), only=sys.argv[1:] or None)

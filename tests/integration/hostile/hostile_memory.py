@@ -152,7 +152,8 @@ def bystander_alive():
     S["stack"].check_alive()
 
 
-def test_start():
+def setup_module():
+    """The stack the tests share (not a test: ft.run_tests runs it first)."""
     st = S["stack"] = hl.Stack(partitions=4)
     S["d1"] = st.delivery("m1", "--client-msg-rate", "0")
     S["d2"] = st.delivery("m2", "--client-msg-rate", str(RATE), "--client-msg-burst", str(BURST))
@@ -422,5 +423,9 @@ def test_clean_shutdown():
     assert all(c == 0 for c in codes.values()), codes
 
 
+def teardown_module():
+    hl.teardown(S)
+
+
 if __name__ == "__main__":
-    hl.run(globals(), {})
+    ft.run_tests(globals(), only=sys.argv[1:] or None)

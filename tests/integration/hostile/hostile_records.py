@@ -12,9 +12,7 @@ envelope for a connected user must not cost that user the connection."""
 
 import json
 import os
-import struct
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hostile_lib as hl  # noqa: E402
@@ -66,7 +64,8 @@ def bad_records(kind, target):
     ]
 
 
-def test_start():
+def setup_module():
+    """The stack the tests share (not a test: ft.run_tests runs it first)."""
     st = S["stack"] = hl.Stack(partitions=PARTITIONS)
     S["d1"] = st.delivery("hr1")
     S["i1"] = st.ingest("i1")
@@ -114,7 +113,7 @@ def test_valid_envelopes_from_other_producers_are_delivered():
     payload as a string, invalid UTF-8 as base64."""
     c = hl.RawWs(S["d1"].addr, hl.token("other-producer"))
     assert c.status == 101
-    time.sleep(0.3)  # the registry entry is written
+    S["stack"].wait_registered("other-producer")  # else the records find nobody
     recs = [envelope("send", "other-producer", b"plain text", ct="text/plain"),
             envelope("send", "other-producer", b"\xff\xfe\x00", ct="application/octet-stream"),
             envelope("send", "other-producer", b"{not json", ct="application/json")]
@@ -134,7 +133,7 @@ def test_huge_valid_envelope_does_not_cost_the_user_the_connection():
     but the user's connection stays open and later messages reach it."""
     c = hl.RawWs(S["d1"].addr, hl.token("victim"))
     assert c.status == 101
-    time.sleep(0.3)
+    S["stack"].wait_registered("victim")
     drops = dm("drops_total") + dm("decode_errors_total")
     big = envelope("send", "victim", json.dumps("x" * (3 * 1024 * 1024)).encode())
     hl.produce(S["stack"].kafka.bootstrap, "fanout.users", [big], partition=0, key="victim")
@@ -167,7 +166,9 @@ def test_clean_shutdown():
     assert all(c == 0 for c in codes.values()), codes
 
 
-KNOWN_BUGS = {}  # none open
+def teardown_module():
+    hl.teardown(S)
+
 
 if __name__ == "__main__":
-    hl.run(globals(), KNOWN_BUGS)
+    ft.run_tests(globals(), only=sys.argv[1:] or None)

@@ -1,12 +1,12 @@
-"""Helpers for fanout-ingest's integration tests: an independent XXH32 and
-partitioner, a small msgpack reader for the envelope, reading records back
-with kcat, and HTTP clients (keep-alive and raw bytes)."""
+"""Helpers for fanout-ingest's integration tests: the partitioner and the
+envelope from Debian's python3-xxhash and python3-msgpack (independent of the
+project's code), reading records back with kcat, and HTTP clients
+(keep-alive and raw bytes)."""
 
 import http.client
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -14,163 +14,29 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "lib"))
 import fanout_test as ft  # noqa: E402
+import msgpack  # noqa: E402  (python3-msgpack)
 
 API_KEY = "test-key-1"
 API_KEY2 = "test-key-2"
 
-# ---- XXH32 (seed 0) and the user-hash range partitioner, written from the spec --------
+# ---- the partitioner and the envelope, from Debian's python3-xxhash and python3-msgpack ------
+# Independent of the project's C code (common/hash.c, common/envelope.c), which is
+# the point of a contract check.
 
-P1, P2, P3, P4, P5 = 2654435761, 2246822519, 3266489917, 668265263, 374761393
-M32 = 0xFFFFFFFF
-
-
-def _rotl(x, r):
-    return ((x << r) | (x >> (32 - r))) & M32
-
-
-def xxh32(data, seed=0):
-    n = len(data)
-    i = 0
-    if n >= 16:
-        v1 = (seed + P1 + P2) & M32
-        v2 = (seed + P2) & M32
-        v3 = seed & M32
-        v4 = (seed - P1) & M32
-        while i + 16 <= n:
-            for k in range(4):
-                lane = struct.unpack_from("<I", data, i + 4 * k)[0]
-                v = (v1, v2, v3, v4)[k]
-                v = _rotl((v + lane * P2) & M32, 13) * P1 & M32
-                if k == 0:
-                    v1 = v
-                elif k == 1:
-                    v2 = v
-                elif k == 2:
-                    v3 = v
-                else:
-                    v4 = v
-            i += 16
-        h = (_rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)) & M32
-    else:
-        h = (seed + P5) & M32
-    h = (h + n) & M32
-    while i + 4 <= n:
-        h = (h + struct.unpack_from("<I", data, i)[0] * P3) & M32
-        h = _rotl(h, 17) * P4 & M32
-        i += 4
-    while i < n:
-        h = (h + data[i] * P5) & M32
-        h = _rotl(h, 11) * P1 & M32
-        i += 1
-    h ^= h >> 15
-    h = h * P2 & M32
-    h ^= h >> 13
-    h = h * P3 & M32
-    h ^= h >> 16
-    return h
-
-
-def partition_of(key, partitions):
-    if isinstance(key, str):
-        key = key.encode()
-    return (xxh32(key) * partitions) >> 32
-
-
-# ---- msgpack (just what the envelope uses) -------------------------------------------------
-
-class Unpacker:
-    def __init__(self, b):
-        self.b = b
-        self.i = 0
-
-    def take(self, n):
-        if self.i + n > len(self.b):
-            raise ValueError("truncated msgpack")
-        out = self.b[self.i:self.i + n]
-        self.i += n
-        return out
-
-    def u(self, fmt):
-        size = struct.calcsize(fmt)
-        return struct.unpack(fmt, self.take(size))[0]
-
-    def obj(self):
-        t = self.take(1)[0]
-        if t <= 0x7F:
-            return t
-        if t >= 0xE0:
-            return t - 0x100
-        if 0x80 <= t <= 0x8F:
-            return self.map(t & 0x0F)
-        if 0x90 <= t <= 0x9F:
-            return [self.obj() for _ in range(t & 0x0F)]
-        if 0xA0 <= t <= 0xBF:
-            return self.take(t & 0x1F).decode()
-        simple = {0xC0: None, 0xC2: False, 0xC3: True}
-        if t in simple:
-            return simple[t]
-        if t == 0xC4:
-            return bytes(self.take(self.u(">B")))
-        if t == 0xC5:
-            return bytes(self.take(self.u(">H")))
-        if t == 0xC6:
-            return bytes(self.take(self.u(">I")))
-        ints = {0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q",
-                0xD0: ">b", 0xD1: ">h", 0xD2: ">i", 0xD3: ">q"}
-        if t in ints:
-            return self.u(ints[t])
-        if t == 0xD9:
-            return self.take(self.u(">B")).decode()
-        if t == 0xDA:
-            return self.take(self.u(">H")).decode()
-        if t == 0xDB:
-            return self.take(self.u(">I")).decode()
-        if t == 0xDE:
-            return self.map(self.u(">H"))
-        if t == 0xDF:
-            return self.map(self.u(">I"))
-        raise ValueError("msgpack type 0x%02x not used by the envelope" % t)
-
-    def map(self, n):
-        return {self.obj(): self.obj() for _ in range(n)}
+partition_of = ft.partition_of
 
 
 def decode_envelope(value):
-    u = Unpacker(value)
-    env = u.obj()
-    if u.i != len(value):
-        raise ValueError("trailing bytes after the envelope")
-    return env
-
-
-def _mp_str(s):
-    b = s.encode() if isinstance(s, str) else s
-    if len(b) < 32:
-        return bytes([0xA0 | len(b)]) + b
-    if len(b) < 256:
-        return b"\xd9" + bytes([len(b)]) + b
-    return b"\xda" + struct.pack(">H", len(b)) + b
-
-
-def _mp_bin(b):
-    if len(b) < 256:
-        return b"\xc4" + bytes([len(b)]) + b
-    if len(b) < 65536:
-        return b"\xc5" + struct.pack(">H", len(b)) + b
-    return b"\xc6" + struct.pack(">I", len(b)) + b
+    """The envelope as a dict (str keys, "id" and "p" as bytes); raises on
+    anything that is not exactly one msgpack object."""
+    return msgpack.unpackb(value, raw=False)
 
 
 def encode_envelope(kind, target, payload, msg_id=None, ts=None):
-    """Builds an envelope by hand (for intake tests)."""
-    msg_id = msg_id or uuid.uuid4().bytes
-    ts = ts or int(time.time() * 1000)
-    fields = [("v", b"\x01"), ("id", _mp_bin(msg_id)), ("k", _mp_str(kind)),
-              ("t", _mp_str(target)), ("p", _mp_bin(payload)),
-              ("ct", _mp_str("application/json")), ("ts", b"\xd3" + struct.pack(">q", ts))]
-    out = bytes([0x80 | len(fields)])
-    for k, v in fields:
-        out += _mp_str(k) + v
-    return out
+    """Builds an envelope (for intake tests)."""
+    return msgpack.packb({"v": 1, "id": msg_id or uuid.uuid4().bytes, "k": kind, "t": target,
+                          "p": payload, "ct": "application/json",
+                          "ts": ts or int(time.time() * 1000)}, use_bin_type=True)
 
 
 def check_envelope(value, kind, target, data):
@@ -375,13 +241,15 @@ def partitions(bootstrap, topic):
     raise AssertionError("topic %s not found" % topic)
 
 
-def produce(bootstrap, topic, value, key=None, headers=()):
+def produce(bootstrap, topic, value, key=None, headers=(), partition=None):
     """Produces one record (value: bytes) with kcat, from a file so that any
-    bytes go through unchanged."""
+    bytes go through unchanged; to `partition` if given."""
     import tempfile
     if value == b"":
         # kcat sends nothing for an empty file: an empty line from stdin instead
         argv = ["kcat", "-P", "-b", bootstrap, "-t", topic, "-K", "\t"]
+        if partition is not None:
+            argv += ["-p", str(partition)]
         for h in headers:
             argv += ["-H", h]
         subprocess.run(argv, input=(key or "").encode() + b"\t\n", check=True,
@@ -392,6 +260,8 @@ def produce(bootstrap, topic, value, key=None, headers=()):
         path = f.name
     try:
         argv = ["kcat", "-P", "-b", bootstrap, "-t", topic]
+        if partition is not None:
+            argv += ["-p", str(partition)]
         if key is not None:
             argv += ["-k", key]
         for h in headers:

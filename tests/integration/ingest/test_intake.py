@@ -34,13 +34,8 @@ def start():
 
 
 def intake_metric(svc, result):
-    c = L.Client(svc.host, svc.port, key=None)
-    text = c.get("/metrics").body.decode()
-    c.close()
-    for line in text.splitlines():
-        if line.startswith('fanout_ingest_intake_records_total{result="%s"}' % result):
-            return int(line.split()[-1])
-    return 0
+    return int(ft.metrics(svc.addr).get('fanout_ingest_intake_records_total{result="%s"}'
+                                        % result, 0))
 
 
 def users_with(prefix):
@@ -101,16 +96,36 @@ def test_good_and_bad_records():
     ft.eventually(lambda: intake_metric(svc, "dlq") >= len(bad), what="dlq metric")
 
 
+def intake_idle(svc, done):
+    """At least `done` records forwarded or sent to the DLQ, none in flight:
+    each one's offset is stored (rec_done stores the done prefix at once)."""
+    m = ft.metrics(svc.addr)
+    n = sum(m.get('fanout_ingest_intake_records_total{result="%s"}' % r, 0)
+            for r in ("forwarded", "dlq"))
+    return n >= done and m.get("fanout_ingest_intake_inflight", -1) == 0
+
+
 def test_offsets_are_committed():
     svc = state["svc"]
-    time.sleep(1.5)  # auto-commit interval
-    assert svc.stop() == 0  # closes the consumer: commits what was stored
+    # test_good_and_bad_records produced 12 records; once they are all done,
+    # stopping (the consumer's close) commits their stored offsets.
+    ft.eventually(lambda: intake_idle(svc, 12), timeout=30, what="intake done, nothing in flight")
+    assert svc.stop() == 0
     svc = start()
     state["svc"] = svc
-    u3 = "iu3-" + RUN
-    L.produce(KAFKA, "fanout.intake", json.dumps({"user": u3, "data": 3}).encode())
-    L.wait_records(KAFKA, "fanout.users", lambda r: r["key"] == u3.encode(), timeout=40)
-    time.sleep(0.5)
+    # A marker on every intake partition, after everything produced before
+    # the restart: once each is forwarded and nothing is in flight, a record
+    # consumed again would already be on its topic.
+    markers = []
+    for p in range(L.partitions(KAFKA, "fanout.intake")):
+        u3 = "iu3-%s-%d" % (RUN, p)
+        markers.append(u3.encode())
+        L.produce(KAFKA, "fanout.intake", json.dumps({"user": u3, "data": 3}).encode(),
+                  partition=p)
+    L.wait_records(KAFKA, "fanout.users", lambda r: r["key"] in markers, count=len(markers),
+                   timeout=40)
+    ft.eventually(lambda: intake_idle(svc, len(markers)), timeout=30,
+                  what="intake done, nothing in flight")
     # nothing from before the restart was forwarded a second time
     assert len([r for r in L.read_topic(KAFKA, "fanout.users")
                 if r["key"] == ("iu1-" + RUN).encode()]) == 1

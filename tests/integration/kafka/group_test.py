@@ -10,7 +10,7 @@ import sys
 import uuid
 
 import fanout_test as ft
-from kafka_members import Member, partition_count, produce_all, settle, wait_records
+from kafka_members import Member, markers, partition_count, produce_all, wait_records
 
 BROKER = sys.argv[1] if len(sys.argv) > 1 else "kafkadev"
 BOOTSTRAP = ft.fixture_env(BROKER)["FANOUT_KAFKA"]
@@ -46,7 +46,7 @@ def test_two_members_split_the_user_partitions():
     prefix = uniq("rec")
     produce_all(BOOTSTRAP, TOPIC, 60, prefix)
     wait_records([a, b], prefix, 60)
-    settle()
+    markers(BOOTSTRAP, TOPIC, [a, b], uniq("marker"))
     ra, rb = a.records(prefix), b.records(prefix)
     assert {p for p, _o, _v in ra} <= sa, "a got records of partitions it does not own"
     assert {p for p, _o, _v in rb} <= sb, "b got records of partitions it does not own"
@@ -78,7 +78,7 @@ def _resume(kill):
     # After a kill -9 the old member holds its partitions until its session
     # (6 s) expires; then the new one is assigned and resumes.
     wait_records([m2], second, 40, timeout=90)
-    settle()
+    markers(BOOTSTRAP, TOPIC, [m2], uniq("marker"))
     again = m2.records(first)
     after = [v for _p, _o, v in m2.records(second)]
     assert len(after) == len(set(after)) == 40, "records after the restart: %d unique of %d" % (

@@ -5,7 +5,6 @@ stdout lines (see kafka_testclient.c)."""
 import json
 import re
 import subprocess
-import time
 
 import fanout_test as ft
 
@@ -112,6 +111,15 @@ def wait_records(members, prefix, count, timeout=60):
     return {m: m.records(prefix) for m in members}
 
 
-def settle(seconds=1.5):
-    """A short quiet period to catch records that should not arrive."""
-    time.sleep(ft.scaled(seconds))
+def markers(bootstrap, topic, members, tag):
+    """Instead of a quiet period: one record "TAG-P" on every partition P
+    (kcat -p), after everything produced before; returns once each reached a
+    member. A member reads a partition in offset order, so a record that
+    should not arrive (a duplicate, a re-read) would have come before its
+    partition's marker."""
+    n = partition_count(bootstrap, topic)
+    for p in range(n):
+        subprocess.run(["kcat", "-P", "-b", bootstrap, "-t", topic, "-p", str(p),
+                        "-k", "%s-%d" % (tag, p)], input=("%s-%d\n" % (tag, p)).encode(),
+                       check=True, timeout=ft.scaled(30))
+    wait_records(members, tag, n)
