@@ -141,6 +141,7 @@ static void mark_dirty(fo_server_t *srv, fo_outq_t *q) {
 }
 
 static void conn_flush(fo_conn_t *conn);
+static void close_ws(fo_conn_t *conn, uint16_t code, const char *reason, bool drop_queue);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
@@ -238,7 +239,7 @@ static int enqueue(fo_conn_t *conn, fo_buf_t *buf, bool force) {
     (*srv->m.drops)++;
     FO_LOG_INFO("conn", "slow client closed", "conn=%" PRIu32 " queued=%" PRIu64, conn->id,
                 q->bytes);
-    fo__conn_close_ws(conn, FO_WS_CLOSE_TRY_AGAIN, "outbound queue full");
+    close_ws(conn, FO_WS_CLOSE_TRY_AGAIN, "outbound queue full", true);
     return -ENOBUFS;
   }
   if (q->n == q->cap) {
@@ -503,7 +504,12 @@ static fo_buf_t *close_frame(fo_server_t *srv, uint16_t code, const char *reason
   return fo__frame_new(srv, FO_WS_OP_CLOSE, pl, n);
 }
 
-void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason) {
+/* Frames queued before the close go out before it (RFC 6455: a pong for a
+ * ping read just before the peer's close, the reply to a message read just
+ * before a protocol violation). Only drop_queue (the slow-client close: its
+ * queue is what is wrong) throws them away. Nothing is queued after it:
+ * fo__conn_send refuses a closing connection. */
+static void close_ws(fo_conn_t *conn, uint16_t code, const char *reason, bool drop_queue) {
   fo_server_t *srv = conn->srv;
   if (conn->state != FO_CONN_OPEN) {
     if (conn->state == FO_CONN_HANDSHAKE)
@@ -513,8 +519,8 @@ void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason) {
   unregister(conn);
   conn->state = FO_CONN_CLOSING;
   conn->deadline = uv_now(srv->loop) + (uint64_t)srv->cfg->close_timeout_ms;
-  if (conn->out != NULL)
-    outq_drop(srv, conn->out, true);  /* a closing client gets no more data */
+  if (drop_queue && conn->out != NULL)
+    outq_drop(srv, conn->out, true);
   fo_buf_t *buf = close_frame(srv, code, reason);
   if (buf == NULL || enqueue(conn, buf, true) != 0) {
     fo_buf_unref(buf);
@@ -524,6 +530,10 @@ void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason) {
   fo_buf_unref(buf);
   if (conn->peer_closed)
     conn->close_after_flush = 1;
+}
+
+void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason) {
+  close_ws(conn, code, reason, false);
 }
 
 /* Called by the handshake once the 101 is queued. */

@@ -44,6 +44,7 @@ typedef struct {
   fo_addr_t redis;
   char *redis_password;     /* "" = no AUTH */
   char *redis_user;         /* "" = default user */
+  int64_t redis_timeout_ms; /* connect and command timeout (not the subscriber's commands) */
   char *kafka;
   char *server_id;
   char *jwt_secret;
@@ -247,7 +248,8 @@ int fo__conn_accept(fo_server_t *srv);
  * connection no longer takes frames, or -ENOBUFS when it was over its queue
  * limit (the connection is then being closed with 1013). */
 int fo__conn_send(fo_conn_t *conn, fo_buf_t *buf);
-/* Starts the close handshake with `code` (idempotent). */
+/* Starts the close handshake with `code` (idempotent). Frames queued before
+ * it are written before the close frame. */
 void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason);
 /* Closes the socket now (idempotent); unregisters. */
 void fo__conn_destroy(fo_conn_t *conn);
