@@ -7,12 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
 
 #include "delivery_int.h"
+#include "frame.h"
 #include "http.h"
-#include "json_out.h"
 #include "log.h"
+#include "proto.h"
 #include "ws.h"
 
 #define FO_IOV_MAX 1024
@@ -198,14 +198,13 @@ static bool pong_collapse(fo_conn_t *conn, const uint8_t *p, size_t n) {
   return true;
 }
 
-static const char app_pong[] = "\x81\x0f{\"type\":\"pong\"}"; /* a whole text frame */
-
 /* The same for {"type":"pong"}: while one is queued and unsent, another
  * would say nothing new. */
 static bool app_pong_queued(fo_conn_t *conn) {
   fo_buf_t *buf = unsent_tail(conn);
-  return buf != NULL && buf->len == sizeof(app_pong) - 1 &&
-         memcmp(buf->data, app_pong, sizeof(app_pong) - 1) == 0;
+  return buf != NULL && buf->len == 2 + FO_PROTO_PONG_LEN &&
+         buf->data[0] == (0x80 | FO_WS_OP_TEXT) && buf->data[1] == FO_PROTO_PONG_LEN &&
+         memcmp(buf->data + 2, FO_PROTO_PONG, FO_PROTO_PONG_LEN) == 0;
 }
 
 /* Appends buf to conn's queue (one reference). force skips the limit. */
@@ -486,7 +485,7 @@ void fo__conn_destroy(fo_conn_t *conn) {
   uv_close((uv_handle_t *)&conn->tcp, on_close);
 }
 
-static fo_buf_t *close_frame(fo_server_t *srv, uint16_t code, const char *reason) {
+static fo_buf_t *close_frame(uint16_t code, const char *reason) {
   uint8_t pl[125];
   size_t n = 0;
   if (code != 0) {
@@ -501,7 +500,7 @@ static fo_buf_t *close_frame(fo_server_t *srv, uint16_t code, const char *reason
       n += rl;
     }
   }
-  return fo__frame_new(srv, FO_WS_OP_CLOSE, pl, n);
+  return fo_frame_new(FO_WS_OP_CLOSE, pl, n);
 }
 
 /* Frames queued before the close go out before it (RFC 6455: a pong for a
@@ -521,7 +520,7 @@ static void close_ws(fo_conn_t *conn, uint16_t code, const char *reason, bool dr
   conn->deadline = uv_now(srv->loop) + (uint64_t)srv->cfg->close_timeout_ms;
   if (drop_queue && conn->out != NULL)
     outq_drop(srv, conn->out, true);
-  fo_buf_t *buf = close_frame(srv, code, reason);
+  fo_buf_t *buf = close_frame(code, reason);
   if (buf == NULL || enqueue(conn, buf, true) != 0) {
     fo_buf_unref(buf);
     fo__conn_destroy(conn);
@@ -551,7 +550,7 @@ void fo__conn_opened(fo_conn_t *conn) {
 /* ---- client messages ---- */
 
 int fo__conn_send_text(fo_conn_t *conn, const char *s, size_t n) {
-  fo_buf_t *buf = fo__frame_new(conn->srv, FO_WS_OP_TEXT, s, n);
+  fo_buf_t *buf = fo_frame_new(FO_WS_OP_TEXT, s, n);
   if (buf == NULL)
     return -ENOMEM;
   int rc = fo__conn_send(conn, buf);
@@ -559,68 +558,45 @@ int fo__conn_send_text(fo_conn_t *conn, const char *s, size_t n) {
   return rc;
 }
 
-static void reply_room(fo_conn_t *conn, const char *type, const char *room, size_t len) {
+static void reply_room(fo_conn_t *conn, int joined, const char *room, size_t len) {
   fo_sb_t *sb = &conn->srv->scratch;
-  fo_sb_reset(sb);
-  fo_sb_puts(sb, "{\"type\":\"");
-  fo_sb_puts(sb, type);
-  fo_sb_puts(sb, "\",\"room\":");
-  fo_json_put_str(sb, room, len);
-  fo_sb_putc(sb, '}');
-  if (!sb->oom)
+  if (fo_proto_room_reply(sb, joined, room, len) == 0)
     fo__conn_send_text(conn, sb->data, sb->len);
 }
 
 static void reply_error(fo_conn_t *conn, const char *code, const char *msg) {
   fo_sb_t *sb = &conn->srv->scratch;
-  fo_sb_reset(sb);
-  fo_sb_puts(sb, "{\"type\":\"error\",\"code\":\"");
-  fo_sb_puts(sb, code);
-  fo_sb_puts(sb, "\",\"message\":");
-  fo_json_put_str(sb, msg, strlen(msg));
-  fo_sb_putc(sb, '}');
-  if (!sb->oom)
+  if (fo_proto_error(sb, code, msg) == 0)
     fo__conn_send_text(conn, sb->data, sb->len);
 }
 
 void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n) {
-  json_error_t jerr;
-  json_t *msg = json_loadb((const char *)p, n, 0, &jerr);
-  const char *type = json_string_value(json_object_get(msg, "type"));
-  if (type == NULL) {
-    reply_error(conn, "bad_request", "expected a JSON object with a \"type\"");
-    goto out;
-  }
-  if (strcmp(type, "ping") == 0) {
+  fo_proto_msg_t msg;
+  switch (fo_proto_parse(p, n, &msg)) {
+  case FO_PROTO_BAD:
+    reply_error(conn, msg.err_code, msg.err_msg);
+    break;
+  case FO_PROTO_PING:
     if (!app_pong_queued(conn))
-      fo__conn_send_text(conn, app_pong + 2, sizeof(app_pong) - 3);
-  } else if (strcmp(type, "join") == 0 || strcmp(type, "leave") == 0) {
-    json_t *room = json_object_get(msg, "room");
-    const char *name = json_string_value(room);
-    size_t len = json_string_length(room);
-    if (name == NULL || len == 0 || len > 256) {
-      reply_error(conn, "bad_request", "\"room\" must be a non-empty string of at most 256 bytes");
-      goto out;
-    }
-    if (type[0] == 'l') {
-      fo__room_leave(conn, name, len);
-      reply_room(conn, "left", name, len);
-      goto out;
-    }
-    int rc = fo__room_join(conn, name, len);
+      fo__conn_send_text(conn, FO_PROTO_PONG, FO_PROTO_PONG_LEN);
+    break;
+  case FO_PROTO_LEAVE:
+    fo__room_leave(conn, msg.room, msg.room_len);
+    reply_room(conn, 0, msg.room, msg.room_len);
+    break;
+  case FO_PROTO_JOIN: {
+    int rc = fo__room_join(conn, msg.room, msg.room_len);
     if (rc == 0)
-      reply_room(conn, "joined", name, len);
+      reply_room(conn, 1, msg.room, msg.room_len);
     else if (rc == -EPERM)
       reply_error(conn, "forbidden", "not allowed to join this room");
     else if (rc == -E2BIG)
       reply_error(conn, "too_many_rooms", "room limit per connection reached");
     else
       reply_error(conn, "internal", "out of memory");
-  } else {
-    reply_error(conn, "bad_request", "unknown message type");
+    break;
   }
-out:
-  json_decref(msg);
+  }
 }
 
 /* ---- rate limit ---- */

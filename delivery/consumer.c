@@ -18,16 +18,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
-#include <jansson.h>
 #include <librdkafka/rdkafka.h>
 
 #include "delivery_int.h"
+#include "frame.h"
 #include "envelope.h"
-#include "id.h"
-#include "json_out.h"
 #include "kafka_uv.h"
+#include "proto.h"
 #include "log.h"
 #include "ws.h"
 
@@ -106,49 +104,10 @@ static void set_assigned(fo_consumer_t *c, fo_kc_t *kc, rd_kafka_topic_partition
 
 /* ---- frames ---- */
 
-static bool is_json_ct(const char *ct, size_t n) {
-  static const char js[] = "application/json";
-  size_t jl = sizeof(js) - 1;
-  if (n < jl || strncasecmp(ct, js, jl) != 0)
-    return false;
-  return n == jl || ct[jl] == ';' || ct[jl] == ' ';
-}
-
-/* Builds the client frame text of a message into c->sb. */
+/* The client frame text of a message, into c->sb (proto.c). */
 static int build_text(fo_consumer_t *c, const fo_env_t *env, char letter, int32_t partition,
                       int64_t offset) {
-  fo_sb_t *sb = &c->sb;
-  char id[FO_ID_STR_LEN + 1];
-  fo_sb_reset(sb);
-  fo_id_format(env->id, id);
-  fo_sb_puts(sb, "{\"type\":\"message\",\"id\":\"");
-  fo_sb_puts(sb, id);
-  fo_sb_puts(sb, letter == 'u' ? "\",\"user\":" : "\",\"room\":");
-  fo_json_put_str(sb, env->target, env->target_len);
-  fo_sb_printf(sb, ",\"pos\":\"%c/%" PRId32 "/%" PRId64 "\",\"data\":", letter, partition,
-               offset);
-  bool done = false;
-  if (is_json_ct(env->content_type, env->content_type_len)) {
-    /* Validated once per message, inserted raw for every recipient. */
-    json_t *j = json_loadb((const char *)env->payload, env->payload_len,
-                           JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
-    if (j != NULL) {
-      json_decref(j);
-      fo_sb_append(sb, env->payload, env->payload_len);
-      done = true;
-    }
-  }
-  if (!done) {
-    if (fo_utf8_valid(env->payload, env->payload_len)) {
-      fo_json_put_str(sb, (const char *)env->payload, env->payload_len);
-    } else {
-      fo_sb_putc(sb, '"');
-      fo_base64_put(sb, env->payload, env->payload_len);
-      fo_sb_puts(sb, "\",\"encoding\":\"base64\"");
-    }
-  }
-  fo_sb_putc(sb, '}');
-  return sb->oom ? -ENOMEM : 0;
+  return fo_proto_message(&c->sb, env, letter, partition, offset);
 }
 
 /* ---- records ---- */
@@ -215,7 +174,7 @@ static void on_room_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
     }
     return;
   }
-  fo_buf_t *frame = fo__frame_new(srv, FO_WS_OP_TEXT, c->sb.data, c->sb.len);
+  fo_buf_t *frame = fo_frame_new(FO_WS_OP_TEXT, c->sb.data, c->sb.len);
   if (frame == NULL) {
     (*srv->m.drops)++;
     return;

@@ -230,7 +230,6 @@ struct fo_server {
 
   fo_buf_t *ping_frame;     /* shared, pre-encoded */
   fo_sb_t scratch;          /* per-loop builder for frames */
-  void *wsenc;              /* wslay frame context used to encode server frames */
 
   fo_rreg_t *rreg;          /* Redis registry + Pub/Sub */
   fo_router_t *router;
@@ -280,10 +279,8 @@ int fo__conn_send_raw(fo_conn_t *conn, fo_buf_t *buf);
 void fo__conn_feed_early(fo_conn_t *conn, uint8_t *p, size_t n);
 void fo__handshake_free(fo_conn_t *conn);
 
-/* ---- frame building (frame.c) ---- */
-/* Encodes a complete server->client frame (unmasked) with wslay's frame
- * encoder. Returns a buffer with refs == 1, or NULL on OOM. */
-fo_buf_t *fo__frame_new(fo_server_t *srv, int opcode, const void *payload, size_t n);
+/* ---- frame.c (fo_frame_new in frame.h) ---- */
+/* The shared, pre-encoded ping frame (srv->ping_frame). */
 int fo__frame_init(fo_server_t *srv);
 void fo__frame_free(fo_server_t *srv);
 

@@ -15,8 +15,7 @@
  * srv->backlog_bytes into the water marks, so Kafka pauses instead of the
  * backlog growing for the whole outage.
  *
- * Pub/Sub payload between servers: "<decimal user length>:<user><json>",
- * where <json> is the client frame's text, ready to be framed as is. */
+ * Pub/Sub payload between servers: see fo_proto_pub_user (proto.h). */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -26,7 +25,9 @@
 #include <openssl/evp.h>
 
 #include "delivery_int.h"
+#include "frame.h"
 #include "log.h"
+#include "proto.h"
 #include "redis_uv.h"
 #include "rkeys.h"
 #include "ws.h"
@@ -318,7 +319,7 @@ int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char 
                     size_t jlen, int32_t partition, int64_t offset) {
   fo_router_t *rt = srv->router;
   if (fo__registry_user(srv, user, ulen) != NULL) {
-    fo_buf_t *frame = fo__frame_new(srv, FO_WS_OP_TEXT, json, jlen);
+    fo_buf_t *frame = fo_frame_new(FO_WS_OP_TEXT, json, jlen);
     if (frame != NULL) {
       fo__deliver_user_local(srv, user, ulen, frame);
       fo_buf_unref(frame);
@@ -326,22 +327,17 @@ int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char 
       (*srv->m.drops)++;
     }
   }
-  char hdr[24];
-  int hl = snprintf(hdr, sizeof(hdr), "%zu:", ulen);
-  fo_buf_t *pub = fo_buf_new((size_t)hl + ulen + jlen);
+  uint32_t user_off = 0;
+  fo_buf_t *pub = fo_proto_pub_user(user, ulen, json, jlen, &user_off);
   fo_rmsg_t *m = calloc(1, sizeof(*m));
   if (pub == NULL || m == NULL) {
     fo_buf_unref(pub);
     free(m);
     return -ENOMEM;
   }
-  memcpy(pub->data, hdr, (size_t)hl);
-  memcpy(pub->data + hl, user, ulen);
-  memcpy(pub->data + hl + ulen, json, jlen);
-  pub->len = (uint32_t)((size_t)hl + ulen + jlen);
   m->router = rt;
   m->pub = pub;
-  m->user_off = (uint32_t)hl;
+  m->user_off = user_off;
   m->user_len = (uint32_t)ulen;
   m->partition = partition;
   m->offset = offset;
@@ -402,32 +398,17 @@ int fo__router_skip(fo_server_t *srv, int q, int32_t partition, int64_t offset) 
   return 0;
 }
 
-/* Parses "<len>:<user><json>"; returns 0 or -EPROTO. */
-static int parse_pub(const char *p, size_t n, const char **user, size_t *ulen,
-                     const char **json, size_t *jlen) {
-  size_t i = 0, len = 0;
-  while (i < n && i < 6 && p[i] >= '0' && p[i] <= '9')
-    len = len * 10 + (size_t)(p[i++] - '0');
-  if (i == 0 || i >= n || p[i] != ':' || len == 0 || len > n - i - 1)
-    return -EPROTO;
-  *user = p + i + 1;
-  *ulen = len;
-  *json = *user + len;
-  *jlen = n - i - 1 - len;
-  return *jlen > 0 ? 0 : -EPROTO;
-}
-
 void fo__router_pubsub(fo_server_t *srv, const char *p, size_t n) {
   const char *user, *json;
   size_t ulen, jlen;
   (*srv->m.msgs_in_pubsub)++;
-  if (parse_pub(p, n, &user, &ulen, &json, &jlen) != 0) {
+  if (fo_proto_pub_parse(p, n, &user, &ulen, &json, &jlen) != 0) {
     (*srv->m.decode_errors)++;
     return;
   }
   if (fo__registry_user(srv, user, ulen) == NULL)
     return; /* gone meanwhile */
-  fo_buf_t *frame = fo__frame_new(srv, FO_WS_OP_TEXT, json, jlen);
+  fo_buf_t *frame = fo_frame_new(FO_WS_OP_TEXT, json, jlen);
   if (frame == NULL) {
     (*srv->m.drops)++;
     return;
@@ -439,7 +420,7 @@ void fo__router_pubsub(fo_server_t *srv, const char *p, size_t n) {
 void fo__router_room_pubsub(fo_server_t *srv, const char *room, size_t rlen, const char *p,
                             size_t n) {
   (*srv->m.msgs_in_pubsub)++;
-  fo_buf_t *frame = fo__frame_new(srv, FO_WS_OP_TEXT, p, n);
+  fo_buf_t *frame = fo_frame_new(FO_WS_OP_TEXT, p, n);
   if (frame == NULL) {
     (*srv->m.drops)++;
     return;

@@ -240,7 +240,7 @@ int fo_server_init(fo_server_t *srv, uv_loop_t *loop, const fo_dcfg_t *cfg, char
   }
   rc = fo__frame_init(srv);
   if (rc != 0) {
-    snprintf(err, errlen, "wslay: out of memory");
+    snprintf(err, errlen, "out of memory");
     return rc;
   }
   raise_nofile();

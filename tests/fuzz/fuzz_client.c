@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "frame.h"
 #include "fz_delivery.h"
 #include "ws.h"
 
@@ -77,7 +78,7 @@ static fo_buf_t *server_text(fo_server_t *srv, const char *kind, const uint8_t *
   for (size_t i = 0; i < size; i++)
     fo_sb_putc(&sb, 'x');
   fo_sb_puts(&sb, "\"}");
-  fo_buf_t *buf = fo__frame_new(srv, FO_WS_OP_TEXT, sb.data, sb.len);
+  fo_buf_t *buf = fo_frame_new(FO_WS_OP_TEXT, sb.data, sb.len);
   fo_sb_free(&sb);
   return buf;
 }
