@@ -33,7 +33,7 @@ struct fo_outq {
 };
 
 /* What one queued frame costs, charged to its queue's --outq-max-bytes
- * and to srv->queued_bytes (the water marks): the glibc chunk that holds
+ * and to the flow's queued bytes (the water marks, flow.h): the glibc chunk that holds
  * the fo_buf_t (header, data rounded up to 16 with 8 bytes of chunk
  * header, 32 at least) plus two pointer slots in q->bufs (one, and up to
  * one more of slack as the array doubles). A shared broadcast frame is
@@ -107,7 +107,7 @@ static void outq_put(fo_server_t *srv, fo_outq_t *q) {
 static void uncharge(fo_server_t *srv, fo_outq_t *q, uint32_t i) {
   uint64_t cost = frame_cost(q->bufs[i]);
   q->bytes -= cost;
-  srv->queued_bytes -= cost;
+  fo_flow_queued(srv->flow, -(int64_t)cost);
   fo_buf_unref(q->bufs[i]);
 }
 
@@ -256,9 +256,7 @@ static int enqueue(fo_conn_t *conn, fo_buf_t *buf, bool force) {
   }
   q->bufs[q->n++] = fo_buf_ref(buf);
   q->bytes += cost;
-  srv->queued_bytes += cost;
-  if (srv->queued_bytes + srv->backlog_bytes > (uint64_t)srv->cfg->high_water_bytes && !srv->paused)
-    fo__server_water(srv);
+  fo_flow_queued(srv->flow, (int64_t)cost);
   mark_dirty(srv, q);
   read_update(conn);
   return 0;
@@ -392,8 +390,6 @@ static void on_write(uv_write_t *req, int status) {
     written += q->bufs[i]->len - (i == 0 ? q->off : 0);
   consume(srv, q, written);
   q->inflight = 0;
-  if (srv->paused && srv->queued_bytes + srv->backlog_bytes < (uint64_t)srv->cfg->low_water_bytes)
-    fo__server_water(srv);
   conn_flush(conn);
 }
 
@@ -415,8 +411,6 @@ void fo__server_flush(fo_server_t *srv) {
       continue;                /* the close callback frees it */
     conn_flush(q->conn);
   }
-  if (srv->paused && srv->queued_bytes + srv->backlog_bytes < (uint64_t)srv->cfg->low_water_bytes)
-    fo__server_water(srv);
   if (srv->fanout_t0 != 0) {
     *srv->m.last_fanout_us = (int64_t)((uv_hrtime() - srv->fanout_t0) / 1000);
     srv->fanout_t0 = 0;
@@ -438,14 +432,10 @@ static void unregister(fo_conn_t *conn) {
   if (!conn->registered)
     return;
   conn->registered = 0;
-  fo__rooms_leave_all(conn);
-  fo__rreg_conn_removed(srv, conn);
-  fo__registry_remove(conn);
-  fo__perm_release(conn);
+  if (srv->conn_ev.closed != NULL)
+    srv->conn_ev.closed(conn); /* rooms, Redis registry, user */
   srv->nopen--;
   (*srv->m.connections)--;
-  if (srv->draining)
-    fo__server_drain_check(srv);
 }
 
 static void on_close(uv_handle_t *h) {
@@ -468,8 +458,6 @@ static void on_close(uv_handle_t *h) {
   }
   srv->nconns--;
   free(conn);
-  if (srv->draining)
-    fo__server_drain_check(srv);
 }
 
 void fo__conn_destroy(fo_conn_t *conn) {
@@ -544,7 +532,8 @@ void fo__conn_opened(fo_conn_t *conn) {
   conn->tokens = (uint16_t)srv->cfg->client_msg_burst;
   srv->nopen++;
   (*srv->m.connections)++;
-  fo__rreg_conn_added(srv, conn);
+  if (srv->conn_ev.opened != NULL)
+    srv->conn_ev.opened(conn);
 }
 
 /* ---- client messages ---- */
@@ -570,6 +559,11 @@ static void reply_error(fo_conn_t *conn, const char *code, const char *msg) {
     fo__conn_send_text(conn, sb->data, sb->len);
 }
 
+static int room_event(fo_conn_t *conn, const char *room, size_t len, bool join) {
+  fo_server_t *srv = conn->srv;
+  return srv->conn_ev.room != NULL ? srv->conn_ev.room(conn, room, len, join) : -EPERM;
+}
+
 void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n) {
   fo_proto_msg_t msg;
   switch (fo_proto_parse(p, n, &msg)) {
@@ -581,11 +575,11 @@ void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n) {
       fo__conn_send_text(conn, FO_PROTO_PONG, FO_PROTO_PONG_LEN);
     break;
   case FO_PROTO_LEAVE:
-    fo__room_leave(conn, msg.room, msg.room_len);
+    room_event(conn, msg.room, msg.room_len, false);
     reply_room(conn, 0, msg.room, msg.room_len);
     break;
   case FO_PROTO_JOIN: {
-    int rc = fo__room_join(conn, msg.room, msg.room_len);
+    int rc = room_event(conn, msg.room, msg.room_len, true);
     if (rc == 0)
       reply_room(conn, 1, msg.room, msg.room_len);
     else if (rc == -EPERM)
@@ -763,17 +757,64 @@ void fo__conn_feed_early(fo_conn_t *conn, uint8_t *p, size_t n) {
   on_read((uv_stream_t *)&conn->tcp, (ssize_t)n, &b);
 }
 
-int fo__conn_accept(fo_server_t *srv) {
+/* Makes conn a live handshake connection of srv. */
+static void conn_start(fo_server_t *srv, fo_conn_t *conn) {
+  uv_tcp_nodelay(&conn->tcp, 1);
+  conn->id = ++srv->next_conn_id;
+  conn->state = FO_CONN_HANDSHAKE;
+  conn->deadline = uv_now(srv->loop) + (uint64_t)srv->cfg->handshake_timeout_ms;
+  /* link into the server's list */
+  conn->next = srv->conns.next;
+  conn->prev = &srv->conns;
+  srv->conns.next->prev = conn;
+  srv->conns.next = conn;
+  (*srv->m.accepted)++;
+}
+
+/* A new, zeroed connection with its handle initialized (not linked). */
+static fo_conn_t *conn_new(fo_server_t *srv, int *rc) {
   fo_conn_t *conn = calloc(1, sizeof(*conn));
-  int rc;
-  if (conn == NULL)
-    return -ENOMEM;
+  if (conn == NULL) {
+    *rc = -ENOMEM;
+    return NULL;
+  }
   conn->srv = srv;
-  rc = uv_tcp_init(srv->loop, &conn->tcp);
-  if (rc != 0)
-    goto fail_free;
+  *rc = uv_tcp_init(srv->loop, &conn->tcp);
+  if (*rc != 0) {
+    free(conn);
+    return NULL;
+  }
   conn->tcp.data = conn;
   conn->prev = conn->next = conn;
+  return conn;
+}
+
+int fo__conn_adopt(fo_server_t *srv, uv_os_sock_t fd, bool read, fo_conn_t **out) {
+  int rc;
+  fo_conn_t *conn = conn_new(srv, &rc);
+  if (conn == NULL)
+    return rc;
+  srv->nconns++;
+  rc = uv_tcp_open(&conn->tcp, fd);
+  if (rc != 0) {
+    conn->state = FO_CONN_DEAD;
+    uv_close((uv_handle_t *)&conn->tcp, on_close);
+    return rc;
+  }
+  conn_start(srv, conn);
+  if (read && (rc = uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read)) != 0) {
+    fo__conn_destroy(conn);
+    return rc;
+  }
+  *out = conn;
+  return 0;
+}
+
+int fo__conn_accept(fo_server_t *srv) {
+  int rc;
+  fo_conn_t *conn = conn_new(srv, &rc);
+  if (conn == NULL)
+    return rc;
   /* Sockets that are not open WebSockets (handshakes, HTTP answers, closing)
    * cost a descriptor and kernel memory before anyone authenticated: past
    * the cap a new one is taken off the backlog and closed at once. */
@@ -787,16 +828,7 @@ int fo__conn_accept(fo_server_t *srv) {
     rc = 0; /* refused on purpose: not an accept failure to log */
     goto fail_close;
   }
-  uv_tcp_nodelay(&conn->tcp, 1);
-  conn->id = ++srv->next_conn_id;
-  conn->state = FO_CONN_HANDSHAKE;
-  conn->deadline = uv_now(srv->loop) + (uint64_t)srv->cfg->handshake_timeout_ms;
-  /* link into the server's list */
-  conn->next = srv->conns.next;
-  conn->prev = &srv->conns;
-  srv->conns.next->prev = conn;
-  srv->conns.next = conn;
-  (*srv->m.accepted)++;
+  conn_start(srv, conn);
   rc = uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read);
   if (rc != 0) {
     fo__conn_destroy(conn);
@@ -806,8 +838,5 @@ int fo__conn_accept(fo_server_t *srv) {
 fail_close:
   conn->state = FO_CONN_DEAD;
   uv_close((uv_handle_t *)&conn->tcp, on_close);
-  return rc;
-fail_free:
-  free(conn);
   return rc;
 }

@@ -22,6 +22,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "delivery_int.h"
+#include "hub.h"
 #include "frame.h"
 #include "envelope.h"
 #include "kafka_uv.h"
@@ -98,7 +99,7 @@ static void set_assigned(fo_consumer_t *c, fo_kc_t *kc, rd_kafka_topic_partition
   n += c->users.assigned ? c->users.assigned->cnt : 0;
   n += c->rooms.assigned ? c->rooms.assigned->cnt : 0;
   *c->srv->m.assigned_partitions = n;
-  if (c->srv->paused && kc->assigned != NULL)
+  if (fo_flow_paused(c->srv->flow) && kc->assigned != NULL)
     rd_kafka_pause_partitions(kc->rk, kc->assigned);
 }
 
@@ -182,6 +183,8 @@ static void on_room_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
   fo__room_broadcast(srv, env.target, env.target_len, frame);
   fo_buf_unref(frame);
 }
+
+static void on_progress(void *ud);
 
 /* Router callback: everything up to this offset was handed over. */
 static void on_done(void *ud, int32_t partition, int64_t offset) {
@@ -288,10 +291,7 @@ static void serve_event(fo_consumer_t *c, fo_kc_t *kc, rd_kafka_event_t *ev) {
   default:
     break;
   }
-  if (kc->rk != NULL && !kc->closed && c->draining && rd_kafka_consumer_closed(kc->rk)) {
-    kc->closed = true;
-    fo__server_drain_check(srv);
-  }
+  /* The drain reads fo__consumer_closed() itself (drain.c). */
 }
 
 static void on_users_event(rd_kafka_event_t *ev, void *ud) {
@@ -464,7 +464,7 @@ int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen) {
   c->srv = srv;
   srv->consumer = c;
   fo_sb_init(&c->sb);
-  c->room_pubsub = strcmp(cfg->room_mode, "redis") == 0;
+  c->room_pubsub = cfg->room_mode_id == FO_ROOM_MODE_REDIS;
   c->users.c = c->rooms.c = c;
   uv_timer_init(srv->loop, &c->users.revoke_timer);
   uv_timer_init(srv->loop, &c->rooms.revoke_timer);
@@ -475,6 +475,7 @@ int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen) {
   c->open_handles = 3;
   fo__router_set_done_cb(srv, FO_RQ_USERS, on_done, &c->users);
   fo__router_set_done_cb(srv, FO_RQ_ROOMS, on_done, &c->rooms);
+  fo__router_set_progress_cb(srv, on_progress, srv);
 
   int rc = make_consumer(c, &c->users, cfg->group_id, cfg->users_topic, false, true,
                          on_users_event, err, errlen);
@@ -575,7 +576,9 @@ void fo__consumer_drain(fo_server_t *srv) {
 }
 
 /* Called by the router when messages were released (revoke may finish). */
-void fo__consumer_progress(fo_server_t *srv) {
+/* Router callback: messages were released, so a pending revoke may finish. */
+static void on_progress(void *ud) {
+  fo_server_t *srv = ud; /* not the consumer: the router may outlive it */
   fo_consumer_t *c = srv->consumer;
   if (c != NULL) {
     check_revoke(c, &c->users);

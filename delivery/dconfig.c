@@ -143,7 +143,11 @@ int fo_dcfg_finalize(void *p, char *err, size_t errlen) {
     snprintf(err, errlen, "redis-user needs redis-password (FANOUT_REDIS_PASSWORD)");
     return -EINVAL;
   }
-  if (strcmp(cfg->room_mode, "kafka") != 0 && strcmp(cfg->room_mode, "redis") != 0) {
+  if (strcmp(cfg->room_mode, "kafka") == 0) {
+    cfg->room_mode_id = FO_ROOM_MODE_KAFKA;
+  } else if (strcmp(cfg->room_mode, "redis") == 0) {
+    cfg->room_mode_id = FO_ROOM_MODE_REDIS;
+  } else {
     snprintf(err, errlen, "room-mode=%s: expected kafka or redis", cfg->room_mode);
     return -EINVAL;
   }

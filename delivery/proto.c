@@ -11,7 +11,7 @@
 #include "json_out.h"
 #include "proto.h"
 
-static int is_json_ct(const char *ct, size_t n) {
+int fo_proto_json_ct(const char *ct, size_t n) {
   static const char js[] = "application/json";
   size_t jl = sizeof(js) - 1;
   if (n < jl || strncasecmp(ct, js, jl) != 0)
@@ -31,7 +31,7 @@ int fo_proto_message(fo_sb_t *sb, const fo_env_t *env, char letter, int32_t part
   fo_sb_printf(sb, ",\"pos\":\"%c/%" PRId32 "/%" PRId64 "\",\"data\":", letter, partition,
                offset);
   int done = 0;
-  if (is_json_ct(env->content_type, env->content_type_len)) {
+  if (fo_proto_json_ct(env->content_type, env->content_type_len)) {
     /* Validated once per message, inserted raw for every recipient. */
     json_t *j = json_loadb((const char *)env->payload, env->payload_len,
                            JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);

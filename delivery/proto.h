@@ -29,6 +29,10 @@
 int fo_proto_message(fo_sb_t *sb, const fo_env_t *env, char letter, int32_t partition,
                      int64_t offset);
 
+/* Is this content type application/json (any case, parameters allowed)?
+ * Such payloads are inserted raw when they parse. */
+int fo_proto_json_ct(const char *ct, size_t n);
+
 /* {"type":"joined"|"left","room":..} into sb (reset first); joined = 0: left. */
 int fo_proto_room_reply(fo_sb_t *sb, int joined, const char *room, size_t len);
 

@@ -12,7 +12,7 @@
  * offsets go through a second FIFO of the same kind.
  *
  * Everything waiting in the FIFOs (Redis slow or down) counts as
- * srv->backlog_bytes into the water marks, so Kafka pauses instead of the
+ * the flow's backlog into the water marks (flow.h), so Kafka pauses instead of the
  * backlog growing for the whole outage.
  *
  * Pub/Sub payload between servers: see fo_proto_pub_user (proto.h). */
@@ -25,6 +25,7 @@
 #include <openssl/evp.h>
 
 #include "delivery_int.h"
+#include "hub.h"
 #include "frame.h"
 #include "log.h"
 #include "proto.h"
@@ -79,6 +80,8 @@ typedef struct {
 struct fo_router {
   fo_server_t *srv;
   fo_rq_t q[FO_RQ_COUNT];
+  void (*progress_cb)(void *ud); /* the consumer: releases happened */
+  void *progress_ud;
   char sha[41];
   char *alive_prefix, *chan_prefix;
   fo_log_ratelimit_t rl;
@@ -123,7 +126,7 @@ void fo__router_free(fo_server_t *srv) {
       fo_rmsg_t *m = q->head;
       q->head = m->next;
       if (m->pub != NULL)
-        srv->backlog_bytes -= m->pub->len;
+        fo_flow_backlog(srv->flow, -(int64_t)m->pub->len);
       fo_buf_unref(m->pub);
       m->pub = NULL;
       if (m->issued)
@@ -141,6 +144,11 @@ void fo__router_free(fo_server_t *srv) {
 void fo__router_set_done_cb(fo_server_t *srv, int q, fo_route_done_cb cb, void *ud) {
   srv->router->q[q].done_cb = cb;
   srv->router->q[q].done_ud = ud;
+}
+
+void fo__router_set_progress_cb(fo_server_t *srv, void (*cb)(void *ud), void *ud) {
+  srv->router->progress_cb = cb;
+  srv->router->progress_ud = ud;
 }
 
 size_t fo__router_inflight(fo_server_t *srv) {
@@ -165,15 +173,12 @@ static void advance(fo_router_t *rt, fo_rq_t *q) {
     if (q->done_cb != NULL && m->partition >= 0)
       q->done_cb(q->done_ud, m->partition, m->offset);
     if (m->pub != NULL)
-      srv->backlog_bytes -= m->pub->len;
+      fo_flow_backlog(srv->flow, -(int64_t)m->pub->len);
     fo_buf_unref(m->pub);
     free(m);
   }
-  if (srv->paused)
-    fo__server_water(srv);
-  fo__consumer_progress(srv);
-  if (srv->draining)
-    fo__server_drain_check(srv);
+  if (rt->progress_cb != NULL)
+    rt->progress_cb(rt->progress_ud);
 }
 
 /* Appends m to its queue (takes ownership) and counts its bytes. */
@@ -186,12 +191,8 @@ static void enqueue(fo_router_t *rt, fo_rmsg_t *m) {
     q->head = m;
   q->tail = m;
   q->inflight++;
-  if (m->pub != NULL) {
-    srv->backlog_bytes += m->pub->len;
-    if (!srv->paused &&
-        srv->queued_bytes + srv->backlog_bytes > (uint64_t)srv->cfg->high_water_bytes)
-      fo__server_water(srv);
-  }
+  if (m->pub != NULL)
+    fo_flow_backlog(srv->flow, (int64_t)m->pub->len);
 }
 
 static void issue(fo_router_t *rt, fo_rmsg_t *m);
@@ -230,9 +231,20 @@ static void on_reply(fo_redis_t *r, redisReply *reply, void *privdata) {
   advance(rt, &rt->q[m->q]);
 }
 
+/* Unit tests stand in for Redis: message i of queue q gets reply. */
+int fo__router_reply(fo_server_t *srv, int q, size_t i, struct redisReply *reply) {
+  fo_rmsg_t *m = srv->router->q[q].head;
+  while (m != NULL && i-- > 0)
+    m = m->next;
+  if (m == NULL || m->done)
+    return -ENOENT;
+  on_reply(NULL, reply, m);
+  return 0;
+}
+
 static void issue(fo_router_t *rt, fo_rmsg_t *m) {
   fo_server_t *srv = rt->srv;
-  fo_redis_t *r = fo__rreg_cmd(srv);
+  fo_redis_t *r = srv->redis_cmd != NULL ? srv->redis_cmd(srv) : NULL;
   if (r == NULL || !fo_redis_connected(r))
     return;
   /* Just after Redis came back the other servers may not have re-registered

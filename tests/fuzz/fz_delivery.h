@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "delivery_int.h"
+#include "hub.h"
 
 #define FZ_SECRET "fuzz-secret-0123456789abcdef-0123456789"
 

@@ -1,4 +1,7 @@
-/* The connection registry in Redis (schemas/redis.md):
+/* The connection registry in Redis and the Pub/Sub subscriber (L4, beside
+ * router.c; neither calls the other). What arrives on our channels goes up
+ * through srv->rreg_ev (server.c hands it to the router), and so does
+ * "Redis is back". Keys (schemas/redis.md):
  *   {prefix}ws:connections:{user}  hash conn-id -> server-id, TTL 300 s
  *   {prefix}ws:alive:{server}      liveness key, short TTL, refreshed often
  *   {prefix}ws:server:{server}     our Pub/Sub channel (second connection)
@@ -23,6 +26,7 @@
 #include <string.h>
 
 #include "delivery_int.h"
+#include "hub.h"
 #include "log.h"
 #include "redis_uv.h"
 #include "rkeys.h"
@@ -278,7 +282,8 @@ static void on_cmd_state(fo_redis_t *r, bool connected, void *ud) {
     return;
   set_alive(rr);
   start_pass(rr);              /* re-register everything we hold */
-  fo__router_redis_up(srv);
+  if (srv->rreg_ev.redis_up != NULL)
+    srv->rreg_ev.redis_up(srv);
 }
 
 /* ---- Pub/Sub ---- */
@@ -353,11 +358,13 @@ static void on_sub_message(fo_redis_t *r, redisReply *reply, void *privdata) {
   if (msg->type != REDIS_REPLY_STRING)
     return;
   if (chan->len == rr->channel_len && memcmp(chan->str, rr->channel, chan->len) == 0) {
-    fo__router_pubsub(srv, msg->str, msg->len);
+    if (srv->rreg_ev.pubsub_user != NULL)
+      srv->rreg_ev.pubsub_user(srv, msg->str, msg->len);
   } else if (chan->len > rr->room_prefix_len &&
              memcmp(chan->str, rr->room_prefix, rr->room_prefix_len) == 0) {
-    fo__router_room_pubsub(srv, chan->str + rr->room_prefix_len,
-                           chan->len - rr->room_prefix_len, msg->str, msg->len);
+    if (srv->rreg_ev.pubsub_room != NULL)
+      srv->rreg_ev.pubsub_room(srv, chan->str + rr->room_prefix_len,
+                               chan->len - rr->room_prefix_len, msg->str, msg->len);
   }
 }
 
@@ -373,7 +380,7 @@ static void on_sub_state(fo_redis_t *r, bool connected, void *ud) {
                                 rr->channel_len)) != 0)
     FO_LOG_WARN("registry", "could not subscribe: not ready until the next reconnect",
                 "channel=%s", rr->channel); /* /readyz says so: redis_up stays 0 */
-  if (strcmp(srv->cfg->room_mode, "redis") == 0) {
+  if (srv->cfg->room_mode_id == FO_ROOM_MODE_REDIS) {
     uint32_t cur = 0;
     fo_mapent_t *e;
     while ((e = fo_map_next(&srv->rooms, &cur)) != NULL)
