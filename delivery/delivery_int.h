@@ -175,7 +175,8 @@ struct fo_conn {
   uint8_t close_after_flush : 1;
   uint8_t peer_closed : 1;
   uint8_t rx_broken : 1;     /* protocol error: input is ignored */
-  uint8_t reg_pending : 1;   /* HSET not sent yet: batched at the end of the loop turn */
+  uint8_t reg_pending : 1;   /* rreg.c's: HSET not sent yet, batched at the end of the loop
+                              * turn (one bit here costs nothing: it shares the flags byte) */
   uint8_t read_paused : 1;   /* uv_read_stop'd: the outbound queue is over --read-pause-bytes */
   uint16_t tokens;          /* client messages left in the rate bucket; refilled by the
                              * sweep for every connection at once, so no timestamp here
@@ -188,7 +189,6 @@ struct fo_user {
   fo_mapent_t ent;     /* key = name */
   fo_conn_t *conns;    /* singly linked through conn->user_next */
   uint32_t nconns;
-  uint32_t pend;       /* 1 + index in the Redis registry's pending list; 0 = not in it */
   char name[];         /* NUL-terminated */
 };
 
@@ -342,9 +342,6 @@ void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n);
 int fo__rreg_new(fo_server_t *srv);
 void fo__rreg_conn_added(fo_server_t *srv, fo_conn_t *conn);
 void fo__rreg_conn_removed(fo_server_t *srv, fo_conn_t *conn);
-/* hub_ev.user_gone: the user struct is about to be freed: forget it in the
- * pending list. */
-void fo__rreg_user_gone(fo_server_t *srv, fo_user_t *user);
 /* Sends the registrations collected this loop turn: per user one HSET with
  * every new connection, then one EXPIRE (from the server's check handle). */
 void fo__rreg_flush(fo_server_t *srv);

@@ -48,7 +48,6 @@ int fo__registry_add(fo_conn_t *conn, const char *name, size_t len) {
     user->ent.key = user->name;
     user->conns = NULL;
     user->nconns = 0;
-    user->pend = 0;
     if (fo_map_put(&srv->users, &user->ent) != 0) {
       free(user);
       return -ENOMEM;

@@ -35,6 +35,13 @@
 #define RETRY_MIN_MS 500
 #define HDEL_RETRY_MAX 10000 /* failed HDELs held for a resend; past it the TTL cleans up */
 
+/* A user with connections to register at the end of this loop turn. By
+ * name, not a fo_user_t pointer: the user may be gone by then. */
+typedef struct {
+  uint32_t len;
+  char name[];
+} pend_t;
+
 /* A HDEL to send again (its reply was an error or the connection dropped). */
 typedef struct hdel {
   struct hdel *next;
@@ -65,7 +72,7 @@ struct fo_rreg {
   size_t room_prefix_len;
   int64_t *up_gauge;
   uint64_t last_errors;
-  fo_user_t **pend;           /* users with connections not registered yet; NULL = gone */
+  pend_t **pend;              /* users with connections not registered yet (owned) */
   uint32_t npend, pend_cap;
   fo_map_t unsubs;            /* unsub_t by room name, on the current sub connection */
 };
@@ -432,27 +439,34 @@ void fo__rreg_conn_added(fo_server_t *srv, fo_conn_t *conn) {
   if (rr == NULL || user == NULL || !fo_redis_connected(rr->cmd))
     return; /* the pass after reconnecting registers it */
   conn->reg_pending = 1;
-  if (user->pend != 0)
+  /* Connections registered this turn are the newest of their user, at the
+   * head of its list (hub.c adds there, just before this call): if the one
+   * after conn is pending, the user is listed already. A user whose pending
+   * connections all closed meanwhile may be listed twice; the second send
+   * finds nothing left to send. */
+  if (conn->user_next != NULL && conn->user_next->reg_pending)
     return;
+  size_t len;
+  const char *name = fo__user_name(user, &len);
+  pend_t *p = NULL;
   if (rr->npend == rr->pend_cap) {
     uint32_t ncap = rr->pend_cap ? rr->pend_cap * 2 : 64;
-    fo_user_t **np = realloc(rr->pend, ncap * sizeof(*np));
-    if (np == NULL) { /* the next heartbeat pass registers it */
-      conn->reg_pending = 0;
-      return;
+    pend_t **np = realloc(rr->pend, ncap * sizeof(*np));
+    if (np != NULL) {
+      rr->pend = np;
+      rr->pend_cap = ncap;
     }
-    rr->pend = np;
-    rr->pend_cap = ncap;
   }
-  rr->pend[rr->npend++] = user;
-  user->pend = rr->npend;
-}
-
-void fo__rreg_user_gone(fo_server_t *srv, fo_user_t *user) {
-  fo_rreg_t *rr = srv->rreg;
-  if (rr != NULL && user->pend != 0 && user->pend <= rr->npend)
-    rr->pend[user->pend - 1] = NULL;
-  user->pend = 0;
+  if (rr->npend < rr->pend_cap)
+    p = malloc(sizeof(*p) + len);
+  if (p == NULL) { /* the next heartbeat pass registers it */
+    conn->reg_pending = 0;
+    (*srv->m.redis_errors)++;
+    return;
+  }
+  p->len = (uint32_t)len;
+  memcpy(p->name, name, len);
+  rr->pend[rr->npend++] = p;
 }
 
 void fo__rreg_flush(fo_server_t *srv) {
@@ -461,12 +475,11 @@ void fo__rreg_flush(fo_server_t *srv) {
     return;
   bool up = fo_redis_connected(rr->cmd);
   for (uint32_t i = 0; i < rr->npend; i++) {
-    fo_user_t *user = rr->pend[i];
-    if (user == NULL)
-      continue;
-    user->pend = 0;
-    if (up)
-      send_user(rr, user, true); /* else: the pass after reconnecting registers it */
+    pend_t *p = rr->pend[i];
+    fo_user_t *user = up ? fo__registry_user(srv, p->name, p->len) : NULL;
+    if (user != NULL) /* NULL: gone, or Redis down (the pass after reconnecting) */
+      send_user(rr, user, true);
+    free(p);
   }
   rr->npend = 0;
 }
@@ -643,6 +656,8 @@ static void on_timer_closed(uv_handle_t *h) {
       rr->hdels = hd->next;
       free(hd);
     }
+    for (uint32_t i = 0; i < rr->npend; i++)
+      free(rr->pend[i]);
     free(rr->pend);
     free(rr->channel);
     free(rr->room_prefix);

@@ -151,7 +151,7 @@ void fo__server_wire(fo_server_t *srv) {
   srv->conn_ev.closed = conn_closed;
   srv->conn_ev.room = conn_room;
   srv->conn_ev.ready = conn_ready;
-  srv->hub_ev.user_gone = fo__rreg_user_gone;
+  /* hub_ev.user_gone: nobody needs it (rreg keeps its pending users by name) */
   if (srv->cfg->room_mode_id == FO_ROOM_MODE_REDIS)
     srv->hub_ev.room_sub = fo__rreg_room_sub;
   srv->rreg_ev.pubsub_user = fo__router_pubsub;
