@@ -22,6 +22,8 @@
 #include <librdkafka/rdkafka.h>
 
 #include "delivery_int.h"
+#include "consumer.h"
+#include "router.h"
 #include "hub.h"
 #include "frame.h"
 #include "envelope.h"

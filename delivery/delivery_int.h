@@ -1,7 +1,7 @@
 /* Shared internals of fanout-delivery: the configuration, the metrics
  * cells, the connection and server structs, and the fo__ functions not yet
- * in a header of their own (proto.h, frame.h, flow.h, hub.h, ws.h, auth.h
- * are). Layers, each calling only downward; upward events go through the
+ * in a header of their own (proto.h, frame.h, flow.h, hub.h, router.h,
+ * rreg.h, consumer.h, ws.h, auth.h are). Layers, each calling only downward; upward events go through the
  * function pointers in fo_server_t that server.c wires (conn_ev, hub_ev,
  * rreg_ev, redis_cmd, on_sweep, on_stopped) and the router's done/progress
  * callbacks (set by the consumer):
@@ -337,77 +337,6 @@ int fo__heartbeat_start(fo_server_t *srv);
 
 /* ---- client messages (conn.c) ---- */
 void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n);
-
-/* ---- rreg.c: the Redis registry and the Pub/Sub subscriber ---- */
-int fo__rreg_new(fo_server_t *srv);
-void fo__rreg_conn_added(fo_server_t *srv, fo_conn_t *conn);
-void fo__rreg_conn_removed(fo_server_t *srv, fo_conn_t *conn);
-/* Sends the registrations collected this loop turn: per user one HSET with
- * every new connection, then one EXPIRE (from the server's check handle). */
-void fo__rreg_flush(fo_server_t *srv);
-bool fo__rreg_ready(fo_server_t *srv);
-void fo__rreg_drain(fo_server_t *srv);
-void fo__rreg_close(fo_server_t *srv);
-/* hub_ev.room_sub in room mode "redis": subscribe/unsubscribe ws:room:{room}. */
-void fo__rreg_room_sub(fo_server_t *srv, const char *room, size_t len, bool on);
-/* The command connection (NULL before start); for the router. */
-struct fo_redis *fo__rreg_cmd(fo_server_t *srv);
-/* Calls cb once everything queued on the command connection before it was
- * answered (a PING), or at once when Redis is down. */
-void fo__rreg_barrier(fo_server_t *srv, void (*cb)(fo_server_t *srv));
-/* Connect failures, timeouts and drops counted by the Redis glue. */
-uint64_t fo__rreg_errors(fo_server_t *srv);
-
-/* ---- router.c ---- */
-int fo__router_new(fo_server_t *srv);
-void fo__router_free(fo_server_t *srv);
-/* The router's ordered queues: offsets are released per queue, in order. */
-enum { FO_RQ_USERS = 0, FO_RQ_ROOMS = 1, FO_RQ_COUNT = 2 };
-/* Delivers a user message: local sockets now, other servers via Redis.
- * The done callback gets (partition, offset) once it and every message
- * before it were handed over. json is copied. */
-typedef void (*fo_route_done_cb)(void *ud, int32_t partition, int64_t offset);
-int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char *json,
-                    size_t jlen, int32_t partition, int64_t offset);
-/* Room mode "redis": PUBLISHes a room message's client frame text to
- * ws:room:{room}; released (FO_RQ_ROOMS) when Redis answered. json is copied. */
-int fo__router_room(fo_server_t *srv, const char *room, size_t rlen, const char *json,
-                    size_t jlen, int32_t partition, int64_t offset);
-/* Releases an offset of queue q that needed no routing, after those before it. */
-int fo__router_skip(fo_server_t *srv, int q, int32_t partition, int64_t offset);
-void fo__router_set_done_cb(fo_server_t *srv, int q, fo_route_done_cb cb, void *ud);
-/* Called after every release (a pending revoke may finish). */
-void fo__router_set_progress_cb(fo_server_t *srv, void (*cb)(void *ud), void *ud);
-/* A Pub/Sub message on ws:server:{self}. */
-void fo__router_pubsub(fo_server_t *srv, const char *p, size_t n);
-/* A Pub/Sub message on ws:room:{room}. */
-void fo__router_room_pubsub(fo_server_t *srv, const char *room, size_t rlen, const char *p,
-                            size_t n);
-/* Redis came back: resend what waits. */
-void fo__router_redis_up(fo_server_t *srv);
-/* From the sweep timer: sends user routes held while the registry settles. */
-void fo__router_tick(fo_server_t *srv);
-size_t fo__router_inflight(fo_server_t *srv);
-/* For unit tests (Redis replaced): message i (0 = oldest) of queue q is
- * answered with reply, as by Redis. -ENOENT: no such message not done. */
-struct redisReply;
-int fo__router_reply(fo_server_t *srv, int q, size_t i, struct redisReply *reply);
-size_t fo__router_inflight_q(fo_server_t *srv, int q);
-/* Delivers a JSON text frame to every local connection of the user. */
-size_t fo__deliver_user_local(fo_server_t *srv, const char *user, size_t ulen, fo_buf_t *frame);
-
-/* ---- consumer.c ---- */
-int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen);
-void fo__consumer_pause(fo_server_t *srv, bool pause);
-/* Starts the consumer close (leaving the group); cb-less: check _closed. */
-void fo__consumer_drain(fo_server_t *srv);
-bool fo__consumer_closed(fo_server_t *srv);
-/* Closes the consumer's loop handles. */
-void fo__consumer_free(fo_server_t *srv);
-/* After the loop ended: destroys the Kafka handles. */
-void fo__consumer_destroy(fo_server_t *srv);
-/* Refreshes the lag gauge (metrics collect). */
-void fo__consumer_collect(fo_server_t *srv);
 
 /* ---- server.c ---- */
 /* Sets the upward event pointers (conn_ev, hub_ev, rreg_ev, ...) to the

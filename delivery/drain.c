@@ -14,6 +14,9 @@
 #include <inttypes.h>
 
 #include "delivery_int.h"
+#include "consumer.h"
+#include "rreg.h"
+#include "router.h"
 #include "log.h"
 #include "ws.h"
 

@@ -25,6 +25,7 @@
 #include <openssl/evp.h>
 
 #include "delivery_int.h"
+#include "router.h"
 #include "hub.h"
 #include "frame.h"
 #include "log.h"

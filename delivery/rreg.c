@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "delivery_int.h"
+#include "rreg.h"
 #include "hub.h"
 #include "log.h"
 #include "redis_uv.h"

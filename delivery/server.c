@@ -9,6 +9,9 @@
 #include <sys/resource.h>
 
 #include "delivery_int.h"
+#include "consumer.h"
+#include "rreg.h"
+#include "router.h"
 #include "hub.h"
 #include "log.h"
 #include "redis_uv.h"

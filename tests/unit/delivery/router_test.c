@@ -13,6 +13,7 @@
 #include <hiredis/hiredis.h>
 
 #include "delivery_int.h"
+#include "router.h"
 #include "flow.h"
 
 typedef struct {
