@@ -7,12 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
 
 #include "delivery_int.h"
+#include "frame.h"
 #include "http.h"
-#include "json_out.h"
 #include "log.h"
+#include "proto.h"
 #include "ws.h"
 
 #define FO_IOV_MAX 1024
@@ -33,7 +33,7 @@ struct fo_outq {
 };
 
 /* What one queued frame costs, charged to its queue's --outq-max-bytes
- * and to srv->queued_bytes (the water marks): the glibc chunk that holds
+ * and to the flow's queued bytes (the water marks, flow.h): the glibc chunk that holds
  * the fo_buf_t (header, data rounded up to 16 with 8 bytes of chunk
  * header, 32 at least) plus two pointer slots in q->bufs (one, and up to
  * one more of slack as the array doubles). A shared broadcast frame is
@@ -107,7 +107,7 @@ static void outq_put(fo_server_t *srv, fo_outq_t *q) {
 static void uncharge(fo_server_t *srv, fo_outq_t *q, uint32_t i) {
   uint64_t cost = frame_cost(q->bufs[i]);
   q->bytes -= cost;
-  srv->queued_bytes -= cost;
+  fo_flow_queued(srv->flow, -(int64_t)cost);
   fo_buf_unref(q->bufs[i]);
 }
 
@@ -141,6 +141,7 @@ static void mark_dirty(fo_server_t *srv, fo_outq_t *q) {
 }
 
 static void conn_flush(fo_conn_t *conn);
+static void close_ws(fo_conn_t *conn, uint16_t code, const char *reason, bool drop_queue);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
@@ -197,14 +198,13 @@ static bool pong_collapse(fo_conn_t *conn, const uint8_t *p, size_t n) {
   return true;
 }
 
-static const char app_pong[] = "\x81\x0f{\"type\":\"pong\"}"; /* a whole text frame */
-
 /* The same for {"type":"pong"}: while one is queued and unsent, another
  * would say nothing new. */
 static bool app_pong_queued(fo_conn_t *conn) {
   fo_buf_t *buf = unsent_tail(conn);
-  return buf != NULL && buf->len == sizeof(app_pong) - 1 &&
-         memcmp(buf->data, app_pong, sizeof(app_pong) - 1) == 0;
+  return buf != NULL && buf->len == 2 + FO_PROTO_PONG_LEN &&
+         buf->data[0] == (0x80 | FO_WS_OP_TEXT) && buf->data[1] == FO_PROTO_PONG_LEN &&
+         memcmp(buf->data + 2, FO_PROTO_PONG, FO_PROTO_PONG_LEN) == 0;
 }
 
 /* Appends buf to conn's queue (one reference). force skips the limit. */
@@ -238,7 +238,7 @@ static int enqueue(fo_conn_t *conn, fo_buf_t *buf, bool force) {
     (*srv->m.drops)++;
     FO_LOG_INFO("conn", "slow client closed", "conn=%" PRIu32 " queued=%" PRIu64, conn->id,
                 q->bytes);
-    fo__conn_close_ws(conn, FO_WS_CLOSE_TRY_AGAIN, "outbound queue full");
+    close_ws(conn, FO_WS_CLOSE_TRY_AGAIN, "outbound queue full", true);
     return -ENOBUFS;
   }
   if (q->n == q->cap) {
@@ -256,9 +256,7 @@ static int enqueue(fo_conn_t *conn, fo_buf_t *buf, bool force) {
   }
   q->bufs[q->n++] = fo_buf_ref(buf);
   q->bytes += cost;
-  srv->queued_bytes += cost;
-  if (srv->queued_bytes + srv->backlog_bytes > (uint64_t)srv->cfg->high_water_bytes && !srv->paused)
-    fo__server_water(srv);
+  fo_flow_queued(srv->flow, (int64_t)cost);
   mark_dirty(srv, q);
   read_update(conn);
   return 0;
@@ -392,8 +390,6 @@ static void on_write(uv_write_t *req, int status) {
     written += q->bufs[i]->len - (i == 0 ? q->off : 0);
   consume(srv, q, written);
   q->inflight = 0;
-  if (srv->paused && srv->queued_bytes + srv->backlog_bytes < (uint64_t)srv->cfg->low_water_bytes)
-    fo__server_water(srv);
   conn_flush(conn);
 }
 
@@ -415,8 +411,6 @@ void fo__server_flush(fo_server_t *srv) {
       continue;                /* the close callback frees it */
     conn_flush(q->conn);
   }
-  if (srv->paused && srv->queued_bytes + srv->backlog_bytes < (uint64_t)srv->cfg->low_water_bytes)
-    fo__server_water(srv);
   if (srv->fanout_t0 != 0) {
     *srv->m.last_fanout_us = (int64_t)((uv_hrtime() - srv->fanout_t0) / 1000);
     srv->fanout_t0 = 0;
@@ -438,14 +432,10 @@ static void unregister(fo_conn_t *conn) {
   if (!conn->registered)
     return;
   conn->registered = 0;
-  fo__rooms_leave_all(conn);
-  fo__rreg_conn_removed(srv, conn);
-  fo__registry_remove(conn);
-  fo__perm_release(conn);
+  if (srv->conn_ev.closed != NULL)
+    srv->conn_ev.closed(conn); /* rooms, Redis registry, user */
   srv->nopen--;
   (*srv->m.connections)--;
-  if (srv->draining)
-    fo__server_drain_check(srv);
 }
 
 static void on_close(uv_handle_t *h) {
@@ -468,8 +458,6 @@ static void on_close(uv_handle_t *h) {
   }
   srv->nconns--;
   free(conn);
-  if (srv->draining)
-    fo__server_drain_check(srv);
 }
 
 void fo__conn_destroy(fo_conn_t *conn) {
@@ -485,7 +473,7 @@ void fo__conn_destroy(fo_conn_t *conn) {
   uv_close((uv_handle_t *)&conn->tcp, on_close);
 }
 
-static fo_buf_t *close_frame(fo_server_t *srv, uint16_t code, const char *reason) {
+static fo_buf_t *close_frame(uint16_t code, const char *reason) {
   uint8_t pl[125];
   size_t n = 0;
   if (code != 0) {
@@ -500,10 +488,15 @@ static fo_buf_t *close_frame(fo_server_t *srv, uint16_t code, const char *reason
       n += rl;
     }
   }
-  return fo__frame_new(srv, FO_WS_OP_CLOSE, pl, n);
+  return fo_frame_new(FO_WS_OP_CLOSE, pl, n);
 }
 
-void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason) {
+/* Frames queued before the close go out before it (RFC 6455: a pong for a
+ * ping read just before the peer's close, the reply to a message read just
+ * before a protocol violation). Only drop_queue (the slow-client close: its
+ * queue is what is wrong) throws them away. Nothing is queued after it:
+ * fo__conn_send refuses a closing connection. */
+static void close_ws(fo_conn_t *conn, uint16_t code, const char *reason, bool drop_queue) {
   fo_server_t *srv = conn->srv;
   if (conn->state != FO_CONN_OPEN) {
     if (conn->state == FO_CONN_HANDSHAKE)
@@ -513,9 +506,9 @@ void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason) {
   unregister(conn);
   conn->state = FO_CONN_CLOSING;
   conn->deadline = uv_now(srv->loop) + (uint64_t)srv->cfg->close_timeout_ms;
-  if (conn->out != NULL)
-    outq_drop(srv, conn->out, true);  /* a closing client gets no more data */
-  fo_buf_t *buf = close_frame(srv, code, reason);
+  if (drop_queue && conn->out != NULL)
+    outq_drop(srv, conn->out, true);
+  fo_buf_t *buf = close_frame(code, reason);
   if (buf == NULL || enqueue(conn, buf, true) != 0) {
     fo_buf_unref(buf);
     fo__conn_destroy(conn);
@@ -524,6 +517,10 @@ void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason) {
   fo_buf_unref(buf);
   if (conn->peer_closed)
     conn->close_after_flush = 1;
+}
+
+void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason) {
+  close_ws(conn, code, reason, false);
 }
 
 /* Called by the handshake once the 101 is queued. */
@@ -535,13 +532,14 @@ void fo__conn_opened(fo_conn_t *conn) {
   conn->tokens = (uint16_t)srv->cfg->client_msg_burst;
   srv->nopen++;
   (*srv->m.connections)++;
-  fo__rreg_conn_added(srv, conn);
+  if (srv->conn_ev.opened != NULL)
+    srv->conn_ev.opened(conn);
 }
 
 /* ---- client messages ---- */
 
 int fo__conn_send_text(fo_conn_t *conn, const char *s, size_t n) {
-  fo_buf_t *buf = fo__frame_new(conn->srv, FO_WS_OP_TEXT, s, n);
+  fo_buf_t *buf = fo_frame_new(FO_WS_OP_TEXT, s, n);
   if (buf == NULL)
     return -ENOMEM;
   int rc = fo__conn_send(conn, buf);
@@ -549,68 +547,50 @@ int fo__conn_send_text(fo_conn_t *conn, const char *s, size_t n) {
   return rc;
 }
 
-static void reply_room(fo_conn_t *conn, const char *type, const char *room, size_t len) {
+static void reply_room(fo_conn_t *conn, int joined, const char *room, size_t len) {
   fo_sb_t *sb = &conn->srv->scratch;
-  fo_sb_reset(sb);
-  fo_sb_puts(sb, "{\"type\":\"");
-  fo_sb_puts(sb, type);
-  fo_sb_puts(sb, "\",\"room\":");
-  fo_json_put_str(sb, room, len);
-  fo_sb_putc(sb, '}');
-  if (!sb->oom)
+  if (fo_proto_room_reply(sb, joined, room, len) == 0)
     fo__conn_send_text(conn, sb->data, sb->len);
 }
 
 static void reply_error(fo_conn_t *conn, const char *code, const char *msg) {
   fo_sb_t *sb = &conn->srv->scratch;
-  fo_sb_reset(sb);
-  fo_sb_puts(sb, "{\"type\":\"error\",\"code\":\"");
-  fo_sb_puts(sb, code);
-  fo_sb_puts(sb, "\",\"message\":");
-  fo_json_put_str(sb, msg, strlen(msg));
-  fo_sb_putc(sb, '}');
-  if (!sb->oom)
+  if (fo_proto_error(sb, code, msg) == 0)
     fo__conn_send_text(conn, sb->data, sb->len);
 }
 
+static int room_event(fo_conn_t *conn, const char *room, size_t len, bool join) {
+  fo_server_t *srv = conn->srv;
+  return srv->conn_ev.room != NULL ? srv->conn_ev.room(conn, room, len, join) : -EPERM;
+}
+
 void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n) {
-  json_error_t jerr;
-  json_t *msg = json_loadb((const char *)p, n, 0, &jerr);
-  const char *type = json_string_value(json_object_get(msg, "type"));
-  if (type == NULL) {
-    reply_error(conn, "bad_request", "expected a JSON object with a \"type\"");
-    goto out;
-  }
-  if (strcmp(type, "ping") == 0) {
+  fo_proto_msg_t msg;
+  switch (fo_proto_parse(p, n, &msg)) {
+  case FO_PROTO_BAD:
+    reply_error(conn, msg.err_code, msg.err_msg);
+    break;
+  case FO_PROTO_PING:
     if (!app_pong_queued(conn))
-      fo__conn_send_text(conn, app_pong + 2, sizeof(app_pong) - 3);
-  } else if (strcmp(type, "join") == 0 || strcmp(type, "leave") == 0) {
-    json_t *room = json_object_get(msg, "room");
-    const char *name = json_string_value(room);
-    size_t len = json_string_length(room);
-    if (name == NULL || len == 0 || len > 256) {
-      reply_error(conn, "bad_request", "\"room\" must be a non-empty string of at most 256 bytes");
-      goto out;
-    }
-    if (type[0] == 'l') {
-      fo__room_leave(conn, name, len);
-      reply_room(conn, "left", name, len);
-      goto out;
-    }
-    int rc = fo__room_join(conn, name, len);
+      fo__conn_send_text(conn, FO_PROTO_PONG, FO_PROTO_PONG_LEN);
+    break;
+  case FO_PROTO_LEAVE:
+    room_event(conn, msg.room, msg.room_len, false);
+    reply_room(conn, 0, msg.room, msg.room_len);
+    break;
+  case FO_PROTO_JOIN: {
+    int rc = room_event(conn, msg.room, msg.room_len, true);
     if (rc == 0)
-      reply_room(conn, "joined", name, len);
+      reply_room(conn, 1, msg.room, msg.room_len);
     else if (rc == -EPERM)
       reply_error(conn, "forbidden", "not allowed to join this room");
     else if (rc == -E2BIG)
       reply_error(conn, "too_many_rooms", "room limit per connection reached");
     else
       reply_error(conn, "internal", "out of memory");
-  } else {
-    reply_error(conn, "bad_request", "unknown message type");
+    break;
   }
-out:
-  json_decref(msg);
+  }
 }
 
 /* ---- rate limit ---- */
@@ -777,17 +757,64 @@ void fo__conn_feed_early(fo_conn_t *conn, uint8_t *p, size_t n) {
   on_read((uv_stream_t *)&conn->tcp, (ssize_t)n, &b);
 }
 
-int fo__conn_accept(fo_server_t *srv) {
+/* Makes conn a live handshake connection of srv. */
+static void conn_start(fo_server_t *srv, fo_conn_t *conn) {
+  uv_tcp_nodelay(&conn->tcp, 1);
+  conn->id = ++srv->next_conn_id;
+  conn->state = FO_CONN_HANDSHAKE;
+  conn->deadline = uv_now(srv->loop) + (uint64_t)srv->cfg->handshake_timeout_ms;
+  /* link into the server's list */
+  conn->next = srv->conns.next;
+  conn->prev = &srv->conns;
+  srv->conns.next->prev = conn;
+  srv->conns.next = conn;
+  (*srv->m.accepted)++;
+}
+
+/* A new, zeroed connection with its handle initialized (not linked). */
+static fo_conn_t *conn_new(fo_server_t *srv, int *rc) {
   fo_conn_t *conn = calloc(1, sizeof(*conn));
-  int rc;
-  if (conn == NULL)
-    return -ENOMEM;
+  if (conn == NULL) {
+    *rc = -ENOMEM;
+    return NULL;
+  }
   conn->srv = srv;
-  rc = uv_tcp_init(srv->loop, &conn->tcp);
-  if (rc != 0)
-    goto fail_free;
+  *rc = uv_tcp_init(srv->loop, &conn->tcp);
+  if (*rc != 0) {
+    free(conn);
+    return NULL;
+  }
   conn->tcp.data = conn;
   conn->prev = conn->next = conn;
+  return conn;
+}
+
+int fo__conn_adopt(fo_server_t *srv, uv_os_sock_t fd, bool read, fo_conn_t **out) {
+  int rc;
+  fo_conn_t *conn = conn_new(srv, &rc);
+  if (conn == NULL)
+    return rc;
+  srv->nconns++;
+  rc = uv_tcp_open(&conn->tcp, fd);
+  if (rc != 0) {
+    conn->state = FO_CONN_DEAD;
+    uv_close((uv_handle_t *)&conn->tcp, on_close);
+    return rc;
+  }
+  conn_start(srv, conn);
+  if (read && (rc = uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read)) != 0) {
+    fo__conn_destroy(conn);
+    return rc;
+  }
+  *out = conn;
+  return 0;
+}
+
+int fo__conn_accept(fo_server_t *srv) {
+  int rc;
+  fo_conn_t *conn = conn_new(srv, &rc);
+  if (conn == NULL)
+    return rc;
   /* Sockets that are not open WebSockets (handshakes, HTTP answers, closing)
    * cost a descriptor and kernel memory before anyone authenticated: past
    * the cap a new one is taken off the backlog and closed at once. */
@@ -801,16 +828,7 @@ int fo__conn_accept(fo_server_t *srv) {
     rc = 0; /* refused on purpose: not an accept failure to log */
     goto fail_close;
   }
-  uv_tcp_nodelay(&conn->tcp, 1);
-  conn->id = ++srv->next_conn_id;
-  conn->state = FO_CONN_HANDSHAKE;
-  conn->deadline = uv_now(srv->loop) + (uint64_t)srv->cfg->handshake_timeout_ms;
-  /* link into the server's list */
-  conn->next = srv->conns.next;
-  conn->prev = &srv->conns;
-  srv->conns.next->prev = conn;
-  srv->conns.next = conn;
-  (*srv->m.accepted)++;
+  conn_start(srv, conn);
   rc = uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read);
   if (rc != 0) {
     fo__conn_destroy(conn);
@@ -820,8 +838,5 @@ int fo__conn_accept(fo_server_t *srv) {
 fail_close:
   conn->state = FO_CONN_DEAD;
   uv_close((uv_handle_t *)&conn->tcp, on_close);
-  return rc;
-fail_free:
-  free(conn);
   return rc;
 }

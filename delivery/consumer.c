@@ -18,16 +18,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
-#include <jansson.h>
 #include <librdkafka/rdkafka.h>
 
 #include "delivery_int.h"
+#include "consumer.h"
+#include "router.h"
+#include "hub.h"
+#include "frame.h"
 #include "envelope.h"
-#include "id.h"
-#include "json_out.h"
 #include "kafka_uv.h"
+#include "proto.h"
 #include "log.h"
 #include "ws.h"
 
@@ -100,55 +101,16 @@ static void set_assigned(fo_consumer_t *c, fo_kc_t *kc, rd_kafka_topic_partition
   n += c->users.assigned ? c->users.assigned->cnt : 0;
   n += c->rooms.assigned ? c->rooms.assigned->cnt : 0;
   *c->srv->m.assigned_partitions = n;
-  if (c->srv->paused && kc->assigned != NULL)
+  if (fo_flow_paused(c->srv->flow) && kc->assigned != NULL)
     rd_kafka_pause_partitions(kc->rk, kc->assigned);
 }
 
 /* ---- frames ---- */
 
-static bool is_json_ct(const char *ct, size_t n) {
-  static const char js[] = "application/json";
-  size_t jl = sizeof(js) - 1;
-  if (n < jl || strncasecmp(ct, js, jl) != 0)
-    return false;
-  return n == jl || ct[jl] == ';' || ct[jl] == ' ';
-}
-
-/* Builds the client frame text of a message into c->sb. */
+/* The client frame text of a message, into c->sb (proto.c). */
 static int build_text(fo_consumer_t *c, const fo_env_t *env, char letter, int32_t partition,
                       int64_t offset) {
-  fo_sb_t *sb = &c->sb;
-  char id[FO_ID_STR_LEN + 1];
-  fo_sb_reset(sb);
-  fo_id_format(env->id, id);
-  fo_sb_puts(sb, "{\"type\":\"message\",\"id\":\"");
-  fo_sb_puts(sb, id);
-  fo_sb_puts(sb, letter == 'u' ? "\",\"user\":" : "\",\"room\":");
-  fo_json_put_str(sb, env->target, env->target_len);
-  fo_sb_printf(sb, ",\"pos\":\"%c/%" PRId32 "/%" PRId64 "\",\"data\":", letter, partition,
-               offset);
-  bool done = false;
-  if (is_json_ct(env->content_type, env->content_type_len)) {
-    /* Validated once per message, inserted raw for every recipient. */
-    json_t *j = json_loadb((const char *)env->payload, env->payload_len,
-                           JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
-    if (j != NULL) {
-      json_decref(j);
-      fo_sb_append(sb, env->payload, env->payload_len);
-      done = true;
-    }
-  }
-  if (!done) {
-    if (fo_utf8_valid(env->payload, env->payload_len)) {
-      fo_json_put_str(sb, (const char *)env->payload, env->payload_len);
-    } else {
-      fo_sb_putc(sb, '"');
-      fo_base64_put(sb, env->payload, env->payload_len);
-      fo_sb_puts(sb, "\",\"encoding\":\"base64\"");
-    }
-  }
-  fo_sb_putc(sb, '}');
-  return sb->oom ? -ENOMEM : 0;
+  return fo_proto_message(&c->sb, env, letter, partition, offset);
 }
 
 /* ---- records ---- */
@@ -215,7 +177,7 @@ static void on_room_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
     }
     return;
   }
-  fo_buf_t *frame = fo__frame_new(srv, FO_WS_OP_TEXT, c->sb.data, c->sb.len);
+  fo_buf_t *frame = fo_frame_new(FO_WS_OP_TEXT, c->sb.data, c->sb.len);
   if (frame == NULL) {
     (*srv->m.drops)++;
     return;
@@ -223,6 +185,8 @@ static void on_room_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
   fo__room_broadcast(srv, env.target, env.target_len, frame);
   fo_buf_unref(frame);
 }
+
+static void on_progress(void *ud);
 
 /* Router callback: everything up to this offset was handed over. */
 static void on_done(void *ud, int32_t partition, int64_t offset) {
@@ -329,10 +293,7 @@ static void serve_event(fo_consumer_t *c, fo_kc_t *kc, rd_kafka_event_t *ev) {
   default:
     break;
   }
-  if (kc->rk != NULL && !kc->closed && c->draining && rd_kafka_consumer_closed(kc->rk)) {
-    kc->closed = true;
-    fo__server_drain_check(srv);
-  }
+  /* The drain reads fo__consumer_closed() itself (drain.c). */
 }
 
 static void on_users_event(rd_kafka_event_t *ev, void *ud) {
@@ -505,7 +466,7 @@ int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen) {
   c->srv = srv;
   srv->consumer = c;
   fo_sb_init(&c->sb);
-  c->room_pubsub = strcmp(cfg->room_mode, "redis") == 0;
+  c->room_pubsub = cfg->room_mode_id == FO_ROOM_MODE_REDIS;
   c->users.c = c->rooms.c = c;
   uv_timer_init(srv->loop, &c->users.revoke_timer);
   uv_timer_init(srv->loop, &c->rooms.revoke_timer);
@@ -516,6 +477,7 @@ int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen) {
   c->open_handles = 3;
   fo__router_set_done_cb(srv, FO_RQ_USERS, on_done, &c->users);
   fo__router_set_done_cb(srv, FO_RQ_ROOMS, on_done, &c->rooms);
+  fo__router_set_progress_cb(srv, on_progress, srv);
 
   int rc = make_consumer(c, &c->users, cfg->group_id, cfg->users_topic, false, true,
                          on_users_event, err, errlen);
@@ -616,7 +578,9 @@ void fo__consumer_drain(fo_server_t *srv) {
 }
 
 /* Called by the router when messages were released (revoke may finish). */
-void fo__consumer_progress(fo_server_t *srv) {
+/* Router callback: messages were released, so a pending revoke may finish. */
+static void on_progress(void *ud) {
+  fo_server_t *srv = ud; /* not the consumer: the router may outlive it */
   fo_consumer_t *c = srv->consumer;
   if (c != NULL) {
     check_revoke(c, &c->users);

@@ -22,6 +22,8 @@ const fo_cfg_field_t fo_dcfg_fields[] = {
       "Redis AUTH password, sent first on every Redis connection (empty: no AUTH)"),
     F("redis-user", FO_CFG_STR, redis_user, 0, 256, "",
       "Redis 6+ ACL user for AUTH (empty: the default user); needs redis-password"),
+    F("redis-timeout-ms", FO_CFG_INT, redis_timeout_ms, 10, 60000, "1000",
+      "Redis connect and command timeout"),
     F("kafka", FO_CFG_STR, kafka, 1, 4096, "127.0.0.1:9092", "Kafka bootstrap servers"),
     F("server-id", FO_CFG_STR, server_id, 1, FO_SERVER_ID_MAX, NULL,
       "this server's id in the registry (default: hostname-pid, the hostname cut to fit 64 bytes)"),
@@ -141,7 +143,11 @@ int fo_dcfg_finalize(void *p, char *err, size_t errlen) {
     snprintf(err, errlen, "redis-user needs redis-password (FANOUT_REDIS_PASSWORD)");
     return -EINVAL;
   }
-  if (strcmp(cfg->room_mode, "kafka") != 0 && strcmp(cfg->room_mode, "redis") != 0) {
+  if (strcmp(cfg->room_mode, "kafka") == 0) {
+    cfg->room_mode_id = FO_ROOM_MODE_KAFKA;
+  } else if (strcmp(cfg->room_mode, "redis") == 0) {
+    cfg->room_mode_id = FO_ROOM_MODE_REDIS;
+  } else {
     snprintf(err, errlen, "room-mode=%s: expected kafka or redis", cfg->room_mode);
     return -EINVAL;
   }

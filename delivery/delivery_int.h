@@ -1,7 +1,17 @@
-/* Shared internals of fanout-delivery (librdkafka's rdkafka_int.h habit):
- * the configuration, the per-loop server context and the functions the
- * delivery files call on each other (fo__ prefix). Nothing outside delivery/
- * and its tests includes this. */
+/* Shared internals of fanout-delivery: the configuration, the metrics
+ * cells, the connection and server structs, and the fo__ functions not yet
+ * in a header of their own (proto.h, frame.h, flow.h, hub.h, router.h,
+ * rreg.h, consumer.h, ws.h, auth.h are). Layers, each calling only downward; upward events go through the
+ * function pointers in fo_server_t that server.c wires (conn_ev, hub_ev,
+ * rreg_ev, redis_cmd, on_sweep, on_stopped) and the router's done/progress
+ * callbacks (set by the consumer):
+ *   L6 server.c (wiring), drain.c (the SIGTERM state machine), main.c
+ *   L5 consumer.c       Kafka record -> decoded message + release
+ *   L4 router.c         ordered release FIFOs; rreg.c: Redis registry, Pub/Sub
+ *   L3 hub.c            users, rooms, permissions
+ *   L2 conn.c, listener.c (handshake, /healthz /readyz /metrics), heartbeat.c
+ *   L1 proto.c, ws.c, frame.c, flow.c, auth.c, dconfig.c
+ * Nothing outside delivery/ and its tests includes this. */
 #ifndef FO_DELIVERY_INT_H
 #define FO_DELIVERY_INT_H
 
@@ -17,6 +27,7 @@
 #include "metrics.h"
 
 #include "map.h"
+#include "flow.h"
 
 typedef struct fo_conn fo_conn_t;
 typedef struct fo_user fo_user_t;
@@ -44,6 +55,7 @@ typedef struct {
   fo_addr_t redis;
   char *redis_password;     /* "" = no AUTH */
   char *redis_user;         /* "" = default user */
+  int64_t redis_timeout_ms; /* connect and command timeout (not the subscriber's commands) */
   char *kafka;
   char *server_id;
   char *jwt_secret;
@@ -73,7 +85,8 @@ typedef struct {
   char *kafka_opts;
   char *redis_prefix;
   char *origins;
-  char *room_mode;
+  char *room_mode;          /* the flag's text; room_mode_id is what code reads */
+  int room_mode_id;         /* FO_ROOM_MODE_*, set by fo_dcfg_finalize */
   int64_t drain_timeout_ms;
   int64_t registry_refresh_ms;
   int64_t alive_ttl_ms;
@@ -83,6 +96,9 @@ typedef struct {
   int64_t client_msg_rate;   /* token bucket per connection; 0 = no limit */
   int64_t client_msg_burst;
 } fo_dcfg_t;
+
+/* --room-mode */
+enum { FO_ROOM_MODE_KAFKA = 0, FO_ROOM_MODE_REDIS = 1 };
 
 extern const fo_cfg_field_t fo_dcfg_fields[];
 extern const size_t fo_dcfg_nfields;
@@ -159,7 +175,8 @@ struct fo_conn {
   uint8_t close_after_flush : 1;
   uint8_t peer_closed : 1;
   uint8_t rx_broken : 1;     /* protocol error: input is ignored */
-  uint8_t reg_pending : 1;   /* HSET not sent yet: batched at the end of the loop turn */
+  uint8_t reg_pending : 1;   /* rreg.c's: HSET not sent yet, batched at the end of the loop
+                              * turn (one bit here costs nothing: it shares the flags byte) */
   uint8_t read_paused : 1;   /* uv_read_stop'd: the outbound queue is over --read-pause-bytes */
   uint16_t tokens;          /* client messages left in the rate bucket; refilled by the
                              * sweep for every connection at once, so no timestamp here
@@ -167,12 +184,11 @@ struct fo_conn {
                              * malloc chunk as before either field) */
 };
 
-/* An interned user with its local connections (registry.c). */
+/* An interned user with its local connections (hub.c). */
 struct fo_user {
   fo_mapent_t ent;     /* key = name */
   fo_conn_t *conns;    /* singly linked through conn->user_next */
   uint32_t nconns;
-  uint32_t pend;       /* 1 + index in the Redis registry's pending list; 0 = not in it */
   char name[];         /* NUL-terminated */
 };
 
@@ -208,10 +224,8 @@ struct fo_server {
   fo_outq_t *dirty;         /* connections with output to flush this turn */
   fo_outq_t *outq_pool;     /* free outbound queues, reused */
   int outq_pool_n;
-  uint64_t queued_bytes;    /* what all outbound queues cost: see frame_cost() in conn.c */
-  uint64_t backlog_bytes;   /* routed messages waiting for Redis (router.c); counts
-                             * into the water marks with queued_bytes */
-  bool paused;              /* Kafka paused by the high-water mark */
+  fo_flow_t *flow;          /* owned: outbound queue cost + routing backlog against the
+                             * water marks; pauses Kafka through server.c's callback */
   uint64_t rx_bytes;        /* partial client input held (fo_ws_rx_bytes of every connection):
                              * a gauge only; not in the water marks, since pausing Kafka
                              * frees none of it (per connection it is capped by the frame
@@ -229,25 +243,60 @@ struct fo_server {
 
   fo_buf_t *ping_frame;     /* shared, pre-encoded */
   fo_sb_t scratch;          /* per-loop builder for frames */
-  void *wsenc;              /* wslay frame context used to encode server frames */
+
+  /* Upward events, wired by server.c: the emitting module calls through
+   * these and knows nothing of the receiver (NULL: nobody listens). */
+  struct {
+    /* The upgrade was authenticated: admit conn for user and the rooms
+     * claim (jansson array or NULL) into the hub. Returns 0, 429 (the
+     * per-user limit) or 500 (out of memory). */
+    int (*admit)(fo_conn_t *conn, const char *user, size_t ulen, const void *rooms_json);
+    void (*unadmit)(fo_conn_t *conn);  /* the 101 could not be queued */
+    void (*opened)(fo_conn_t *conn);   /* the WebSocket is open */
+    void (*closed)(fo_conn_t *conn);   /* ... and is closing: leave rooms, registry */
+    /* A client's join (join) or leave: 0, -EPERM, -E2BIG, -ENOMEM. */
+    int (*room)(fo_conn_t *conn, const char *room, size_t len, bool join);
+    bool (*ready)(fo_server_t *srv);   /* /readyz */
+  } conn_ev;
+  struct {
+    void (*user_gone)(fo_server_t *srv, fo_user_t *user); /* last local connection */
+    void (*room_sub)(fo_server_t *srv, const char *room, size_t len, bool on); /* first/last member */
+  } hub_ev;
+  struct {
+    void (*pubsub_user)(fo_server_t *srv, const char *p, size_t n); /* on ws:server:{self} */
+    void (*pubsub_room)(fo_server_t *srv, const char *room, size_t rlen, const char *p, size_t n);
+    void (*redis_up)(fo_server_t *srv); /* the command connection (re)connected */
+  } rreg_ev;
+  struct fo_redis *(*redis_cmd)(fo_server_t *srv); /* for the router: Redis commands, or NULL */
+  void (*on_sweep)(fo_server_t *srv);              /* each heartbeat tick (router's settle) */
 
   fo_rreg_t *rreg;          /* Redis registry + Pub/Sub */
   fo_router_t *router;
   fo_consumer_t *consumer;
 
+  /* drain.c's state (drain.c writes it; others read draining/stopping) */
   uint64_t drain_started;
   bool barrier_asked;       /* drain: a PING was sent after the last HDEL */
   bool redis_flushed;       /* drain: ... and answered (or Redis is down) */
+  void (*on_stopped)(fo_server_t *srv); /* server.c: closes its own handles at the end */
   uint64_t fanout_t0;       /* uv_hrtime() of the first room record not yet flushed */
 };
 
 /* ---- conn.c ---- */
+/* Accepts one connection from srv->listener and starts reading it. */
 int fo__conn_accept(fo_server_t *srv);
+/* The connection constructor for a socket that is already connected (fd,
+ * owned from here on): linked into srv in the handshake state like an
+ * accepted one, read by the loop when read, else fed by the caller
+ * (harnesses: fo__handshake_feed / fo__conn_feed_early). *out is valid
+ * until the connection is destroyed. */
+int fo__conn_adopt(fo_server_t *srv, uv_os_sock_t fd, bool read, fo_conn_t **out);
 /* Queues buf (takes one reference on success). Returns 0, -EPIPE when the
  * connection no longer takes frames, or -ENOBUFS when it was over its queue
  * limit (the connection is then being closed with 1013). */
 int fo__conn_send(fo_conn_t *conn, fo_buf_t *buf);
-/* Starts the close handshake with `code` (idempotent). */
+/* Starts the close handshake with `code` (idempotent). Frames queued before
+ * it are written before the close frame. */
 void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason);
 /* Closes the socket now (idempotent); unregisters. */
 void fo__conn_destroy(fo_conn_t *conn);
@@ -278,119 +327,29 @@ int fo__conn_send_raw(fo_conn_t *conn, fo_buf_t *buf);
 void fo__conn_feed_early(fo_conn_t *conn, uint8_t *p, size_t n);
 void fo__handshake_free(fo_conn_t *conn);
 
-/* ---- frame building (frame.c) ---- */
-/* Encodes a complete server->client frame (unmasked) with wslay's frame
- * encoder. Returns a buffer with refs == 1, or NULL on OOM. */
-fo_buf_t *fo__frame_new(fo_server_t *srv, int opcode, const void *payload, size_t n);
+/* ---- frame.c (fo_frame_new in frame.h) ---- */
+/* The shared, pre-encoded ping frame (srv->ping_frame). */
 int fo__frame_init(fo_server_t *srv);
 void fo__frame_free(fo_server_t *srv);
 
 /* ---- heartbeat.c ---- */
 int fo__heartbeat_start(fo_server_t *srv);
 
-/* ---- registry.c (local maps) ---- */
-/* Registers conn under user name (interning it). Returns 0 or -ENOMEM. */
-int fo__registry_add(fo_conn_t *conn, const char *user, size_t len);
-void fo__registry_remove(fo_conn_t *conn);
-fo_user_t *fo__registry_user(fo_server_t *srv, const char *user, size_t len);
-/* First connection of a user (iterate with conn->user_next). */
-fo_conn_t *fo__user_conns(fo_user_t *user);
-const char *fo__user_name(const fo_user_t *user, size_t *len);
-void fo__registry_free(fo_server_t *srv);
-/* Calls cb for every user (for heartbeats); cursor-based: returns the next
- * cursor, 0 when done. */
-uint32_t fo__registry_each_user(fo_server_t *srv, uint32_t cursor, uint32_t max,
-                                void (*cb)(fo_user_t *user, void *ud), void *ud);
-
-/* ---- rooms.c ---- */
-/* Parses the JWT `rooms` claim (jansson array, may be NULL) into an interned
- * permission set: conn->perm takes one reference. Returns 0 or -ENOMEM/-EINVAL. */
-int fo__perm_set(fo_conn_t *conn, const void *rooms_json);
-void fo__perm_release(fo_conn_t *conn);
-bool fo__perm_allows(const fo_perm_t *perm, const char *room, size_t len);
-/* Join/leave; reply frames are sent by the caller. Return 0, -EPERM, -E2BIG, -ENOMEM. */
-int fo__room_join(fo_conn_t *conn, const char *room, size_t len);
-int fo__room_leave(fo_conn_t *conn, const char *room, size_t len);
-void fo__rooms_leave_all(fo_conn_t *conn);
-/* Queues buf on every local member; returns the number of recipients. */
-size_t fo__room_broadcast(fo_server_t *srv, const char *room, size_t len, fo_buf_t *buf);
-void fo__rooms_free(fo_server_t *srv);
-
 /* ---- client messages (conn.c) ---- */
 void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n);
 
-/* ---- registry_redis.c ---- */
-int fo__rreg_new(fo_server_t *srv);
-void fo__rreg_conn_added(fo_server_t *srv, fo_conn_t *conn);
-void fo__rreg_conn_removed(fo_server_t *srv, fo_conn_t *conn);
-/* The user struct is about to be freed: forget it in the pending list. */
-void fo__rreg_user_gone(fo_server_t *srv, fo_user_t *user);
-/* Sends the registrations collected this loop turn: per user one HSET with
- * every new connection, then one EXPIRE (from the server's check handle). */
-void fo__rreg_flush(fo_server_t *srv);
-bool fo__rreg_ready(fo_server_t *srv);
-void fo__rreg_drain(fo_server_t *srv);
-void fo__rreg_close(fo_server_t *srv);
-/* Room Pub/Sub mode: subscribe/unsubscribe ws:room:{room}. */
-void fo__rreg_room_sub(fo_server_t *srv, const char *room, size_t len, bool on);
-/* The command connection (NULL before start); for the router. */
-struct fo_redis *fo__rreg_cmd(fo_server_t *srv);
-/* Calls cb once everything queued on the command connection before it was
- * answered (a PING), or at once when Redis is down. */
-void fo__rreg_barrier(fo_server_t *srv, void (*cb)(fo_server_t *srv));
-/* Connect failures, timeouts and drops counted by the Redis glue. */
-uint64_t fo__rreg_errors(fo_server_t *srv);
-
-/* ---- router.c ---- */
-int fo__router_new(fo_server_t *srv);
-void fo__router_free(fo_server_t *srv);
-/* The router's ordered queues: offsets are released per queue, in order. */
-enum { FO_RQ_USERS = 0, FO_RQ_ROOMS = 1, FO_RQ_COUNT = 2 };
-/* Delivers a user message: local sockets now, other servers via Redis.
- * The done callback gets (partition, offset) once it and every message
- * before it were handed over. json is copied. */
-typedef void (*fo_route_done_cb)(void *ud, int32_t partition, int64_t offset);
-int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char *json,
-                    size_t jlen, int32_t partition, int64_t offset);
-/* Room mode "redis": PUBLISHes a room message's client frame text to
- * ws:room:{room}; released (FO_RQ_ROOMS) when Redis answered. json is copied. */
-int fo__router_room(fo_server_t *srv, const char *room, size_t rlen, const char *json,
-                    size_t jlen, int32_t partition, int64_t offset);
-/* Releases an offset of queue q that needed no routing, after those before it. */
-int fo__router_skip(fo_server_t *srv, int q, int32_t partition, int64_t offset);
-void fo__router_set_done_cb(fo_server_t *srv, int q, fo_route_done_cb cb, void *ud);
-/* A Pub/Sub message on ws:server:{self}. */
-void fo__router_pubsub(fo_server_t *srv, const char *p, size_t n);
-/* A Pub/Sub message on ws:room:{room}. */
-void fo__router_room_pubsub(fo_server_t *srv, const char *room, size_t rlen, const char *p,
-                            size_t n);
-/* Redis came back: resend what waits. */
-void fo__router_redis_up(fo_server_t *srv);
-/* From the sweep timer: sends user routes held while the registry settles. */
-void fo__router_tick(fo_server_t *srv);
-size_t fo__router_inflight(fo_server_t *srv);
-size_t fo__router_inflight_q(fo_server_t *srv, int q);
-/* Delivers a JSON text frame to every local connection of the user. */
-size_t fo__deliver_user_local(fo_server_t *srv, const char *user, size_t ulen, fo_buf_t *frame);
-
-/* ---- consumer.c ---- */
-int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen);
-void fo__consumer_pause(fo_server_t *srv, bool pause);
-/* Starts the consumer close (leaving the group); cb-less: check _closed. */
-void fo__consumer_drain(fo_server_t *srv);
-bool fo__consumer_closed(fo_server_t *srv);
-/* Closes the consumer's loop handles. */
-void fo__consumer_free(fo_server_t *srv);
-/* After the loop ended: destroys the Kafka handles. */
-void fo__consumer_destroy(fo_server_t *srv);
-/* Refreshes the lag gauge (metrics collect). */
-void fo__consumer_collect(fo_server_t *srv);
-/* The router released messages: a pending revoke may finish. */
-void fo__consumer_progress(fo_server_t *srv);
-
 /* ---- server.c ---- */
-/* Checks the water marks after queued_bytes changed. */
-void fo__server_water(fo_server_t *srv);
-void fo__server_drain_check(fo_server_t *srv);
+/* Sets the upward event pointers (conn_ev, hub_ev, rreg_ev, ...) to the
+ * modules that handle them; fo_server_init does it, harnesses that build a
+ * server by hand call it too. */
+void fo__server_wire(fo_server_t *srv);
+
+/* ---- drain.c ---- */
+/* SIGTERM: starts the drain (idempotent). */
+void fo__drain_start(fo_server_t *srv);
+/* Moves the drain on if what it waits for is done (from the check handle). */
+void fo__drain_poll(fo_server_t *srv);
+/* Ends now: closes what is left (second signal, deadline). */
+void fo__drain_finish(fo_server_t *srv);
 
 #endif

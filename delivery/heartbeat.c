@@ -15,7 +15,8 @@ static void on_sweep(uv_timer_t *t) {
   /* Token expiry is wall-clock time (exp is seconds since the epoch). */
   uint64_t wall_s = fo_now_ms() / 1000, start_s = srv->start_ms / 1000;
   uint32_t now_rel_s = wall_s > start_s ? (uint32_t)(wall_s - start_s) : 0;
-  fo__router_tick(srv);
+  if (srv->on_sweep != NULL)
+    srv->on_sweep(srv); /* the router's settle hold (wired by server.c) */
   uint32_t refill = fo__conn_rate_refill(srv, now);
   fo_conn_t *conn = srv->conns.next;
   while (conn != &srv->conns) {

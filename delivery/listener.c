@@ -267,26 +267,24 @@ static void upgrade(fo_conn_t *conn, fo_http_request_t *req) {
                   "Retry-After: 1\r\n");
     return;
   }
-  /* One token must not fill the server (security review M1). */
-  fo_user_t *user = fo__registry_user(srv, claims.sub, claims.sub_len);
-  if (user != NULL && user->nconns >= (uint64_t)cfg->max_connections_per_user) {
-    fo_auth_claims_free(&claims);
+  /* Kept relative to the start so that it fits 32 bits; the sweep closes
+   * the connection with 4001 once it passes. Past 2^32 s: never. */
+  int64_t exp_rel = claims.exp - (int64_t)(srv->start_ms / 1000);
+  int admit = srv->conn_ev.admit != NULL
+                  ? srv->conn_ev.admit(conn, claims.sub, claims.sub_len, claims.rooms)
+                  : 0;
+  fo_auth_claims_free(&claims);
+  if (admit == 429) {
+    /* One token must not fill the server (security review M1). */
     (*srv->m.rejected_user)++;
     respond_error(conn, 429, "too many connections for this user", "Retry-After: 5\r\n");
     return;
   }
-  /* Kept relative to the start so that it fits 32 bits; the sweep closes
-   * the connection with 4001 once it passes. Past 2^32 s: never. */
-  int64_t exp_rel = claims.exp - (int64_t)(srv->start_ms / 1000);
-  conn->exp_s = exp_rel > 0 && exp_rel < (int64_t)UINT32_MAX ? (uint32_t)exp_rel : 0;
-  if (fo__registry_add(conn, claims.sub, claims.sub_len) != 0 ||
-      fo__perm_set(conn, claims.rooms) != 0) {
-    fo__registry_remove(conn);
-    fo_auth_claims_free(&claims);
+  if (admit != 0) {
     respond_error(conn, 500, "out of memory", NULL);
     return;
   }
-  fo_auth_claims_free(&claims);
+  conn->exp_s = exp_rel > 0 && exp_rel < (int64_t)UINT32_MAX ? (uint32_t)exp_rel : 0;
 
   char accept[29];
   fo_ws_accept_key(key, strlen(key), accept);
@@ -298,8 +296,8 @@ static void upgrade(fo_conn_t *conn, fo_http_request_t *req) {
   fo_buf_t *buf = fo_buf_from(resp, (size_t)n);
   if (buf == NULL || fo__conn_send_raw(conn, buf) != 0) {
     fo_buf_unref(buf);
-    fo__perm_release(conn);
-    fo__registry_remove(conn);
+    if (srv->conn_ev.unadmit != NULL)
+      srv->conn_ev.unadmit(conn);
     conn->state = FO_CONN_HTTP;
     return;
   }
@@ -321,7 +319,7 @@ static int on_request(void *ud, fo_http_request_t *req) {
   } else if (strcmp(req->path, "/healthz") == 0) {
     respond(conn, 200, "text/plain", NULL, "ok\n", 3);
   } else if (strcmp(req->path, "/readyz") == 0) {
-    bool ready = fo__rreg_ready(srv) && !srv->draining;
+    bool ready = srv->conn_ev.ready != NULL && srv->conn_ev.ready(srv);
     if (ready)
       respond(conn, 200, "text/plain", NULL, "ready\n", 6);
     else

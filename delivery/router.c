@@ -12,11 +12,10 @@
  * offsets go through a second FIFO of the same kind.
  *
  * Everything waiting in the FIFOs (Redis slow or down) counts as
- * srv->backlog_bytes into the water marks, so Kafka pauses instead of the
+ * the flow's backlog into the water marks (flow.h), so Kafka pauses instead of the
  * backlog growing for the whole outage.
  *
- * Pub/Sub payload between servers: "<decimal user length>:<user><json>",
- * where <json> is the client frame's text, ready to be framed as is. */
+ * Pub/Sub payload between servers: see fo_proto_pub_user (proto.h). */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -26,7 +25,11 @@
 #include <openssl/evp.h>
 
 #include "delivery_int.h"
+#include "router.h"
+#include "hub.h"
+#include "frame.h"
 #include "log.h"
+#include "proto.h"
 #include "redis_uv.h"
 #include "rkeys.h"
 #include "ws.h"
@@ -78,6 +81,8 @@ typedef struct {
 struct fo_router {
   fo_server_t *srv;
   fo_rq_t q[FO_RQ_COUNT];
+  void (*progress_cb)(void *ud); /* the consumer: releases happened */
+  void *progress_ud;
   char sha[41];
   char *alive_prefix, *chan_prefix;
   fo_log_ratelimit_t rl;
@@ -122,7 +127,7 @@ void fo__router_free(fo_server_t *srv) {
       fo_rmsg_t *m = q->head;
       q->head = m->next;
       if (m->pub != NULL)
-        srv->backlog_bytes -= m->pub->len;
+        fo_flow_backlog(srv->flow, -(int64_t)m->pub->len);
       fo_buf_unref(m->pub);
       m->pub = NULL;
       if (m->issued)
@@ -140,6 +145,11 @@ void fo__router_free(fo_server_t *srv) {
 void fo__router_set_done_cb(fo_server_t *srv, int q, fo_route_done_cb cb, void *ud) {
   srv->router->q[q].done_cb = cb;
   srv->router->q[q].done_ud = ud;
+}
+
+void fo__router_set_progress_cb(fo_server_t *srv, void (*cb)(void *ud), void *ud) {
+  srv->router->progress_cb = cb;
+  srv->router->progress_ud = ud;
 }
 
 size_t fo__router_inflight(fo_server_t *srv) {
@@ -164,15 +174,12 @@ static void advance(fo_router_t *rt, fo_rq_t *q) {
     if (q->done_cb != NULL && m->partition >= 0)
       q->done_cb(q->done_ud, m->partition, m->offset);
     if (m->pub != NULL)
-      srv->backlog_bytes -= m->pub->len;
+      fo_flow_backlog(srv->flow, -(int64_t)m->pub->len);
     fo_buf_unref(m->pub);
     free(m);
   }
-  if (srv->paused)
-    fo__server_water(srv);
-  fo__consumer_progress(srv);
-  if (srv->draining)
-    fo__server_drain_check(srv);
+  if (rt->progress_cb != NULL)
+    rt->progress_cb(rt->progress_ud);
 }
 
 /* Appends m to its queue (takes ownership) and counts its bytes. */
@@ -185,12 +192,8 @@ static void enqueue(fo_router_t *rt, fo_rmsg_t *m) {
     q->head = m;
   q->tail = m;
   q->inflight++;
-  if (m->pub != NULL) {
-    srv->backlog_bytes += m->pub->len;
-    if (!srv->paused &&
-        srv->queued_bytes + srv->backlog_bytes > (uint64_t)srv->cfg->high_water_bytes)
-      fo__server_water(srv);
-  }
+  if (m->pub != NULL)
+    fo_flow_backlog(srv->flow, (int64_t)m->pub->len);
 }
 
 static void issue(fo_router_t *rt, fo_rmsg_t *m);
@@ -229,9 +232,20 @@ static void on_reply(fo_redis_t *r, redisReply *reply, void *privdata) {
   advance(rt, &rt->q[m->q]);
 }
 
+/* Unit tests stand in for Redis: message i of queue q gets reply. */
+int fo__router_reply(fo_server_t *srv, int q, size_t i, struct redisReply *reply) {
+  fo_rmsg_t *m = srv->router->q[q].head;
+  while (m != NULL && i-- > 0)
+    m = m->next;
+  if (m == NULL || m->done)
+    return -ENOENT;
+  on_reply(NULL, reply, m);
+  return 0;
+}
+
 static void issue(fo_router_t *rt, fo_rmsg_t *m) {
   fo_server_t *srv = rt->srv;
-  fo_redis_t *r = fo__rreg_cmd(srv);
+  fo_redis_t *r = srv->redis_cmd != NULL ? srv->redis_cmd(srv) : NULL;
   if (r == NULL || !fo_redis_connected(r))
     return;
   /* Just after Redis came back the other servers may not have re-registered
@@ -318,7 +332,7 @@ int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char 
                     size_t jlen, int32_t partition, int64_t offset) {
   fo_router_t *rt = srv->router;
   if (fo__registry_user(srv, user, ulen) != NULL) {
-    fo_buf_t *frame = fo__frame_new(srv, FO_WS_OP_TEXT, json, jlen);
+    fo_buf_t *frame = fo_frame_new(FO_WS_OP_TEXT, json, jlen);
     if (frame != NULL) {
       fo__deliver_user_local(srv, user, ulen, frame);
       fo_buf_unref(frame);
@@ -326,22 +340,17 @@ int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char 
       (*srv->m.drops)++;
     }
   }
-  char hdr[24];
-  int hl = snprintf(hdr, sizeof(hdr), "%zu:", ulen);
-  fo_buf_t *pub = fo_buf_new((size_t)hl + ulen + jlen);
+  uint32_t user_off = 0;
+  fo_buf_t *pub = fo_proto_pub_user(user, ulen, json, jlen, &user_off);
   fo_rmsg_t *m = calloc(1, sizeof(*m));
   if (pub == NULL || m == NULL) {
     fo_buf_unref(pub);
     free(m);
     return -ENOMEM;
   }
-  memcpy(pub->data, hdr, (size_t)hl);
-  memcpy(pub->data + hl, user, ulen);
-  memcpy(pub->data + hl + ulen, json, jlen);
-  pub->len = (uint32_t)((size_t)hl + ulen + jlen);
   m->router = rt;
   m->pub = pub;
-  m->user_off = (uint32_t)hl;
+  m->user_off = user_off;
   m->user_len = (uint32_t)ulen;
   m->partition = partition;
   m->offset = offset;
@@ -402,32 +411,17 @@ int fo__router_skip(fo_server_t *srv, int q, int32_t partition, int64_t offset) 
   return 0;
 }
 
-/* Parses "<len>:<user><json>"; returns 0 or -EPROTO. */
-static int parse_pub(const char *p, size_t n, const char **user, size_t *ulen,
-                     const char **json, size_t *jlen) {
-  size_t i = 0, len = 0;
-  while (i < n && i < 6 && p[i] >= '0' && p[i] <= '9')
-    len = len * 10 + (size_t)(p[i++] - '0');
-  if (i == 0 || i >= n || p[i] != ':' || len == 0 || len > n - i - 1)
-    return -EPROTO;
-  *user = p + i + 1;
-  *ulen = len;
-  *json = *user + len;
-  *jlen = n - i - 1 - len;
-  return *jlen > 0 ? 0 : -EPROTO;
-}
-
 void fo__router_pubsub(fo_server_t *srv, const char *p, size_t n) {
   const char *user, *json;
   size_t ulen, jlen;
   (*srv->m.msgs_in_pubsub)++;
-  if (parse_pub(p, n, &user, &ulen, &json, &jlen) != 0) {
+  if (fo_proto_pub_parse(p, n, &user, &ulen, &json, &jlen) != 0) {
     (*srv->m.decode_errors)++;
     return;
   }
   if (fo__registry_user(srv, user, ulen) == NULL)
     return; /* gone meanwhile */
-  fo_buf_t *frame = fo__frame_new(srv, FO_WS_OP_TEXT, json, jlen);
+  fo_buf_t *frame = fo_frame_new(FO_WS_OP_TEXT, json, jlen);
   if (frame == NULL) {
     (*srv->m.drops)++;
     return;
@@ -439,7 +433,7 @@ void fo__router_pubsub(fo_server_t *srv, const char *p, size_t n) {
 void fo__router_room_pubsub(fo_server_t *srv, const char *room, size_t rlen, const char *p,
                             size_t n) {
   (*srv->m.msgs_in_pubsub)++;
-  fo_buf_t *frame = fo__frame_new(srv, FO_WS_OP_TEXT, p, n);
+  fo_buf_t *frame = fo_frame_new(FO_WS_OP_TEXT, p, n);
   if (frame == NULL) {
     (*srv->m.drops)++;
     return;

@@ -9,6 +9,10 @@
 #include <sys/resource.h>
 
 #include "delivery_int.h"
+#include "consumer.h"
+#include "rreg.h"
+#include "router.h"
+#include "hub.h"
 #include "log.h"
 #include "redis_uv.h"
 #include "server.h"
@@ -73,8 +77,8 @@ static void register_metrics(fo_server_t *srv) {
 
 static void on_collect(void *ud) {
   fo_server_t *srv = ud;
-  *srv->m.queued_bytes = (int64_t)srv->queued_bytes;
-  *srv->m.backlog_bytes = (int64_t)srv->backlog_bytes;
+  *srv->m.queued_bytes = (int64_t)fo_flow_queued_bytes(srv->flow);
+  *srv->m.backlog_bytes = (int64_t)fo_flow_backlog_bytes(srv->flow);
   *srv->m.rx_bytes = (int64_t)srv->rx_bytes;
   *srv->m.redis_conn_errors = fo__rreg_errors(srv);
   fo__consumer_collect(srv);
@@ -82,107 +86,98 @@ static void on_collect(void *ud) {
 
 /* ---- water marks ---- */
 
-void fo__server_water(fo_server_t *srv) {
-  const fo_dcfg_t *cfg = srv->cfg;
-  uint64_t load = srv->queued_bytes + srv->backlog_bytes;
-  if (!srv->paused && load > (uint64_t)cfg->high_water_bytes) {
-    srv->paused = true;
+/* The flow's decision (flow.c): pause or resume every assigned partition. */
+static void on_pause(void *ud, bool pause) {
+  fo_server_t *srv = ud;
+  if (srv->stopping)
+    return; /* tearing down: the consumer is going or gone */
+  uint64_t queued = fo_flow_queued_bytes(srv->flow), backlog = fo_flow_backlog_bytes(srv->flow);
+  if (pause)
     FO_LOG_WARN("server", "high-water mark: pausing Kafka", "queued=%" PRIu64 " backlog=%" PRIu64,
-                srv->queued_bytes, srv->backlog_bytes);
-    fo__consumer_pause(srv, true);
-  } else if (srv->paused && load < (uint64_t)cfg->low_water_bytes) {
-    srv->paused = false;
+                queued, backlog);
+  else
     FO_LOG_INFO("server", "low-water mark: resuming Kafka", "queued=%" PRIu64 " backlog=%" PRIu64,
-                srv->queued_bytes, srv->backlog_bytes);
-    fo__consumer_pause(srv, false);
-  }
+                queued, backlog);
+  fo__consumer_pause(srv, pause);
 }
 
 static void on_check(uv_check_t *h) {
-  fo__rreg_flush(h->data);
-  fo__server_flush(h->data);
+  fo_server_t *srv = h->data;
+  fo__rreg_flush(srv);
+  fo__server_flush(srv);
+  if (srv->draining)
+    fo__drain_poll(srv); /* after the flush: it may have closed the last connections */
 }
 
-/* ---- drain ---- */
+/* ---- wiring: the connection layer's calls, and the upward events ---- */
+
+static int conn_admit(fo_conn_t *conn, const char *user, size_t ulen, const void *rooms_json) {
+  fo_server_t *srv = conn->srv;
+  fo_user_t *u = fo__registry_user(srv, user, ulen);
+  if (u != NULL && u->nconns >= (uint64_t)srv->cfg->max_connections_per_user)
+    return 429;
+  if (fo__registry_add(conn, user, ulen) != 0 || fo__perm_set(conn, rooms_json) != 0) {
+    fo__registry_remove(conn);
+    return 500;
+  }
+  return 0;
+}
+
+static void conn_unadmit(fo_conn_t *conn) {
+  fo__perm_release(conn);
+  fo__registry_remove(conn);
+}
+
+static void conn_opened(fo_conn_t *conn) {
+  fo__rreg_conn_added(conn->srv, conn);
+}
+
+static void conn_closed(fo_conn_t *conn) {
+  fo__rooms_leave_all(conn);
+  fo__rreg_conn_removed(conn->srv, conn);
+  fo__registry_remove(conn);
+  fo__perm_release(conn);
+}
+
+static int conn_room(fo_conn_t *conn, const char *room, size_t len, bool join) {
+  return join ? fo__room_join(conn, room, len) : fo__room_leave(conn, room, len);
+}
+
+static bool conn_ready(fo_server_t *srv) {
+  return fo__rreg_ready(srv) && !srv->draining;
+}
+
+void fo__server_wire(fo_server_t *srv) {
+  srv->conn_ev.admit = conn_admit;
+  srv->conn_ev.unadmit = conn_unadmit;
+  srv->conn_ev.opened = conn_opened;
+  srv->conn_ev.closed = conn_closed;
+  srv->conn_ev.room = conn_room;
+  srv->conn_ev.ready = conn_ready;
+  /* hub_ev.user_gone: nobody needs it (rreg keeps its pending users by name) */
+  if (srv->cfg->room_mode_id == FO_ROOM_MODE_REDIS)
+    srv->hub_ev.room_sub = fo__rreg_room_sub;
+  srv->rreg_ev.pubsub_user = fo__router_pubsub;
+  srv->rreg_ev.pubsub_room = fo__router_room_pubsub;
+  srv->rreg_ev.redis_up = fo__router_redis_up;
+  srv->redis_cmd = fo__rreg_cmd;
+  srv->on_sweep = fo__router_tick;
+}
+
+/* ---- drain (drain.c) ---- */
 
 static void close_noop(uv_handle_t *h) {
   (void)h;
 }
 
-static void finish(fo_server_t *srv) {
-  if (srv->stopping)
-    return;
-  srv->stopping = true;
-  /* Whatever is left after the deadline goes now. */
-  while (srv->conns.next != &srv->conns)
-    fo__conn_destroy(srv->conns.next);
-  fo__listener_stop(srv);
+/* The drain finished (or was cut short): the server's own handles close,
+ * and with them the loop ends. */
+static void on_stopped(fo_server_t *srv) {
   uv_close((uv_handle_t *)&srv->sweep, close_noop);
   uv_close((uv_handle_t *)&srv->flush_check, close_noop);
   uv_close((uv_handle_t *)&srv->drain_timer, close_noop);
   uv_close((uv_handle_t *)&srv->sigterm, close_noop);
   uv_close((uv_handle_t *)&srv->sigint, close_noop);
-  fo__consumer_free(srv);
-  fo__rreg_close(srv);
-  FO_LOG_INFO("server", "drained", "ms=%" PRIu64, uv_now(srv->loop) - srv->drain_started);
-}
-
-static void on_barrier(fo_server_t *srv) {
-  srv->redis_flushed = true;
-  fo__server_drain_check(srv);
-}
-
-void fo__server_drain_check(fo_server_t *srv) {
-  if (!srv->draining || srv->stopping)
-    return;
-  if (srv->nopen > 0 || fo__router_inflight(srv) > 0)
-    return;
-  if (!srv->redis_flushed) {
-    if (!srv->barrier_asked) {
-      srv->barrier_asked = true;
-      fo__rreg_barrier(srv, on_barrier); /* the HDELs and DEL are written out */
-    }
-    return;
-  }
-  if (srv->nconns > 0 || !fo__consumer_closed(srv))
-    return;
-  finish(srv);
-}
-
-/* Ticks every 20 ms while draining: librdkafka finishes its close on its
- * own threads and does not always leave an event behind to wake us. */
-static void on_drain_tick(uv_timer_t *t) {
-  fo_server_t *srv = t->data;
-  if (uv_now(srv->loop) - srv->drain_started < (uint64_t)srv->cfg->drain_timeout_ms) {
-    fo__server_drain_check(srv);
-    return;
-  }
-  FO_LOG_WARN("server", "drain deadline reached", "open=%" PRId64 " inflight=%zu", srv->nopen,
-              fo__router_inflight(srv));
-  srv->exit_code = 1;
-  finish(srv);
-}
-
-static void start_drain(fo_server_t *srv) {
-  if (srv->draining)
-    return;
-  srv->draining = true;
-  srv->drain_started = uv_now(srv->loop);
-  FO_LOG_INFO("server", "draining", "open=%" PRId64, srv->nopen);
-  fo__listener_stop(srv);
-  uv_timer_start(&srv->drain_timer, on_drain_tick, 20, 20);
-  fo_conn_t *conn = srv->conns.next;
-  while (conn != &srv->conns) {
-    fo_conn_t *next = conn->next;
-    if (conn->state == FO_CONN_OPEN)
-      fo__conn_close_ws(conn, FO_WS_CLOSE_GOING_AWAY, "server shutting down");
-    else if (conn->state != FO_CONN_CLOSING)
-      fo__conn_destroy(conn);
-    conn = next;
-  }
-  fo__rreg_drain(srv);
-  fo__consumer_drain(srv);
-  fo__server_drain_check(srv);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -190,10 +185,10 @@ static void on_signal(uv_signal_t *h, int signum) {
   if (srv->draining) {
     FO_LOG_WARN("server", "second signal: exiting now", "signal=%d", signum);
     srv->exit_code = 1;
-    finish(srv);
+    fo__drain_finish(srv);
     return;
   }
-  start_drain(srv);
+  fo__drain_start(srv);
 }
 
 /* ---- start ---- */
@@ -212,19 +207,23 @@ static void raise_nofile(void) {
               (unsigned long long)(rl.rlim_cur > 64 ? rl.rlim_cur - 64 : 0));
 }
 
-int fo_server_init(fo_server_t *srv, uv_loop_t *loop, const fo_dcfg_t *cfg, char *err,
-                   size_t errlen) {
+int fo_server_core_init(fo_server_t *srv, uv_loop_t *loop, const fo_dcfg_t *cfg, char *err,
+                        size_t errlen) {
   int rc;
   memset(srv, 0, sizeof(*srv));
   srv->loop = loop;
   srv->cfg = cfg;
   srv->conns.next = srv->conns.prev = &srv->conns;
+  srv->on_stopped = on_stopped;
+  fo__server_wire(srv);
   srv->start_ms = fo_now_ms();
   srv->rbuf_len = 65536;
   srv->rbuf = malloc(srv->rbuf_len);
   srv->metrics = fo_metrics_new();
+  srv->flow = fo_flow_new((uint64_t)cfg->high_water_bytes, (uint64_t)cfg->low_water_bytes,
+                          on_pause, srv);
   fo_sb_init(&srv->scratch);
-  if (srv->rbuf == NULL || srv->metrics == NULL) {
+  if (srv->rbuf == NULL || srv->metrics == NULL || srv->flow == NULL) {
     snprintf(err, errlen, "out of memory");
     return -ENOMEM;
   }
@@ -240,9 +239,17 @@ int fo_server_init(fo_server_t *srv, uv_loop_t *loop, const fo_dcfg_t *cfg, char
   }
   rc = fo__frame_init(srv);
   if (rc != 0) {
-    snprintf(err, errlen, "wslay: out of memory");
+    snprintf(err, errlen, "out of memory");
     return rc;
   }
+  return 0;
+}
+
+int fo_server_init(fo_server_t *srv, uv_loop_t *loop, const fo_dcfg_t *cfg, char *err,
+                   size_t errlen) {
+  int rc = fo_server_core_init(srv, loop, cfg, err, errlen);
+  if (rc != 0)
+    return rc;
   raise_nofile();
   uv_check_init(loop, &srv->flush_check);
   srv->flush_check.data = srv;
@@ -270,6 +277,7 @@ int fo_server_init(fo_server_t *srv, uv_loop_t *loop, const fo_dcfg_t *cfg, char
 }
 
 void fo_server_cleanup(fo_server_t *srv) {
+  srv->stopping = true; /* no pause/resume calls into a consumer being destroyed */
   fo__consumer_destroy(srv);
   fo__router_free(srv);
   fo__registry_free(srv);
@@ -281,4 +289,5 @@ void fo_server_cleanup(fo_server_t *srv) {
   fo_sb_free(&srv->scratch);
   free(srv->iov);
   free(srv->rbuf);
+  fo_flow_free(srv->flow);
 }

@@ -13,6 +13,12 @@
  * run the loop to let handles close, then fo_server_cleanup. */
 int fo_server_init(fo_server_t *srv, uv_loop_t *loop, const fo_dcfg_t *cfg, char *err,
                    size_t errlen);
+/* The part of fo_server_init that starts nothing: the server context,
+ * metrics, flow control, the shared frames, the wiring of the modules. No
+ * handle, timer, Redis, Kafka or listener: for harnesses and tests that
+ * drive connections themselves (fo__conn_adopt). */
+int fo_server_core_init(fo_server_t *srv, uv_loop_t *loop, const fo_dcfg_t *cfg, char *err,
+                        size_t errlen);
 /* After uv_run returned: frees what is left. */
 void fo_server_cleanup(fo_server_t *srv);
 

@@ -65,7 +65,7 @@ bool fo_ws_close_code_valid(unsigned code);
 void fo_ws_accept_key(const char *key, size_t len, char out[29]);
 
 /* Writes the header of an unmasked server frame into out (<= 10 bytes);
- * returns its length. Used where wslay's encoder is not at hand (tests). */
+ * returns its length. Every server frame is encoded with it (frame.c). */
 size_t fo_ws_header(uint8_t out[10], int opcode, bool fin, uint64_t len);
 
 #endif

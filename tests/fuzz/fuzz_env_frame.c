@@ -1,6 +1,7 @@
 /* libFuzzer target: a Kafka record as delivery's consumer turns it into the
- * client's JSON text (delivery/consumer.c, build_text, reached by including
- * the file, as unit tests do for statics). Any record value that decodes
+ * client's JSON text (delivery/consumer.c's build_text, which is proto.c's
+ * fo_proto_message, reached by including the file, as unit tests do for
+ * statics). Any record value that decodes
  * as an envelope must give one valid JSON object with the documented
  * fields: type "message", the id, "user" or "room" = the target, "pos",
  * and "data": the payload itself when it is JSON with a JSON content type,
@@ -8,6 +9,10 @@
  * Records that do not decode must be counted and skipped (on_room_record
  * on a server without members). */
 #include "consumer.c"
+
+#include <jansson.h>
+
+#include "json_out.h"
 
 #include "fz_delivery.h"
 
@@ -73,7 +78,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     json_t *enc = json_object_get(j, "encoding");
     if (enc != NULL)
       CHECK(json_is_string(d) && !fo_utf8_valid(env.payload, env.payload_len));
-    else if (json_is_string(d) && !is_json_ct(env.content_type, env.content_type_len))
+    else if (json_is_string(d) && !fo_proto_json_ct(env.content_type, env.content_type_len))
       CHECK(json_string_length(d) == env.payload_len &&
             memcmp(json_string_value(d), env.payload, env.payload_len) == 0);
     json_decref(j);

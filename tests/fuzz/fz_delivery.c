@@ -18,6 +18,7 @@
 #include "config.h"
 #include "json_out.h"
 #include "log.h"
+#include "server.h"
 #include "ws.h"
 
 #define FZ_CHECK(cond, ...)                                        \
@@ -35,7 +36,6 @@ static fo_dcfg_t g_cfg;
 static uv_loop_t g_loop;
 static bool g_init;
 static bool g_finishing; /* fz_finish cuts connections: output may end mid-frame */
-static uint64_t g_cells[256]; /* every metric cell of the server points here */
 
 fo_server_t *fz_server(const char *const *extra_opts) {
   if (g_init)
@@ -63,25 +63,12 @@ fo_server_t *fz_server(const char *const *extra_opts) {
     abort();
 
   fo_server_t *srv = &g_srv;
-  memset(srv, 0, sizeof(*srv));
-  srv->loop = &g_loop;
-  srv->cfg = &g_cfg;
-  srv->conns.next = srv->conns.prev = &srv->conns;
-  srv->start_ms = fo_now_ms();
-  srv->rbuf_len = 65536;
-  srv->rbuf = malloc(srv->rbuf_len);
-  srv->metrics = fo_metrics_new();
-  fo_sb_init(&srv->scratch);
-  /* fo_dmetrics_t is a struct of pointers to 64-bit cells: point each one
-   * at a cell of our own (the real names are registered in server.c). */
-  void **cells = (void **)&srv->m;
-  size_t ncells = sizeof(srv->m) / sizeof(void *);
-  if (srv->rbuf == NULL || srv->metrics == NULL || ncells > 256)
+  /* The real constructor, minus the handles, Redis, Kafka and listener:
+   * the harness drives the connections and the loop itself. */
+  if (fo_server_core_init(srv, &g_loop, &g_cfg, err, sizeof(err)) != 0) {
+    fprintf(stderr, "fz_server: %s\n", err);
     abort();
-  for (size_t i = 0; i < ncells; i++)
-    cells[i] = &g_cells[i];
-  if (fo__frame_init(srv) != 0)
-    abort();
+  }
   g_init = true;
   return srv;
 }
@@ -149,22 +136,9 @@ void fz_conn_open(fo_server_t *srv, fz_conn_t *fc) {
    * and the per-connection queue limit are all reached. */
   int small = 4096;
   setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
-  fo_conn_t *conn = calloc(1, sizeof(*conn));
-  if (conn == NULL || uv_tcp_init(srv->loop, &conn->tcp) != 0)
+  fo_conn_t *conn = NULL;
+  if (fo__conn_adopt(srv, sv[0], false, &conn) != 0)
     abort();
-  conn->srv = srv;
-  conn->tcp.data = conn;
-  if (uv_tcp_open(&conn->tcp, sv[0]) != 0)
-    abort();
-  srv->nconns++;
-  conn->id = ++srv->next_conn_id;
-  conn->state = FO_CONN_HANDSHAKE;
-  conn->deadline = uv_now(srv->loop) + (uint64_t)srv->cfg->handshake_timeout_ms;
-  conn->next = srv->conns.next;
-  conn->prev = &srv->conns;
-  srv->conns.next->prev = conn;
-  srv->conns.next = conn;
-  (*srv->m.accepted)++;
   fc->conn = conn;
   fc->peer = sv[1];
 }
@@ -352,9 +326,9 @@ void fz_conn_release(fz_conn_t *fc) {
  * (plus one frame that may go past it: the 101, a close, a reply). */
 static void check_queued(fo_server_t *srv) {
   uint64_t per = (uint64_t)srv->cfg->outq_max_bytes + 4096;
-  FZ_CHECK(srv->queued_bytes <= (uint64_t)srv->nconns * per,
+  FZ_CHECK(fo_flow_queued_bytes(srv->flow) <= (uint64_t)srv->nconns * per,
            "%llu bytes queued for %lld connections (limit %lld each)",
-           (unsigned long long)srv->queued_bytes, (long long)srv->nconns,
+           (unsigned long long)fo_flow_queued_bytes(srv->flow), (long long)srv->nconns,
            (long long)srv->cfg->outq_max_bytes);
 }
 
@@ -395,7 +369,8 @@ void fz_finish(fo_server_t *srv, fz_conn_t *fcs, size_t nfc) {
   g_finishing = false;
   FZ_CHECK(srv->nconns == 0, "%lld connections not freed", (long long)srv->nconns);
   FZ_CHECK(srv->nopen == 0, "nopen=%lld", (long long)srv->nopen);
-  FZ_CHECK(srv->queued_bytes == 0, "queued_bytes=%llu", (unsigned long long)srv->queued_bytes);
+  FZ_CHECK(fo_flow_queued_bytes(srv->flow) == 0, "queued_bytes=%llu",
+           (unsigned long long)fo_flow_queued_bytes(srv->flow));
   FZ_CHECK(srv->users.count == 0, "%u users left", srv->users.count);
   FZ_CHECK(srv->rooms.count == 0, "%u rooms left", srv->rooms.count);
   FZ_CHECK(srv->perms.count == 0, "%u permission sets left", srv->perms.count);

@@ -13,6 +13,8 @@
 #include <stdint.h>
 
 #include "delivery_int.h"
+#include "hub.h"
+#include "router.h"
 
 #define FZ_SECRET "fuzz-secret-0123456789abcdef-0123456789"
 

@@ -118,5 +118,30 @@ def test_lapsed_liveness_key_reregisters_at_once():
         s.close()
 
 
+def test_refused_registration_is_retried_soon():
+    """An HSET that Redis refuses (here: out of memory, maxmemory 1 with
+    noeviction) is counted and retried within about a second, not lost
+    until the next heartbeat pass (60 s on A)."""
+    errors0 = dtest.metrics(A)["fanout_delivery_redis_errors_total"]
+    policy = S.redis.cli("CONFIG", "GET", "maxmemory-policy").split()[-1]
+    S.redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    S.redis.cli("CONFIG", "SET", "maxmemory", "1")
+    try:
+        socks = open_many(A, ["refused"], stopped=False)
+        ft.eventually(lambda: dtest.metrics(A)["fanout_delivery_redis_errors_total"] > errors0,
+                      timeout=10, what="the refused HSET counted")
+        assert S.redis.cli("HLEN", "ws:connections:refused") == "0"
+    finally:
+        S.redis.cli("CONFIG", "SET", "maxmemory", "0")
+        S.redis.cli("CONFIG", "SET", "maxmemory-policy", policy)
+    ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:refused") == "1", timeout=10,
+                  what="registered after Redis took writes again")
+    assert 0 < int(S.redis.cli("TTL", "ws:connections:refused")) <= 300
+    for s in socks:
+        s.close()
+    ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:refused") == "0",
+                  what="entry removed on close")
+
+
 if __name__ == "__main__":
     ft.run_tests(globals(), only=sys.argv[1:] or None)

@@ -382,6 +382,34 @@ def test_frames_glued_to_the_upgrade_request():
     bystander_alive()
 
 
+def test_ping_then_close_in_one_read_gets_the_pong_first():
+    """RFC 6455 5.5.2/5.5.3: a ping is answered with a pong; a close frame
+    that follows at once (same TCP read) must not swallow that pong: the
+    pong goes out before the close reply. (Failed while fo__conn_close_ws
+    dropped the queued output.)"""
+    c = ws(sub="pingclose")
+    c.sock.settimeout(ft.scaled(5))
+    c.send(frame(0x9, b"are you there") + frame(0x8, struct.pack(">H", 1000)))
+    op, payload = c.recv_frame()
+    assert (op, bytes(payload)) == (0xA, b"are you there"), (op, payload)
+    op, payload = c.recv_frame()
+    assert op == 0x8 and struct.unpack(">H", payload[:2])[0] == 1000, (op, payload)
+    assert hl.wait_closed(c.sock, 5), "socket kept open after the close handshake"
+    c.close()
+    delivery_ok()
+
+
+def test_reply_to_a_valid_message_precedes_the_close_for_a_violation():
+    """A valid message and a protocol violation in the same read: the reply
+    to the message is written before the 1002 close frame (frames queued
+    before a close are sent before it)."""
+    c = ws(sub="validbad")
+    c.send(frame(0x1, b'{"type":"ping"}') + frame(0x1, b"hi", masked=False))
+    assert c.recv_json()["type"] == "pong"
+    c.expect_close(1002)
+    delivery_ok()
+
+
 def test_slowloris_handshakes_are_dropped():
     """Requests trickled a byte at a time never finish before the handshake
     timeout: each socket is closed after about --handshake-timeout-ms."""

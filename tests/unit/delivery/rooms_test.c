@@ -1,8 +1,8 @@
-/* delivery/rooms.c: joins that run out of memory (security review L5).
+/* delivery/hub.c (rooms): joins that run out of memory (security review L5).
  * calloc and realloc are wrapped at link time (-Wl,--wrap, see
  * CMakeLists.txt) so that the n-th call from now fails; everything else
  * goes to the real allocator (ASan's, in the Asan build). The server is a
- * zeroed fo_server_t with just what rooms.c reads. */
+ * zeroed fo_server_t with just what the hub reads. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "delivery_int.h"
+#include "hub.h"
 
 void *__real_calloc(size_t n, size_t size);
 void *__real_realloc(void *p, size_t size);
@@ -51,6 +52,7 @@ static int setup(void **state) {
   fixture_t *f = __real_calloc(1, sizeof(*f));
   f->cfg.max_rooms_per_conn = 64;
   f->cfg.room_mode = "kafka";
+  f->cfg.room_mode_id = FO_ROOM_MODE_KAFKA;
   f->srv.cfg = &f->cfg;
   f->srv.m.rooms = &f->nrooms;
   f->conn.srv = &f->srv;

@@ -1,4 +1,7 @@
-/* The connection registry in Redis (schemas/redis.md):
+/* The connection registry in Redis and the Pub/Sub subscriber (L4, beside
+ * router.c; neither calls the other). What arrives on our channels goes up
+ * through srv->rreg_ev (server.c hands it to the router), and so does
+ * "Redis is back". Keys (schemas/redis.md):
  *   {prefix}ws:connections:{user}  hash conn-id -> server-id, TTL 300 s
  *   {prefix}ws:alive:{server}      liveness key, short TTL, refreshed often
  *   {prefix}ws:server:{server}     our Pub/Sub channel (second connection)
@@ -9,6 +12,10 @@
  * HSET (all its connections) + EXPIRE, pipelined (hiredis writes everything
  * queued in one loop turn in one go). After Redis comes back, the same pass
  * re-registers everything.
+ * No command's failure is dropped: every one is counted in redis_errors; a
+ * refused HSET or EXPIRE starts a re-registration pass after a short,
+ * backed-off delay (retry_timer) instead of waiting for the next refresh,
+ * and a refused HDEL is sent again from the same timer.
  * In room mode "redis" the Pub/Sub connection also follows the local rooms:
  * SUBSCRIBE {prefix}ws:room:{room} on the first local join, UNSUBSCRIBE on the
  * last leave, never a SUBSCRIBE while an UNSUBSCRIBE of that channel is in
@@ -19,11 +26,29 @@
 #include <string.h>
 
 #include "delivery_int.h"
+#include "rreg.h"
+#include "hub.h"
 #include "log.h"
 #include "redis_uv.h"
 #include "rkeys.h"
 
 #define REFRESH_CHUNK 500
+#define RETRY_MIN_MS 500
+#define HDEL_RETRY_MAX 10000 /* failed HDELs held for a resend; past it the TTL cleans up */
+
+/* A user with connections to register at the end of this loop turn. By
+ * name, not a fo_user_t pointer: the user may be gone by then. */
+typedef struct {
+  uint32_t len;
+  char name[];
+} pend_t;
+
+/* A HDEL to send again (its reply was an error or the connection dropped). */
+typedef struct hdel {
+  struct hdel *next;
+  uint32_t klen, ilen;
+  char data[];              /* key, then the connection id */
+} hdel_t;
 
 struct fo_rreg {
   fo_server_t *srv;
@@ -32,6 +57,11 @@ struct fo_rreg {
   uv_timer_t alive_timer;
   uv_timer_t refresh_timer;   /* periodic pass start */
   uv_timer_t chunk_timer;     /* continues a pass in chunks */
+  uv_timer_t retry_timer;     /* a pass and the HDELs after a refused command */
+  uint64_t retry_ms;          /* next retry delay: doubles while commands fail */
+  bool retry_pass;            /* a registration was refused: pass at retry_timer */
+  hdel_t *hdels;              /* HDELs to resend (owned); hdels_n of them */
+  uint32_t hdels_n;
   uint32_t cursor;
   bool pass_running;
   bool sub_ready;
@@ -43,7 +73,7 @@ struct fo_rreg {
   size_t room_prefix_len;
   int64_t *up_gauge;
   uint64_t last_errors;
-  fo_user_t **pend;           /* users with connections not registered yet; NULL = gone */
+  pend_t **pend;              /* users with connections not registered yet (owned) */
   uint32_t npend, pend_cap;
   fo_map_t unsubs;            /* unsub_t by room name, on the current sub connection */
 };
@@ -75,6 +105,53 @@ static void count_error(fo_redis_t *r, redisReply *reply, void *privdata) {
   fo_server_t *srv = privdata;
   if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
     (*srv->m.redis_errors)++;
+}
+
+/* A command that could not even be queued (-ENOTCONN, -ENOMEM): counted
+ * like a failed reply. Returns rc. */
+static int sent(fo_rreg_t *rr, int rc) {
+  if (rc != 0)
+    (*rr->srv->m.redis_errors)++;
+  return rc;
+}
+
+static void on_retry(uv_timer_t *t);
+
+/* Something failed: retry soon, later each time it keeps failing. */
+static void retry_later(fo_rreg_t *rr) {
+  if (rr->srv->draining || uv_is_active((uv_handle_t *)&rr->retry_timer))
+    return;
+  uint64_t max = (uint64_t)rr->srv->cfg->registry_refresh_ms;
+  if (rr->retry_ms == 0)
+    rr->retry_ms = RETRY_MIN_MS < max ? RETRY_MIN_MS : max;
+  uv_timer_start(&rr->retry_timer, on_retry, rr->retry_ms, 0);
+  rr->retry_ms = rr->retry_ms * 2 < max ? rr->retry_ms * 2 : max;
+}
+
+/* HSET / EXPIRE of a registration. NULL (connection lost) needs nothing
+ * more: the pass after reconnecting re-registers everything. A refused one
+ * would otherwise wait for the next refresh pass (a minute by default)
+ * while the user's messages from other servers miss this connection. */
+static void on_reg_reply(fo_redis_t *r, redisReply *reply, void *privdata) {
+  (void)r;
+  fo_rreg_t *rr = privdata;
+  if (reply != NULL && reply->type != REDIS_REPLY_ERROR) {
+    if (!uv_is_active((uv_handle_t *)&rr->retry_timer))
+      rr->retry_ms = 0; /* Redis takes them again: the next failure retries fast */
+    return;
+  }
+  (*rr->srv->m.redis_errors)++;
+  if (reply != NULL) {
+    rr->retry_pass = true;
+    retry_later(rr);
+  }
+}
+
+static void reg_sent(fo_rreg_t *rr, int rc) {
+  if (sent(rr, rc) != 0 && fo_redis_connected(rr->cmd)) {
+    rr->retry_pass = true;
+    retry_later(rr);
+  }
 }
 
 /* HSET key c1 sid c2 sid ... (at most MAXF fields a command) for the open
@@ -110,16 +187,16 @@ static void send_user(fo_rreg_t *rr, fo_user_t *user, bool only_pending) {
     argvlen[argc++] = sidlen;
     total++;
     if (++k == MAXF) {
-      fo_redis_command_argv(rr->cmd, count_error, srv, argc, argv, argvlen);
+      reg_sent(rr, fo_redis_command_argv(rr->cmd, on_reg_reply, rr, argc, argv, argvlen));
       argc = 2;
       k = 0;
     }
   }
   if (k > 0)
-    fo_redis_command_argv(rr->cmd, count_error, srv, argc, argv, argvlen);
+    reg_sent(rr, fo_redis_command_argv(rr->cmd, on_reg_reply, rr, argc, argv, argvlen));
   if (total > 0)
-    fo_redis_command(rr->cmd, count_error, srv, "EXPIRE %b %d", rr->key.data, rr->key.len,
-                     FO_REGISTRY_TTL_S);
+    reg_sent(rr, fo_redis_command(rr->cmd, on_reg_reply, rr, "EXPIRE %b %d", rr->key.data,
+                                  rr->key.len, FO_REGISTRY_TTL_S));
 }
 
 static void register_user(fo_user_t *user, void *ud) {
@@ -153,10 +230,11 @@ static void set_alive(fo_rreg_t *rr) {
   fo_sb_t k;
   fo_sb_init(&k);
   fo_rkey_alive(&k, srv->cfg->redis_prefix, srv->cfg->server_id);
+  /* A failed SET is repaired by the next alive tick: its PEXPIRE answers 0. */
   if (!k.oom)
-    fo_redis_command(rr->cmd, count_error, srv, "SET %b %b PX %lld", k.data, k.len,
-                     srv->cfg->server_id, strlen(srv->cfg->server_id),
-                     (long long)srv->cfg->alive_ttl_ms);
+    sent(rr, fo_redis_command(rr->cmd, count_error, srv, "SET %b %b PX %lld", k.data, k.len,
+                              srv->cfg->server_id, strlen(srv->cfg->server_id),
+                              (long long)srv->cfg->alive_ttl_ms));
   fo_sb_free(&k);
 }
 
@@ -189,9 +267,9 @@ static void on_alive(uv_timer_t *t) {
   fo_sb_t k;
   fo_sb_init(&k);
   fo_rkey_alive(&k, srv->cfg->redis_prefix, srv->cfg->server_id);
-  if (!k.oom)
-    fo_redis_command(rr->cmd, on_alive_refreshed, rr, "PEXPIRE %b %lld", k.data, k.len,
-                     (long long)srv->cfg->alive_ttl_ms);
+  if (!k.oom) /* a failure is retried by the next tick, a third of the TTL later */
+    sent(rr, fo_redis_command(rr->cmd, on_alive_refreshed, rr, "PEXPIRE %b %lld", k.data, k.len,
+                              (long long)srv->cfg->alive_ttl_ms));
   fo_sb_free(&k);
 }
 
@@ -212,7 +290,8 @@ static void on_cmd_state(fo_redis_t *r, bool connected, void *ud) {
     return;
   set_alive(rr);
   start_pass(rr);              /* re-register everything we hold */
-  fo__router_redis_up(srv);
+  if (srv->rreg_ev.redis_up != NULL)
+    srv->rreg_ev.redis_up(srv);
 }
 
 /* ---- Pub/Sub ---- */
@@ -231,7 +310,9 @@ static int room_cmd(fo_rreg_t *rr, const char *verb, const char *room, size_t le
       rc = fo_redis_command(rr->sub, NULL, NULL, "UNSUBSCRIBE %b", ch.data, ch.len);
   }
   fo_sb_free(&ch);
-  return rc;
+  /* Counted; a SUBSCRIBE that could not be queued (out of memory: the
+   * connection is up, callers check) is sent again on the next reconnect. */
+  return sent(rr, rc);
 }
 
 static void clear_unsubs(fo_rreg_t *rr) {
@@ -285,11 +366,13 @@ static void on_sub_message(fo_redis_t *r, redisReply *reply, void *privdata) {
   if (msg->type != REDIS_REPLY_STRING)
     return;
   if (chan->len == rr->channel_len && memcmp(chan->str, rr->channel, chan->len) == 0) {
-    fo__router_pubsub(srv, msg->str, msg->len);
+    if (srv->rreg_ev.pubsub_user != NULL)
+      srv->rreg_ev.pubsub_user(srv, msg->str, msg->len);
   } else if (chan->len > rr->room_prefix_len &&
              memcmp(chan->str, rr->room_prefix, rr->room_prefix_len) == 0) {
-    fo__router_room_pubsub(srv, chan->str + rr->room_prefix_len,
-                           chan->len - rr->room_prefix_len, msg->str, msg->len);
+    if (srv->rreg_ev.pubsub_room != NULL)
+      srv->rreg_ev.pubsub_room(srv, chan->str + rr->room_prefix_len,
+                               chan->len - rr->room_prefix_len, msg->str, msg->len);
   }
 }
 
@@ -301,8 +384,11 @@ static void on_sub_state(fo_redis_t *r, bool connected, void *ud) {
   clear_unsubs(rr); /* that connection's subscriptions are gone with it */
   if (!connected)
     return;
-  fo_redis_command(r, on_sub_message, rr, "SUBSCRIBE %b", rr->channel, rr->channel_len);
-  if (strcmp(srv->cfg->room_mode, "redis") == 0) {
+  if (sent(rr, fo_redis_command(r, on_sub_message, rr, "SUBSCRIBE %b", rr->channel,
+                                rr->channel_len)) != 0)
+    FO_LOG_WARN("registry", "could not subscribe: not ready until the next reconnect",
+                "channel=%s", rr->channel); /* /readyz says so: redis_up stays 0 */
+  if (srv->cfg->room_mode_id == FO_ROOM_MODE_REDIS) {
     uint32_t cur = 0;
     fo_mapent_t *e;
     while ((e = fo_map_next(&srv->rooms, &cur)) != NULL)
@@ -354,27 +440,34 @@ void fo__rreg_conn_added(fo_server_t *srv, fo_conn_t *conn) {
   if (rr == NULL || user == NULL || !fo_redis_connected(rr->cmd))
     return; /* the pass after reconnecting registers it */
   conn->reg_pending = 1;
-  if (user->pend != 0)
+  /* Connections registered this turn are the newest of their user, at the
+   * head of its list (hub.c adds there, just before this call): if the one
+   * after conn is pending, the user is listed already. A user whose pending
+   * connections all closed meanwhile may be listed twice; the second send
+   * finds nothing left to send. */
+  if (conn->user_next != NULL && conn->user_next->reg_pending)
     return;
+  size_t len;
+  const char *name = fo__user_name(user, &len);
+  pend_t *p = NULL;
   if (rr->npend == rr->pend_cap) {
     uint32_t ncap = rr->pend_cap ? rr->pend_cap * 2 : 64;
-    fo_user_t **np = realloc(rr->pend, ncap * sizeof(*np));
-    if (np == NULL) { /* the next heartbeat pass registers it */
-      conn->reg_pending = 0;
-      return;
+    pend_t **np = realloc(rr->pend, ncap * sizeof(*np));
+    if (np != NULL) {
+      rr->pend = np;
+      rr->pend_cap = ncap;
     }
-    rr->pend = np;
-    rr->pend_cap = ncap;
   }
-  rr->pend[rr->npend++] = user;
-  user->pend = rr->npend;
-}
-
-void fo__rreg_user_gone(fo_server_t *srv, fo_user_t *user) {
-  fo_rreg_t *rr = srv->rreg;
-  if (rr != NULL && user->pend != 0 && user->pend <= rr->npend)
-    rr->pend[user->pend - 1] = NULL;
-  user->pend = 0;
+  if (rr->npend < rr->pend_cap)
+    p = malloc(sizeof(*p) + len);
+  if (p == NULL) { /* the next heartbeat pass registers it */
+    conn->reg_pending = 0;
+    (*srv->m.redis_errors)++;
+    return;
+  }
+  p->len = (uint32_t)len;
+  memcpy(p->name, name, len);
+  rr->pend[rr->npend++] = p;
 }
 
 void fo__rreg_flush(fo_server_t *srv) {
@@ -383,14 +476,87 @@ void fo__rreg_flush(fo_server_t *srv) {
     return;
   bool up = fo_redis_connected(rr->cmd);
   for (uint32_t i = 0; i < rr->npend; i++) {
-    fo_user_t *user = rr->pend[i];
-    if (user == NULL)
-      continue;
-    user->pend = 0;
-    if (up)
-      send_user(rr, user, true); /* else: the pass after reconnecting registers it */
+    pend_t *p = rr->pend[i];
+    fo_user_t *user = up ? fo__registry_user(srv, p->name, p->len) : NULL;
+    if (user != NULL) /* NULL: gone, or Redis down (the pass after reconnecting) */
+      send_user(rr, user, true);
+    free(p);
   }
   rr->npend = 0;
+}
+
+/* A refused or lost HDEL would leave a field naming a closed connection for
+ * as long as the user has others here (EXPIRE keeps the key alive): other
+ * servers would keep publishing to us for it. So it is sent again. */
+static void hdel_keep(fo_rreg_t *rr, hdel_t *h) {
+  if (rr->hdels_n >= HDEL_RETRY_MAX) {
+    free(h); /* counted already; the user's key TTL is the last resort */
+    return;
+  }
+  h->next = rr->hdels;
+  rr->hdels = h;
+  rr->hdels_n++;
+  retry_later(rr);
+}
+
+static void on_hdel_reply(fo_redis_t *r, redisReply *reply, void *privdata) {
+  (void)r;
+  hdel_t *h = privdata;
+  fo_rreg_t *rr = *(fo_rreg_t **)h->data;
+  if (reply != NULL && reply->type != REDIS_REPLY_ERROR) {
+    free(h);
+    return;
+  }
+  (*rr->srv->m.redis_errors)++;
+  if (rr->srv->rreg != rr) { /* closing: the context is going away */
+    free(h);
+    return;
+  }
+  hdel_keep(rr, h);
+}
+
+/* The reply callback needs the key and id again only on failure, but must
+ * own them from the start: one allocation per closed connection. The
+ * registry pointer is kept at the front of data. */
+static void send_hdel(fo_rreg_t *rr, const char *key, size_t klen, const char *id, size_t ilen) {
+  hdel_t *h = malloc(sizeof(*h) + sizeof(rr) + klen + ilen);
+  if (h == NULL) {
+    (*rr->srv->m.redis_errors)++;
+    return;
+  }
+  h->next = NULL;
+  h->klen = (uint32_t)klen;
+  h->ilen = (uint32_t)ilen;
+  memcpy(h->data, &rr, sizeof(rr));
+  memcpy(h->data + sizeof(rr), key, klen);
+  memcpy(h->data + sizeof(rr) + klen, id, ilen);
+  const char *argv[3] = {"HDEL", h->data + sizeof(rr), h->data + sizeof(rr) + klen};
+  size_t argvlen[3] = {4, klen, ilen};
+  if (sent(rr, fo_redis_command_argv(rr->cmd, on_hdel_reply, h, 3, argv, argvlen)) != 0)
+    hdel_keep(rr, h);
+}
+
+static void on_retry(uv_timer_t *t) {
+  fo_rreg_t *rr = t->data;
+  if (!fo_redis_connected(rr->cmd)) {
+    if (rr->hdels != NULL)
+      retry_later(rr); /* a reconnect's pass re-registers; HDELs still wait */
+    return;
+  }
+  if (rr->retry_pass) {
+    rr->retry_pass = false;
+    start_pass(rr);
+  }
+  hdel_t *h = rr->hdels;
+  rr->hdels = NULL;
+  rr->hdels_n = 0;
+  while (h != NULL) {
+    hdel_t *next = h->next;
+    const char *key = h->data + sizeof(rr);
+    send_hdel(rr, key, h->klen, key + h->klen, h->ilen);
+    free(h);
+    h = next;
+  }
 }
 
 void fo__rreg_conn_removed(fo_server_t *srv, fo_conn_t *conn) {
@@ -405,7 +571,7 @@ void fo__rreg_conn_removed(fo_server_t *srv, fo_conn_t *conn) {
   fo_rkey_connections(&rr->key, srv->cfg->redis_prefix, name, ulen);
   if (rr->key.oom)
     return;
-  fo_redis_command(rr->cmd, count_error, srv, "HDEL %b %s", rr->key.data, rr->key.len, id);
+  send_hdel(rr, rr->key.data, rr->key.len, id, strlen(id));
 }
 
 /* ---- life ---- */
@@ -433,8 +599,10 @@ int fo__rreg_new(fo_server_t *srv) {
   uv_timer_init(srv->loop, &rr->alive_timer);
   uv_timer_init(srv->loop, &rr->refresh_timer);
   uv_timer_init(srv->loop, &rr->chunk_timer);
+  uv_timer_init(srv->loop, &rr->retry_timer);
   rr->alive_timer.data = rr->refresh_timer.data = rr->chunk_timer.data = rr;
-  rr->open_handles = 3;
+  rr->retry_timer.data = rr;
+  rr->open_handles = 4;
   uint64_t alive_every = (uint64_t)cfg->alive_ttl_ms / 3;
   uv_timer_start(&rr->alive_timer, on_alive, alive_every, alive_every);
   uv_timer_start(&rr->refresh_timer, on_refresh, (uint64_t)cfg->registry_refresh_ms,
@@ -443,8 +611,8 @@ int fo__rreg_new(fo_server_t *srv) {
   fo_redis_opts_t o = {
       .host = cfg->redis.host,
       .port = cfg->redis.port,
-      .connect_timeout_ms = 2000,
-      .command_timeout_ms = 3000,
+      .connect_timeout_ms = (int)cfg->redis_timeout_ms,
+      .command_timeout_ms = (int)cfg->redis_timeout_ms,
       .backoff_min_ms = 100,
       .backoff_max_ms = 3000,
       .name = "registry",
@@ -468,12 +636,13 @@ void fo__rreg_drain(fo_server_t *srv) {
   uv_timer_stop(&rr->alive_timer);
   uv_timer_stop(&rr->refresh_timer);
   uv_timer_stop(&rr->chunk_timer);
+  uv_timer_stop(&rr->retry_timer);
   if (fo_redis_connected(rr->cmd)) {
     fo_sb_t k;
     fo_sb_init(&k);
     fo_rkey_alive(&k, srv->cfg->redis_prefix, srv->cfg->server_id);
-    if (!k.oom)
-      fo_redis_command(rr->cmd, count_error, srv, "DEL %b", k.data, k.len);
+    if (!k.oom) /* a failure leaves the key to its short TTL */
+      sent(rr, fo_redis_command(rr->cmd, count_error, srv, "DEL %b", k.data, k.len));
     fo_sb_free(&k);
   }
 }
@@ -483,6 +652,13 @@ static void on_timer_closed(uv_handle_t *h) {
   if (--rr->open_handles == 0) {
     fo_sb_free(&rr->key);
     clear_unsubs(rr);
+    while (rr->hdels != NULL) {
+      hdel_t *hd = rr->hdels;
+      rr->hdels = hd->next;
+      free(hd);
+    }
+    for (uint32_t i = 0; i < rr->npend; i++)
+      free(rr->pend[i]);
     free(rr->pend);
     free(rr->channel);
     free(rr->room_prefix);
@@ -500,6 +676,7 @@ void fo__rreg_close(fo_server_t *srv) {
   uv_close((uv_handle_t *)&rr->alive_timer, on_timer_closed);
   uv_close((uv_handle_t *)&rr->refresh_timer, on_timer_closed);
   uv_close((uv_handle_t *)&rr->chunk_timer, on_timer_closed);
+  uv_close((uv_handle_t *)&rr->retry_timer, on_timer_closed);
 }
 
 uint64_t fo__rreg_errors(fo_server_t *srv) {

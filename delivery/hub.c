@@ -1,6 +1,14 @@
-/* Rooms: room -> local members (an array, so a broadcast walks contiguous
- * pointers), connection -> rooms (a small array allocated on the first
- * join), and the interned permission sets from the JWT `rooms` claim. */
+/* The local hub: who is connected here and to what.
+ *  - users: user name -> its connections (interned names; a connection
+ *    holds a pointer, not a copy);
+ *  - rooms: room -> local members (an array, so a broadcast walks
+ *    contiguous pointers), connection -> rooms (a small array allocated on
+ *    the first join);
+ *  - perms: the interned permission sets from the JWT `rooms` claim.
+ * Events go up through srv->hub_ev (wired by server.c): the last connection
+ * of a user gone, the first/last local member of a room (the Redis registry
+ * subscribes and unsubscribes the room's channel). The hub calls no module
+ * above it. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +16,92 @@
 #include <jansson.h>
 
 #include "delivery_int.h"
+#include "hub.h"
+
+/* ---- users ---- */
+
+fo_user_t *fo__registry_user(fo_server_t *srv, const char *user, size_t len) {
+  return (fo_user_t *)fo_map_get(&srv->users, user, len, fo_map_hash(user, len));
+}
+
+fo_conn_t *fo__user_conns(fo_user_t *user) {
+  return user ? user->conns : NULL;
+}
+
+const char *fo__user_name(const fo_user_t *user, size_t *len) {
+  *len = user->ent.len;
+  return user->name;
+}
+
+int fo__registry_add(fo_conn_t *conn, const char *name, size_t len) {
+  fo_server_t *srv = conn->srv;
+  uint32_t h = fo_map_hash(name, len);
+  fo_user_t *user = (fo_user_t *)fo_map_get(&srv->users, name, len, h);
+  if (user == NULL) {
+    user = malloc(sizeof(*user) + len + 1);
+    if (user == NULL)
+      return -ENOMEM;
+    memcpy(user->name, name, len);
+    user->name[len] = '\0';
+    user->ent.hash = h;
+    user->ent.len = (uint32_t)len;
+    user->ent.key = user->name;
+    user->conns = NULL;
+    user->nconns = 0;
+    if (fo_map_put(&srv->users, &user->ent) != 0) {
+      free(user);
+      return -ENOMEM;
+    }
+    (*srv->m.users)++;
+  }
+  conn->user = user;
+  conn->user_next = user->conns;
+  user->conns = conn;
+  user->nconns++;
+  return 0;
+}
+
+void fo__registry_remove(fo_conn_t *conn) {
+  fo_user_t *user = conn->user;
+  if (user == NULL)
+    return;
+  for (fo_conn_t **pp = &user->conns; *pp != NULL; pp = &(*pp)->user_next) {
+    if (*pp == conn) {
+      *pp = conn->user_next;
+      break;
+    }
+  }
+  conn->user_next = NULL;
+  conn->user = NULL;
+  if (--user->nconns == 0) {
+    if (conn->srv->hub_ev.user_gone != NULL)
+      conn->srv->hub_ev.user_gone(conn->srv, user);
+    fo_map_del(&conn->srv->users, &user->ent);
+    (*conn->srv->m.users)--;
+    free(user);
+  }
+}
+
+uint32_t fo__registry_each_user(fo_server_t *srv, uint32_t cursor, uint32_t max,
+                                void (*cb)(fo_user_t *user, void *ud), void *ud) {
+  uint32_t n = 0;
+  fo_mapent_t *e;
+  while (n < max && (e = fo_map_next(&srv->users, &cursor)) != NULL) {
+    cb((fo_user_t *)e, ud);
+    n++;
+  }
+  return cursor >= srv->users.cap ? 0 : cursor;
+}
+
+void fo__registry_free(fo_server_t *srv) {
+  uint32_t cur = 0;
+  fo_mapent_t *e;
+  while ((e = fo_map_next(&srv->users, &cur)) != NULL)
+    free(e);
+  fo_map_free(&srv->users);
+}
+
+/* ---- rooms ---- */
 
 struct fo_room {
   fo_mapent_t ent;
@@ -197,8 +291,8 @@ int fo__room_join(fo_conn_t *conn, const char *name, size_t len) {
   cr->e[cr->n].idx = room->n;
   cr->n++;
   room->n++;
-  if (created && strcmp(srv->cfg->room_mode, "redis") == 0)
-    fo__rreg_room_sub(srv, room->name, len, true);
+  if (created && srv->hub_ev.room_sub != NULL)
+    srv->hub_ev.room_sub(srv, room->name, len, true);
   return 0;
 }
 
@@ -225,8 +319,8 @@ static void leave_at(fo_conn_t *conn, uint32_t i) {
     conn->rooms = NULL;
   }
   if (room->n == 0) {
-    if (strcmp(srv->cfg->room_mode, "redis") == 0)
-      fo__rreg_room_sub(srv, room->name, room->ent.len, false);
+    if (srv->hub_ev.room_sub != NULL)
+      srv->hub_ev.room_sub(srv, room->name, room->ent.len, false);
     fo_map_del(&srv->rooms, &room->ent);
     (*srv->m.rooms)--;
     free(room->members);

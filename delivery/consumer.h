@@ -1,0 +1,20 @@
+/* The Kafka consumers (consumer.c): records -> messages for the router
+ * and the hub. */
+#ifndef FO_CONSUMER_H
+#define FO_CONSUMER_H
+
+#include "delivery_int.h"
+
+int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen);
+void fo__consumer_pause(fo_server_t *srv, bool pause);
+/* Starts the consumer close (leaving the group); cb-less: check _closed. */
+void fo__consumer_drain(fo_server_t *srv);
+bool fo__consumer_closed(fo_server_t *srv);
+/* Closes the consumer's loop handles. */
+void fo__consumer_free(fo_server_t *srv);
+/* After the loop ended: destroys the Kafka handles. */
+void fo__consumer_destroy(fo_server_t *srv);
+/* Refreshes the lag gauge (metrics collect). */
+void fo__consumer_collect(fo_server_t *srv);
+
+#endif

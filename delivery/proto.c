@@ -1,0 +1,139 @@
+/* The client protocol as text (proto.h, schemas/client-protocol.md). */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "id.h"
+#include "json_out.h"
+#include "proto.h"
+
+int fo_proto_json_ct(const char *ct, size_t n) {
+  static const char js[] = "application/json";
+  size_t jl = sizeof(js) - 1;
+  if (n < jl || strncasecmp(ct, js, jl) != 0)
+    return 0;
+  return n == jl || ct[jl] == ';' || ct[jl] == ' ';
+}
+
+int fo_proto_message(fo_sb_t *sb, const fo_env_t *env, char letter, int32_t partition,
+                     int64_t offset) {
+  char id[FO_ID_STR_LEN + 1];
+  fo_sb_reset(sb);
+  fo_id_format(env->id, id);
+  fo_sb_puts(sb, "{\"type\":\"message\",\"id\":\"");
+  fo_sb_puts(sb, id);
+  fo_sb_puts(sb, letter == 'u' ? "\",\"user\":" : "\",\"room\":");
+  fo_json_put_str(sb, env->target, env->target_len);
+  fo_sb_printf(sb, ",\"pos\":\"%c/%" PRId32 "/%" PRId64 "\",\"data\":", letter, partition,
+               offset);
+  int done = 0;
+  if (fo_proto_json_ct(env->content_type, env->content_type_len)) {
+    /* Validated once per message, inserted raw for every recipient. */
+    json_t *j = json_loadb((const char *)env->payload, env->payload_len,
+                           JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    if (j != NULL) {
+      json_decref(j);
+      fo_sb_append(sb, env->payload, env->payload_len);
+      done = 1;
+    }
+  }
+  if (!done) {
+    if (fo_utf8_valid(env->payload, env->payload_len)) {
+      fo_json_put_str(sb, (const char *)env->payload, env->payload_len);
+    } else {
+      fo_sb_putc(sb, '"');
+      fo_base64_put(sb, env->payload, env->payload_len);
+      fo_sb_puts(sb, "\",\"encoding\":\"base64\"");
+    }
+  }
+  fo_sb_putc(sb, '}');
+  return sb->oom ? -ENOMEM : 0;
+}
+
+int fo_proto_room_reply(fo_sb_t *sb, int joined, const char *room, size_t len) {
+  fo_sb_reset(sb);
+  fo_sb_puts(sb, joined ? "{\"type\":\"joined\",\"room\":" : "{\"type\":\"left\",\"room\":");
+  fo_json_put_str(sb, room, len);
+  fo_sb_putc(sb, '}');
+  return sb->oom ? -ENOMEM : 0;
+}
+
+int fo_proto_error(fo_sb_t *sb, const char *code, const char *message) {
+  fo_sb_reset(sb);
+  fo_sb_puts(sb, "{\"type\":\"error\",\"code\":\"");
+  fo_sb_puts(sb, code);
+  fo_sb_puts(sb, "\",\"message\":");
+  fo_json_put_str(sb, message, strlen(message));
+  fo_sb_putc(sb, '}');
+  return sb->oom ? -ENOMEM : 0;
+}
+
+static fo_proto_kind_t bad(fo_proto_msg_t *out, const char *code, const char *msg) {
+  out->kind = FO_PROTO_BAD;
+  out->err_code = code;
+  out->err_msg = msg;
+  return FO_PROTO_BAD;
+}
+
+fo_proto_kind_t fo_proto_parse(const uint8_t *p, size_t n, fo_proto_msg_t *out) {
+  json_error_t jerr;
+  out->room_len = 0;
+  out->room[0] = '\0';
+  json_t *msg = json_loadb((const char *)p, n, 0, &jerr);
+  const char *type = json_string_value(json_object_get(msg, "type"));
+  fo_proto_kind_t kind;
+  if (type == NULL) {
+    kind = bad(out, "bad_request", "expected a JSON object with a \"type\"");
+  } else if (strcmp(type, "ping") == 0) {
+    kind = out->kind = FO_PROTO_PING;
+  } else if (strcmp(type, "join") == 0 || strcmp(type, "leave") == 0) {
+    json_t *room = json_object_get(msg, "room");
+    const char *name = json_string_value(room);
+    size_t len = json_string_length(room);
+    if (name == NULL || len == 0 || len > FO_PROTO_ROOM_MAX) {
+      kind = bad(out, "bad_request", "\"room\" must be a non-empty string of at most 256 bytes");
+    } else {
+      memcpy(out->room, name, len);
+      out->room[len] = '\0';
+      out->room_len = len;
+      kind = out->kind = type[0] == 'j' ? FO_PROTO_JOIN : FO_PROTO_LEAVE;
+    }
+  } else {
+    kind = bad(out, "bad_request", "unknown message type");
+  }
+  json_decref(msg);
+  return kind;
+}
+
+fo_buf_t *fo_proto_pub_user(const char *user, size_t ulen, const char *json, size_t jlen,
+                            uint32_t *user_off) {
+  char hdr[24];
+  int hl = snprintf(hdr, sizeof(hdr), "%zu:", ulen);
+  fo_buf_t *pub = fo_buf_new((size_t)hl + ulen + jlen);
+  if (pub == NULL)
+    return NULL;
+  memcpy(pub->data, hdr, (size_t)hl);
+  memcpy(pub->data + hl, user, ulen);
+  memcpy(pub->data + hl + ulen, json, jlen);
+  pub->len = (uint32_t)((size_t)hl + ulen + jlen);
+  *user_off = (uint32_t)hl;
+  return pub;
+}
+
+int fo_proto_pub_parse(const char *p, size_t n, const char **user, size_t *ulen,
+                       const char **json, size_t *jlen) {
+  size_t i = 0, len = 0;
+  while (i < n && i < 6 && p[i] >= '0' && p[i] <= '9')
+    len = len * 10 + (size_t)(p[i++] - '0');
+  if (i == 0 || i >= n || p[i] != ':' || len == 0 || len > n - i - 1)
+    return -EPROTO;
+  *user = p + i + 1;
+  *ulen = len;
+  *json = *user + len;
+  *jlen = n - i - 1 - len;
+  return *jlen > 0 ? 0 : -EPROTO;
+}

@@ -1,0 +1,71 @@
+/* The client protocol of fanout-delivery (schemas/client-protocol.md), as
+ * text: every JSON text a client sees (message, joined, left, pong, error),
+ * the parsing of what a client sends (ping, join, leave), and the payload
+ * servers PUBLISH to each other for a user ("<len>:<user><json>"). Pure
+ * code: no sockets, no loop, no server state; frames are built by the
+ * caller (ws.h) around these texts. */
+#ifndef FO_PROTO_H
+#define FO_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "envelope.h"
+
+/* Longest room name a client may send (bytes). */
+#define FO_PROTO_ROOM_MAX 256
+
+/* {"type":"pong"}, the answer to a client's {"type":"ping"}. */
+#define FO_PROTO_PONG "{\"type\":\"pong\"}"
+#define FO_PROTO_PONG_LEN (sizeof(FO_PROTO_PONG) - 1)
+
+/* The message frame text of a decoded envelope, into sb (reset first):
+ * {"type":"message","id":..,"user"|"room":..,"pos":"<letter>/<p>/<o>","data":..}.
+ * letter is 'u' (user message) or 'r' (room broadcast). A JSON payload
+ * (content type application/json) that parses is inserted raw; other
+ * payloads become a JSON string, or base64 with "encoding":"base64" when
+ * not UTF-8. Returns 0 or -ENOMEM. */
+int fo_proto_message(fo_sb_t *sb, const fo_env_t *env, char letter, int32_t partition,
+                     int64_t offset);
+
+/* Is this content type application/json (any case, parameters allowed)?
+ * Such payloads are inserted raw when they parse. */
+int fo_proto_json_ct(const char *ct, size_t n);
+
+/* {"type":"joined"|"left","room":..} into sb (reset first); joined = 0: left. */
+int fo_proto_room_reply(fo_sb_t *sb, int joined, const char *room, size_t len);
+
+/* {"type":"error","code":..,"message":..} into sb (reset first). */
+int fo_proto_error(fo_sb_t *sb, const char *code, const char *message);
+
+/* A client message, parsed. */
+typedef enum {
+  FO_PROTO_BAD = 0, /* not understood: answer with error (err_code, err_msg) */
+  FO_PROTO_PING,
+  FO_PROTO_JOIN,
+  FO_PROTO_LEAVE,
+} fo_proto_kind_t;
+
+typedef struct {
+  fo_proto_kind_t kind;
+  const char *err_code;   /* FO_PROTO_BAD: static strings */
+  const char *err_msg;
+  size_t room_len;        /* JOIN/LEAVE */
+  char room[FO_PROTO_ROOM_MAX + 1]; /* NUL-terminated copy (the name may hold NULs) */
+} fo_proto_msg_t;
+
+/* Parses one text message of a client (any bytes). Fills *out; returns
+ * out->kind. */
+fo_proto_kind_t fo_proto_parse(const uint8_t *p, size_t n, fo_proto_msg_t *out);
+
+/* The Pub/Sub payload for a user message: "<decimal user length>:<user><json>",
+ * where json is the client frame's text, framed as is by the receiver.
+ * Returns a buffer (refs 1) and the user's offset in it, or NULL on OOM. */
+fo_buf_t *fo_proto_pub_user(const char *user, size_t ulen, const char *json, size_t jlen,
+                            uint32_t *user_off);
+/* Parses that payload (pointers into p); returns 0 or -EPROTO. */
+int fo_proto_pub_parse(const char *p, size_t n, const char **user, size_t *ulen,
+                       const char **json, size_t *jlen);
+
+#endif

@@ -1,0 +1,168 @@
+/* delivery/proto.c: every client-visible text, the client messages parsed
+ * (bad input included), the server-to-server payload; and frame.c's frames. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "frame.h"
+#include "proto.h"
+#include "ws.h"
+
+static fo_env_t env_of(const char *target, const char *payload, size_t plen, const char *ct) {
+  fo_env_t e;
+  memset(&e, 0, sizeof(e));
+  for (int i = 0; i < FO_ID_LEN; i++)
+    e.id[i] = (uint8_t)(0x10 + i);
+  e.kind = FO_ENV_SEND;
+  e.target = target;
+  e.target_len = strlen(target);
+  e.payload = (const uint8_t *)payload;
+  e.payload_len = plen;
+  e.content_type = ct;
+  e.content_type_len = strlen(ct);
+  return e;
+}
+
+static void assert_sb(fo_sb_t *sb, const char *want) {
+  assert_false(sb->oom);
+  assert_int_equal(sb->len, strlen(want));
+  assert_memory_equal(sb->data, want, sb->len);
+}
+
+static void message_frames(void **state) {
+  (void)state;
+  fo_sb_t sb;
+  fo_sb_init(&sb);
+  fo_env_t e = env_of("alice", "{\"a\":1}", 7, "application/json; charset=utf-8");
+  assert_int_equal(fo_proto_message(&sb, &e, 'u', 3, 42), 0);
+  assert_sb(&sb, "{\"type\":\"message\",\"id\":\"10111213-1415-1617-1819-1a1b1c1d1e1f\","
+                 "\"user\":\"alice\",\"pos\":\"u/3/42\",\"data\":{\"a\":1}}");
+  /* JSON content type but not JSON: a string */
+  e = env_of("lob\"by", "{nope", 5, "application/json");
+  assert_int_equal(fo_proto_message(&sb, &e, 'r', 0, 7), 0);
+  assert_sb(&sb, "{\"type\":\"message\",\"id\":\"10111213-1415-1617-1819-1a1b1c1d1e1f\","
+                 "\"room\":\"lob\\\"by\",\"pos\":\"r/0/7\",\"data\":\"{nope\"}");
+  /* not UTF-8: base64 */
+  e = env_of("bob", "\xff\xfe", 2, "application/octet-stream");
+  assert_int_equal(fo_proto_message(&sb, &e, 'u', 1, 2), 0);
+  assert_sb(&sb, "{\"type\":\"message\",\"id\":\"10111213-1415-1617-1819-1a1b1c1d1e1f\","
+                 "\"user\":\"bob\",\"pos\":\"u/1/2\",\"data\":\"//4=\",\"encoding\":\"base64\"}");
+  fo_sb_free(&sb);
+}
+
+static void replies(void **state) {
+  (void)state;
+  fo_sb_t sb;
+  fo_sb_init(&sb);
+  assert_int_equal(fo_proto_room_reply(&sb, 1, "a\"b", 3), 0);
+  assert_sb(&sb, "{\"type\":\"joined\",\"room\":\"a\\\"b\"}");
+  assert_int_equal(fo_proto_room_reply(&sb, 0, "x", 1), 0);
+  assert_sb(&sb, "{\"type\":\"left\",\"room\":\"x\"}");
+  assert_int_equal(fo_proto_error(&sb, "forbidden", "not \"allowed\""), 0);
+  assert_sb(&sb, "{\"type\":\"error\",\"code\":\"forbidden\",\"message\":\"not \\\"allowed\\\"\"}");
+  assert_int_equal(FO_PROTO_PONG_LEN, strlen("{\"type\":\"pong\"}"));
+  fo_sb_free(&sb);
+}
+
+static fo_proto_kind_t parse(const char *s, fo_proto_msg_t *m) {
+  return fo_proto_parse((const uint8_t *)s, strlen(s), m);
+}
+
+static void client_messages(void **state) {
+  (void)state;
+  fo_proto_msg_t m;
+  assert_int_equal(parse("{\"type\":\"ping\"}", &m), FO_PROTO_PING);
+  assert_int_equal(parse("{\"type\":\"join\",\"room\":\"news\"}", &m), FO_PROTO_JOIN);
+  assert_int_equal(m.room_len, 4);
+  assert_string_equal(m.room, "news");
+  assert_int_equal(parse("{\"room\":\"a\\u00e9b\",\"type\":\"leave\"}", &m), FO_PROTO_LEAVE);
+  assert_int_equal(m.room_len, 4);
+  assert_memory_equal(m.room, "a\xc3\xa9" "b", 4);
+  /* a NUL inside a string is refused by the parser (no JSON_ALLOW_NUL) */
+  assert_int_equal(parse("{\"type\":\"join\",\"room\":\"a\\u0000b\"}", &m), FO_PROTO_BAD);
+  char big[400];
+  memset(big, 'r', sizeof(big));
+  snprintf(big, sizeof(big), "{\"type\":\"join\",\"room\":\"%0256d\"}", 0);
+  assert_int_equal(parse(big, &m), FO_PROTO_JOIN);
+  assert_int_equal(m.room_len, 256);
+  snprintf(big, sizeof(big), "{\"type\":\"join\",\"room\":\"%0257d\"}", 0);
+  assert_int_equal(parse(big, &m), FO_PROTO_BAD);
+  assert_string_equal(m.err_code, "bad_request");
+  static const char *const bads[] = {
+      "", "null", "[1]", "{\"type\":1}", "{\"type\":\"jump\"}", "{\"type\":\"join\"}",
+      "{\"type\":\"join\",\"room\":\"\"}", "{\"type\":\"leave\",\"room\":5}", "{\"type\":\"ping\"",
+      "\xff\xfe",
+  };
+  for (size_t i = 0; i < sizeof(bads) / sizeof(bads[0]); i++) {
+    assert_int_equal(parse(bads[i], &m), FO_PROTO_BAD);
+    assert_string_equal(m.err_code, "bad_request");
+    assert_non_null(m.err_msg);
+  }
+  assert_string_equal((parse("{\"type\":\"x\"}", &m), m.err_msg), "unknown message type");
+}
+
+static void pubsub_payload(void **state) {
+  (void)state;
+  uint32_t off = 0;
+  fo_buf_t *b = fo_proto_pub_user("alice", 5, "{\"x\":1}", 7, &off);
+  assert_non_null(b);
+  assert_int_equal(off, 2);
+  assert_int_equal(b->len, 14);
+  assert_memory_equal(b->data, "5:alice{\"x\":1}", 14);
+  const char *u, *j;
+  size_t ul, jl;
+  assert_int_equal(fo_proto_pub_parse((const char *)b->data, b->len, &u, &ul, &j, &jl), 0);
+  assert_int_equal(ul, 5);
+  assert_memory_equal(u, "alice", 5);
+  assert_int_equal(jl, 7);
+  assert_memory_equal(j, "{\"x\":1}", 7);
+  fo_buf_unref(b);
+  static const char *const bads[] = {"", ":", "5:ali", "5:alice", "0:{}", "x:a{}",
+                                     "1234567:a{}", "5alice{}"};
+  for (size_t i = 0; i < sizeof(bads) / sizeof(bads[0]); i++)
+    assert_int_equal(fo_proto_pub_parse(bads[i], strlen(bads[i]), &u, &ul, &j, &jl), -EPROTO);
+}
+
+static void frames(void **state) {
+  (void)state;
+  static const size_t sizes[] = {0, 1, 125, 126, 65535, 65536, 70000};
+  for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+    size_t n = sizes[i];
+    uint8_t *p = malloc(n + 1);
+    memset(p, 'x', n + 1);
+    fo_buf_t *b = fo_frame_new(FO_WS_OP_TEXT, p, n);
+    assert_non_null(b);
+    size_t hl = n < 126 ? 2 : n <= 0xffff ? 4 : 10;
+    assert_int_equal(b->len, hl + n);
+    assert_int_equal(b->data[0], 0x81);
+    assert_int_equal(b->data[1] & 0x80, 0); /* unmasked */
+    if (hl == 2)
+      assert_int_equal(b->data[1], n);
+    else if (hl == 4)
+      assert_int_equal((b->data[2] << 8) | b->data[3], n);
+    else
+      assert_int_equal(b->data[1], 127);
+    assert_memory_equal(b->data + hl, p, n);
+    fo_buf_unref(b);
+    free(p);
+  }
+  fo_buf_t *ping = fo_frame_new(FO_WS_OP_PING, NULL, 0);
+  assert_int_equal(ping->len, 2);
+  assert_memory_equal(ping->data, "\x89\x00", 2);
+  fo_buf_unref(ping);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(message_frames), cmocka_unit_test(replies),
+      cmocka_unit_test(client_messages), cmocka_unit_test(pubsub_payload),
+      cmocka_unit_test(frames),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
