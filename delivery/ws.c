@@ -141,53 +141,68 @@ static void unmask(uint8_t *p, size_t n, const uint8_t mask[4], size_t at) {
 /* Checks p[0..n) as the next bytes of a text message; false at the first
  * byte that cannot be part of valid UTF-8 whatever follows. */
 static bool utf8_step(utf8_state_t *st, const uint8_t *p, size_t n) {
-  utf8_state_t s = *st;
   size_t i = 0;
-  while (i < n) {
-    uint8_t c = p[i];
-    if (s.need > 0) {
-      if (c < s.lo || c > s.hi)
+  unsigned need = st->need;
+  uint8_t lo = st->lo, hi = st->hi;
+  for (;;) {
+    /* Continuation bytes of the code point begun: those that are here. */
+    for (; need > 0 && i < n; need--, i++) {
+      if (p[i] < lo || p[i] > hi)
         return false;
-      s.need--;
-      s.lo = 0x80;
-      s.hi = 0xbf;
-      i++;
-      continue;
+      lo = 0x80;
+      hi = 0xbf;
     }
+    if (i >= n)
+      break;
+    uint8_t c = p[i++];
     if (c < 0x80) {
-      /* ASCII runs, 8 bytes at a time. */
-      i++;
-      while (i + 8 <= n) {
+      /* ASCII: byte by byte for a short run, 8 bytes at a time for a long one. */
+      size_t end = n - i > 7 ? i + 7 : n;
+      while (i < end && p[i] < 0x80)
+        i++;
+      if (i == end) {
         uint64_t w;
-        memcpy(&w, p + i, 8);
-        if (w & 0x8080808080808080ull)
-          break;
-        i += 8;
+        while (i + 8 <= n) {
+          memcpy(&w, p + i, 8);
+          if (w & 0x8080808080808080ull)
+            break;
+          i += 8;
+        }
       }
       continue;
     }
-    s.lo = 0x80;
-    s.hi = 0xbf;
+    lo = 0x80;
+    hi = 0xbf;
     if (c >= 0xc2 && c <= 0xdf) {
-      s.need = 1;
+      need = 1;
     } else if (c >= 0xe0 && c <= 0xef) {
-      s.need = 2;
+      need = 2;
       if (c == 0xe0)
-        s.lo = 0xa0;                        /* overlong */
+        lo = 0xa0;                          /* overlong */
       else if (c == 0xed)
-        s.hi = 0x9f;                        /* UTF-16 surrogates */
+        hi = 0x9f;                          /* UTF-16 surrogates */
     } else if (c >= 0xf0 && c <= 0xf4) {
-      s.need = 3;
+      need = 3;
       if (c == 0xf0)
-        s.lo = 0x90;                        /* overlong */
+        lo = 0x90;                          /* overlong */
       else if (c == 0xf4)
-        s.hi = 0x8f;                        /* past U+10FFFF */
+        hi = 0x8f;                          /* past U+10FFFF */
     } else {
       return false;                         /* 0x80..0xc1, 0xf5..0xff */
     }
-    i++;
+    if (i + need <= n) {                    /* all here: the common case */
+      if (p[i] < lo || p[i] > hi)
+        return false;
+      for (unsigned k = 1; k < need; k++)
+        if ((p[i + k] & 0xc0) != 0x80)
+          return false;
+      i += need;
+      need = 0;
+    }
   }
-  *st = s;
+  st->need = (uint8_t)need;
+  st->lo = lo;
+  st->hi = hi;
   return true;
 }
 
