@@ -315,7 +315,7 @@ def many(prefix, what, items, fn_of, start=1):
 
 
 # -- 1: framing
-SIZES = [0, 1, 125, 126, 127, 128, 1000, 65535]
+SIZES = [0, 1, 125, 126, 127, 128, 1000, 65535, 65536]
 
 
 def text_size(n, chop=None):
@@ -359,6 +359,25 @@ def _(c):
     c.chops(fr(TEXT, text_of(300)), 1)
     c.pong_reply()
     c.clean_close()
+
+
+@case("1.4.1", "unmasked client frame (RFC 6455 5.1: the server must fail): fail 1002")
+def _(c):
+    c.send(bytes([0x81, len(PING_MSG)]) + PING_MSG)
+    c.fails({1002})
+
+
+@case("1.4.2", "length 5 in the 16-bit form (the minimal form is a MUST): fail 1002")
+def _(c):
+    key = os.urandom(4)
+    c.send(bytes([0x81, 0x80 | 126, 0, 5]) + key + mask_bytes(b"hello", key))
+    c.fails({1002})
+
+
+@case("1.4.3", "64-bit length with the most significant bit set: fail 1002")
+def _(c):
+    c.send(bytes([0x82, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 1]) + os.urandom(4))
+    c.fails({1002})
 
 
 # -- 2: pings and pongs
