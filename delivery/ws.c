@@ -9,12 +9,23 @@
 
 #include "json_out.h"
 
+/* Incremental UTF-8 check: what the next bytes must be to finish the code
+ * point begun so far. need == 0 between code points. Carried across
+ * fragments and across reads, so a text message fails at the first byte
+ * that no continuation could make valid (RFC 6455 8.1: fail fast). */
+typedef struct {
+  uint8_t need;       /* continuation bytes still expected (0..3) */
+  uint8_t lo, hi;     /* range of the next one (excludes overlongs, surrogates, > U+10FFFF) */
+} utf8_state_t;
+
 struct fo_ws_rx {
-  uint8_t *pend;      /* raw bytes of an incomplete frame */
+  uint8_t *pend;      /* an incomplete frame: header raw, then payload */
   size_t pend_len, pend_cap;
+  size_t pend_done;   /* payload bytes of pend already unmasked (and UTF-8 checked) */
   uint8_t *msg;       /* payload of a fragmented message being reassembled */
   size_t msg_len, msg_cap;
   int msg_op;         /* FO_WS_OP_TEXT/BINARY while reassembling, else 0 */
+  utf8_state_t u8;    /* of the text message in progress (fragments or a partial frame) */
 };
 
 static int reserve(uint8_t **p, size_t *cap, size_t need) {
@@ -109,7 +120,11 @@ static int parse_header(const uint8_t *p, size_t n, hdr_t *h) {
   return (int)h->hlen;
 }
 
-static void unmask(uint8_t *p, size_t n, const uint8_t m[4]) {
+/* Unmasks n payload bytes that start at payload offset `at`. */
+static void unmask(uint8_t *p, size_t n, const uint8_t mask[4], size_t at) {
+  uint8_t m[4];
+  for (int k = 0; k < 4; k++)
+    m[k] = mask[(at + (size_t)k) & 3];
   size_t i = 0;
   uint32_t m32;
   memcpy(&m32, m, 4);
@@ -121,6 +136,79 @@ static void unmask(uint8_t *p, size_t n, const uint8_t m[4]) {
   }
   for (; i < n; i++)
     p[i] ^= m[i & 3];
+}
+
+/* Checks p[0..n) as the next bytes of a text message; false at the first
+ * byte that cannot be part of valid UTF-8 whatever follows. */
+static bool utf8_step(utf8_state_t *st, const uint8_t *p, size_t n) {
+  size_t i = 0;
+  unsigned need = st->need;
+  uint8_t lo = st->lo, hi = st->hi;
+  for (;;) {
+    /* Continuation bytes of the code point begun: those that are here. */
+    for (; need > 0 && i < n; need--, i++) {
+      if (p[i] < lo || p[i] > hi)
+        return false;
+      lo = 0x80;
+      hi = 0xbf;
+    }
+    if (i >= n)
+      break;
+    uint8_t c = p[i++];
+    if (c < 0x80) {
+      /* ASCII: byte by byte for a short run, 8 bytes at a time for a long one. */
+      size_t end = n - i > 7 ? i + 7 : n;
+      while (i < end && p[i] < 0x80)
+        i++;
+      if (i == end) {
+        uint64_t w;
+        while (i + 8 <= n) {
+          memcpy(&w, p + i, 8);
+          if (w & 0x8080808080808080ull)
+            break;
+          i += 8;
+        }
+      }
+      continue;
+    }
+    lo = 0x80;
+    hi = 0xbf;
+    if (c >= 0xc2 && c <= 0xdf) {
+      need = 1;
+    } else if (c >= 0xe0 && c <= 0xef) {
+      need = 2;
+      if (c == 0xe0)
+        lo = 0xa0;                          /* overlong */
+      else if (c == 0xed)
+        hi = 0x9f;                          /* UTF-16 surrogates */
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      need = 3;
+      if (c == 0xf0)
+        lo = 0x90;                          /* overlong */
+      else if (c == 0xf4)
+        hi = 0x8f;                          /* past U+10FFFF */
+    } else {
+      return false;                         /* 0x80..0xc1, 0xf5..0xff */
+    }
+    if (i + need <= n) {                    /* all here: the common case */
+      if (p[i] < lo || p[i] > hi)
+        return false;
+      for (unsigned k = 1; k < need; k++)
+        if ((p[i + k] & 0xc0) != 0x80)
+          return false;
+      i += need;
+      need = 0;
+    }
+  }
+  st->need = (uint8_t)need;
+  st->lo = lo;
+  st->hi = hi;
+  return true;
+}
+
+static bool is_text(const fo_ws_rx_t *rx, const hdr_t *h) {
+  return h->opcode == FO_WS_OP_TEXT ||
+         (h->opcode == FO_WS_OP_CONT && rx != NULL && rx->msg_op == FO_WS_OP_TEXT);
 }
 
 /* Checks opcode/size rules before the payload is read, so an oversized
@@ -165,8 +253,8 @@ static int check_close_payload(const uint8_t *p, size_t n) {
   return 0;
 }
 
-/* Handles one complete frame. Returns 0, 1 (callback stopped), or a close
- * code / -ENOMEM. */
+/* Handles one complete frame (text payload already UTF-8 checked). Returns
+ * 0, 1 (callback stopped), or a close code / -ENOMEM. */
 static int on_frame(fo_ws_rx_t **rxp, const hdr_t *h, uint8_t *pl, const fo_ws_limits_t *lim,
                     fo_ws_msg_cb cb, void *ud) {
   (void)lim;
@@ -180,11 +268,8 @@ static int on_frame(fo_ws_rx_t **rxp, const hdr_t *h, uint8_t *pl, const fo_ws_l
     }
     return cb(ud, h->opcode, pl, n) ? 1 : 0;
   }
-  if (h->opcode != FO_WS_OP_CONT && h->fin) {
-    if (h->opcode == FO_WS_OP_TEXT && !fo_utf8_valid(pl, n))
-      return FO_WS_CLOSE_BAD_DATA;
-    return cb(ud, h->opcode, pl, n) ? 1 : 0;
-  }
+  if (h->opcode != FO_WS_OP_CONT && h->fin)
+    return cb(ud, h->opcode, pl, n) ? 1 : 0; /* text: checked as it arrived */
   fo_ws_rx_t *rx = rx_get(rxp);
   if (rx == NULL)
     return -ENOMEM;
@@ -202,8 +287,6 @@ static int on_frame(fo_ws_rx_t **rxp, const hdr_t *h, uint8_t *pl, const fo_ws_l
   size_t len = rx->msg_len;
   rx->msg_op = 0;
   rx->msg_len = 0;
-  if (op == FO_WS_OP_TEXT && !fo_utf8_valid(rx->msg, len))
-    return FO_WS_CLOSE_BAD_DATA;
   return cb(ud, op, rx->msg, len) ? 1 : 0;
 }
 
@@ -212,17 +295,23 @@ int fo_ws_rx_feed(fo_ws_rx_t **rxp, uint8_t *p, size_t n, const fo_ws_limits_t *
   uint8_t *data = p;
   size_t len = n;
   bool from_pend = false;
+  size_t done = 0;          /* payload bytes of the frame at data[off] already unmasked */
+  utf8_state_t u8 = {0};    /* here while feeding, in *rxp between feeds */
   int rc = 0;
 
-  if (*rxp != NULL && (*rxp)->pend_len > 0) {
+  if (*rxp != NULL) {
     fo_ws_rx_t *rx = *rxp;
-    if (reserve(&rx->pend, &rx->pend_cap, rx->pend_len + n) != 0)
-      return -ENOMEM;
-    memcpy(rx->pend + rx->pend_len, p, n);
-    rx->pend_len += n;
-    data = rx->pend;
-    len = rx->pend_len;
-    from_pend = true;
+    u8 = rx->u8;
+    if (rx->pend_len > 0) {
+      if (reserve(&rx->pend, &rx->pend_cap, rx->pend_len + n) != 0)
+        return -ENOMEM;
+      memcpy(rx->pend + rx->pend_len, p, n);
+      rx->pend_len += n;
+      data = rx->pend;
+      len = rx->pend_len;
+      done = rx->pend_done;
+      from_pend = true;
+    }
   }
 
   size_t off = 0;
@@ -238,11 +327,31 @@ int fo_ws_rx_feed(fo_ws_rx_t **rxp, uint8_t *p, size_t n, const fo_ws_limits_t *
     rc = check_header(*rxp, &h, lim);
     if (rc != 0)
       goto out;
-    if (len - off - h.hlen < h.len)
-      break;
     uint8_t *pl = data + off + h.hlen;
-    unmask(pl, (size_t)h.len, h.mask);
+    size_t have = len - off - h.hlen;
+    if (have > h.len)
+      have = (size_t)h.len;
+    bool text = is_text(*rxp, &h);
+    if (text && h.opcode == FO_WS_OP_TEXT && done == 0)
+      u8 = (utf8_state_t){0};               /* a new text message */
+    /* Unmask and check what arrived, even of an incomplete frame: a text
+     * message fails at its first bad byte, not once it is all here. */
+    if (have > done) {
+      unmask(pl + done, have - done, h.mask, done);
+      if (text && !utf8_step(&u8, pl + done, have - done)) {
+        rc = FO_WS_CLOSE_BAD_DATA;
+        goto out;
+      }
+      done = have;
+    }
+    if (have < h.len)
+      break;
+    if (text && h.fin && u8.need != 0) {
+      rc = FO_WS_CLOSE_BAD_DATA;            /* ends inside a code point */
+      goto out;
+    }
     off += h.hlen + (size_t)h.len;
+    done = 0;
     rc = on_frame(rxp, &h, pl, lim, cb, ud);
     if (rc != 0)
       goto out;
@@ -258,16 +367,21 @@ out:
       if (left > 0 && off > 0)
         memmove(rx->pend, rx->pend + off, left);
       rx->pend_len = left;
+      rx->pend_done = done;
     } else if (left > 0) {
       fo_ws_rx_t *rx = rx_get(rxp);
       if (rx == NULL || reserve(&rx->pend, &rx->pend_cap, left) != 0)
         return -ENOMEM;
       memcpy(rx->pend, data + off, left);
       rx->pend_len = left;
+      rx->pend_done = done;
     }
     fo_ws_rx_t *rx = *rxp;
-    if (rx != NULL && rx->pend_len == 0 && rx->msg_op == 0)
-      fo_ws_rx_free(rxp);     /* idle again: give the memory back */
+    if (rx != NULL) {
+      rx->u8 = u8;
+      if (rx->pend_len == 0 && rx->msg_op == 0)
+        fo_ws_rx_free(rxp);   /* idle again: give the memory back */
+    }
   }
   return rc;
 }

@@ -4,7 +4,9 @@
  * stream. The stream is parsed twice, whole and cut into reads, and both
  * runs must hand out the same messages and end with the same result (the
  * parser keeps partial frames itself). Every message handed out is checked
- * against RFC 6455 and the limits. */
+ * against RFC 6455 and the limits. A failure must be decided by the bytes
+ * read so far (fail fast, e.g. invalid UTF-8 in a partial frame): the
+ * stream cut after the read that failed, parsed whole, fails the same way. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,8 +91,10 @@ static uint32_t next(uint32_t *s) {
   return *s;
 }
 
-/* Feeds the stream in reads of at most `max` bytes (0: all at once). */
-static int run(run_t *r, const uint8_t *data, size_t size, size_t max, uint32_t seed) {
+/* Feeds the stream in reads of at most `max` bytes (0: all at once); *end
+ * is where the last read fed ended. */
+static int run(run_t *r, const uint8_t *data, size_t size, size_t max, uint32_t seed,
+               size_t *end) {
   fo_ws_rx_t *rx = NULL;
   int rc = 0;
   size_t off = 0;
@@ -107,6 +111,7 @@ static int run(run_t *r, const uint8_t *data, size_t size, size_t max, uint32_t 
     rc = fo_ws_rx_feed(&rx, chunk, n, &r->lim, on_msg, r);
     free(chunk);
     off += n;
+    *end = off;
     if (rc != 0)
       break;
     /* Idle connections hold no state. */
@@ -126,7 +131,7 @@ static int run(run_t *r, const uint8_t *data, size_t size, size_t max, uint32_t 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 3)
     return 0;
-  static run_t a, b;
+  static run_t a, b, c;
   fo_ws_limits_t lim;
   lim.max_frame = 125 + (size_t)data[0] * 16;
   lim.max_message = lim.max_frame + (size_t)data[1] * 64;
@@ -134,10 +139,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   uint32_t seed = 0x12345u + data[2];
   data += 3;
   size -= 3;
-  a.lim = b.lim = lim;
-  a.nev = b.nev = 0;
-  int ra = run(&a, data, size, 0, seed);
-  int rb = run(&b, data, size, max, seed);
+  a.lim = b.lim = c.lim = lim;
+  a.nev = b.nev = c.nev = 0;
+  size_t end_a = 0, end_b = 0, end_c = 0;
+  int ra = run(&a, data, size, 0, seed, &end_a);
+  int rb = run(&b, data, size, max, seed, &end_b);
   if (ra != rb || a.nev != b.nev) {
     fprintf(stderr, "whole: rc=%d events=%zu; in reads of <= %zu: rc=%d events=%zu\n", ra,
             a.nev, max, rb, b.nev);
@@ -147,6 +153,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     CHECK(a.ev[i].op == b.ev[i].op);
     CHECK(a.ev[i].len == b.ev[i].len);
     CHECK(a.ev[i].hash == b.ev[i].hash);
+  }
+  if (rb != 0 && rb != -ENOMEM) {
+    int rc = run(&c, data, end_b, 0, seed, &end_c);
+    if (rc != rb || c.nev != b.nev) {
+      fprintf(stderr, "failed with %d in the read ending at %zu, but those %zu bytes alone: "
+              "rc=%d events=%zu (not %zu)\n", rb, end_b, end_b, rc, c.nev, b.nev);
+      abort();
+    }
   }
   return 0;
 }

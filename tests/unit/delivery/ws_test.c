@@ -5,6 +5,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -169,6 +170,207 @@ static void ws_callback_stop_keeps_rest(void **state) {
   fo_ws_rx_free(&rx);
 }
 
+/* Feeds buf[0..n) in the given cuts (cut[i] = end of read i); returns the
+ * index of the read that failed (rc stored in *rc), or -1. */
+static int feed_cuts(uint8_t *buf, size_t n, const size_t *cuts, int ncuts, sink_t *s,
+                     fo_ws_rx_t **rx, int *rc) {
+  size_t at = 0;
+  for (int i = 0; i <= ncuts; i++) {
+    size_t end = i < ncuts ? cuts[i] : n;
+    *rc = fo_ws_rx_feed(rx, buf + at, end - at, &lim, on_msg, s);
+    at = end;
+    if (*rc != 0)
+      return i;
+  }
+  return -1;
+}
+
+/* A text message whose first fragment holds a byte no continuation can
+ * repair fails on that fragment, before the rest arrives (Autobahn 6.4.1). */
+static void ws_utf8_fails_fast_per_fragment(void **state) {
+  (void)state;
+  static const char kosme[] = "\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5";
+  uint8_t buf[256];
+  char bad[64];
+  int bn = snprintf(bad, sizeof(bad), "%s\xf4\x90\x80\x80", kosme);
+  size_t n = frame(buf, FO_WS_OP_TEXT, false, bad, (size_t)bn, true);
+  sink_t s = {0};
+  fo_ws_rx_t *rx = NULL;
+  assert_int_equal(fo_ws_rx_feed(&rx, buf, n, &lim, on_msg, &s), FO_WS_CLOSE_BAD_DATA);
+  assert_int_equal(s.n, 0);
+  fo_ws_rx_free(&rx);
+
+  /* 6.4.2: the first fragment ends with a lead byte that is fine so far;
+   * the second fragment's first byte makes it invalid. */
+  char pre[64];
+  int pn = snprintf(pre, sizeof(pre), "%s\xf4", kosme);
+  n = frame(buf, FO_WS_OP_TEXT, false, pre, (size_t)pn, true);
+  assert_int_equal(fo_ws_rx_feed(&rx, buf, n, &lim, on_msg, &s), 0);
+  assert_non_null(rx);
+  n = frame(buf, FO_WS_OP_CONT, false, "\x90\x80\x80", 3, true);
+  assert_int_equal(fo_ws_rx_feed(&rx, buf, n, &lim, on_msg, &s), FO_WS_CLOSE_BAD_DATA);
+  assert_int_equal(s.n, 0);
+  fo_ws_rx_free(&rx);
+
+  /* A message that ends inside a code point fails on its last fragment. */
+  n = frame(buf, FO_WS_OP_TEXT, false, "ab", 2, true);
+  n += frame(buf + n, FO_WS_OP_CONT, true, "\xe2\x82", 2, true);
+  assert_int_equal(feed_one(buf, n), FO_WS_CLOSE_BAD_DATA);
+}
+
+/* One frame whose payload arrives in several reads fails with the read that
+ * brings the bad byte (Autobahn 6.4.3/6.4.4), not when the frame is whole. */
+static void ws_utf8_fails_fast_per_chunk(void **state) {
+  (void)state;
+  uint8_t buf[512];
+  char pl[300];
+  memset(pl, 'a', sizeof(pl));
+  memcpy(pl + 100, "\xe2\x82\xac\xed\xa0\x80", 6); /* a euro sign, then a surrogate */
+  size_t n = frame(buf, FO_WS_OP_TEXT, true, pl, sizeof(pl), true); /* 8-byte header */
+  sink_t s = {0};
+  fo_ws_rx_t *rx = NULL;
+  int rc;
+  /* header alone; 50 bytes; up to the \xed (fine so far); the \xa0 */
+  size_t cuts[] = {3, 8, 58, 8 + 104, 8 + 105};
+  assert_int_equal(feed_cuts(buf, n, cuts, 5, &s, &rx, &rc), 4);
+  assert_int_equal(rc, FO_WS_CLOSE_BAD_DATA);
+  assert_int_equal(s.n, 0);
+  fo_ws_rx_free(&rx);
+
+  /* The same frame without the surrogate, fed in the same reads, is handed
+   * out whole once its last byte arrives; the state is gone afterwards. */
+  memcpy(pl + 103, "xyz", 3);
+  n = frame(buf, FO_WS_OP_TEXT, true, pl, sizeof(pl), true);
+  memset(&s, 0, sizeof(s));
+  assert_int_equal(feed_cuts(buf, n, cuts, 5, &s, &rx, &rc), -1);
+  assert_int_equal(s.n, 1);
+  assert_int_equal(s.lens[0], sizeof(pl));
+  assert_memory_equal(s.msgs[0], pl, 255);
+  assert_null(rx);
+
+  /* Byte by byte, inside a fragmented message: the feed that brings the
+   * 0xc0 (never valid) fails, the ones before it do not. */
+  n = frame(buf, FO_WS_OP_TEXT, false, "ok", 2, true);
+  size_t start = n;
+  n += frame(buf + n, FO_WS_OP_CONT, true, "abc\xc0zz", 6, true);
+  memset(&s, 0, sizeof(s));
+  assert_int_equal(fo_ws_rx_feed(&rx, buf, start, &lim, on_msg, &s), 0);
+  size_t bad_at = start + 6 + 3; /* header 2 + mask 4, then "abc" */
+  for (size_t i = start; i < n; i++) {
+    rc = fo_ws_rx_feed(&rx, buf + i, 1, &lim, on_msg, &s);
+    if (i < bad_at) {
+      assert_int_equal(rc, 0);
+    } else {
+      assert_int_equal(rc, FO_WS_CLOSE_BAD_DATA);
+      break;
+    }
+  }
+  fo_ws_rx_free(&rx);
+}
+
+/* Valid code points of every length, split at every byte position: across
+ * two fragments, and across two reads of one frame (header included). */
+static void ws_utf8_valid_split_everywhere(void **state) {
+  (void)state;
+  /* U+0041 U+0080 U+07FF U+0800 U+D7FF U+E000 U+FFFF U+10000 U+10FFFF U+00E9 */
+  static const char txt[] = "A\xc2\x80\xdf\xbf\xe0\xa0\x80\xed\x9f\xbf\xee\x80\x80"
+                            "\xef\xbf\xbf\xf0\x90\x80\x80\xf4\x8f\xbf\xbf\xc3\xa9";
+  const size_t tl = sizeof(txt) - 1;
+  uint8_t buf[256];
+  for (size_t k = 0; k <= tl; k++) {
+    size_t n = frame(buf, FO_WS_OP_TEXT, false, txt, k, true);
+    n += frame(buf + n, FO_WS_OP_PING, true, "\xc3\xa9", 2, true); /* control in between */
+    n += frame(buf + n, FO_WS_OP_CONT, true, txt + k, tl - k, true);
+    for (size_t cut = 0; cut <= n; cut++) {
+      uint8_t copy[256];
+      memcpy(copy, buf, n);
+      sink_t s = {0};
+      fo_ws_rx_t *rx = NULL;
+      int rc;
+      size_t cuts[] = {cut};
+      assert_int_equal(feed_cuts(copy, n, cuts, 1, &s, &rx, &rc), -1);
+      assert_int_equal(s.n, 2);
+      assert_int_equal(s.ops[1], FO_WS_OP_TEXT);
+      assert_int_equal(s.lens[1], tl);
+      assert_memory_equal(s.msgs[1], txt, tl);
+      assert_null(rx);
+    }
+  }
+  size_t n = frame(buf, FO_WS_OP_TEXT, true, txt, tl, true);
+  for (size_t a = 0; a <= n; a++) {
+    for (size_t b = a; b <= n; b++) {
+      uint8_t copy[256];
+      memcpy(copy, buf, n);
+      sink_t s = {0};
+      fo_ws_rx_t *rx = NULL;
+      int rc;
+      size_t cuts[] = {a, b};
+      assert_int_equal(feed_cuts(copy, n, cuts, 2, &s, &rx, &rc), -1);
+      assert_int_equal(s.n, 1);
+      assert_memory_equal(s.msgs[0], txt, tl);
+      assert_null(rx);
+    }
+  }
+}
+
+/* Each bad sequence fails at its first impossible byte, fed byte by byte. */
+static void ws_utf8_fails_at_the_first_bad_byte(void **state) {
+  (void)state;
+  static const struct {
+    const char *s;
+    size_t bad; /* index of the byte that makes it invalid */
+  } cases[] = {
+      {"\x80", 0},             {"\xbf", 0},             {"\xc0\xaf", 0},
+      {"\xc1\xbf", 0},         {"\xe0\x80\xaf", 1},     {"\xe0\x9f\xbf", 1},
+      {"\xed\xa0\x80", 1},     {"\xed\xbf\xbf", 1},     {"\xf0\x80\x80\xaf", 1},
+      {"\xf0\x8f\xbf\xbf", 1}, {"\xf4\x90\x80\x80", 1}, {"\xf5\x80\x80\x80", 0},
+      {"\xf8\x88\x80\x80", 0}, {"\xfe", 0},             {"\xff", 0},
+      {"\xc2\x41", 1},         {"\xe2\x82\x41", 2},     {"\xf0\x9f\x98\x41", 3},
+  };
+  for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+    char pl[16];
+    size_t sl = strlen(cases[c].s);
+    memcpy(pl, "ab", 2);
+    memcpy(pl + 2, cases[c].s, sl);
+    memcpy(pl + 2 + sl, "cd", 2);
+    uint8_t buf[64];
+    size_t n = frame(buf, FO_WS_OP_TEXT, true, pl, sl + 4, true);
+    sink_t s = {0};
+    fo_ws_rx_t *rx = NULL;
+    size_t fail_at = 6 + 2 + cases[c].bad;
+    for (size_t i = 0; i < n; i++) {
+      int rc = fo_ws_rx_feed(&rx, buf + i, 1, &lim, on_msg, &s);
+      if (i < fail_at) {
+        assert_int_equal(rc, 0);
+      } else {
+        assert_int_equal(rc, FO_WS_CLOSE_BAD_DATA);
+        break;
+      }
+    }
+    assert_int_equal(s.n, 0);
+    fo_ws_rx_free(&rx);
+  }
+}
+
+/* Close reasons are still checked whole when the close frame is complete
+ * (at most 125 bytes): fed byte by byte, the last byte fails. */
+static void ws_close_reason_checked_when_complete(void **state) {
+  (void)state;
+  uint8_t buf[64];
+  size_t n = frame(buf, FO_WS_OP_CLOSE, true, "\x03\xe8\xff\x61\x62", 5, true);
+  sink_t s = {0};
+  fo_ws_rx_t *rx = NULL;
+  for (size_t i = 0; i < n; i++) {
+    int rc = fo_ws_rx_feed(&rx, buf + i, 1, &lim, on_msg, &s);
+    assert_int_equal(rc, i + 1 < n ? 0 : FO_WS_CLOSE_BAD_DATA);
+  }
+  fo_ws_rx_free(&rx);
+  assert_int_equal(feed_one(buf, frame(buf, FO_WS_OP_CLOSE, true, "\x03\xe8\xe2\x82", 4, true)),
+                   FO_WS_CLOSE_BAD_DATA); /* ends inside a code point */
+  assert_int_equal(feed_one(buf, frame(buf, FO_WS_OP_CLOSE, true, "\x03\xe8\xe2\x82\xac", 5, true)),
+                   0);
+}
+
 static void ws_accept_key_rfc_example(void **state) {
   (void)state;
   char out[29];
@@ -187,6 +389,11 @@ int main(void) {
       cmocka_unit_test(ws_protocol_violations),
       cmocka_unit_test(ws_close_payloads),
       cmocka_unit_test(ws_callback_stop_keeps_rest),
+      cmocka_unit_test(ws_utf8_fails_fast_per_fragment),
+      cmocka_unit_test(ws_utf8_fails_fast_per_chunk),
+      cmocka_unit_test(ws_utf8_valid_split_everywhere),
+      cmocka_unit_test(ws_utf8_fails_at_the_first_bad_byte),
+      cmocka_unit_test(ws_close_reason_checked_when_complete),
       cmocka_unit_test(ws_accept_key_rfc_example),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
