@@ -460,11 +460,19 @@ static void on_close(uv_handle_t *h) {
   free(conn);
 }
 
+/* A connection left the not-upgraded-yet states (opened, or destroyed). */
+static void srv_pending_done(fo_server_t *srv) {
+  if (srv->npending > 0)
+    srv->npending--;
+}
+
 void fo__conn_destroy(fo_conn_t *conn) {
   if (conn->state == FO_CONN_DEAD)
     return;
-  if (conn->state == FO_CONN_HANDSHAKE || conn->state == FO_CONN_HTTP)
+  if (conn->state == FO_CONN_HANDSHAKE || conn->state == FO_CONN_HTTP) {
     fo__handshake_free(conn);
+    srv_pending_done(conn->srv);
+  }
   unregister(conn);
   conn->state = FO_CONN_DEAD;
   conn->prev->next = conn->next;
@@ -526,6 +534,7 @@ void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason) {
 /* Called by the handshake once the 101 is queued. */
 void fo__conn_opened(fo_conn_t *conn) {
   fo_server_t *srv = conn->srv;
+  srv_pending_done(srv);
   conn->state = FO_CONN_OPEN;
   conn->registered = 1;
   conn->deadline = uv_now(srv->loop) + (uint64_t)srv->cfg->ping_interval_ms;
@@ -762,6 +771,7 @@ static void conn_start(fo_server_t *srv, fo_conn_t *conn) {
   uv_tcp_nodelay(&conn->tcp, 1);
   conn->id = ++srv->next_conn_id;
   conn->state = FO_CONN_HANDSHAKE;
+  srv->npending++;
   conn->deadline = uv_now(srv->loop) + (uint64_t)srv->cfg->handshake_timeout_ms;
   /* link into the server's list */
   conn->next = srv->conns.next;
@@ -815,10 +825,11 @@ int fo__conn_accept(fo_server_t *srv) {
   fo_conn_t *conn = conn_new(srv, &rc);
   if (conn == NULL)
     return rc;
-  /* Sockets that are not open WebSockets (handshakes, HTTP answers, closing)
-   * cost a descriptor and kernel memory before anyone authenticated: past
-   * the cap a new one is taken off the backlog and closed at once. */
-  bool over = srv->nconns - srv->nopen >= srv->cfg->max_pending_handshakes;
+  /* Connections that have not upgraded yet cost a descriptor and kernel
+   * memory before anyone authenticated: past the cap a new one is taken off
+   * the backlog and closed at once. WebSockets being closed do not count:
+   * after a mass disconnect they must not lock new clients out. */
+  bool over = srv->npending >= srv->cfg->max_pending_handshakes;
   srv->nconns++;
   rc = uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)&conn->tcp);
   if (rc != 0)

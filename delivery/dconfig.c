@@ -48,7 +48,7 @@ const fo_cfg_field_t fo_dcfg_fields[] = {
     F("max-connections-per-user", FO_CFG_INT, max_connections_per_user, 1, 10000000, "100",
       "WebSocket connections of one user (token sub) per process (over it: HTTP 429)"),
     F("max-pending-handshakes", FO_CFG_INT, max_pending_handshakes, 0, 10000000, "0",
-      "sockets that are not open WebSockets (handshakes, HTTP answers, closing); over it a "
+      "connections that have not upgraded yet (handshakes, plain HTTP answers); over it a "
       "new TCP connection is closed at accept; 0: max(1024, max-connections/10)"),
     F("max-frame-bytes", FO_CFG_INT, max_frame_bytes, 125, 16777216, "65536",
       "largest client frame payload (over it: close 1009)"),

@@ -214,6 +214,8 @@ struct fo_server {
   fo_conn_t conns;          /* list head (sentinel; only prev/next used) */
   int64_t nconns;           /* everything accepted and not yet freed */
   int64_t nopen;            /* WebSocket connections open */
+  int64_t npending;         /* accepted, not upgraded yet (HANDSHAKE or HTTP state):
+                             * what --max-pending-handshakes caps */
   uint32_t next_conn_id;
   uint64_t start_ms;
 

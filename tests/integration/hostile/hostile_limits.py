@@ -15,7 +15,8 @@ M1, M4, L2, L3, L8), against real delivery servers:
   TCP connections past --max-pending-handshakes -> closed at once; those under
                                                  the cap wait for the handshake
                                                  timeout; a good client connects
-                                                 once they are gone
+                                                 once they are gone; WebSockets
+                                                 being closed do not count
   a 64-byte --server-id                        -> full, distinct connection ids
                                                  in the Redis registry
   a 65-byte --server-id, a 31-byte jwt-secret  -> exit 2 with one line naming it
@@ -36,6 +37,7 @@ PER_USER = 3
 LIFETIME_S = 3600
 PENDING = 5
 HANDSHAKE_MS = 5000
+CLOSE_MS = 20000  # d2 waits this long for a client's close frame after ours
 SID64 = "s" * 60 + "-d64"  # 64 bytes
 
 S = {}
@@ -62,7 +64,8 @@ def setup_module():
     S["d1"] = st.delivery(SID64, "--max-connections-per-user", str(PER_USER),
                           "--max-token-lifetime-s", str(LIFETIME_S))
     S["d2"] = st.delivery("pending", "--max-pending-handshakes", str(PENDING),
-                          "--handshake-timeout-ms", str(HANDSHAKE_MS))
+                          "--handshake-timeout-ms", str(HANDSHAKE_MS),
+                          "--close-timeout-ms", str(CLOSE_MS))
 
 
 def test_per_user_connection_cap():
@@ -199,6 +202,29 @@ def test_pending_handshake_cap():
     close_ok(good[0])
     ft.eventually(lambda: m(d2, "rejected_pending_total") - before >= 1, timeout=5,
                   what="rejected_pending_total")
+
+
+def test_closing_websockets_do_not_count_as_pending():
+    """After a mass disconnect the server holds many sockets in the close
+    handshake; they are authenticated clients leaving, not handshakes, and
+    must not lock new clients out (they did when the cap counted every
+    socket that was not an open WebSocket)."""
+    d2 = S["d2"]
+    n = PENDING + 3
+    before_exp = m(d2, "token_expired_closes_total")
+    before_rej = m(d2, "rejected_pending_total")
+    exp_in = 2
+    leaving = [ws(d2, "leaving-%d" % i, exp_in=exp_in) for i in range(n)]
+    # The server closes each with 4001 and waits --close-timeout-ms for the
+    # client's close frame, which these clients never send.
+    ft.eventually(lambda: m(d2, "token_expired_closes_total") - before_exp >= n,
+                  timeout=exp_in + 10, what="the 4001 closes")
+    c = hl.RawWs(d2.addr, hl.token("arriving"))
+    assert c.status == 101, (c.status, c.body)
+    assert m(d2, "rejected_pending_total") == before_rej
+    close_ok(c)
+    for s in leaving:
+        assert s.expect_close(4001, timeout=5) == b"token expired"
 
 
 def test_long_server_id_gives_full_distinct_ids():
