@@ -32,7 +32,9 @@ void fo_buf_unref(fo_buf_t *buf) {
     free(buf);
 }
 
-void fo_sb_init(fo_sb_t *sb) { memset(sb, 0, sizeof(*sb)); }
+void fo_sb_init(fo_sb_t *sb) {
+  memset(sb, 0, sizeof(*sb));
+}
 
 void fo_sb_free(fo_sb_t *sb) {
   free(sb->data);
@@ -78,9 +80,13 @@ int fo_sb_append(fo_sb_t *sb, const void *p, size_t n) {
   return 0;
 }
 
-int fo_sb_puts(fo_sb_t *sb, const char *s) { return fo_sb_append(sb, s, strlen(s)); }
+int fo_sb_puts(fo_sb_t *sb, const char *s) {
+  return fo_sb_append(sb, s, strlen(s));
+}
 
-int fo_sb_putc(fo_sb_t *sb, char c) { return fo_sb_append(sb, &c, 1); }
+int fo_sb_putc(fo_sb_t *sb, char c) {
+  return fo_sb_append(sb, &c, 1);
+}
 
 int fo_sb_vprintf(fo_sb_t *sb, const char *fmt, va_list ap) {
   va_list ap2;
@@ -111,7 +117,9 @@ int fo_sb_printf(fo_sb_t *sb, const char *fmt, ...) {
   return rc;
 }
 
-const char *fo_sb_cstr(fo_sb_t *sb) { return sb->data != NULL ? sb->data : ""; }
+const char *fo_sb_cstr(fo_sb_t *sb) {
+  return sb->data != NULL ? sb->data : "";
+}
 
 fo_buf_t *fo_sb_to_buf(fo_sb_t *sb) {
   if (sb->oom)

@@ -11,8 +11,8 @@
  * a buffer belongs to one loop thread. */
 typedef struct fo_buf {
   uint32_t refs;
-  uint32_t len;  /* bytes used in data */
-  uint32_t cap;  /* bytes allocated for data */
+  uint32_t len; /* bytes used in data */
+  uint32_t cap; /* bytes allocated for data */
   uint8_t data[];
 } fo_buf_t;
 

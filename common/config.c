@@ -10,7 +10,9 @@
 
 #include "log.h"
 
-static void *field_ptr(void *cfg, const fo_cfg_field_t *f) { return (char *)cfg + f->offset; }
+static void *field_ptr(void *cfg, const fo_cfg_field_t *f) {
+  return (char *)cfg + f->offset;
+}
 
 /* "jwt-secret" -> "FANOUT_JWT_SECRET" */
 static void env_name(const char *name, char *out, size_t outlen) {
@@ -47,8 +49,8 @@ int fo_addr_parse(const char *s, fo_addr_t *out, char *err, size_t errlen) {
   }
   for (size_t i = 0; i < hostlen; i++) {
     unsigned char c = (unsigned char)host[i];
-    bool ok = isalnum(c) || c == '-' || c == '.' || c == '_' || c == ':' ||
-              (s[0] == '[' && c == '%');
+    bool ok =
+        isalnum(c) || c == '-' || c == '.' || c == '_' || c == ':' || (s[0] == '[' && c == '%');
     if (!ok) {
       snprintf(err, errlen, "expected a single HOST:PORT%s",
                c == ',' ? " (a list of nodes is not supported yet)" : "");
@@ -87,8 +89,7 @@ static int parse_bool(const char *v, bool *out) {
 }
 
 /* Applies one textual value to a field; on error fills err with the reason. */
-static int set_value(void *cfg, const fo_cfg_field_t *f, const char *v, char *err,
-                     size_t errlen) {
+static int set_value(void *cfg, const fo_cfg_field_t *f, const char *v, char *err, size_t errlen) {
   void *dst = field_ptr(cfg, f);
   switch (f->type) {
   case FO_CFG_INT: {
@@ -178,8 +179,8 @@ static bool secret_field(const char *name) {
   return false;
 }
 
-static int apply(void *cfg, const fo_cfg_field_t *f, const char *v, const char *source,
-                 char *err, size_t errlen) {
+static int apply(void *cfg, const fo_cfg_field_t *f, const char *v, const char *source, char *err,
+                 size_t errlen) {
   char why[160];
   why[0] = '\0';
   int rc = set_value(cfg, f, v, why, sizeof(why));
@@ -275,13 +276,14 @@ int fo_cfg_load(const fo_cfg_field_t *fields, size_t nfields, void *cfg, int arg
   return result;
 }
 
-void fo_cfg_usage(const char *prog, const char *about, const fo_cfg_field_t *fields,
-                  size_t nfields, void *fp) {
+void fo_cfg_usage(const char *prog, const char *about, const fo_cfg_field_t *fields, size_t nfields,
+                  void *fp) {
   FILE *f = fp;
   fprintf(f, "usage: %s [--option value | --option=value]...\n", prog);
   if (about != NULL)
     fprintf(f, "%s\n", about);
-  fprintf(f, "\nEach option can also be set by the environment variable shown (the flag wins).\n\n");
+  fprintf(f,
+          "\nEach option can also be set by the environment variable shown (the flag wins).\n\n");
   for (size_t i = 0; i < nfields; i++) {
     const fo_cfg_field_t *fd = &fields[i];
     char ename[96];
@@ -291,11 +293,15 @@ void fo_cfg_usage(const char *prog, const char *about, const fo_cfg_field_t *fie
               fd->def, ename);
       continue;
     }
-    const char *kind = fd->type == FO_CFG_INT ? "N" : fd->type == FO_CFG_BOOL ? "BOOL"
-                       : fd->type == FO_CFG_ADDR ? "HOST:PORT" : "TEXT";
+    const char *kind = fd->type == FO_CFG_INT    ? "N"
+                       : fd->type == FO_CFG_BOOL ? "BOOL"
+                       : fd->type == FO_CFG_ADDR ? "HOST:PORT"
+                                                 : "TEXT";
     fprintf(f, "  --%s %s\n      %s\n      env %s, default: %s", fd->name, kind,
             fd->help != NULL ? fd->help : "", ename,
-            fd->def == NULL ? "(none)" : fd->def[0] == '\0' ? "\"\"" : fd->def);
+            fd->def == NULL      ? "(none)"
+            : fd->def[0] == '\0' ? "\"\""
+                                 : fd->def);
     if (fd->type == FO_CFG_INT)
       fprintf(f, ", range %" PRId64 "..%" PRId64, fd->min, fd->max);
     fprintf(f, "\n");
@@ -317,8 +323,8 @@ void fo_cfg_free(const fo_cfg_field_t *fields, size_t nfields, void *cfg) {
   }
 }
 
-int fo_cfg_main(const char *prog, const char *about, const fo_cfg_field_t *fields,
-                size_t nfields, void *cfg, int argc, char **argv,
+int fo_cfg_main(const char *prog, const char *about, const fo_cfg_field_t *fields, size_t nfields,
+                void *cfg, int argc, char **argv,
                 int (*finalize)(void *cfg, char *err, size_t errlen)) {
   char err[512];
   err[0] = '\0';

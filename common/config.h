@@ -10,11 +10,11 @@
 #include <stdint.h>
 
 typedef enum {
-  FO_CFG_INT,    /* int64_t, bounded by [min, max] */
-  FO_CFG_BOOL,   /* bool: true/false/1/0/yes/no/on/off */
-  FO_CFG_STR,    /* char * (owned by the struct, freed by fo_cfg_free) */
-  FO_CFG_ADDR,   /* fo_addr_t: a single "HOST:PORT", port in [min, max] */
-  FO_CFG_ALIAS,  /* an old name kept working: `def` names the field it sets; using
+  FO_CFG_INT,   /* int64_t, bounded by [min, max] */
+  FO_CFG_BOOL,  /* bool: true/false/1/0/yes/no/on/off */
+  FO_CFG_STR,   /* char * (owned by the struct, freed by fo_cfg_free) */
+  FO_CFG_ADDR,  /* fo_addr_t: a single "HOST:PORT", port in [min, max] */
+  FO_CFG_ALIAS, /* an old name kept working: `def` names the field it sets; using
                     it (flag or env) logs a deprecation warning. No offset. */
 } fo_cfg_type_t;
 
@@ -24,11 +24,11 @@ typedef struct {
 } fo_addr_t;
 
 typedef struct {
-  const char *name;   /* flag name without "--", e.g. "listen"; env is FANOUT_LISTEN */
+  const char *name; /* flag name without "--", e.g. "listen"; env is FANOUT_LISTEN */
   fo_cfg_type_t type;
-  size_t offset;      /* offsetof(struct, field) */
-  int64_t min, max;   /* INT: value bounds; ADDR: port bounds; STR: length bounds */
-  const char *def;    /* default as text, parsed like any other source; NULL = unset */
+  size_t offset;    /* offsetof(struct, field) */
+  int64_t min, max; /* INT: value bounds; ADDR: port bounds; STR: length bounds */
+  const char *def;  /* default as text, parsed like any other source; NULL = unset */
   const char *help;
 } fo_cfg_field_t;
 
@@ -37,11 +37,11 @@ typedef enum { FO_CFG_OK = 0, FO_CFG_HELP = 1, FO_CFG_CHECK_ONLY = 2 } fo_cfg_re
 /* Fills cfg from defaults, environment and argv. Returns FO_CFG_OK,
  * FO_CFG_HELP (--help seen), FO_CFG_CHECK_ONLY (--check-config seen) or
  * -EINVAL with one line in err naming key, value and source. */
-int fo_cfg_load(const fo_cfg_field_t *fields, size_t nfields, void *cfg, int argc,
-                char **argv, char *err, size_t errlen);
+int fo_cfg_load(const fo_cfg_field_t *fields, size_t nfields, void *cfg, int argc, char **argv,
+                char *err, size_t errlen);
 /* Prints usage, every option with its env name and default, to f (a FILE *). */
-void fo_cfg_usage(const char *prog, const char *about, const fo_cfg_field_t *fields,
-                  size_t nfields, void *f);
+void fo_cfg_usage(const char *prog, const char *about, const fo_cfg_field_t *fields, size_t nfields,
+                  void *f);
 /* Frees the STR/ADDR members of cfg. */
 void fo_cfg_free(const fo_cfg_field_t *fields, size_t nfields, void *cfg);
 
@@ -49,8 +49,8 @@ void fo_cfg_free(const fo_cfg_field_t *fields, size_t nfields, void *cfg);
  * prints "prog: <err>" and exits 2 on a bad option. `finalize` (may be NULL)
  * checks cross-field rules and fills err; non-zero from it exits 2 too.
  * Returns FO_CFG_OK or FO_CFG_CHECK_ONLY. */
-int fo_cfg_main(const char *prog, const char *about, const fo_cfg_field_t *fields,
-                size_t nfields, void *cfg, int argc, char **argv,
+int fo_cfg_main(const char *prog, const char *about, const fo_cfg_field_t *fields, size_t nfields,
+                void *cfg, int argc, char **argv,
                 int (*finalize)(void *cfg, char *err, size_t errlen));
 
 /* Parses one "HOST:PORT" (IPv6 as "[::1]:80"); the host is a name or a

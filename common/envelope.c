@@ -109,8 +109,8 @@ typedef struct {
 } item_t;
 
 static const char *type_name(mtype_t t) {
-  static const char *const names[] = {"nil", "bool",  "uint", "int", "float",
-                                      "str", "bin",   "array", "map", "ext"};
+  static const char *const names[] = {"nil", "bool", "uint",  "int", "float",
+                                      "str", "bin",  "array", "map", "ext"};
   return names[t];
 }
 
@@ -150,22 +150,42 @@ static int read_item(cur_t *c, item_t *it) {
     return take(c, it->u, &it->ptr);
   }
   switch (t) {
-  case 0xc0: it->type = T_NIL; return 0;
-  case 0xc2: case 0xc3: it->type = T_BOOL; it->u = t & 1; return 0;
-  case 0xc4: case 0xc5: case 0xc6:
+  case 0xc0:
+    it->type = T_NIL;
+    return 0;
+  case 0xc2:
+  case 0xc3:
+    it->type = T_BOOL;
+    it->u = t & 1;
+    return 0;
+  case 0xc4:
+  case 0xc5:
+  case 0xc6:
     it->type = T_BIN;
     lenbytes = (size_t)1 << (t - 0xc4);
     break;
-  case 0xc7: case 0xc8: case 0xc9:
+  case 0xc7:
+  case 0xc8:
+  case 0xc9:
     it->type = T_EXT;
     lenbytes = (size_t)1 << (t - 0xc7);
     break;
-  case 0xca: it->type = T_FLOAT; return take(c, 4, &b);
-  case 0xcb: it->type = T_FLOAT; return take(c, 8, &b);
-  case 0xcc: case 0xcd: case 0xce: case 0xcf:
+  case 0xca:
+    it->type = T_FLOAT;
+    return take(c, 4, &b);
+  case 0xcb:
+    it->type = T_FLOAT;
+    return take(c, 8, &b);
+  case 0xcc:
+  case 0xcd:
+  case 0xce:
+  case 0xcf:
     it->type = T_UINT;
     return read_be(c, (size_t)1 << (t - 0xcc), &it->u);
-  case 0xd0: case 0xd1: case 0xd2: case 0xd3: {
+  case 0xd0:
+  case 0xd1:
+  case 0xd2:
+  case 0xd3: {
     size_t n = (size_t)1 << (t - 0xd0);
     rc = read_be(c, n, &v);
     if (rc != 0)
@@ -176,18 +196,26 @@ static int read_item(cur_t *c, item_t *it) {
     it->i = (int64_t)v;
     return 0;
   }
-  case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+  case 0xd4:
+  case 0xd5:
+  case 0xd6:
+  case 0xd7:
+  case 0xd8:
     it->type = T_EXT;
     it->u = (uint64_t)1 << (t - 0xd4);
     return take(c, 1 + it->u, &it->ptr); /* type byte + data */
-  case 0xd9: case 0xda: case 0xdb:
+  case 0xd9:
+  case 0xda:
+  case 0xdb:
     it->type = T_STR;
     lenbytes = (size_t)1 << (t - 0xd9);
     break;
-  case 0xdc: case 0xdd:
+  case 0xdc:
+  case 0xdd:
     it->type = T_ARRAY;
     return read_be(c, t == 0xdc ? 2 : 4, &it->u);
-  case 0xde: case 0xdf:
+  case 0xde:
+  case 0xdf:
     it->type = T_MAP;
     return read_be(c, t == 0xde ? 2 : 4, &it->u);
   default:
@@ -323,8 +351,8 @@ int fo_env_decode(const uint8_t *p, size_t n, fo_env_t *env, char *err, size_t e
       if ((rc = want(&c, &val, T_STR, key)) != 0)
         return rc;
       if (val.u == 0 || val.u > FO_ENV_MAX_TARGET)
-        return fail(&c, -EPROTO, "field \"t\": length %llu not in 1..%d",
-                    (unsigned long long)val.u, FO_ENV_MAX_TARGET);
+        return fail(&c, -EPROTO, "field \"t\": length %llu not in 1..%d", (unsigned long long)val.u,
+                    FO_ENV_MAX_TARGET);
       env->target = (const char *)val.ptr;
       env->target_len = val.u;
       break;
@@ -356,8 +384,10 @@ int fo_env_decode(const uint8_t *p, size_t n, fo_env_t *env, char *err, size_t e
   }
   if (c.left != 0)
     return fail(&c, -EPROTO, "%zu trailing bytes after the envelope", c.left);
-  static const struct { unsigned bit; const char *name; } required[] = {
-      {F_V, "v"}, {F_ID, "id"}, {F_K, "k"}, {F_T, "t"}, {F_P, "p"}};
+  static const struct {
+    unsigned bit;
+    const char *name;
+  } required[] = {{F_V, "v"}, {F_ID, "id"}, {F_K, "k"}, {F_T, "t"}, {F_P, "p"}};
   for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++) {
     if (!(seen & required[i].bit))
       return fail(&c, -EPROTO, "missing field \"%s\"", required[i].name);

@@ -17,10 +17,10 @@
 #include "buf.h"
 #include "id.h"
 
-#define FO_ENV_VERSION 1
+#define FO_ENV_VERSION    1
 /* Limits enforced by the decoder (anything longer is refused). */
 #define FO_ENV_MAX_TARGET 256
-#define FO_ENV_MAX_CT 128
+#define FO_ENV_MAX_CT     128
 
 typedef enum { FO_ENV_SEND = 1, FO_ENV_BROADCAST = 2 } fo_env_kind_t;
 

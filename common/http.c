@@ -24,7 +24,7 @@ struct fo_http_parser {
   bool in_value;
   bool in_message;
   size_t header_bytes;
-  int error;          /* our own error, beyond http-parser's */
+  int error; /* our own error, beyond http-parser's */
   bool body_too_large;
   const char *errmsg;
 };
@@ -136,8 +136,8 @@ static int on_headers_complete(http_parser *hp) {
     return fail(p, -ENOMEM, "out of memory");
   if (req->path[0] != '/' && hp->method != HTTP_CONNECT && hp->method != HTTP_OPTIONS)
     return fail(p, -EPROTO, "request target must be an absolute path");
-  req->body_follows = (hp->flags & F_CHUNKED) != 0 ||
-                      (hp->content_length != ULLONG_MAX && hp->content_length > 0);
+  req->body_follows =
+      (hp->flags & F_CHUNKED) != 0 || (hp->content_length != ULLONG_MAX && hp->content_length > 0);
   /* The service first (e.g. 401 comes before 413 for an unknown client). */
   if (p->headers_cb != NULL && p->headers_cb(p->ud, req) != 0)
     return fail(p, -ECANCELED, "refused after the headers");
@@ -193,7 +193,9 @@ fo_http_parser_t *fo_http_parser_new(const fo_http_limits_t *limits, fo_http_req
   return p;
 }
 
-void fo_http_parser_on_headers(fo_http_parser_t *p, fo_http_headers_cb cb) { p->headers_cb = cb; }
+void fo_http_parser_on_headers(fo_http_parser_t *p, fo_http_headers_cb cb) {
+  p->headers_cb = cb;
+}
 
 void fo_http_parser_free(fo_http_parser_t *p) {
   if (p == NULL)
@@ -222,15 +224,21 @@ ssize_t fo_http_parser_feed(fo_http_parser_t *p, const char *data, size_t n) {
   return (ssize_t)done;
 }
 
-bool fo_http_parser_body_too_large(const fo_http_parser_t *p) { return p->body_too_large; }
+bool fo_http_parser_body_too_large(const fo_http_parser_t *p) {
+  return p->body_too_large;
+}
 
 const char *fo_http_parser_error(const fo_http_parser_t *p) {
   return p->errmsg != NULL ? p->errmsg : "ok";
 }
 
-void fo_http_parser_resume(fo_http_parser_t *p) { http_parser_pause(&p->hp, 0); }
+void fo_http_parser_resume(fo_http_parser_t *p) {
+  http_parser_pause(&p->hp, 0);
+}
 
-bool fo_http_parser_mid_request(const fo_http_parser_t *p) { return p->in_message; }
+bool fo_http_parser_mid_request(const fo_http_parser_t *p) {
+  return p->in_message;
+}
 
 const char *fo_http_header(const fo_http_request_t *req, const char *lower_name) {
   for (int i = 0; i < req->nheaders; i++) {
@@ -310,31 +318,56 @@ const char *fo_http_bearer(const fo_http_request_t *req) {
 
 const char *fo_http_status_text(int status) {
   switch (status) {
-  case 101: return "Switching Protocols";
-  case 200: return "OK";
-  case 201: return "Created";
-  case 202: return "Accepted";
-  case 204: return "No Content";
-  case 207: return "Multi-Status";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 409: return "Conflict";
-  case 411: return "Length Required";
-  case 413: return "Content Too Large";
-  case 415: return "Unsupported Media Type";
-  case 426: return "Upgrade Required";
-  case 429: return "Too Many Requests";
-  case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error";
-  case 501: return "Not Implemented";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  case 505: return "HTTP Version Not Supported";
-  default: return "Unknown";
+  case 101:
+    return "Switching Protocols";
+  case 200:
+    return "OK";
+  case 201:
+    return "Created";
+  case 202:
+    return "Accepted";
+  case 204:
+    return "No Content";
+  case 207:
+    return "Multi-Status";
+  case 400:
+    return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 403:
+    return "Forbidden";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 408:
+    return "Request Timeout";
+  case 409:
+    return "Conflict";
+  case 411:
+    return "Length Required";
+  case 413:
+    return "Content Too Large";
+  case 415:
+    return "Unsupported Media Type";
+  case 426:
+    return "Upgrade Required";
+  case 429:
+    return "Too Many Requests";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 501:
+    return "Not Implemented";
+  case 503:
+    return "Service Unavailable";
+  case 504:
+    return "Gateway Timeout";
+  case 505:
+    return "HTTP Version Not Supported";
+  default:
+    return "Unknown";
   }
 }
 

@@ -19,17 +19,17 @@ typedef struct {
 } fo_http_header_t;
 
 typedef struct {
-  const char *method;    /* static string, e.g. "POST" */
-  int method_id;         /* enum http_method */
-  char *path;            /* decoded-free raw path, without the query; owned */
-  char *query;           /* raw query without '?', or NULL; owned */
+  const char *method; /* static string, e.g. "POST" */
+  int method_id;      /* enum http_method */
+  char *path;         /* decoded-free raw path, without the query; owned */
+  char *query;        /* raw query without '?', or NULL; owned */
   fo_http_header_t headers[FO_HTTP_MAX_HEADERS];
   int nheaders;
-  fo_sb_t body;          /* owned */
+  fo_sb_t body; /* owned */
   int http_major, http_minor;
   bool keep_alive;
-  bool upgrade;          /* Connection: upgrade + Upgrade: present */
-  bool body_follows;     /* Content-Length > 0 or chunked (set with the headers) */
+  bool upgrade;      /* Connection: upgrade + Upgrade: present */
+  bool body_follows; /* Content-Length > 0 or chunked (set with the headers) */
 } fo_http_request_t;
 
 /* Limits and outcome codes. */
@@ -88,8 +88,7 @@ typedef enum { FO_PCT_PATH, FO_PCT_QUERY } fo_pct_mode_t;
 /* Percent-decodes s[0..len) into out (outlen bytes, no NUL appended).
  * Returns the decoded length, -EINVAL (bad escape, FO_PCT_PATH) or
  * -EMSGSIZE (does not fit outlen). Decoding never grows: len bytes suffice. */
-ssize_t fo_http_pct_decode(const char *s, size_t len, fo_pct_mode_t mode, char *out,
-                           size_t outlen);
+ssize_t fo_http_pct_decode(const char *s, size_t len, fo_pct_mode_t mode, char *out, size_t outlen);
 /* Finds key in a query string ("a=1&b=2") and returns a malloc'd,
  * NUL-terminated copy decoded with FO_PCT_QUERY, or NULL when absent. */
 char *fo_http_query_param(const char *query, const char *key);
@@ -114,7 +113,7 @@ int fo_http_format_response(fo_sb_t *out, int status, const char *content_type,
 /* Appends the JSON error body `{"error":"msg"}` (msg escaped). */
 void fo_http_error_body(fo_sb_t *out, const char *msg);
 /* Appends `{"error":"msg"}` as a complete JSON error response. */
-int fo_http_format_error(fo_sb_t *out, int status, const char *msg,
-                         const char *extra_headers, bool keep_alive);
+int fo_http_format_error(fo_sb_t *out, int status, const char *msg, const char *extra_headers,
+                         bool keep_alive);
 
 #endif

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FO_ID_LEN 16
+#define FO_ID_LEN     16
 #define FO_ID_STR_LEN 36 /* canonical 8-4-4-4-12 form, without the NUL */
 
 /* Zero-initialise; seeded from getrandom() on first use. */

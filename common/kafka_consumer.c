@@ -148,8 +148,8 @@ static char **settings_list(const fo_kafka_consumer_opts_t *o, char *group, char
 }
 
 int fo_kafka_consumer_new(uv_loop_t *loop, const fo_kafka_consumer_opts_t *opts,
-                          const fo_kafka_consumer_cbs_t *cbs, void *ud, char *err,
-                          size_t errlen, fo_kafka_consumer_t **out) {
+                          const fo_kafka_consumer_cbs_t *cbs, void *ud, char *err, size_t errlen,
+                          fo_kafka_consumer_t **out) {
   fo_kafka_consumer_t *kc = calloc(1, sizeof(*kc));
   if (kc == NULL) {
     snprintf(err, errlen, "out of memory");
@@ -170,16 +170,16 @@ int fo_kafka_consumer_new(uv_loop_t *loop, const fo_kafka_consumer_opts_t *opts,
     snprintf(err, errlen, "out of memory");
     return -ENOMEM;
   }
-  rd_kafka_conf_t *conf = fo_kafka_conf_new(FO_KAFKA_CONSUMER, opts->bootstrap, opts->client_id,
-                                            all, err, errlen);
+  rd_kafka_conf_t *conf =
+      fo_kafka_conf_new(FO_KAFKA_CONSUMER, opts->bootstrap, opts->client_id, all, err, errlen);
   free(all);
   fo_cfg_list_free(extra_items);
   if (conf == NULL) {
     free(kc);
     return -EINVAL;
   }
-  rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_FETCH | RD_KAFKA_EVENT_REBALANCE |
-                                     RD_KAFKA_EVENT_ERROR);
+  rd_kafka_conf_set_events(conf,
+                           RD_KAFKA_EVENT_FETCH | RD_KAFKA_EVENT_REBALANCE | RD_KAFKA_EVENT_ERROR);
   kc->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, errlen);
   if (kc->rk == NULL) {
     rd_kafka_conf_destroy(conf);
@@ -243,7 +243,9 @@ rd_kafka_resp_err_t fo_kafka_consumer_store(fo_kafka_consumer_t *kc, const char 
   return err;
 }
 
-rd_kafka_t *fo_kafka_consumer_rk(fo_kafka_consumer_t *kc) { return kc->rk; }
+rd_kafka_t *fo_kafka_consumer_rk(fo_kafka_consumer_t *kc) {
+  return kc->rk;
+}
 
 void fo_kafka_consumer_close(fo_kafka_consumer_t *kc) {
   if (kc == NULL || kc->kuv == NULL)

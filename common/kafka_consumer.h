@@ -23,11 +23,11 @@ typedef struct {
   const char *client_id;
   const char *group;
   int64_t session_timeout_ms;
-  char *const *settings;      /* our own "k=v" items, NULL-terminated, may be NULL */
-  const char *extra;          /* the operator's "k=v,k=v" list (win over ours), or NULL */
-  const char *const *topics;  /* to subscribe to, NULL-terminated */
-  int batch;                  /* events served per loop iteration (<= 0: 256) */
-  const char *log_mod;        /* log module of its lines, e.g. "intake" */
+  char *const *settings;     /* our own "k=v" items, NULL-terminated, may be NULL */
+  const char *extra;         /* the operator's "k=v,k=v" list (win over ours), or NULL */
+  const char *const *topics; /* to subscribe to, NULL-terminated */
+  int batch;                 /* events served per loop iteration (<= 0: 256) */
+  const char *log_mod;       /* log module of its lines, e.g. "intake" */
 } fo_kafka_consumer_opts_t;
 
 /* Called on the loop. `parts` are valid during the call only. */
@@ -48,8 +48,8 @@ typedef struct {
 /* Builds, subscribes and starts serving events. cbs is copied. Returns 0,
  * or a negative errno with err filled (a bad setting, a failed subscribe). */
 int fo_kafka_consumer_new(uv_loop_t *loop, const fo_kafka_consumer_opts_t *opts,
-                          const fo_kafka_consumer_cbs_t *cbs, void *ud, char *err,
-                          size_t errlen, fo_kafka_consumer_t **out);
+                          const fo_kafka_consumer_cbs_t *cbs, void *ud, char *err, size_t errlen,
+                          fo_kafka_consumer_t **out);
 /* Completes a deferred revoke (no-op when none is pending). */
 void fo_kafka_consumer_revoke_done(fo_kafka_consumer_t *kc);
 /* Pauses or resumes fetching from the whole current assignment. */

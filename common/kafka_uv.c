@@ -13,9 +13,9 @@
 #include "log.h"
 
 struct fo_kafka_uv {
-  uv_poll_t poll;  /* poll.data == this; watches fds[0] */
-  uv_idle_t idle;  /* runs while a batch limit left events in the queue */
-  int fds[2];      /* pipe: librdkafka writes fds[1] when q becomes non-empty */
+  uv_poll_t poll;      /* poll.data == this; watches fds[0] */
+  uv_idle_t idle;      /* runs while a batch limit left events in the queue */
+  int fds[2];          /* pipe: librdkafka writes fds[1] when q becomes non-empty */
   rd_kafka_queue_t *q; /* borrowed */
   int batch;
   fo_kafka_uv_event_cb cb;
@@ -51,7 +51,9 @@ static void serve(fo_kafka_uv_t *kuv) {
     uv_idle_start(&kuv->idle, on_idle);
 }
 
-static void on_idle(uv_idle_t *idle) { serve(idle->data); }
+static void on_idle(uv_idle_t *idle) {
+  serve(idle->data);
+}
 
 static void drain_pipe(int fd) {
   char junk[256];
@@ -130,8 +132,10 @@ void fo_kafka_uv_close(fo_kafka_uv_t *kuv) {
  * line, which is all our logger needs. */
 static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
   (void)rk;
-  fo_log_level_t lvl = level <= 3 ? FO_LOG_LVL_ERROR : level <= 5 ? FO_LOG_LVL_WARN
-                       : level == 6 ? FO_LOG_LVL_INFO : FO_LOG_LVL_DEBUG;
+  fo_log_level_t lvl = level <= 3   ? FO_LOG_LVL_ERROR
+                       : level <= 5 ? FO_LOG_LVL_WARN
+                       : level == 6 ? FO_LOG_LVL_INFO
+                                    : FO_LOG_LVL_DEBUG;
   FO_LOG_(lvl, "kafka", "librdkafka", "fac=%s detail=\"%s\"", fac, buf);
 }
 

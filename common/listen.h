@@ -12,10 +12,10 @@
 #include <uv.h>
 
 typedef struct {
-  const char *host;  /* name or numeric address; "" or NULL: all IPv4 addresses */
-  int port;          /* 0: any free port */
+  const char *host; /* name or numeric address; "" or NULL: all IPv4 addresses */
+  int port;         /* 0: any free port */
   bool reuseport;
-  int backlog;       /* <= 0: 1024 */
+  int backlog; /* <= 0: 1024 */
 } fo_listen_opts_t;
 
 /* `tcp` is initialised by the caller (uv_tcp_init) and stays the caller's:

@@ -28,7 +28,9 @@ int fo_log_parse_level(const char *s, fo_log_level_t *out) {
   return -EINVAL;
 }
 
-void fo_log_set_level(fo_log_level_t lvl) { fo_log_min_level = lvl; }
+void fo_log_set_level(fo_log_level_t lvl) {
+  fo_log_min_level = lvl;
+}
 
 uint64_t fo_now_ms(void) {
   struct timespec ts;
@@ -116,15 +118,21 @@ static size_t put_kv(char *line, size_t len, size_t cap, const char *kv, va_list
     int pr = star_p ? va_arg(ap, int) : 0;
     char tmp[1024];
     int m;
-#define FO_FMT_(arg)                                                          \
-  (star_w && star_p ? snprintf(tmp, sizeof(tmp), spec, w, pr, arg)            \
-   : star_w       ? snprintf(tmp, sizeof(tmp), spec, w, arg)                  \
-   : star_p       ? snprintf(tmp, sizeof(tmp), spec, pr, arg)                 \
-                  : snprintf(tmp, sizeof(tmp), spec, arg))
+#define FO_FMT_(arg)                                                                               \
+  (star_w && star_p ? snprintf(tmp, sizeof(tmp), spec, w, pr, arg)                                 \
+   : star_w         ? snprintf(tmp, sizeof(tmp), spec, w, arg)                                     \
+   : star_p         ? snprintf(tmp, sizeof(tmp), spec, pr, arg)                                    \
+                    : snprintf(tmp, sizeof(tmp), spec, arg))
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wformat-nonliteral"
     switch (conv) {
-    case 'd': case 'i': case 'u': case 'x': case 'X': case 'o': case 'c':
+    case 'd':
+    case 'i':
+    case 'u':
+    case 'x':
+    case 'X':
+    case 'o':
+    case 'c':
       if (lenmod == 'z' || lenmod == 't')
         m = FO_FMT_(va_arg(ap, size_t));
       else if (lenmod == 'j')
@@ -136,7 +144,14 @@ static size_t put_kv(char *line, size_t len, size_t cap, const char *kv, va_list
       else
         m = FO_FMT_(va_arg(ap, int));
       break;
-    case 'e': case 'E': case 'f': case 'F': case 'g': case 'G': case 'a': case 'A':
+    case 'e':
+    case 'E':
+    case 'f':
+    case 'F':
+    case 'g':
+    case 'G':
+    case 'a':
+    case 'A':
       if (lenmod == 'L')
         m = FO_FMT_(va_arg(ap, long double));
       else
@@ -168,9 +183,10 @@ void fo_log_write(fo_log_level_t lvl, const char *mod, const char *msg, const ch
   struct tm tm;
   clock_gettime(CLOCK_REALTIME, &ts);
   gmtime_r(&ts.tv_sec, &tm);
-  int n = snprintf(line, sizeof(line), "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s mod=",
-                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                   tm.tm_sec, ts.tv_nsec / 1000000, level_names[lvl & 3]);
+  int n = snprintf(line, sizeof(line),
+                   "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s mod=", tm.tm_year + 1900,
+                   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                   ts.tv_nsec / 1000000, level_names[lvl & 3]);
   if (n < 0)
     return;
   size_t len = (size_t)n < cap ? (size_t)n : cap;

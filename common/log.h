@@ -23,14 +23,14 @@ void fo_log_set_level(fo_log_level_t lvl);
 void fo_log_write(fo_log_level_t lvl, const char *mod, const char *msg, const char *kv, ...)
     __attribute__((format(printf, 4, 5)));
 
-#define FO_LOG_(lvl, mod, msg, ...)                      \
-  do {                                                   \
-    if ((lvl) >= fo_log_min_level)                       \
-      fo_log_write((lvl), (mod), (msg), __VA_ARGS__);    \
+#define FO_LOG_(lvl, mod, msg, ...)                                                                \
+  do {                                                                                             \
+    if ((lvl) >= fo_log_min_level)                                                                 \
+      fo_log_write((lvl), (mod), (msg), __VA_ARGS__);                                              \
   } while (0)
 #define FO_LOG_DEBUG(mod, msg, ...) FO_LOG_(FO_LOG_LVL_DEBUG, mod, msg, __VA_ARGS__)
-#define FO_LOG_INFO(mod, msg, ...) FO_LOG_(FO_LOG_LVL_INFO, mod, msg, __VA_ARGS__)
-#define FO_LOG_WARN(mod, msg, ...) FO_LOG_(FO_LOG_LVL_WARN, mod, msg, __VA_ARGS__)
+#define FO_LOG_INFO(mod, msg, ...)  FO_LOG_(FO_LOG_LVL_INFO, mod, msg, __VA_ARGS__)
+#define FO_LOG_WARN(mod, msg, ...)  FO_LOG_(FO_LOG_LVL_WARN, mod, msg, __VA_ARGS__)
 #define FO_LOG_ERROR(mod, msg, ...) FO_LOG_(FO_LOG_LVL_ERROR, mod, msg, __VA_ARGS__)
 
 /* For lines an outside peer can trigger: at most one per interval, the

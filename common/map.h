@@ -16,7 +16,7 @@ typedef struct fo_mapent {
 
 typedef struct fo_map {
   fo_mapent_t **slots;
-  uint32_t cap;   /* power of two, or 0 */
+  uint32_t cap; /* power of two, or 0 */
   uint32_t count;
 } fo_map_t;
 

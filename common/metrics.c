@@ -29,7 +29,9 @@ struct fo_metrics {
   collect_t *collectors;
 };
 
-fo_metrics_t *fo_metrics_new(void) { return calloc(1, sizeof(fo_metrics_t)); }
+fo_metrics_t *fo_metrics_new(void) {
+  return calloc(1, sizeof(fo_metrics_t));
+}
 
 void fo_metrics_free(fo_metrics_t *m) {
   if (m == NULL)

@@ -2,7 +2,9 @@
 
 #include <xxhash.h>
 
-uint32_t fo_hash32(const void *key, size_t len) { return XXH32(key, len, 0); }
+uint32_t fo_hash32(const void *key, size_t len) {
+  return XXH32(key, len, 0);
+}
 
 int32_t fo_partition_of_hash(uint32_t hash, int32_t partitions) {
   if (partitions <= 1)

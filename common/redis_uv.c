@@ -13,22 +13,22 @@
 
 struct fo_redis {
   uv_loop_t *loop;
-  uv_timer_t timer;        /* timer.data == this: reconnects and timeouts */
-  redisAsyncContext *ac;   /* NULL while disconnected; ac->data == this */
+  uv_timer_t timer;      /* timer.data == this: reconnects and timeouts */
+  redisAsyncContext *ac; /* NULL while disconnected; ac->data == this */
   bool connected;
   bool closing;
-  fo_redis_opts_t opts;    /* host, name, user and password are owned copies */
+  fo_redis_opts_t opts; /* host, name, user and password are owned copies */
   int backoff_ms;
   uint64_t next_attempt_ms;
   uint64_t connect_started_ms;
-  unsigned pending;        /* replies awaited (subscriptions excluded) */
+  unsigned pending; /* replies awaited (subscriptions excluded) */
   uint64_t last_progress_ms;
   fo_redis_state_cb state_cb;
   void *ud;
   unsigned long errors;
   fo_log_ratelimit_t rl;
-  unsigned gen;            /* bumped for every new context */
-  struct cmd *subs;        /* subscription records, freed in on_timer_closed */
+  unsigned gen;     /* bumped for every new context */
+  struct cmd *subs; /* subscription records, freed in on_timer_closed */
 };
 
 /* hiredis gives a single privdata per command, and we need ours too.
@@ -44,8 +44,8 @@ typedef struct cmd {
   fo_redis_reply_cb cb;
   void *privdata;
   bool sub;
-  unsigned null_gen;       /* sub: the context whose NULL reply was passed on */
-  struct cmd *next;        /* sub: r->subs list */
+  unsigned null_gen; /* sub: the context whose NULL reply was passed on */
+  struct cmd *next;  /* sub: r->subs list */
 } cmd_t;
 
 static void schedule_reconnect(fo_redis_t *r) {
@@ -149,8 +149,7 @@ static void on_connect(const redisAsyncContext *ac, int status) {
     uint64_t sup = 0;
     if (fo_log_ratelimit(&r->rl, fo_now_ms(), 5000, &sup))
       FO_LOG_WARN("redis", "connect failed", "name=%s addr=%s:%d err=\"%s\" suppressed=%llu",
-                  r->opts.name, r->opts.host, r->opts.port, ac->errstr,
-                  (unsigned long long)sup);
+                  r->opts.name, r->opts.host, r->opts.port, ac->errstr, (unsigned long long)sup);
     r->ac = NULL;
     if (!r->closing)
       schedule_reconnect(r);
@@ -234,8 +233,8 @@ static void free_opts(fo_redis_t *r) {
   }
 }
 
-int fo_redis_new(uv_loop_t *loop, const fo_redis_opts_t *opts, fo_redis_state_cb state_cb,
-                 void *ud, fo_redis_t **out) {
+int fo_redis_new(uv_loop_t *loop, const fo_redis_opts_t *opts, fo_redis_state_cb state_cb, void *ud,
+                 fo_redis_t **out) {
   fo_redis_t *r = calloc(1, sizeof(*r));
   if (r == NULL)
     return -ENOMEM;
@@ -269,7 +268,8 @@ int fo_redis_new(uv_loop_t *loop, const fo_redis_opts_t *opts, fo_redis_state_cb
   uv_timer_init(loop, &r->timer);
   r->timer.data = r;
   int tick = r->opts.command_timeout_ms > 0 && r->opts.command_timeout_ms < 400
-                 ? r->opts.command_timeout_ms / 4 : 100;
+                 ? r->opts.command_timeout_ms / 4
+                 : 100;
   uv_timer_start(&r->timer, on_tick, (uint64_t)tick, (uint64_t)(tick > 0 ? tick : 1));
   start_connect(r);
   *out = r;
@@ -326,8 +326,7 @@ static cmd_t *sub_record(fo_redis_t *r, fo_redis_reply_cb cb, void *privdata) {
 }
 
 static int send_cmd(fo_redis_t *r, fo_redis_reply_cb cb, void *privdata, const char *verb,
-                    size_t verblen, int (*issue)(redisAsyncContext *, cmd_t *, void *),
-                    void *arg) {
+                    size_t verblen, int (*issue)(redisAsyncContext *, cmd_t *, void *), void *arg) {
   if (r->ac == NULL || !r->connected || r->closing)
     return -ENOTCONN;
   /* (P)UNSUBSCRIBE replies go to the subscription's callback: hiredis
@@ -401,11 +400,17 @@ int fo_redis_command_argv(fo_redis_t *r, fo_redis_reply_cb cb, void *privdata, i
   return send_cmd(r, cb, privdata, argv[0], verblen, issue_argv, &aa);
 }
 
-bool fo_redis_connected(const fo_redis_t *r) { return r->connected; }
+bool fo_redis_connected(const fo_redis_t *r) {
+  return r->connected;
+}
 
-void *fo_redis_userdata(const fo_redis_t *r) { return r->ud; }
+void *fo_redis_userdata(const fo_redis_t *r) {
+  return r->ud;
+}
 
-unsigned long fo_redis_errors(const fo_redis_t *r) { return r->errors; }
+unsigned long fo_redis_errors(const fo_redis_t *r) {
+  return r->errors;
+}
 
 /* Runs after drop() in fo_redis_close: redisAsyncFree is done with every
  * subscription record (it runs deferred frees before returning to the loop). */

@@ -23,19 +23,19 @@ typedef void (*fo_redis_state_cb)(fo_redis_t *r, bool connected, void *ud);
 typedef struct {
   const char *host;
   int port;
-  int connect_timeout_ms;   /* default 2000 */
-  int command_timeout_ms;   /* default 3000; 0 disables */
-  int backoff_min_ms;       /* default 100 */
-  int backoff_max_ms;       /* default 5000 */
-  const char *name;         /* for logs, e.g. "registry" */
-  const char *password;     /* NULL or "": no AUTH. Else AUTH is sent first on every
+  int connect_timeout_ms; /* default 2000 */
+  int command_timeout_ms; /* default 3000; 0 disables */
+  int backoff_min_ms;     /* default 100 */
+  int backoff_max_ms;     /* default 5000 */
+  const char *name;       /* for logs, e.g. "registry" */
+  const char *password;   /* NULL or "": no AUTH. Else AUTH is sent first on every
                              * connection; a refused AUTH is a failed connect. */
-  const char *user;         /* Redis 6 ACL user for AUTH, NULL or "": none */
+  const char *user;       /* Redis 6 ACL user for AUTH, NULL or "": none */
 } fo_redis_opts_t;
 
 /* Creates and starts connecting. Returns 0 or -ENOMEM. */
-int fo_redis_new(uv_loop_t *loop, const fo_redis_opts_t *opts, fo_redis_state_cb state_cb,
-                 void *ud, fo_redis_t **out);
+int fo_redis_new(uv_loop_t *loop, const fo_redis_opts_t *opts, fo_redis_state_cb state_cb, void *ud,
+                 fo_redis_t **out);
 /* Queues a command (pipelined with everything else queued this loop turn).
  * Returns 0, or -ENOTCONN when not connected (cb is then NOT called).
  * (P)SUBSCRIBE: (cb, privdata) is kept for as long as r lives and shared by

@@ -218,16 +218,16 @@ int fo_auth_check(const fo_auth_opts_t *opts, const char *token, size_t len, int
   json_t *rooms = json_object_get(claims, "rooms");
   if (rooms != NULL && !json_is_null(rooms)) {
     if (!json_is_array(rooms)) {
-    rc = fail(err, errlen, -EACCES, "rooms must be an array");
-    goto done;
-  }
+      rc = fail(err, errlen, -EACCES, "rooms must be an array");
+      goto done;
+    }
     size_t i;
     json_t *r;
     json_array_foreach(rooms, i, r) {
       if (!json_is_string(r)) {
-    rc = fail(err, errlen, -EACCES, "rooms must be strings");
-    goto done;
-  }
+        rc = fail(err, errlen, -EACCES, "rooms must be strings");
+        goto done;
+      }
     }
     out->rooms = json_incref(rooms);
   }

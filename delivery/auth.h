@@ -14,9 +14,9 @@
 #include <jansson.h>
 
 typedef struct {
-  char *sub;      /* owned, NUL-terminated */
+  char *sub; /* owned, NUL-terminated */
   size_t sub_len;
-  json_t *rooms;  /* owned reference (array of strings) or NULL */
+  json_t *rooms; /* owned reference (array of strings) or NULL */
   int64_t exp;
 } fo_auth_claims_t;
 

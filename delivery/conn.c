@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 #include "delivery_int.h"
 #include "frame.h"
 #include "http.h"
@@ -15,19 +14,19 @@
 #include "proto.h"
 #include "ws.h"
 
-#define FO_IOV_MAX 1024
+#define FO_IOV_MAX       1024
 #define FO_OUTQ_POOL_MAX 1024
 
 /* Output of a busy connection; a connection with nothing queued has none. */
 struct fo_outq {
-  uv_write_t req;           /* req.data == this */
+  uv_write_t req; /* req.data == this */
   fo_conn_t *conn;
   fo_outq_t *dirty_next;
-  fo_buf_t **bufs;          /* one reference each */
+  fo_buf_t **bufs; /* one reference each */
   uint32_t n, cap;
-  uint32_t inflight;        /* bufs[0..inflight) belong to req while writing */
-  uint32_t off;             /* bytes of bufs[0] already written */
-  uint64_t bytes;           /* what bufs cost: the sum of frame_cost() */
+  uint32_t inflight; /* bufs[0..inflight) belong to req while writing */
+  uint32_t off;      /* bytes of bufs[0] already written */
+  uint64_t bytes;    /* what bufs cost: the sum of frame_cost() */
   bool dirty;
   bool writing;
 };
@@ -61,8 +60,8 @@ static fo_ws_limits_t limits_of(const fo_server_t *srv) {
 }
 
 void fo__conn_id_str(const fo_conn_t *conn, char *out, size_t outlen) {
-  snprintf(out, outlen, "%s-%" PRIx64 "-%" PRIx32, conn->srv->cfg->server_id,
-           conn->srv->start_ms, conn->id);
+  snprintf(out, outlen, "%s-%" PRIx64 "-%" PRIx32, conn->srv->cfg->server_id, conn->srv->start_ms,
+           conn->id);
 }
 
 /* ---- outbound queue ---- */
@@ -189,8 +188,7 @@ static fo_buf_t *unsent_tail(fo_conn_t *conn) {
 
 static bool pong_collapse(fo_conn_t *conn, const uint8_t *p, size_t n) {
   fo_buf_t *buf = unsent_tail(conn);
-  if (buf == NULL || buf->len < 2 || buf->data[0] != (0x80 | FO_WS_OP_PONG) ||
-      buf->cap < n + 2)
+  if (buf == NULL || buf->len < 2 || buf->data[0] != (0x80 | FO_WS_OP_PONG) || buf->cap < n + 2)
     return false;
   buf->len = (uint32_t)fo_ws_header(buf->data, FO_WS_OP_PONG, true, n);
   memcpy(buf->data + buf->len, p, n);
@@ -403,12 +401,12 @@ void fo__server_flush(fo_server_t *srv) {
     srv->dirty = q->dirty_next;
     q->dirty_next = NULL;
     q->dirty = false;
-    if (q->conn == NULL) {     /* emptied and detached while dirty */
+    if (q->conn == NULL) { /* emptied and detached while dirty */
       outq_put(srv, q);
       continue;
     }
     if (q->conn->state == FO_CONN_DEAD)
-      continue;                /* the close callback frees it */
+      continue; /* the close callback frees it */
     conn_flush(q->conn);
   }
   if (srv->fanout_t0 != 0) {
@@ -643,8 +641,8 @@ static bool rate_take(fo_conn_t *conn) {
   (*srv->m.rate_limited)++;
   uint64_t sup = 0;
   if (fo_log_ratelimit(&srv->rate_rl, fo_now_ms(), 5000, &sup))
-    FO_LOG_INFO("conn", "client message rate limit exceeded: closing", "conn=%" PRIu32
-                " rate=%" PRId64 " burst=%" PRId64 " suppressed=%" PRIu64, conn->id,
+    FO_LOG_INFO("conn", "client message rate limit exceeded: closing",
+                "conn=%" PRIu32 " rate=%" PRId64 " burst=%" PRId64 " suppressed=%" PRIu64, conn->id,
                 srv->cfg->client_msg_rate, srv->cfg->client_msg_burst, sup);
   fo__conn_close_ws(conn, FO_WS_CLOSE_POLICY, "rate limit exceeded");
   return false;
@@ -748,7 +746,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       fo__conn_destroy(conn);
     else if (conn->state == FO_CONN_OPEN)
       fo__conn_close_ws(conn, (uint16_t)rc,
-                        rc == FO_WS_CLOSE_TOO_BIG  ? "message too big"
+                        rc == FO_WS_CLOSE_TOO_BIG    ? "message too big"
                         : rc == FO_WS_CLOSE_BAD_DATA ? "invalid UTF-8"
                                                      : "protocol error");
     else if (conn->out == NULL)

@@ -36,15 +36,15 @@ typedef struct {
   rd_kafka_t *rk;
   rd_kafka_queue_t *q;
   fo_kafka_uv_t *kuv;
-  rd_kafka_topic_t *rkt;        /* for offset stores */
+  rd_kafka_topic_t *rkt;                     /* for offset stores */
   rd_kafka_topic_partition_list_t *assigned; /* our copy, NULL when none */
-  int64_t *next_off;            /* per partition: next offset to consume, -1 unknown */
+  int64_t *next_off;                         /* per partition: next offset to consume, -1 unknown */
   int32_t nparts;
   bool closed;
-  bool grouped;                 /* subscribed through a consumer group */
+  bool grouped; /* subscribed through a consumer group */
   bool revoke_pending;
-  int rq;                       /* router queue (FO_RQ_*) of its offsets */
-  char letter;                  /* 'u' or 'r' in pos */
+  int rq;      /* router queue (FO_RQ_*) of its offsets */
+  char letter; /* 'u' or 'r' in pos */
   uv_timer_t revoke_timer;
   struct fo_consumer *c;
 } fo_kc_t;
@@ -53,16 +53,16 @@ struct fo_consumer {
   fo_server_t *srv;
   fo_kc_t users;
   fo_kc_t rooms;
-  fo_sb_t sb;                   /* frame text builder */
-  bool room_pubsub;             /* room mode "redis" */
+  fo_sb_t sb;       /* frame text builder */
+  bool room_pubsub; /* room mode "redis" */
   uv_timer_t meta_timer;
   uv_work_t meta_work;
   bool meta_busy;
-  int meta_partitions;          /* result of the metadata request */
+  int meta_partitions; /* result of the metadata request */
   char meta_err[128];
   int open_handles;
   bool draining;
-  unsigned logged_kinds;        /* bit per decode fault already logged */
+  unsigned logged_kinds; /* bit per decode fault already logged */
 };
 
 enum { FAULT_KAFKA = 1, FAULT_ENVELOPE = 2, FAULT_KIND = 4, FAULT_VERSION = 8 };
@@ -122,13 +122,17 @@ static void on_user_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
   (*srv->m.msgs_in_users)++;
   if (msg->partition >= 0 && msg->partition < c->users.nparts &&
       c->users.next_off[msg->partition] < 0)
-    FO_LOG_INFO("consumer", "first record after assignment", "topic=%s partition=%" PRId32
-                " offset=%" PRId64, srv->cfg->users_topic, msg->partition, msg->offset);
+    FO_LOG_INFO("consumer", "first record after assignment",
+                "topic=%s partition=%" PRId32 " offset=%" PRId64, srv->cfg->users_topic,
+                msg->partition, msg->offset);
   track_partition(&c->users, msg->partition, msg->offset + 1);
   int rc = fo_env_decode(msg->payload, msg->len, &env, err, sizeof(err));
   if (rc != 0 || env.kind != FO_ENV_SEND) {
     (*srv->m.decode_errors)++;
-    log_once(c, rc == -ENOTSUP ? FAULT_VERSION : rc != 0 ? FAULT_ENVELOPE : FAULT_KIND,
+    log_once(c,
+             rc == -ENOTSUP ? FAULT_VERSION
+             : rc != 0      ? FAULT_ENVELOPE
+                            : FAULT_KIND,
              srv->cfg->users_topic, rc != 0 ? err : "not a send envelope");
     fo__router_skip(srv, FO_RQ_USERS, msg->partition, msg->offset);
     return;
@@ -156,7 +160,10 @@ static void on_room_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
   int rc = fo_env_decode(msg->payload, msg->len, &env, err, sizeof(err));
   if (rc != 0 || env.kind != FO_ENV_BROADCAST) {
     (*srv->m.decode_errors)++;
-    log_once(c, rc == -ENOTSUP ? FAULT_VERSION : rc != 0 ? FAULT_ENVELOPE : FAULT_KIND,
+    log_once(c,
+             rc == -ENOTSUP ? FAULT_VERSION
+             : rc != 0      ? FAULT_ENVELOPE
+                            : FAULT_KIND,
              srv->cfg->rooms_topic, rc != 0 ? err : "not a broadcast envelope");
     if (c->room_pubsub)
       fo__router_skip(srv, FO_RQ_ROOMS, msg->partition, msg->offset);
@@ -479,8 +486,8 @@ int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen) {
   fo__router_set_done_cb(srv, FO_RQ_ROOMS, on_done, &c->rooms);
   fo__router_set_progress_cb(srv, on_progress, srv);
 
-  int rc = make_consumer(c, &c->users, cfg->group_id, cfg->users_topic, false, true,
-                         on_users_event, err, errlen);
+  int rc = make_consumer(c, &c->users, cfg->group_id, cfg->users_topic, false, true, on_users_event,
+                         err, errlen);
   if (rc == 0)
     rc = subscribe(c->users.rk, cfg->users_topic, err, errlen);
   if (rc != 0)
@@ -544,7 +551,8 @@ void fo__consumer_collect(fo_server_t *srv) {
       int32_t p = kc->assigned->elems[i].partition;
       int64_t lo = 0, hi = 0;
       if (rd_kafka_get_watermark_offsets(kc->rk, kc->assigned->elems[i].topic, p, &lo, &hi) !=
-          RD_KAFKA_RESP_ERR_NO_ERROR || hi < 0)
+              RD_KAFKA_RESP_ERR_NO_ERROR ||
+          hi < 0)
         continue;
       int64_t next = p < kc->nparts ? kc->next_off[p] : -1;
       if (next >= 0 && hi > next)

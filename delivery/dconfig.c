@@ -11,13 +11,14 @@
 #include "log.h"
 #include "rkeys.h"
 
-#define F(name, type, field, min, max, def, help) \
-  {name, type, offsetof(fo_dcfg_t, field), min, max, def, help}
+#define F(name, type, field, min, max, def, help)                                                  \
+  { name, type, offsetof(fo_dcfg_t, field), min, max, def, help }
 
 const fo_cfg_field_t fo_dcfg_fields[] = {
     F("listen", FO_CFG_ADDR, listen, 0, 65535, "127.0.0.1:8081",
       "address for WebSocket clients and /healthz, /readyz, /metrics (port 0: any free port)"),
-    F("redis", FO_CFG_ADDR, redis, 1, 65535, "127.0.0.1:6379", "Redis for the registry and Pub/Sub"),
+    F("redis", FO_CFG_ADDR, redis, 1, 65535, "127.0.0.1:6379",
+      "Redis for the registry and Pub/Sub"),
     F("redis-password", FO_CFG_STR, redis_password, 0, 4096, "",
       "Redis AUTH password, sent first on every Redis connection (empty: no AUTH)"),
     F("redis-user", FO_CFG_STR, redis_user, 0, 256, "",
@@ -75,7 +76,8 @@ const fo_cfg_field_t fo_dcfg_fields[] = {
       "consumer group session timeout (a dead server's partitions move after it)"),
     F("kafka-opts", FO_CFG_STR, kafka_opts, 0, 8192, "",
       "extra librdkafka settings, comma-separated key=value (write a comma inside a value as \\,)"),
-    F("redis-prefix", FO_CFG_STR, redis_prefix, 0, 128, "", "prefix of every Redis key and channel"),
+    F("redis-prefix", FO_CFG_STR, redis_prefix, 0, 128, "",
+      "prefix of every Redis key and channel"),
     F("origins", FO_CFG_STR, origins, 0, 8192, "",
       "comma-separated Origin allow-list (empty: any; requests without Origin are allowed)"),
     F("room-mode", FO_CFG_STR, room_mode, 1, 8, "kafka",

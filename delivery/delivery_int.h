@@ -42,7 +42,7 @@ typedef struct fo_server fo_server_t;
 /* Longest --server-id; connection ids ("<server-id>-<start ms hex>-<conn id
  * hex>") are sized from it so that they can never be cut. */
 #define FO_SERVER_ID_MAX 64
-#define FO_CONN_ID_LEN (FO_SERVER_ID_MAX + 1 + 16 + 1 + 8 + 1)
+#define FO_CONN_ID_LEN   (FO_SERVER_ID_MAX + 1 + 16 + 1 + 8 + 1)
 
 /* The example secret of deploy/local and the examples (32+ bytes, but warned
  * about at start: everyone knows it). */
@@ -59,8 +59,8 @@ typedef struct {
   char *kafka;
   char *server_id;
   char *jwt_secret;
-  char *jwt_audience;        /* "" = not checked */
-  char *jwt_issuer;          /* "" = not checked */
+  char *jwt_audience; /* "" = not checked */
+  char *jwt_issuer;   /* "" = not checked */
   int64_t max_token_lifetime_s;
   char *log_level;
   int64_t ping_interval_ms;
@@ -85,15 +85,15 @@ typedef struct {
   char *kafka_opts;
   char *redis_prefix;
   char *origins;
-  char *room_mode;          /* the flag's text; room_mode_id is what code reads */
-  int room_mode_id;         /* FO_ROOM_MODE_*, set by fo_dcfg_finalize */
+  char *room_mode;  /* the flag's text; room_mode_id is what code reads */
+  int room_mode_id; /* FO_ROOM_MODE_*, set by fo_dcfg_finalize */
   int64_t drain_timeout_ms;
   int64_t registry_refresh_ms;
   int64_t alive_ttl_ms;
   bool reuseport;
   bool kafka_enabled;
-  int64_t read_pause_bytes;  /* input backpressure (conn.c) */
-  int64_t client_msg_rate;   /* token bucket per connection; 0 = no limit */
+  int64_t read_pause_bytes; /* input backpressure (conn.c) */
+  int64_t client_msg_rate;  /* token bucket per connection; 0 = no limit */
   int64_t client_msg_burst;
 } fo_dcfg_t;
 
@@ -157,28 +157,28 @@ enum {
  * input, outbound queue, room list) hangs off a pointer that is NULL while
  * the connection is idle. */
 struct fo_conn {
-  uv_tcp_t tcp;             /* tcp.data == this conn */
+  uv_tcp_t tcp; /* tcp.data == this conn */
   fo_server_t *srv;
-  fo_conn_t *prev, *next;   /* all connections of the server */
-  fo_conn_t *user_next;     /* next connection of the same user */
-  fo_user_t *user;          /* interned, one reference; NULL before auth */
-  void *in;                 /* HANDSHAKE: fo_http_parser_t *; else fo_ws_rx_t * or NULL */
-  fo_outq_t *out;           /* NULL when nothing is queued */
+  fo_conn_t *prev, *next;      /* all connections of the server */
+  fo_conn_t *user_next;        /* next connection of the same user */
+  fo_user_t *user;             /* interned, one reference; NULL before auth */
+  void *in;                    /* HANDSHAKE: fo_http_parser_t *; else fo_ws_rx_t * or NULL */
+  fo_outq_t *out;              /* NULL when nothing is queued */
   struct fo_conn_rooms *rooms; /* NULL when in no room */
-  fo_perm_t *perm;          /* interned rooms claim; NULL = no rooms allowed */
-  uint64_t deadline;        /* uv_now() ms: handshake end, next ping, pong or close deadline */
-  uint32_t id;              /* per-process sequence number */
-  uint32_t exp_s;           /* token exp in seconds after srv->start_ms / 1000; 0 = none */
+  fo_perm_t *perm;             /* interned rooms claim; NULL = no rooms allowed */
+  uint64_t deadline;           /* uv_now() ms: handshake end, next ping, pong or close deadline */
+  uint32_t id;                 /* per-process sequence number */
+  uint32_t exp_s;              /* token exp in seconds after srv->start_ms / 1000; 0 = none */
   uint8_t state;
   uint8_t await_pong : 1;
-  uint8_t registered : 1;   /* in the local maps and (if connected) Redis */
+  uint8_t registered : 1; /* in the local maps and (if connected) Redis */
   uint8_t close_after_flush : 1;
   uint8_t peer_closed : 1;
-  uint8_t rx_broken : 1;     /* protocol error: input is ignored */
-  uint8_t reg_pending : 1;   /* rreg.c's: HSET not sent yet, batched at the end of the loop
+  uint8_t rx_broken : 1;   /* protocol error: input is ignored */
+  uint8_t reg_pending : 1; /* rreg.c's: HSET not sent yet, batched at the end of the loop
                               * turn (one bit here costs nothing: it shares the flags byte) */
-  uint8_t read_paused : 1;   /* uv_read_stop'd: the outbound queue is over --read-pause-bytes */
-  uint16_t tokens;          /* client messages left in the rate bucket; refilled by the
+  uint8_t read_paused : 1; /* uv_read_stop'd: the outbound queue is over --read-pause-bytes */
+  uint16_t tokens;         /* client messages left in the rate bucket; refilled by the
                              * sweep for every connection at once, so no timestamp here
                              * (it fills padding: 344 bytes with exp_s, one 352-byte
                              * malloc chunk as before either field) */
@@ -186,10 +186,10 @@ struct fo_conn {
 
 /* An interned user with its local connections (hub.c). */
 struct fo_user {
-  fo_mapent_t ent;     /* key = name */
-  fo_conn_t *conns;    /* singly linked through conn->user_next */
+  fo_mapent_t ent;  /* key = name */
+  fo_conn_t *conns; /* singly linked through conn->user_next */
   uint32_t nconns;
-  char name[];         /* NUL-terminated */
+  char name[]; /* NUL-terminated */
 };
 
 struct fo_server {
@@ -207,44 +207,44 @@ struct fo_server {
   bool stopping;
   int exit_code;
 
-  uint8_t *rbuf;            /* the one read buffer of the loop */
+  uint8_t *rbuf; /* the one read buffer of the loop */
   size_t rbuf_len;
   bool rbuf_busy;
 
-  fo_conn_t conns;          /* list head (sentinel; only prev/next used) */
-  int64_t nconns;           /* everything accepted and not yet freed */
-  int64_t nopen;            /* WebSocket connections open */
-  int64_t npending;         /* accepted, not upgraded yet (HANDSHAKE or HTTP state):
+  fo_conn_t conns;  /* list head (sentinel; only prev/next used) */
+  int64_t nconns;   /* everything accepted and not yet freed */
+  int64_t nopen;    /* WebSocket connections open */
+  int64_t npending; /* accepted, not upgraded yet (HANDSHAKE or HTTP state):
                              * what --max-pending-handshakes caps */
   uint32_t next_conn_id;
   uint64_t start_ms;
 
-  fo_map_t users;           /* name -> fo_user_t */
-  fo_map_t rooms;           /* name -> fo_room_t */
-  fo_map_t perms;           /* canonical claim -> fo_perm_t */
+  fo_map_t users; /* name -> fo_user_t */
+  fo_map_t rooms; /* name -> fo_room_t */
+  fo_map_t perms; /* canonical claim -> fo_perm_t */
 
-  fo_outq_t *dirty;         /* connections with output to flush this turn */
-  fo_outq_t *outq_pool;     /* free outbound queues, reused */
+  fo_outq_t *dirty;     /* connections with output to flush this turn */
+  fo_outq_t *outq_pool; /* free outbound queues, reused */
   int outq_pool_n;
-  fo_flow_t *flow;          /* owned: outbound queue cost + routing backlog against the
+  fo_flow_t *flow;            /* owned: outbound queue cost + routing backlog against the
                              * water marks; pauses Kafka through server.c's callback */
-  uint64_t rx_bytes;        /* partial client input held (fo_ws_rx_bytes of every connection):
+  uint64_t rx_bytes;          /* partial client input held (fo_ws_rx_bytes of every connection):
                              * a gauge only; not in the water marks, since pausing Kafka
                              * frees none of it (per connection it is capped by the frame
                              * and message limits) */
-  uint64_t rate_refill_ms;  /* uv_now() up to which the rate buckets were refilled */
+  uint64_t rate_refill_ms;    /* uv_now() up to which the rate buckets were refilled */
   fo_log_ratelimit_t rate_rl; /* "rate limit exceeded" lines */
-  uv_buf_t *iov;            /* scratch for writes */
+  uv_buf_t *iov;              /* scratch for writes */
   int iov_cap;
 
-  char **origins;           /* allow-list, NULL = any */
+  char **origins; /* allow-list, NULL = any */
   int norigins;
 
   fo_metrics_t *metrics;
   fo_dmetrics_t m;
 
-  fo_buf_t *ping_frame;     /* shared, pre-encoded */
-  fo_sb_t scratch;          /* per-loop builder for frames */
+  fo_buf_t *ping_frame; /* shared, pre-encoded */
+  fo_sb_t scratch;      /* per-loop builder for frames */
 
   /* Upward events, wired by server.c: the emitting module calls through
    * these and knows nothing of the receiver (NULL: nobody listens). */
@@ -253,16 +253,17 @@ struct fo_server {
      * claim (jansson array or NULL) into the hub. Returns 0, 429 (the
      * per-user limit) or 500 (out of memory). */
     int (*admit)(fo_conn_t *conn, const char *user, size_t ulen, const void *rooms_json);
-    void (*unadmit)(fo_conn_t *conn);  /* the 101 could not be queued */
-    void (*opened)(fo_conn_t *conn);   /* the WebSocket is open */
-    void (*closed)(fo_conn_t *conn);   /* ... and is closing: leave rooms, registry */
+    void (*unadmit)(fo_conn_t *conn); /* the 101 could not be queued */
+    void (*opened)(fo_conn_t *conn);  /* the WebSocket is open */
+    void (*closed)(fo_conn_t *conn);  /* ... and is closing: leave rooms, registry */
     /* A client's join (join) or leave: 0, -EPERM, -E2BIG, -ENOMEM. */
     int (*room)(fo_conn_t *conn, const char *room, size_t len, bool join);
-    bool (*ready)(fo_server_t *srv);   /* /readyz */
+    bool (*ready)(fo_server_t *srv); /* /readyz */
   } conn_ev;
   struct {
     void (*user_gone)(fo_server_t *srv, fo_user_t *user); /* last local connection */
-    void (*room_sub)(fo_server_t *srv, const char *room, size_t len, bool on); /* first/last member */
+    void (*room_sub)(fo_server_t *srv, const char *room, size_t len,
+                     bool on); /* first/last member */
   } hub_ev;
   struct {
     void (*pubsub_user)(fo_server_t *srv, const char *p, size_t n); /* on ws:server:{self} */
@@ -272,16 +273,16 @@ struct fo_server {
   struct fo_redis *(*redis_cmd)(fo_server_t *srv); /* for the router: Redis commands, or NULL */
   void (*on_sweep)(fo_server_t *srv);              /* each heartbeat tick (router's settle) */
 
-  fo_rreg_t *rreg;          /* Redis registry + Pub/Sub */
+  fo_rreg_t *rreg; /* Redis registry + Pub/Sub */
   fo_router_t *router;
   fo_consumer_t *consumer;
 
   /* drain.c's state (drain.c writes it; others read draining/stopping) */
   uint64_t drain_started;
-  bool barrier_asked;       /* drain: a PING was sent after the last HDEL */
-  bool redis_flushed;       /* drain: ... and answered (or Redis is down) */
+  bool barrier_asked;                   /* drain: a PING was sent after the last HDEL */
+  bool redis_flushed;                   /* drain: ... and answered (or Redis is down) */
   void (*on_stopped)(fo_server_t *srv); /* server.c: closes its own handles at the end */
-  uint64_t fanout_t0;       /* uv_hrtime() of the first room record not yet flushed */
+  uint64_t fanout_t0;                   /* uv_hrtime() of the first room record not yet flushed */
 };
 
 /* ---- conn.c ---- */

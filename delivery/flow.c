@@ -4,8 +4,8 @@
 #include "flow.h"
 
 struct fo_flow {
-  uint64_t queued;    /* outbound queues: see frame_cost() in conn.c */
-  uint64_t backlog;   /* routed messages waiting for Redis (router.c) */
+  uint64_t queued;  /* outbound queues: see frame_cost() in conn.c */
+  uint64_t backlog; /* routed messages waiting for Redis (router.c) */
   uint64_t high, low;
   bool paused;
   fo_flow_pause_cb on_pause;

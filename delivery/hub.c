@@ -114,17 +114,17 @@ struct fo_conn_rooms {
   uint32_t n, cap;
   struct {
     fo_room_t *room;
-    uint32_t idx;      /* position of the conn in room->members */
+    uint32_t idx; /* position of the conn in room->members */
   } e[];
 };
 
 typedef struct {
   uint32_t off, len;
-  bool prefix;         /* entry ended in '*': matches any room starting with it */
+  bool prefix; /* entry ended in '*': matches any room starting with it */
 } fo_perm_item_t;
 
 struct fo_perm {
-  fo_mapent_t ent;     /* key = entries joined with '\0' */
+  fo_mapent_t ent; /* key = entries joined with '\0' */
   uint32_t refs;
   uint32_t n;
   fo_perm_item_t items[];

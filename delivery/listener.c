@@ -19,7 +19,6 @@
 #include "log.h"
 #include "ws.h"
 
-
 static fo_log_ratelimit_t accept_rl;
 
 static void on_connection(uv_stream_t *server, int status) {
@@ -88,8 +87,7 @@ int fo__listener_start(fo_server_t *srv, char *err, size_t errlen) {
   }
   rc = uv_listen((uv_stream_t *)&srv->listener, 4096, on_connection);
   if (rc != 0) {
-    snprintf(err, errlen, "listen %s:%d: %s", cfg->listen.host, cfg->listen.port,
-             uv_strerror(rc));
+    snprintf(err, errlen, "listen %s:%d: %s", cfg->listen.host, cfg->listen.port, uv_strerror(rc));
     return rc;
   }
   struct sockaddr_storage bound;
@@ -126,8 +124,8 @@ void fo__listener_stop(fo_server_t *srv) {
 /* Bit flags kept in the parser callback's outcome. */
 typedef struct {
   fo_conn_t *conn;
-  bool done;     /* a request was answered */
-  bool kill;     /* close the socket now */
+  bool done; /* a request was answered */
+  bool kill; /* close the socket now */
 } hs_state_t;
 
 static void respond(fo_conn_t *conn, int status, const char *ctype, const char *extra,

@@ -28,8 +28,7 @@ int fo_proto_message(fo_sb_t *sb, const fo_env_t *env, char letter, int32_t part
   fo_sb_puts(sb, id);
   fo_sb_puts(sb, letter == 'u' ? "\",\"user\":" : "\",\"room\":");
   fo_json_put_str(sb, env->target, env->target_len);
-  fo_sb_printf(sb, ",\"pos\":\"%c/%" PRId32 "/%" PRId64 "\",\"data\":", letter, partition,
-               offset);
+  fo_sb_printf(sb, ",\"pos\":\"%c/%" PRId32 "/%" PRId64 "\",\"data\":", letter, partition, offset);
   int done = 0;
   if (fo_proto_json_ct(env->content_type, env->content_type_len)) {
     /* Validated once per message, inserted raw for every recipient. */
@@ -124,8 +123,8 @@ fo_buf_t *fo_proto_pub_user(const char *user, size_t ulen, const char *json, siz
   return pub;
 }
 
-int fo_proto_pub_parse(const char *p, size_t n, const char **user, size_t *ulen,
-                       const char **json, size_t *jlen) {
+int fo_proto_pub_parse(const char *p, size_t n, const char **user, size_t *ulen, const char **json,
+                       size_t *jlen) {
   size_t i = 0, len = 0;
   while (i < n && i < 6 && p[i] >= '0' && p[i] <= '9')
     len = len * 10 + (size_t)(p[i++] - '0');

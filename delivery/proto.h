@@ -17,7 +17,7 @@
 #define FO_PROTO_ROOM_MAX 256
 
 /* {"type":"pong"}, the answer to a client's {"type":"ping"}. */
-#define FO_PROTO_PONG "{\"type\":\"pong\"}"
+#define FO_PROTO_PONG     "{\"type\":\"pong\"}"
 #define FO_PROTO_PONG_LEN (sizeof(FO_PROTO_PONG) - 1)
 
 /* The message frame text of a decoded envelope, into sb (reset first):
@@ -49,9 +49,9 @@ typedef enum {
 
 typedef struct {
   fo_proto_kind_t kind;
-  const char *err_code;   /* FO_PROTO_BAD: static strings */
+  const char *err_code; /* FO_PROTO_BAD: static strings */
   const char *err_msg;
-  size_t room_len;        /* JOIN/LEAVE */
+  size_t room_len;                  /* JOIN/LEAVE */
   char room[FO_PROTO_ROOM_MAX + 1]; /* NUL-terminated copy (the name may hold NULs) */
 } fo_proto_msg_t;
 
@@ -65,7 +65,7 @@ fo_proto_kind_t fo_proto_parse(const uint8_t *p, size_t n, fo_proto_msg_t *out);
 fo_buf_t *fo_proto_pub_user(const char *user, size_t ulen, const char *json, size_t jlen,
                             uint32_t *user_off);
 /* Parses that payload (pointers into p); returns 0 or -EPROTO. */
-int fo_proto_pub_parse(const char *p, size_t n, const char **user, size_t *ulen,
-                       const char **json, size_t *jlen);
+int fo_proto_pub_parse(const char *p, size_t n, const char **user, size_t *ulen, const char **json,
+                       size_t *jlen);
 
 #endif

@@ -34,41 +34,40 @@
 #include "rkeys.h"
 #include "ws.h"
 
-static const char route_lua[] =
-    "local h = redis.call('HGETALL', KEYS[1])\n"
-    "local seen = {}\n"
-    "local sent, dead = 0, 0\n"
-    "for i = 1, #h, 2 do\n"
-    "  local sid = h[i + 1]\n"
-    "  if sid ~= ARGV[3] then\n"
-    "    local st = seen[sid]\n"
-    "    if st == nil then\n"
-    "      st = redis.call('EXISTS', ARGV[1] .. sid) == 1\n"
-    "      if st then\n"
-    "        redis.call('PUBLISH', ARGV[2] .. sid, ARGV[4])\n"
-    "        sent = sent + 1\n"
-    "      end\n"
-    "      seen[sid] = st\n"
-    "    end\n"
-    "    if not st then\n"
-    "      redis.call('HDEL', KEYS[1], h[i])\n"
-    "      dead = dead + 1\n"
-    "    end\n"
-    "  end\n"
-    "end\n"
-    "return {sent, dead}\n";
+static const char route_lua[] = "local h = redis.call('HGETALL', KEYS[1])\n"
+                                "local seen = {}\n"
+                                "local sent, dead = 0, 0\n"
+                                "for i = 1, #h, 2 do\n"
+                                "  local sid = h[i + 1]\n"
+                                "  if sid ~= ARGV[3] then\n"
+                                "    local st = seen[sid]\n"
+                                "    if st == nil then\n"
+                                "      st = redis.call('EXISTS', ARGV[1] .. sid) == 1\n"
+                                "      if st then\n"
+                                "        redis.call('PUBLISH', ARGV[2] .. sid, ARGV[4])\n"
+                                "        sent = sent + 1\n"
+                                "      end\n"
+                                "      seen[sid] = st\n"
+                                "    end\n"
+                                "    if not st then\n"
+                                "      redis.call('HDEL', KEYS[1], h[i])\n"
+                                "      dead = dead + 1\n"
+                                "    end\n"
+                                "  end\n"
+                                "end\n"
+                                "return {sent, dead}\n";
 
 typedef struct fo_rmsg {
   struct fo_rmsg *next;
   fo_router_t *router;
-  fo_buf_t *pub;          /* user: "<len>:<user><json>"; room: "<channel><json>" */
+  fo_buf_t *pub;               /* user: "<len>:<user><json>"; room: "<channel><json>" */
   uint32_t user_off, user_len; /* user: the user in pub; room: the channel (off 0) */
-  uint8_t q;              /* FO_RQ_USERS or FO_RQ_ROOMS */
+  uint8_t q;                   /* FO_RQ_USERS or FO_RQ_ROOMS */
   int32_t partition;
   int64_t offset;
   bool done;
-  bool issued;            /* a script call is outstanding */
-  bool use_eval;          /* the server lost the script: send it in full */
+  bool issued;   /* a script call is outstanding */
+  bool use_eval; /* the server lost the script: send it in full */
 } fo_rmsg_t;
 
 typedef struct {
@@ -86,8 +85,8 @@ struct fo_router {
   char sha[41];
   char *alive_prefix, *chan_prefix;
   fo_log_ratelimit_t rl;
-  bool was_up;             /* Redis was connected before */
-  uint64_t settle_until;   /* loop ms: hold user routes until then */
+  bool was_up;           /* Redis was connected before */
+  uint64_t settle_until; /* loop ms: hold user routes until then */
 };
 
 static void sha1_hex(const char *s, size_t n, char out[41]) {
@@ -263,8 +262,8 @@ static void issue(fo_router_t *rt, fo_rmsg_t *m) {
   }
   fo_sb_t key;
   fo_sb_init(&key);
-  fo_rkey_connections(&key, srv->cfg->redis_prefix,
-                      (const char *)m->pub->data + m->user_off, m->user_len);
+  fo_rkey_connections(&key, srv->cfg->redis_prefix, (const char *)m->pub->data + m->user_off,
+                      m->user_len);
   if (key.oom) {
     fo_sb_free(&key);
     return;
@@ -328,8 +327,8 @@ size_t fo__deliver_user_local(fo_server_t *srv, const char *user, size_t ulen, f
   return n;
 }
 
-int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char *json,
-                    size_t jlen, int32_t partition, int64_t offset) {
+int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char *json, size_t jlen,
+                    int32_t partition, int64_t offset) {
   fo_router_t *rt = srv->router;
   if (fo__registry_user(srv, user, ulen) != NULL) {
     fo_buf_t *frame = fo_frame_new(FO_WS_OP_TEXT, json, jlen);
@@ -360,8 +359,8 @@ int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char 
   return 0;
 }
 
-int fo__router_room(fo_server_t *srv, const char *room, size_t rlen, const char *json,
-                    size_t jlen, int32_t partition, int64_t offset) {
+int fo__router_room(fo_server_t *srv, const char *room, size_t rlen, const char *json, size_t jlen,
+                    int32_t partition, int64_t offset) {
   fo_router_t *rt = srv->router;
   fo_sb_t ch;
   fo_sb_init(&ch);

@@ -32,8 +32,8 @@
 #include "redis_uv.h"
 #include "rkeys.h"
 
-#define REFRESH_CHUNK 500
-#define RETRY_MIN_MS 500
+#define REFRESH_CHUNK  500
+#define RETRY_MIN_MS   500
 #define HDEL_RETRY_MAX 10000 /* failed HDELs held for a resend; past it the TTL cleans up */
 
 /* A user with connections to register at the end of this loop turn. By
@@ -47,7 +47,7 @@ typedef struct {
 typedef struct hdel {
   struct hdel *next;
   uint32_t klen, ilen;
-  char data[];              /* key, then the connection id */
+  char data[]; /* key, then the connection id */
 } hdel_t;
 
 struct fo_rreg {
@@ -55,27 +55,27 @@ struct fo_rreg {
   fo_redis_t *cmd;
   fo_redis_t *sub;
   uv_timer_t alive_timer;
-  uv_timer_t refresh_timer;   /* periodic pass start */
-  uv_timer_t chunk_timer;     /* continues a pass in chunks */
-  uv_timer_t retry_timer;     /* a pass and the HDELs after a refused command */
-  uint64_t retry_ms;          /* next retry delay: doubles while commands fail */
-  bool retry_pass;            /* a registration was refused: pass at retry_timer */
-  hdel_t *hdels;              /* HDELs to resend (owned); hdels_n of them */
+  uv_timer_t refresh_timer; /* periodic pass start */
+  uv_timer_t chunk_timer;   /* continues a pass in chunks */
+  uv_timer_t retry_timer;   /* a pass and the HDELs after a refused command */
+  uint64_t retry_ms;        /* next retry delay: doubles while commands fail */
+  bool retry_pass;          /* a registration was refused: pass at retry_timer */
+  hdel_t *hdels;            /* HDELs to resend (owned); hdels_n of them */
   uint32_t hdels_n;
   uint32_t cursor;
   bool pass_running;
   bool sub_ready;
   int open_handles;
   fo_sb_t key;
-  char *channel;              /* our server channel name */
+  char *channel; /* our server channel name */
   size_t channel_len;
-  char *room_prefix;          /* "{prefix}ws:room:" */
+  char *room_prefix; /* "{prefix}ws:room:" */
   size_t room_prefix_len;
   int64_t *up_gauge;
   uint64_t last_errors;
-  pend_t **pend;              /* users with connections not registered yet (owned) */
+  pend_t **pend; /* users with connections not registered yet (owned) */
   uint32_t npend, pend_cap;
-  fo_map_t unsubs;            /* unsub_t by room name, on the current sub connection */
+  fo_map_t unsubs; /* unsub_t by room name, on the current sub connection */
 };
 
 /* A room channel whose UNSUBSCRIBE is in flight on rr->sub. A SUBSCRIBE sent
@@ -289,7 +289,7 @@ static void on_cmd_state(fo_redis_t *r, bool connected, void *ud) {
   if (srv->draining)
     return;
   set_alive(rr);
-  start_pass(rr);              /* re-register everything we hold */
+  start_pass(rr); /* re-register everything we hold */
   if (srv->rreg_ev.redis_up != NULL)
     srv->rreg_ev.redis_up(srv);
 }
@@ -386,8 +386,8 @@ static void on_sub_state(fo_redis_t *r, bool connected, void *ud) {
     return;
   if (sent(rr, fo_redis_command(r, on_sub_message, rr, "SUBSCRIBE %b", rr->channel,
                                 rr->channel_len)) != 0)
-    FO_LOG_WARN("registry", "could not subscribe: not ready until the next reconnect",
-                "channel=%s", rr->channel); /* /readyz says so: redis_up stays 0 */
+    FO_LOG_WARN("registry", "could not subscribe: not ready until the next reconnect", "channel=%s",
+                rr->channel); /* /readyz says so: redis_up stays 0 */
   if (srv->cfg->room_mode_id == FO_ROOM_MODE_REDIS) {
     uint32_t cur = 0;
     fo_mapent_t *e;
@@ -406,8 +406,10 @@ void fo__rreg_room_sub(fo_server_t *srv, const char *room, size_t len, bool on) 
   if (fo_map_get(&rr->unsubs, room, len, h) != NULL) {
     /* UNSUBSCRIBE in flight: its reply decides (unsubscribed()) */
     if (on)
-      FO_LOG_DEBUG("registry", "room joined while its unsubscribe is pending: "
-                   "re-subscribing after the reply", "pending=%u", rr->unsubs.count);
+      FO_LOG_DEBUG("registry",
+                   "room joined while its unsubscribe is pending: "
+                   "re-subscribing after the reply",
+                   "pending=%u", rr->unsubs.count);
     return;
   }
   if (on) {

@@ -18,8 +18,6 @@
 #include "server.h"
 #include "ws.h"
 
-
-
 static void register_metrics(fo_server_t *srv) {
   fo_metrics_t *m = srv->metrics;
   fo_dmetrics_t *d = &srv->m;
@@ -70,7 +68,7 @@ static void register_metrics(fo_server_t *srv) {
   C(dead_servers_cleaned, "dead_entries_cleaned_total",
     "registry entries removed because their server's liveness key was gone");
   d->redis_conn_errors = fo_metrics_counter(m, "fanout_delivery_redis_connection_errors_total",
-                                         "Redis connect failures, timeouts and disconnects");
+                                            "Redis connect failures, timeouts and disconnects");
 #undef G
 #undef C
 }
@@ -220,8 +218,8 @@ int fo_server_core_init(fo_server_t *srv, uv_loop_t *loop, const fo_dcfg_t *cfg,
   srv->rbuf_len = 65536;
   srv->rbuf = malloc(srv->rbuf_len);
   srv->metrics = fo_metrics_new();
-  srv->flow = fo_flow_new((uint64_t)cfg->high_water_bytes, (uint64_t)cfg->low_water_bytes,
-                          on_pause, srv);
+  srv->flow =
+      fo_flow_new((uint64_t)cfg->high_water_bytes, (uint64_t)cfg->low_water_bytes, on_pause, srv);
   fo_sb_init(&srv->scratch);
   if (srv->rbuf == NULL || srv->metrics == NULL || srv->flow == NULL) {
     snprintf(err, errlen, "out of memory");

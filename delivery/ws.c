@@ -14,18 +14,18 @@
  * fragments and across reads, so a text message fails at the first byte
  * that no continuation could make valid (RFC 6455 8.1: fail fast). */
 typedef struct {
-  uint8_t need;       /* continuation bytes still expected (0..3) */
-  uint8_t lo, hi;     /* range of the next one (excludes overlongs, surrogates, > U+10FFFF) */
+  uint8_t need;   /* continuation bytes still expected (0..3) */
+  uint8_t lo, hi; /* range of the next one (excludes overlongs, surrogates, > U+10FFFF) */
 } utf8_state_t;
 
 struct fo_ws_rx {
-  uint8_t *pend;      /* an incomplete frame: header raw, then payload */
+  uint8_t *pend; /* an incomplete frame: header raw, then payload */
   size_t pend_len, pend_cap;
-  size_t pend_done;   /* payload bytes of pend already unmasked (and UTF-8 checked) */
-  uint8_t *msg;       /* payload of a fragmented message being reassembled */
+  size_t pend_done; /* payload bytes of pend already unmasked (and UTF-8 checked) */
+  uint8_t *msg;     /* payload of a fragmented message being reassembled */
   size_t msg_len, msg_cap;
-  int msg_op;         /* FO_WS_OP_TEXT/BINARY while reassembling, else 0 */
-  utf8_state_t u8;    /* of the text message in progress (fragments or a partial frame) */
+  int msg_op;      /* FO_WS_OP_TEXT/BINARY while reassembling, else 0 */
+  utf8_state_t u8; /* of the text message in progress (fragments or a partial frame) */
 };
 
 static int reserve(uint8_t **p, size_t *cap, size_t need) {
@@ -65,8 +65,18 @@ bool fo_ws_close_code_valid(unsigned code) {
   if (code >= 3000 && code <= 4999)
     return true;
   switch (code) {
-  case 1000: case 1001: case 1002: case 1003: case 1007: case 1008:
-  case 1009: case 1010: case 1011: case 1012: case 1013: case 1014:
+  case 1000:
+  case 1001:
+  case 1002:
+  case 1003:
+  case 1007:
+  case 1008:
+  case 1009:
+  case 1010:
+  case 1011:
+  case 1012:
+  case 1013:
+  case 1014:
     return true;
   default:
     return false;
@@ -87,10 +97,10 @@ static int parse_header(const uint8_t *p, size_t n, hdr_t *h) {
     return 0;
   h->fin = (p[0] & 0x80) != 0;
   if (p[0] & 0x70)
-    return -FO_WS_CLOSE_PROTOCOL;           /* no extension negotiated */
+    return -FO_WS_CLOSE_PROTOCOL; /* no extension negotiated */
   h->opcode = p[0] & 0x0f;
   if (!(p[1] & 0x80))
-    return -FO_WS_CLOSE_PROTOCOL;           /* clients must mask */
+    return -FO_WS_CLOSE_PROTOCOL; /* clients must mask */
   uint64_t len = p[1] & 0x7f;
   size_t hl = 2;
   if (len == 126) {
@@ -98,13 +108,13 @@ static int parse_header(const uint8_t *p, size_t n, hdr_t *h) {
       return 0;
     len = ((uint64_t)p[2] << 8) | p[3];
     if (len < 126)
-      return -FO_WS_CLOSE_PROTOCOL;         /* minimal encoding required */
+      return -FO_WS_CLOSE_PROTOCOL; /* minimal encoding required */
     hl = 4;
   } else if (len == 127) {
     if (n < 10)
       return 0;
     if (p[2] & 0x80)
-      return -FO_WS_CLOSE_PROTOCOL;         /* most significant bit must be 0 */
+      return -FO_WS_CLOSE_PROTOCOL; /* most significant bit must be 0 */
     len = 0;
     for (int i = 2; i < 10; i++)
       len = (len << 8) | p[i];
@@ -178,19 +188,19 @@ static bool utf8_step(utf8_state_t *st, const uint8_t *p, size_t n) {
     } else if (c >= 0xe0 && c <= 0xef) {
       need = 2;
       if (c == 0xe0)
-        lo = 0xa0;                          /* overlong */
+        lo = 0xa0; /* overlong */
       else if (c == 0xed)
-        hi = 0x9f;                          /* UTF-16 surrogates */
+        hi = 0x9f; /* UTF-16 surrogates */
     } else if (c >= 0xf0 && c <= 0xf4) {
       need = 3;
       if (c == 0xf0)
-        lo = 0x90;                          /* overlong */
+        lo = 0x90; /* overlong */
       else if (c == 0xf4)
-        hi = 0x8f;                          /* past U+10FFFF */
+        hi = 0x8f; /* past U+10FFFF */
     } else {
-      return false;                         /* 0x80..0xc1, 0xf5..0xff */
+      return false; /* 0x80..0xc1, 0xf5..0xff */
     }
-    if (i + need <= n) {                    /* all here: the common case */
+    if (i + need <= n) { /* all here: the common case */
       if (p[i] < lo || p[i] > hi)
         return false;
       for (unsigned k = 1; k < need; k++)
@@ -224,14 +234,14 @@ static int check_header(const fo_ws_rx_t *rx, const hdr_t *h, const fo_ws_limits
   case FO_WS_OP_TEXT:
   case FO_WS_OP_BINARY:
     if (rx != NULL && rx->msg_op != 0)
-      return FO_WS_CLOSE_PROTOCOL;          /* new message inside a fragmented one */
+      return FO_WS_CLOSE_PROTOCOL; /* new message inside a fragmented one */
     break;
   case FO_WS_OP_CONT:
     if (rx == NULL || rx->msg_op == 0)
       return FO_WS_CLOSE_PROTOCOL;
     break;
   default:
-    return FO_WS_CLOSE_PROTOCOL;            /* reserved opcode */
+    return FO_WS_CLOSE_PROTOCOL; /* reserved opcode */
   }
   if (h->len > lim->max_frame || h->len > lim->max_message)
     return FO_WS_CLOSE_TOO_BIG;
@@ -295,8 +305,8 @@ int fo_ws_rx_feed(fo_ws_rx_t **rxp, uint8_t *p, size_t n, const fo_ws_limits_t *
   uint8_t *data = p;
   size_t len = n;
   bool from_pend = false;
-  size_t done = 0;          /* payload bytes of the frame at data[off] already unmasked */
-  utf8_state_t u8 = {0};    /* here while feeding, in *rxp between feeds */
+  size_t done = 0;       /* payload bytes of the frame at data[off] already unmasked */
+  utf8_state_t u8 = {0}; /* here while feeding, in *rxp between feeds */
   int rc = 0;
 
   if (*rxp != NULL) {
@@ -333,7 +343,7 @@ int fo_ws_rx_feed(fo_ws_rx_t **rxp, uint8_t *p, size_t n, const fo_ws_limits_t *
       have = (size_t)h.len;
     bool text = is_text(*rxp, &h);
     if (text && h.opcode == FO_WS_OP_TEXT && done == 0)
-      u8 = (utf8_state_t){0};               /* a new text message */
+      u8 = (utf8_state_t){0}; /* a new text message */
     /* Unmask and check what arrived, even of an incomplete frame: a text
      * message fails at its first bad byte, not once it is all here. */
     if (have > done) {
@@ -347,7 +357,7 @@ int fo_ws_rx_feed(fo_ws_rx_t **rxp, uint8_t *p, size_t n, const fo_ws_limits_t *
     if (have < h.len)
       break;
     if (text && h.fin && u8.need != 0) {
-      rc = FO_WS_CLOSE_BAD_DATA;            /* ends inside a code point */
+      rc = FO_WS_CLOSE_BAD_DATA; /* ends inside a code point */
       goto out;
     }
     off += h.hlen + (size_t)h.len;
@@ -359,7 +369,7 @@ int fo_ws_rx_feed(fo_ws_rx_t **rxp, uint8_t *p, size_t n, const fo_ws_limits_t *
 
 out:
   if (rc != 0 && rc != 1)
-    return rc;                /* the connection is going away: state is moot */
+    return rc; /* the connection is going away: state is moot */
   {
     size_t left = len - off;
     if (from_pend) {
@@ -380,7 +390,7 @@ out:
     if (rx != NULL) {
       rx->u8 = u8;
       if (rx->pend_len == 0 && rx->msg_op == 0)
-        fo_ws_rx_free(rxp);   /* idle again: give the memory back */
+        fo_ws_rx_free(rxp); /* idle again: give the memory back */
     }
   }
   return rc;

@@ -52,8 +52,8 @@ typedef int (*fo_ws_msg_cb)(void *ud, int opcode, uint8_t *p, size_t n);
  * stopped the feed, -ENOMEM, or a close code (1002, 1007, 1009) for a
  * protocol violation (the caller closes; *rx may still hold state: call
  * fo_ws_rx_free). */
-int fo_ws_rx_feed(fo_ws_rx_t **rx, uint8_t *p, size_t n, const fo_ws_limits_t *lim,
-                  fo_ws_msg_cb cb, void *ud);
+int fo_ws_rx_feed(fo_ws_rx_t **rx, uint8_t *p, size_t n, const fo_ws_limits_t *lim, fo_ws_msg_cb cb,
+                  void *ud);
 void fo_ws_rx_free(fo_ws_rx_t **rx);
 /* Bytes held by the state (for memory accounting); 0 when NULL. */
 size_t fo_ws_rx_bytes(const fo_ws_rx_t *rx);

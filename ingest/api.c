@@ -35,32 +35,32 @@ typedef struct {
 } item_t;
 
 typedef struct {
-  int status;       /* 0 while waiting for Kafka */
-  const char *error;/* static text, or NULL */
+  int status;        /* 0 while waiting for Kafka */
+  const char *error; /* static text, or NULL */
   uint8_t id[FO_ID_LEN];
 } result_t;
 
 struct job {
   fo_api_t *api;
   TAILQ_ENTRY(job) fifo; /* deadline FIFO, while listed */
-  fo_reply_t *reply;    /* NULL once answered */
+  fo_reply_t *reply;     /* NULL once answered */
   fo_idem_entry_t *idem;
   uint64_t deadline_ms;
   bool batch;
   bool listed;
-  int n;                /* items */
-  int outstanding;      /* delivery reports still to come */
-  int unknown;          /* items without a result yet */
-  result_t *results;    /* [n], in the same allocation */
-  item_t *items;        /* [n], in the same allocation */
+  int n;             /* items */
+  int outstanding;   /* delivery reports still to come */
+  int unknown;       /* items without a result yet */
+  result_t *results; /* [n], in the same allocation */
+  item_t *items;     /* [n], in the same allocation */
 };
 
 struct fo_api {
   fo_ingest_t *ing;
-  uv_timer_t timer; /* timer.data == this */
+  uv_timer_t timer;       /* timer.data == this */
   TAILQ_HEAD(, job) jobs; /* unanswered, by deadline */
-  size_t pending;   /* jobs not yet freed */
-  uint64_t period;  /* of the deadline sweep, ms */
+  size_t pending;         /* jobs not yet freed */
+  uint64_t period;        /* of the deadline sweep, ms */
   uint64_t *c_route[8];
   uint64_t *c_timeouts;
   int64_t *g_jobs;
@@ -74,7 +74,9 @@ static const char *const route_names[] = {"send",    "broadcast", "batch",   "pr
 
 /* ---- metrics ------------------------------------------------------------------ */
 
-size_t fo__api_pending(const fo_api_t *api) { return api->pending; }
+size_t fo__api_pending(const fo_api_t *api) {
+  return api->pending;
+}
 
 static void on_collect(void *ud) {
   fo_api_t *api = ud;
@@ -250,8 +252,8 @@ static void produce_item(fo_ingest_t *ing, job_t *job, int i, const fo_msg_t *ms
     return;
   }
   rd_kafka_resp_err_t err = fo__producer_send(
-      ing->producer, msg->kind == FO_ENV_BROADCAST ? FO_TOPIC_ROOMS : FO_TOPIC_USERS,
-      msg->target, msg->target_len, env.data, env.len, NULL, &job->items[i].preq);
+      ing->producer, msg->kind == FO_ENV_BROADCAST ? FO_TOPIC_ROOMS : FO_TOPIC_USERS, msg->target,
+      msg->target_len, env.data, env.len, NULL, &job->items[i].preq);
   fo_sb_free(&env);
   switch (err) {
   case RD_KAFKA_RESP_ERR_NO_ERROR:
@@ -302,8 +304,8 @@ static json_t *parse_body(fo_reply_t *reply, fo_http_request_t *req) {
     return NULL;
   }
   json_error_t jerr;
-  json_t *root = json_loadb(req->body.data, req->body.len,
-                            JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+  json_t *root =
+      json_loadb(req->body.data, req->body.len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
   if (root == NULL) {
     char msg[256];
     snprintf(msg, sizeof(msg), "invalid JSON: %s (line %d, column %d)", jerr.text, jerr.line,
@@ -319,8 +321,8 @@ static json_t *parse_body(fo_reply_t *reply, fo_http_request_t *req) {
   return root;
 }
 
-static void handle_produce(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_t *req,
-                           int route, int key_index) {
+static void handle_produce(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_t *req, int route,
+                           int key_index) {
   fo_api_t *api = ing->api;
   const fo_ingest_cfg_t *cfg = ing->cfg;
   if (ing->stopping) {
@@ -351,8 +353,8 @@ static void handle_produce(fo_ingest_t *ing, fo_reply_t *reply, fo_http_request_
     }
   } else {
     /* Fail fast on a malformed single message, before any idempotency state. */
-    const char *err = fo__msg_check(root, route == R_BROADCAST ? FO_ENV_BROADCAST : FO_ENV_SEND,
-                                    &single);
+    const char *err =
+        fo__msg_check(root, route == R_BROADCAST ? FO_ENV_BROADCAST : FO_ENV_SEND, &single);
     if (err != NULL) {
       json_decref(root);
       fo__reply_error(reply, 400, err, NULL);
@@ -444,7 +446,7 @@ static void handle_readyz(fo_ingest_t *ing, fo_reply_t *reply) {
   char body[128];
   int status = kafka && !ing->stopping ? 200 : 503;
   snprintf(body, sizeof(body), "{%s,\"kafka\":%s,\"redis\":%s}",
-           status == 200 ? "\"status\":\"ready\""
+           status == 200   ? "\"status\":\"ready\""
            : ing->stopping ? "\"error\":\"shutting down\""
                            : "\"error\":\"kafka unavailable\"",
            kafka ? "true" : "false", redis ? "true" : "false");
@@ -474,8 +476,7 @@ static int route_of(const char *path) {
     return R_BROADCAST;
   if (strcmp(path, "/v1/batch") == 0)
     return R_BATCH;
-  if (strncmp(path, "/v1/presence/", 13) == 0 && path[13] != '\0' &&
-      strchr(path + 13, '/') == NULL)
+  if (strncmp(path, "/v1/presence/", 13) == 0 && path[13] != '\0' && strchr(path + 13, '/') == NULL)
     return R_PRESENCE;
   if (strcmp(path, "/healthz") == 0)
     return R_HEALTHZ;
@@ -603,8 +604,7 @@ int fo__api_new(fo_ingest_t *ing, fo_api_t **out) {
            ing->cfg->retry_after_s);
   for (int r = 0; r <= R_OTHER; r++) {
     char name[96];
-    snprintf(name, sizeof(name), "fanout_ingest_http_requests_total{route=\"%s\"}",
-             route_names[r]);
+    snprintf(name, sizeof(name), "fanout_ingest_http_requests_total{route=\"%s\"}", route_names[r]);
     api->c_route[r] = fo_metrics_counter(ing->metrics, name, "HTTP requests by route");
   }
   api->c_timeouts = fo_metrics_counter(ing->metrics, "fanout_ingest_produce_timeouts_total",
@@ -616,8 +616,7 @@ int fo__api_new(fo_ingest_t *ing, fo_api_t **out) {
   api->g_idem_bytes = fo_metrics_gauge(ing->metrics, "fanout_ingest_idempotency_bytes",
                                        "Bytes held by the Idempotency-Key cache");
   if (api->c_timeouts == NULL || api->g_jobs == NULL || api->g_idem_keys == NULL ||
-      api->g_idem_bytes == NULL ||
-      fo_metrics_on_collect(ing->metrics, on_collect, api) != 0) {
+      api->g_idem_bytes == NULL || fo_metrics_on_collect(ing->metrics, on_collect, api) != 0) {
     free(api);
     return -ENOMEM;
   }
@@ -632,7 +631,9 @@ int fo__api_new(fo_ingest_t *ing, fo_api_t **out) {
   return 0;
 }
 
-static void on_timer_closed(uv_handle_t *h) { (void)h; }
+static void on_timer_closed(uv_handle_t *h) {
+  (void)h;
+}
 
 void fo__api_close(fo_api_t *api) {
   if (api == NULL || uv_is_closing((uv_handle_t *)&api->timer))

@@ -54,7 +54,9 @@ void fo__auth_free(fo_auth_t *auth) {
   free(auth);
 }
 
-size_t fo__auth_count(const fo_auth_t *auth) { return auth->n; }
+size_t fo__auth_count(const fo_auth_t *auth) {
+  return auth->n;
+}
 
 int fo__auth_check(const fo_auth_t *auth, const char *token, size_t len) {
   unsigned char d[SHA256_DIGEST_LENGTH];

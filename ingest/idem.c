@@ -23,16 +23,16 @@ typedef struct waiter {
 SLIST_HEAD(waiters, waiter);
 
 struct fo_idem_entry {
-  fo_mapent_t ment;                 /* in idem->map; ment.key == key */
-  TAILQ_ENTRY(fo_idem_entry) age;   /* oldest first */
+  fo_mapent_t ment;               /* in idem->map; ment.key == key */
+  TAILQ_ENTRY(fo_idem_entry) age; /* oldest first */
   uint32_t fingerprint;
   bool pending;
   uint64_t created_ms;
   int status;
-  char *extra;   /* owned; extra header lines, or NULL */
+  char *extra;    /* owned; extra header lines, or NULL */
   fo_buf_t *body; /* owned; the response body */
   struct waiters waiters;
-  size_t cost;    /* bytes charged to the cache for this entry */
+  size_t cost; /* bytes charged to the cache for this entry */
   size_t keylen;
   char key[];
 };
@@ -44,7 +44,7 @@ struct fo_idem {
   size_t max, count;
   size_t max_bytes, bytes;
   uint64_t window_ms;
-  fo_map_t map;    /* key -> entry */
+  fo_map_t map; /* key -> entry */
   TAILQ_HEAD(, fo_idem_entry) ages;
 };
 
@@ -84,14 +84,18 @@ void fo__idem_free(fo_idem_t *idem) {
     return;
   fo_idem_entry_t *e, *next;
   TAILQ_FOREACH_SAFE(e, &idem->ages, age, next)
-    entry_free(e);
+  entry_free(e);
   fo_map_free(&idem->map);
   free(idem);
 }
 
-size_t fo__idem_size(const fo_idem_t *idem) { return idem->count; }
+size_t fo__idem_size(const fo_idem_t *idem) {
+  return idem->count;
+}
 
-size_t fo__idem_bytes(const fo_idem_t *idem) { return idem->bytes; }
+size_t fo__idem_bytes(const fo_idem_t *idem) {
+  return idem->bytes;
+}
 
 /* Pending entries make_room steps over at most, so that a cache full of
  * them costs a bounded walk per request (they end within the produce
@@ -128,8 +132,7 @@ static void expire(fo_idem_t *idem, uint64_t now_ms) {
 }
 
 fo_idem_result_t fo__idem_begin(fo_idem_t *idem, uint64_t now_ms, const char *key, size_t keylen,
-                                uint32_t fingerprint, fo_reply_t *reply,
-                                fo_idem_entry_t **entry) {
+                                uint32_t fingerprint, fo_reply_t *reply, fo_idem_entry_t **entry) {
   expire(idem, now_ms);
   uint32_t hash = fo_map_hash(key, keylen);
   fo_mapent_t *found = fo_map_get(&idem->map, key, keylen, hash);

@@ -35,8 +35,8 @@
 typedef struct fo_ingest_cfg {
   fo_addr_t listen;
   fo_addr_t redis;
-  char *redis_password;     /* "" = no AUTH */
-  char *redis_user;         /* "" = default user */
+  char *redis_password; /* "" = no AUTH */
+  char *redis_user;     /* "" = default user */
   char *kafka;
   char *api_keys;
   char *log_level;
@@ -92,12 +92,12 @@ typedef struct fo_ingest {
   fo_id_gen_t idgen;
   fo_server_t *server;
   fo_producer_t *producer;
-  fo_intake_t *intake;       /* NULL when --intake=false */
-  fo_presence_t *presence;   /* NULL when no Redis is configured */
-  fo_idem_t *idem;           /* NULL when the window is 0 */
+  fo_intake_t *intake;     /* NULL when --intake=false */
+  fo_presence_t *presence; /* NULL when no Redis is configured */
+  fo_idem_t *idem;         /* NULL when the window is 0 */
   fo_auth_t *auth;
   fo_api_t *api;
-  bool stopping;             /* SIGTERM/SIGINT seen */
+  bool stopping; /* SIGTERM/SIGINT seen */
 } fo_ingest_t;
 
 /* ---- api.c: routing ----------------------------------------------------- */
@@ -132,12 +132,12 @@ void fo__auth_memo_free(void *memo);
 
 typedef struct fo_idem_entry fo_idem_entry_t;
 typedef enum {
-  FO_IDEM_NEW = 0,   /* *entry created (pending): the caller runs the request and
+  FO_IDEM_NEW = 0,  /* *entry created (pending): the caller runs the request and
                         must call fo__idem_finish(*entry, ...) */
-  FO_IDEM_DONE,      /* answered from the cache: the reply has been sent */
-  FO_IDEM_WAIT,      /* same request in flight: the reply will be sent when it ends */
-  FO_IDEM_MISMATCH,  /* key reused with another request: nothing sent */
-  FO_IDEM_FULL,      /* cache full of pending entries: run without caching */
+  FO_IDEM_DONE,     /* answered from the cache: the reply has been sent */
+  FO_IDEM_WAIT,     /* same request in flight: the reply will be sent when it ends */
+  FO_IDEM_MISMATCH, /* key reused with another request: nothing sent */
+  FO_IDEM_FULL,     /* cache full of pending entries: run without caching */
 } fo_idem_result_t;
 
 /* At most max_keys entries holding at most max_bytes (keys, cached bodies
@@ -148,8 +148,7 @@ void fo__idem_free(fo_idem_t *idem);
  * identifies the request body. Takes nothing from the caller; on FO_IDEM_DONE
  * and FO_IDEM_WAIT it takes the reply. */
 fo_idem_result_t fo__idem_begin(fo_idem_t *idem, uint64_t now_ms, const char *key, size_t keylen,
-                                uint32_t fingerprint, fo_reply_t *reply,
-                                fo_idem_entry_t **entry);
+                                uint32_t fingerprint, fo_reply_t *reply, fo_idem_entry_t **entry);
 /* Ends a pending entry: replies to its waiters with the same response and
  * keeps it for the window when `cache` (else forgets it). It is forgotten
  * too when it cannot fit the byte budget even after evicting finished
@@ -162,7 +161,12 @@ size_t fo__idem_bytes(const fo_idem_t *idem);
 
 /* ---- producer.c ---------------------------------------------------------- */
 
-typedef enum { FO_TOPIC_USERS = 0, FO_TOPIC_ROOMS = 1, FO_TOPIC_DLQ = 2, FO_TOPIC_COUNT } fo_topic_t;
+typedef enum {
+  FO_TOPIC_USERS = 0,
+  FO_TOPIC_ROOMS = 1,
+  FO_TOPIC_DLQ = 2,
+  FO_TOPIC_COUNT
+} fo_topic_t;
 
 typedef struct fo_prod_req fo_prod_req_t;
 /* Called exactly once per accepted record, from the delivery report (or a

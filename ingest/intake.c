@@ -27,25 +27,25 @@
 #include "log.h"
 #include "message.h"
 
-#define RETRY_MS 500
+#define RETRY_MS   500
 #define MAX_REASON 200
 
 typedef struct tracker tracker_t;
 typedef struct rec rec_t;
 
 struct rec {
-  fo_prod_req_t preq;   /* first: the opaque handed to the producer */
+  fo_prod_req_t preq; /* first: the opaque handed to the producer */
   fo_intake_t *in;
   tracker_t *tr;
-  STAILQ_ENTRY(rec) fifo;   /* tracker FIFO, in offset order */
-  SLIST_ENTRY(rec) retry;   /* retry list */
-  LIST_ENTRY(rec) all;      /* every live record, for the final cleanup */
+  STAILQ_ENTRY(rec) fifo; /* tracker FIFO, in offset order */
+  SLIST_ENTRY(rec) retry; /* retry list */
+  LIST_ENTRY(rec) all;    /* every live record, for the final cleanup */
   int64_t offset;
   int32_t partition;
-  fo_topic_t topic;     /* where it goes now */
+  fo_topic_t topic; /* where it goes now */
   bool done;
-  bool dlq_trimmed;     /* DLQ copy without the value (too large) */
-  char *key;            /* owned copies */
+  bool dlq_trimmed; /* DLQ copy without the value (too large) */
+  char *key;        /* owned copies */
   size_t keylen;
   uint8_t *val;
   size_t vallen;
@@ -55,8 +55,8 @@ struct rec {
 
 struct tracker {
   int32_t partition;
-  bool attached;        /* still in the assignment */
-  int refs;             /* records pointing here, + 1 while attached */
+  bool attached; /* still in the assignment */
+  int refs;      /* records pointing here, + 1 while attached */
   STAILQ_HEAD(, rec) recs;
 };
 
@@ -180,9 +180,9 @@ static void to_dlq(rec_t *rec, const char *fmt, ...) {
   rec->topic = FO_TOPIC_DLQ;
   uint64_t suppressed;
   if (fo_log_ratelimit(&rec->in->rl, fo_now_ms(), 1000, &suppressed))
-    FO_LOG_INFO("intake", "record to dlq", "partition=%d offset=%" PRId64
-                " reason=\"%s\" suppressed=%llu", (int)rec->partition, rec->offset,
-                rec->reason, (unsigned long long)suppressed);
+    FO_LOG_INFO("intake", "record to dlq",
+                "partition=%d offset=%" PRId64 " reason=\"%s\" suppressed=%llu",
+                (int)rec->partition, rec->offset, rec->reason, (unsigned long long)suppressed);
 }
 
 static void retry_later(rec_t *rec) {
@@ -246,13 +246,13 @@ static void on_produced(fo_prod_req_t *preq, rd_kafka_resp_err_t err, int32_t pa
 }
 
 static rd_kafka_headers_t *dlq_headers(rec_t *rec) {
-  rd_kafka_headers_t *h = rec->hdrs != NULL ? rd_kafka_headers_copy(rec->hdrs)
-                                            : rd_kafka_headers_new(4);
+  rd_kafka_headers_t *h =
+      rec->hdrs != NULL ? rd_kafka_headers_copy(rec->hdrs) : rd_kafka_headers_new(4);
   if (h == NULL)
     return NULL;
   char src[128];
-  snprintf(src, sizeof(src), "%s/%d/%" PRId64, rec->in->ing->cfg->topic_intake,
-           (int)rec->partition, rec->offset);
+  snprintf(src, sizeof(src), "%s/%d/%" PRId64, rec->in->ing->cfg->topic_intake, (int)rec->partition,
+           rec->offset);
   rd_kafka_header_add(h, "fanout-error", -1, rec->reason, -1);
   rd_kafka_header_add(h, "fanout-source", -1, src, -1);
   if (rec->dlq_trimmed)
@@ -276,8 +276,8 @@ static void rec_send(rec_t *rec) {
       vallen = 0;
     }
   }
-  rd_kafka_resp_err_t err = fo__producer_send(in->ing->producer, rec->topic, rec->key,
-                                              rec->keylen, val, vallen, hdrs, &rec->preq);
+  rd_kafka_resp_err_t err = fo__producer_send(in->ing->producer, rec->topic, rec->key, rec->keylen,
+                                              val, vallen, hdrs, &rec->preq);
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
     return;
   if (hdrs != NULL)
@@ -300,7 +300,9 @@ static void on_retry(uv_timer_t *t) {
 
 /* ---- classifying a record ------------------------------------------------------------ */
 
-static bool is_msgpack_map(uint8_t b) { return (b & 0xf0) == 0x80 || b == 0xde || b == 0xdf; }
+static bool is_msgpack_map(uint8_t b) {
+  return (b & 0xf0) == 0x80 || b == 0xde || b == 0xdf;
+}
 
 /* Decides where rec goes: its own bytes (envelope), a new envelope (JSON
  * form: rec->val replaced), or the DLQ with a reason. */
@@ -341,8 +343,8 @@ static void classify(fo_intake_t *in, rec_t *rec) {
     return; /* forwarded byte for byte */
   }
   size_t i = 0;
-  while (i < rec->vallen && (rec->val[i] == ' ' || rec->val[i] == '\t' || rec->val[i] == '\r' ||
-                             rec->val[i] == '\n'))
+  while (i < rec->vallen &&
+         (rec->val[i] == ' ' || rec->val[i] == '\t' || rec->val[i] == '\r' || rec->val[i] == '\n'))
     i++;
   if (i == rec->vallen || rec->val[i] != '{') {
     to_dlq(rec, "neither a msgpack envelope nor a JSON object");
@@ -436,7 +438,9 @@ static void on_record(fo_intake_t *in, const rd_kafka_message_t *msg) {
 
 /* ---- consumer events -------------------------------------------------------------------- */
 
-static void on_message(void *ud, const rd_kafka_message_t *msg) { on_record(ud, msg); }
+static void on_message(void *ud, const rd_kafka_message_t *msg) {
+  on_record(ud, msg);
+}
 
 static void on_assign(void *ud, const rd_kafka_topic_partition_list_t *parts) {
   (void)parts;
@@ -472,8 +476,9 @@ int fo__intake_new(fo_ingest_t *ing, fo_intake_t **out, char *err, size_t errlen
     return -ENOMEM;
   in->ing = ing;
   fo_metrics_t *m = ing->metrics;
-  in->c_forwarded = fo_metrics_counter(m, "fanout_ingest_intake_records_total{result=\"forwarded\"}",
-                                       "Intake records acknowledged, by destination");
+  in->c_forwarded =
+      fo_metrics_counter(m, "fanout_ingest_intake_records_total{result=\"forwarded\"}",
+                         "Intake records acknowledged, by destination");
   in->c_dlq = fo_metrics_counter(m, "fanout_ingest_intake_records_total{result=\"dlq\"}",
                                  "Intake records acknowledged, by destination");
   in->c_retries = fo_metrics_counter(m, "fanout_ingest_intake_retries_total",
@@ -500,8 +505,8 @@ int fo__intake_new(fo_ingest_t *ing, fo_intake_t **out, char *err, size_t errlen
       .batch = 256,
       .log_mod = "intake",
   };
-  fo_kafka_consumer_cbs_t cbs = {.on_message = on_message, .on_assign = on_assign,
-                                 .on_revoke = on_revoke};
+  fo_kafka_consumer_cbs_t cbs = {
+      .on_message = on_message, .on_assign = on_assign, .on_revoke = on_revoke};
   int rc = fo_kafka_consumer_new(ing->loop, &opts, &cbs, in, err, errlen, &in->kc);
   if (rc != 0) {
     free(in);
@@ -521,9 +526,13 @@ void fo__intake_stop(fo_intake_t *in) {
   in->paused = true;
 }
 
-size_t fo__intake_inflight(const fo_intake_t *in) { return in->inflight; }
+size_t fo__intake_inflight(const fo_intake_t *in) {
+  return in->inflight;
+}
 
-static void on_timer_closed(uv_handle_t *h) { (void)h; }
+static void on_timer_closed(uv_handle_t *h) {
+  (void)h;
+}
 
 void fo__intake_close(fo_intake_t *in) {
   if (in == NULL)

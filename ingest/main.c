@@ -14,51 +14,83 @@
 #include "ingest_int.h"
 #include "log.h"
 
-#define F(name, type, field, min, max, def, help) \
+#define F(name, type, field, min, max, def, help)                                                  \
   { name, type, offsetof(fo_ingest_cfg_t, field), min, max, def, help }
-#define A(old, name) \
+#define A(old, name)                                                                               \
   { old, FO_CFG_ALIAS, 0, 0, 0, name, NULL }
 
 static const fo_cfg_field_t fields[] = {
-    F("listen", FO_CFG_ADDR, listen, 0, 65535, "127.0.0.1:8080", "HTTP address (port 0: any free port)"),
-    F("redis", FO_CFG_ADDR, redis, 1, 65535, "127.0.0.1:6379", "Redis holding the connection registry"),
-    F("redis-password", FO_CFG_STR, redis_password, 0, 4096, "", "Redis AUTH password, sent first on every Redis connection (empty: no AUTH)"),
-    F("redis-user", FO_CFG_STR, redis_user, 0, 256, "", "Redis 6+ ACL user for AUTH (empty: the default user); needs redis-password"),
+    F("listen", FO_CFG_ADDR, listen, 0, 65535, "127.0.0.1:8080",
+      "HTTP address (port 0: any free port)"),
+    F("redis", FO_CFG_ADDR, redis, 1, 65535, "127.0.0.1:6379",
+      "Redis holding the connection registry"),
+    F("redis-password", FO_CFG_STR, redis_password, 0, 4096, "",
+      "Redis AUTH password, sent first on every Redis connection (empty: no AUTH)"),
+    F("redis-user", FO_CFG_STR, redis_user, 0, 256, "",
+      "Redis 6+ ACL user for AUTH (empty: the default user); needs redis-password"),
     F("kafka", FO_CFG_STR, kafka, 1, 4096, "127.0.0.1:9092", "Kafka bootstrap servers"),
-    F("api-keys", FO_CFG_STR, api_keys, 0, 0, "", "comma-separated API keys for /v1 (none: /v1 answers 401)"),
+    F("api-keys", FO_CFG_STR, api_keys, 0, 0, "",
+      "comma-separated API keys for /v1 (none: /v1 answers 401)"),
     F("log-level", FO_CFG_STR, log_level, 1, 16, "info", "debug, info, warn or error"),
     F("redis-prefix", FO_CFG_STR, redis_prefix, 0, 128, "", "prefix of every Redis key"),
-    F("max-body-bytes", FO_CFG_INT, max_body_bytes, 64, 64 << 20, "1048576", "largest request body (413 above)"),
-    F("max-header-bytes", FO_CFG_INT, max_header_bytes, 256, 1 << 20, "16384", "largest request line + headers (431 above)"),
-    F("max-connections", FO_CFG_INT, max_connections, 1, 1000000, "10000", "open connections; more are answered 503 and closed"),
-    F("max-pipeline", FO_CFG_INT, max_pipeline, 1, 4096, "64", "pipelined requests in flight per connection"),
-    F("read-timeout-ms", FO_CFG_INT, read_timeout_ms, 100, 3600000, "10000", "time to receive a whole request (408 after) or to write a reply"),
-    F("idle-timeout-ms", FO_CFG_INT, idle_timeout_ms, 100, 86400000, "60000", "keep-alive connections idle longer are closed"),
-    F("produce-timeout-ms", FO_CFG_INT, produce_timeout_ms, 500, 600000, "5000", "deadline for Kafka's acknowledgement (503 after)"),
+    F("max-body-bytes", FO_CFG_INT, max_body_bytes, 64, 64 << 20, "1048576",
+      "largest request body (413 above)"),
+    F("max-header-bytes", FO_CFG_INT, max_header_bytes, 256, 1 << 20, "16384",
+      "largest request line + headers (431 above)"),
+    F("max-connections", FO_CFG_INT, max_connections, 1, 1000000, "10000",
+      "open connections; more are answered 503 and closed"),
+    F("max-pipeline", FO_CFG_INT, max_pipeline, 1, 4096, "64",
+      "pipelined requests in flight per connection"),
+    F("read-timeout-ms", FO_CFG_INT, read_timeout_ms, 100, 3600000, "10000",
+      "time to receive a whole request (408 after) or to write a reply"),
+    F("idle-timeout-ms", FO_CFG_INT, idle_timeout_ms, 100, 86400000, "60000",
+      "keep-alive connections idle longer are closed"),
+    F("produce-timeout-ms", FO_CFG_INT, produce_timeout_ms, 500, 600000, "5000",
+      "deadline for Kafka's acknowledgement (503 after)"),
     F("retry-after-s", FO_CFG_INT, retry_after_s, 0, 3600, "1", "Retry-After on 429 and 503"),
-    F("batch-max-items", FO_CFG_INT, batch_max_items, 1, 100000, "1000", "messages in one /v1/batch"),
-    F("idempotency-window-s", FO_CFG_INT, idempotency_window_s, 0, 86400, "300", "how long an Idempotency-Key is remembered (0: ignored)"),
-    F("idempotency-max-keys", FO_CFG_INT, idempotency_max_keys, 1, 10000000, "100000", "Idempotency-Keys remembered at most"),
-    F("idempotency-max-bytes", FO_CFG_INT, idempotency_max_bytes, 65536, INT64_C(1) << 40, "67108864", "memory the Idempotency-Key cache may hold (keys + cached replies); oldest finished entries are evicted beyond it"),
+    F("batch-max-items", FO_CFG_INT, batch_max_items, 1, 100000, "1000",
+      "messages in one /v1/batch"),
+    F("idempotency-window-s", FO_CFG_INT, idempotency_window_s, 0, 86400, "300",
+      "how long an Idempotency-Key is remembered (0: ignored)"),
+    F("idempotency-max-keys", FO_CFG_INT, idempotency_max_keys, 1, 10000000, "100000",
+      "Idempotency-Keys remembered at most"),
+    F("idempotency-max-bytes", FO_CFG_INT, idempotency_max_bytes, 65536, INT64_C(1) << 40,
+      "67108864",
+      "memory the Idempotency-Key cache may hold (keys + cached replies); oldest finished entries "
+      "are evicted beyond it"),
     F("users-topic", FO_CFG_STR, topic_users, 1, 249, "fanout.users", "topic for /v1/send"),
     F("rooms-topic", FO_CFG_STR, topic_rooms, 1, 249, "fanout.rooms", "topic for /v1/broadcast"),
-    F("intake-topic", FO_CFG_STR, topic_intake, 1, 249, "fanout.intake", "topic the intake consumes"),
+    F("intake-topic", FO_CFG_STR, topic_intake, 1, 249, "fanout.intake",
+      "topic the intake consumes"),
     F("dlq-topic", FO_CFG_STR, topic_dlq, 1, 249, "fanout.dlq", "topic for invalid intake records"),
     F("intake", FO_CFG_BOOL, intake, 0, 0, "true", "consume the intake topic"),
-    F("intake-group", FO_CFG_STR, intake_group, 1, 255, "fanout-ingest-intake", "consumer group of the intake"),
-    F("intake-max-bytes", FO_CFG_INT, intake_max_bytes, 64, 64 << 20, "1048576", "larger intake records go to the DLQ"),
-    F("intake-max-inflight", FO_CFG_INT, intake_max_inflight, 1, 1000000, "10000", "intake records awaiting acknowledgement before fetching pauses"),
-    F("intake-session-timeout-ms", FO_CFG_INT, intake_session_timeout_ms, 1000, 300000, "10000", "consumer group session timeout"),
+    F("intake-group", FO_CFG_STR, intake_group, 1, 255, "fanout-ingest-intake",
+      "consumer group of the intake"),
+    F("intake-max-bytes", FO_CFG_INT, intake_max_bytes, 64, 64 << 20, "1048576",
+      "larger intake records go to the DLQ"),
+    F("intake-max-inflight", FO_CFG_INT, intake_max_inflight, 1, 1000000, "10000",
+      "intake records awaiting acknowledgement before fetching pauses"),
+    F("intake-session-timeout-ms", FO_CFG_INT, intake_session_timeout_ms, 1000, 300000, "10000",
+      "consumer group session timeout"),
     F("linger-ms", FO_CFG_INT, linger_ms, 0, 900000, "1", "producer linger.ms"),
-    F("batch-num-messages", FO_CFG_INT, batch_num_messages, 1, 1000000, "10000", "producer batch.num.messages"),
-    F("batch-size-bytes", FO_CFG_INT, batch_size_bytes, 1, 2147483647, "1000000", "producer batch.size"),
-    F("queue-max-messages", FO_CFG_INT, queue_max_messages, 1, 10000000, "100000", "producer queue.buffering.max.messages (429 when full)"),
-    F("queue-max-kbytes", FO_CFG_INT, queue_max_kbytes, 1, 2147483647, "1048576", "producer queue.buffering.max.kbytes"),
-    F("metadata-refresh-ms", FO_CFG_INT, metadata_refresh_ms, 1000, 3600000, "30000", "how often partition counts are refreshed"),
-    F("stats-interval-ms", FO_CFG_INT, stats_interval_ms, 100, 60000, "1000", "producer statistics interval (readiness)"),
-    F("kafka-opts", FO_CFG_STR, kafka_options, 0, 0, "", "extra librdkafka settings k=v,k=v (win over ours; write a comma inside a value as \\,)"),
-    F("redis-timeout-ms", FO_CFG_INT, redis_timeout_ms, 10, 60000, "1000", "Redis connect and command timeout"),
-    F("shutdown-timeout-ms", FO_CFG_INT, shutdown_timeout_ms, 0, 600000, "10000", "longest wait for in-flight work at shutdown"),
+    F("batch-num-messages", FO_CFG_INT, batch_num_messages, 1, 1000000, "10000",
+      "producer batch.num.messages"),
+    F("batch-size-bytes", FO_CFG_INT, batch_size_bytes, 1, 2147483647, "1000000",
+      "producer batch.size"),
+    F("queue-max-messages", FO_CFG_INT, queue_max_messages, 1, 10000000, "100000",
+      "producer queue.buffering.max.messages (429 when full)"),
+    F("queue-max-kbytes", FO_CFG_INT, queue_max_kbytes, 1, 2147483647, "1048576",
+      "producer queue.buffering.max.kbytes"),
+    F("metadata-refresh-ms", FO_CFG_INT, metadata_refresh_ms, 1000, 3600000, "30000",
+      "how often partition counts are refreshed"),
+    F("stats-interval-ms", FO_CFG_INT, stats_interval_ms, 100, 60000, "1000",
+      "producer statistics interval (readiness)"),
+    F("kafka-opts", FO_CFG_STR, kafka_options, 0, 0, "",
+      "extra librdkafka settings k=v,k=v (win over ours; write a comma inside a value as \\,)"),
+    F("redis-timeout-ms", FO_CFG_INT, redis_timeout_ms, 10, 60000, "1000",
+      "Redis connect and command timeout"),
+    F("shutdown-timeout-ms", FO_CFG_INT, shutdown_timeout_ms, 0, 600000, "10000",
+      "longest wait for in-flight work at shutdown"),
     F("reuseport", FO_CFG_BOOL, reuseport, 0, 0, "true", "SO_REUSEPORT: processes share the port"),
     /* Old spellings (before the names were aligned with fanout-delivery's):
      * they still work, with a warning. */
@@ -91,8 +123,10 @@ static int finalize(void *p, char *err, size_t errlen) {
   }
   for (int i = 0; i < nopts; i++) {
     if (opts[i][0] == '=' || strchr(opts[i], '=') == NULL) {
-      snprintf(err, errlen, "kafka-opts: item %d is not key=value (a comma inside a value is "
-               "written \\,)", i + 1);
+      snprintf(err, errlen,
+               "kafka-opts: item %d is not key=value (a comma inside a value is "
+               "written \\,)",
+               i + 1);
       fo_cfg_list_free(opts);
       return -EINVAL;
     }
@@ -118,7 +152,9 @@ typedef struct {
   int exit_code;
 } app_t;
 
-static void on_handle_closed(uv_handle_t *h) { (void)h; }
+static void on_handle_closed(uv_handle_t *h) {
+  (void)h;
+}
 
 static void close_all(app_t *app) {
   fo_ingest_t *ing = app->ing;
@@ -172,9 +208,10 @@ static void on_signal(uv_signal_t *s, int signum) {
 int main(int argc, char **argv) {
   fo_ingest_cfg_t cfg;
   memset(&cfg, 0, sizeof(cfg));
-  int rc = fo_cfg_main("fanout-ingest",
-                       "The ingest service: HTTP API and Kafka intake -> fanout.users / fanout.rooms.",
-                       fields, NFIELDS, &cfg, argc, argv, finalize);
+  int rc =
+      fo_cfg_main("fanout-ingest",
+                  "The ingest service: HTTP API and Kafka intake -> fanout.users / fanout.rooms.",
+                  fields, NFIELDS, &cfg, argc, argv, finalize);
   if (rc == FO_CFG_CHECK_ONLY) {
     fo_cfg_free(fields, NFIELDS, &cfg);
     return 0;

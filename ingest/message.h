@@ -19,7 +19,7 @@ typedef struct {
   fo_env_kind_t kind;
   const char *target; /* borrowed from the JSON object, valid while it lives */
   size_t target_len;
-  json_t *data;       /* borrowed likewise */
+  json_t *data; /* borrowed likewise */
 } fo_msg_t;
 
 /* Validates a user or room name: non-empty, at most FO_ENV_MAX_TARGET bytes,

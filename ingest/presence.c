@@ -21,19 +21,19 @@ struct fo_presence {
 };
 
 typedef struct {
-  char *id;      /* server id, owned */
-  int conns;     /* registry entries pointing at it */
-  int alive;     /* -1 unknown, 0, 1 */
+  char *id;  /* server id, owned */
+  int conns; /* registry entries pointing at it */
+  int alive; /* -1 unknown, 0, 1 */
 } server_t;
 
 typedef struct {
   fo_presence_t *pr;
   fo_reply_t *reply;
-  char *user;    /* owned */
+  char *user; /* owned */
   size_t user_len;
   server_t *servers;
   int nservers;
-  int waiting;   /* EXISTS replies still to come */
+  int waiting; /* EXISTS replies still to come */
   bool failed;
 } lookup_t;
 
@@ -222,7 +222,9 @@ int fo__presence_new(fo_ingest_t *ing, fo_presence_t **out) {
   return 0;
 }
 
-bool fo__presence_connected(const fo_presence_t *pr) { return pr->connected; }
+bool fo__presence_connected(const fo_presence_t *pr) {
+  return pr->connected;
+}
 
 void fo__presence_close(fo_presence_t *pr) {
   if (pr == NULL)

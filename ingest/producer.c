@@ -20,8 +20,8 @@
 struct fo_producer {
   fo_ingest_t *ing;
   rd_kafka_t *rk;
-  rd_kafka_queue_t *q;  /* main queue: DR, ERROR, STATS events */
-  fo_kafka_uv_t *kuv;   /* NULL once closed */
+  rd_kafka_queue_t *q; /* main queue: DR, ERROR, STATS events */
+  fo_kafka_uv_t *kuv;  /* NULL once closed */
   rd_kafka_topic_t *rkt[FO_TOPIC_COUNT];
   bool ready;
   bool fatal;
@@ -131,8 +131,8 @@ static char **build_overrides(const fo_ingest_cfg_t *cfg) {
     if (nextra < 0)
       return NULL;
   }
-  int64_t mto = cfg->produce_timeout_ms > 2000 ? cfg->produce_timeout_ms - 1000
-                                               : cfg->produce_timeout_ms / 2;
+  int64_t mto =
+      cfg->produce_timeout_ms > 2000 ? cfg->produce_timeout_ms - 1000 : cfg->produce_timeout_ms / 2;
   int64_t max_msg = cfg->max_body_bytes + 65536;
   if (cfg->intake_max_bytes + 65536 > max_msg)
     max_msg = cfg->intake_max_bytes + 65536;
@@ -147,8 +147,7 @@ static char **build_overrides(const fo_ingest_cfg_t *cfg) {
   snprintf(buf[n++], sizeof(buf[0]), "batch.size=%" PRId64, cfg->batch_size_bytes);
   snprintf(buf[n++], sizeof(buf[0]), "queue.buffering.max.messages=%" PRId64,
            cfg->queue_max_messages);
-  snprintf(buf[n++], sizeof(buf[0]), "queue.buffering.max.kbytes=%" PRId64,
-           cfg->queue_max_kbytes);
+  snprintf(buf[n++], sizeof(buf[0]), "queue.buffering.max.kbytes=%" PRId64, cfg->queue_max_kbytes);
   snprintf(buf[n++], sizeof(buf[0]), "message.timeout.ms=%" PRId64, mto);
   snprintf(buf[n++], sizeof(buf[0]), "message.max.bytes=%" PRId64, max_msg);
   snprintf(buf[n++], sizeof(buf[0]), "statistics.interval.ms=%" PRId64, cfg->stats_interval_ms);
@@ -258,26 +257,31 @@ rd_kafka_resp_err_t fo__producer_send(fo_producer_t *prod, fo_topic_t topic, con
   } else if (hdrs != NULL) {
     err = rd_kafka_producev(prod->rk, RD_KAFKA_V_RKT(prod->rkt[topic]),
                             RD_KAFKA_V_PARTITION(RD_KAFKA_PARTITION_UA),
-                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                            RD_KAFKA_V_KEY(key, keylen), RD_KAFKA_V_VALUE((void *)val, vallen),
-                            RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(preq), RD_KAFKA_V_END);
-  } else {
-    err = rd_kafka_producev(prod->rk, RD_KAFKA_V_RKT(prod->rkt[topic]),
-                            RD_KAFKA_V_PARTITION(RD_KAFKA_PARTITION_UA),
-                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                            RD_KAFKA_V_KEY(key, keylen), RD_KAFKA_V_VALUE((void *)val, vallen),
+                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, keylen),
+                            RD_KAFKA_V_VALUE((void *)val, vallen), RD_KAFKA_V_HEADERS(hdrs),
                             RD_KAFKA_V_OPAQUE(preq), RD_KAFKA_V_END);
+  } else {
+    err = rd_kafka_producev(
+        prod->rk, RD_KAFKA_V_RKT(prod->rkt[topic]), RD_KAFKA_V_PARTITION(RD_KAFKA_PARTITION_UA),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, keylen),
+        RD_KAFKA_V_VALUE((void *)val, vallen), RD_KAFKA_V_OPAQUE(preq), RD_KAFKA_V_END);
   }
   if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
     (*prod->c_refused)++;
   return err;
 }
 
-int fo__producer_outq(const fo_producer_t *prod) { return rd_kafka_outq_len(prod->rk); }
+int fo__producer_outq(const fo_producer_t *prod) {
+  return rd_kafka_outq_len(prod->rk);
+}
 
-bool fo__producer_ready(const fo_producer_t *prod) { return prod->ready && !prod->fatal; }
+bool fo__producer_ready(const fo_producer_t *prod) {
+  return prod->ready && !prod->fatal;
+}
 
-bool fo__producer_fatal(const fo_producer_t *prod) { return prod->fatal; }
+bool fo__producer_fatal(const fo_producer_t *prod) {
+  return prod->fatal;
+}
 
 void fo__producer_close(fo_producer_t *prod) {
   if (prod == NULL || prod->kuv == NULL)

@@ -14,8 +14,7 @@ typedef struct fo_reply fo_reply_t;
 void fo__reply_send(fo_reply_t *reply, int status, const char *content_type,
                     const char *extra_headers, const void *body, size_t body_len);
 /* Sends {"error":msg} as application/json. */
-void fo__reply_error(fo_reply_t *reply, int status, const char *msg,
-                     const char *extra_headers);
+void fo__reply_error(fo_reply_t *reply, int status, const char *msg, const char *extra_headers);
 /* The connection's slot for the handler's per-connection state (see
  * fo_server_handler_t), or NULL once the connection is gone. */
 void **fo__reply_slot(fo_reply_t *reply);

@@ -17,18 +17,18 @@
 #include "server.h"
 
 #define READ_BUF_SIZE (64 * 1024)
-#define LINGER_MS 2000      /* keep draining input this long after a final reply */
+#define LINGER_MS     2000       /* keep draining input this long after a final reply */
 #define MAX_OUT_BYTES (4u << 20) /* stop reading while this much output is queued */
 
 typedef struct fo_conn fo_conn_t;
 
 struct fo_reply {
   STAILQ_ENTRY(fo_reply) link; /* in the connection's FIFO */
-  fo_conn_t *conn;    /* NULL once detached (connection closed) */
-  fo_buf_t *out;      /* formatted response, owned; set when done */
+  fo_conn_t *conn;             /* NULL once detached (connection closed) */
+  fo_buf_t *out;               /* formatted response, owned; set when done */
   bool done;
-  bool keep_alive;    /* the request allowed keep-alive */
-  bool head;          /* a HEAD request: headers only */
+  bool keep_alive; /* the request allowed keep-alive */
+  bool head;       /* a HEAD request: headers only */
 };
 
 typedef struct {
@@ -42,21 +42,21 @@ struct fo_conn {
   LIST_ENTRY(fo_conn) link; /* server list */
   fo_http_parser_t *parser;
   STAILQ_HEAD(, fo_reply) replies; /* in request order */
-  int inflight;            /* replies in the FIFO */
-  fo_sb_t rest;            /* bytes received but not yet parsed (while paused) */
-  fo_sb_t wbuf;            /* replies gathered for one write */
-  uint64_t last_active_ms; /* last byte read or written */
-  uint64_t req_start_ms;   /* first byte of the request being received, or 0 */
+  int inflight;                    /* replies in the FIFO */
+  fo_sb_t rest;                    /* bytes received but not yet parsed (while paused) */
+  fo_sb_t wbuf;                    /* replies gathered for one write */
+  uint64_t last_active_ms;         /* last byte read or written */
+  uint64_t req_start_ms;           /* first byte of the request being received, or 0 */
   uint64_t linger_start_ms;
-  size_t write_queued;     /* bytes handed to uv_write and not yet written */
-  int writes;              /* uv_write requests in flight */
+  size_t write_queued; /* bytes handed to uv_write and not yet written */
+  int writes;          /* uv_write requests in flight */
   bool reading;
-  bool paused;             /* the parser is paused (pipeline full, or done) */
-  bool no_more;            /* no further requests: close after the last reply */
-  bool lingering;          /* final reply written, draining input before close */
-  bool in_feed;            /* inside fo_http_parser_feed */
-  bool continued;          /* "100 Continue" sent for the request being received */
-  void *slot;              /* the handler's, freed with handler.slot_free */
+  bool paused;    /* the parser is paused (pipeline full, or done) */
+  bool no_more;   /* no further requests: close after the last reply */
+  bool lingering; /* final reply written, draining input before close */
+  bool in_feed;   /* inside fo_http_parser_feed */
+  bool continued; /* "100 Continue" sent for the request being received */
+  void *slot;     /* the handler's, freed with handler.slot_free */
   bool closing;
 };
 
@@ -65,7 +65,7 @@ struct fo_server {
   fo_metrics_t *metrics;
   fo_server_opts_t opts;
   fo_server_handler_t h;
-  void *ud;          /* the handler's */
+  void *ud; /* the handler's */
   uv_tcp_t listener;
   uv_timer_t sweep;
   int open_handles;
@@ -87,7 +87,9 @@ static void conn_feed(fo_conn_t *conn, const char *data, size_t n);
 static void conn_read_start(fo_conn_t *conn);
 static void conn_read_stop(fo_conn_t *conn);
 
-static uint64_t now_ms(const fo_server_t *srv) { return uv_now(srv->loop); }
+static uint64_t now_ms(const fo_server_t *srv) {
+  return uv_now(srv->loop);
+}
 
 static void count_status(fo_server_t *srv, int status) {
   if (status < 100 || status >= 600)
@@ -139,8 +141,8 @@ void fo__reply_send(fo_reply_t *reply, int status, const char *content_type,
   reply->done = true;
   if (reply == STAILQ_FIRST(&conn->replies)) {
     /* Next in line: straight into the connection's output. */
-    format_response(&conn->wbuf, status, content_type, extra_headers, body, body_len,
-                    keep_alive, reply->head);
+    format_response(&conn->wbuf, status, content_type, extra_headers, body, body_len, keep_alive,
+                    reply->head);
     conn_flush(conn);
     return;
   }
@@ -304,7 +306,7 @@ static int on_request(void *ud, fo_http_request_t *req) {
   }
   reply->head = strcmp(req->method, "HEAD") == 0;
   if (req->upgrade)
-    conn->no_more = true; /* what follows is another protocol: we answer and close */
+    conn->no_more = true;             /* what follows is another protocol: we answer and close */
   srv->h.handle(srv->ud, reply, req); /* may answer (and flush) right away */
   if (conn->closing || conn->no_more || srv->stopping) {
     conn->no_more = true;
@@ -606,8 +608,8 @@ int fo__server_start(uv_loop_t *loop, fo_metrics_t *m, const fo_server_opts_t *o
   srv->ud = ud;
   srv->limits = opts->limits;
   LIST_INIT(&srv->conns);
-  srv->c_accepted = fo_metrics_counter(m, "fanout_ingest_connections_accepted_total",
-                                       "TCP connections accepted");
+  srv->c_accepted =
+      fo_metrics_counter(m, "fanout_ingest_connections_accepted_total", "TCP connections accepted");
   srv->c_rejected = fo_metrics_counter(m, "fanout_ingest_connections_rejected_total",
                                        "Connections refused with 503 (max connections)");
   srv->c_timeouts = fo_metrics_counter(m, "fanout_ingest_connection_timeouts_total",
@@ -633,8 +635,8 @@ int fo__server_start(uv_loop_t *loop, fo_metrics_t *m, const fo_server_opts_t *o
   rc = fo_listen(&srv->listener, &opts->listen, on_connection, bound, boundlen);
   if (rc != 0)
     goto fail_close;
-  uint64_t period = opts->read_timeout_ms < opts->idle_timeout_ms ? opts->read_timeout_ms
-                                                                  : opts->idle_timeout_ms;
+  uint64_t period =
+      opts->read_timeout_ms < opts->idle_timeout_ms ? opts->read_timeout_ms : opts->idle_timeout_ms;
   period = period / 4 < 50 ? 50 : period / 4 > 500 ? 500 : period / 4;
   uv_timer_start(&srv->sweep, on_sweep, period, period);
   uv_unref((uv_handle_t *)&srv->sweep);
@@ -662,7 +664,9 @@ void fo__server_stop(fo_server_t *srv) {
   }
 }
 
-size_t fo__server_connections(const fo_server_t *srv) { return srv->nconns; }
+size_t fo__server_connections(const fo_server_t *srv) {
+  return srv->nconns;
+}
 
 void fo__server_free(fo_server_t *srv) {
   if (srv == NULL)
@@ -670,7 +674,7 @@ void fo__server_free(fo_server_t *srv) {
   fo__server_stop(srv);
   fo_conn_t *conn, *next;
   LIST_FOREACH_SAFE(conn, &srv->conns, link, next)
-    conn_close(conn);
+  conn_close(conn);
   srv->freeing = true;
   uv_close((uv_handle_t *)&srv->sweep, on_srv_handle_closed);
 }

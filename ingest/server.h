@@ -43,8 +43,8 @@ typedef struct {
 typedef struct {
   fo_listen_opts_t listen;
   fo_http_limits_t limits;
-  size_t max_connections;  /* more are answered 503 and closed */
-  size_t max_pipeline;     /* requests in flight per connection */
+  size_t max_connections; /* more are answered 503 and closed */
+  size_t max_pipeline;    /* requests in flight per connection */
   uint64_t read_timeout_ms;
   uint64_t idle_timeout_ms;
 } fo_server_opts_t;

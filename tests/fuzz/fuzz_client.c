@@ -37,8 +37,7 @@ static const char *const g_user[NCONN] = {"alice", "alice", "bob", "bob"};
 static const char *const g_rooms[NCONN] = {"[\"lobby\",\"team-*\"]", "[\"*\"]", NULL,
                                            "[\"lobby\",\"\",\"x\"]"};
 
-static void open_slot(fo_server_t *srv, fz_conn_t *fc, int i, const uint8_t *extra,
-                      size_t elen) {
+static void open_slot(fo_server_t *srv, fz_conn_t *fc, int i, const uint8_t *extra, size_t elen) {
   char req[2048];
   int n = snprintf(req, sizeof(req),
                    "GET /ws?token=%s HTTP/1.1\r\nHost: fuzz\r\nUpgrade: websocket\r\n"
@@ -85,10 +84,19 @@ static fo_buf_t *server_text(fo_server_t *srv, const char *kind, const uint8_t *
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  static const char *const opts[] = {"--max-frame-bytes", "512", "--max-message-bytes", "2048",
-                                     "--max-rooms-per-conn", "4", "--outq-max-bytes", "16384",
-                                     "--high-water-bytes", "40000", "--low-water-bytes",
-                                     "1024", NULL};
+  static const char *const opts[] = {"--max-frame-bytes",
+                                     "512",
+                                     "--max-message-bytes",
+                                     "2048",
+                                     "--max-rooms-per-conn",
+                                     "4",
+                                     "--outq-max-bytes",
+                                     "16384",
+                                     "--high-water-bytes",
+                                     "40000",
+                                     "--low-water-bytes",
+                                     "1024",
+                                     NULL};
   fo_server_t *srv = fz_server(opts);
   if (g_tok[0] == NULL)
     for (int i = 0; i < NCONN; i++)

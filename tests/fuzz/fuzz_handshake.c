@@ -38,16 +38,22 @@ static void put(uint8_t **b, size_t *n, size_t *cap, const void *p, size_t len) 
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  static const char *const opts[] = {"--max-frame-bytes", "1024", "--max-message-bytes", "4096",
-                                     "--max-handshake-bytes", "2048", "--origins",
-                                     "https://ok.example,http://localhost", NULL};
+  static const char *const opts[] = {"--max-frame-bytes",
+                                     "1024",
+                                     "--max-message-bytes",
+                                     "4096",
+                                     "--max-handshake-bytes",
+                                     "2048",
+                                     "--origins",
+                                     "https://ok.example,http://localhost",
+                                     NULL};
   fo_server_t *srv = fz_server(opts);
   if (g_tok == NULL) {
     g_tok = fz_token("alice", "[\"lobby\",\"team-*\"]");
     static const char hdr[] = "{\"alg\":\"HS256\"}";
     static const char cl[] = "{\"sub\":\"alice\",\"exp\":1000}";
-    g_expired = fz_sign(FZ_SECRET, (const uint8_t *)hdr, sizeof(hdr) - 1,
-                        (const uint8_t *)cl, sizeof(cl) - 1);
+    g_expired = fz_sign(FZ_SECRET, (const uint8_t *)hdr, sizeof(hdr) - 1, (const uint8_t *)cl,
+                        sizeof(cl) - 1);
   }
   if (size < 1 || size > 16384)
     return 0;

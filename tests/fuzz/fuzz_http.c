@@ -15,18 +15,18 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                  \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      fprintf(stderr, "fuzz invariant failed: %s\n", #cond);         \
-      abort();                                                       \
-    }                                                                \
+#define CHECK(cond)                                                                                \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
+      fprintf(stderr, "fuzz invariant failed: %s\n", #cond);                                       \
+      abort();                                                                                     \
+    }                                                                                              \
   } while (0)
 
 typedef struct {
   fo_http_limits_t lim;
   uint32_t rng;
-  bool paused;        /* the last callback asked to pause */
+  bool paused; /* the last callback asked to pause */
   bool last_upgrade;
   int requests;
 } st_t;

@@ -22,12 +22,12 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                  \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      fprintf(stderr, "fuzz invariant failed: %s\n", #cond);         \
-      abort();                                                       \
-    }                                                                \
+#define CHECK(cond)                                                                                \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
+      fprintf(stderr, "fuzz invariant failed: %s\n", #cond);                                       \
+      abort();                                                                                     \
+    }                                                                                              \
   } while (0)
 
 #define NOW 1700000000
@@ -74,8 +74,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     free(out);
     char *tok = malloc(size ? size : 1);
     memcpy(tok, data, size);
-    int rc = fo_auth_verify(tok, size, FZ_SECRET, strlen(FZ_SECRET), NOW, &cl, err,
-                            sizeof(err));
+    int rc = fo_auth_verify(tok, size, FZ_SECRET, strlen(FZ_SECRET), NOW, &cl, err, sizeof(err));
     if (rc == 0) {
       fprintf(stderr, "a token the fuzzer made was accepted: %.*s\n", (int)size, tok);
       abort();
@@ -111,8 +110,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                          sizeof(err)) == -EACCES);
     free(wrong);
     /* ...and so is every truncation of its signature. */
-    CHECK(fo_auth_verify(tok, len - 1, FZ_SECRET, strlen(FZ_SECRET), NOW, &cl, err,
-                         sizeof(err)) != 0);
+    CHECK(fo_auth_verify(tok, len - 1, FZ_SECRET, strlen(FZ_SECRET), NOW, &cl, err, sizeof(err)) !=
+          0);
   } else {
     CHECK(rc == -EACCES || rc == -EINVAL || rc == -ENOMEM);
     CHECK(cl.sub == NULL && cl.rooms == NULL);

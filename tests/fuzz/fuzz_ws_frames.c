@@ -17,12 +17,12 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond)                                                  \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      fprintf(stderr, "fuzz invariant failed: %s\n", #cond);         \
-      abort();                                                       \
-    }                                                                \
+#define CHECK(cond)                                                                                \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
+      fprintf(stderr, "fuzz invariant failed: %s\n", #cond);                                       \
+      abort();                                                                                     \
+    }                                                                                              \
   } while (0)
 
 #define MAX_EVENTS 4096
@@ -93,8 +93,7 @@ static uint32_t next(uint32_t *s) {
 
 /* Feeds the stream in reads of at most `max` bytes (0: all at once); *end
  * is where the last read fed ended. */
-static int run(run_t *r, const uint8_t *data, size_t size, size_t max, uint32_t seed,
-               size_t *end) {
+static int run(run_t *r, const uint8_t *data, size_t size, size_t max, uint32_t seed, size_t *end) {
   fo_ws_rx_t *rx = NULL;
   int rc = 0;
   size_t off = 0;
@@ -121,8 +120,8 @@ static int run(run_t *r, const uint8_t *data, size_t size, size_t max, uint32_t 
       CHECK(fo_ws_rx_bytes(rx) <= 2 * (r->lim.max_message + r->lim.max_frame) + 65536);
   }
   if (rc != 0)
-    CHECK(rc == FO_WS_CLOSE_PROTOCOL || rc == FO_WS_CLOSE_BAD_DATA ||
-          rc == FO_WS_CLOSE_TOO_BIG || rc == -ENOMEM);
+    CHECK(rc == FO_WS_CLOSE_PROTOCOL || rc == FO_WS_CLOSE_BAD_DATA || rc == FO_WS_CLOSE_TOO_BIG ||
+          rc == -ENOMEM);
   fo_ws_rx_free(&rx);
   CHECK(rx == NULL);
   return rc;
@@ -145,8 +144,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int ra = run(&a, data, size, 0, seed, &end_a);
   int rb = run(&b, data, size, max, seed, &end_b);
   if (ra != rb || a.nev != b.nev) {
-    fprintf(stderr, "whole: rc=%d events=%zu; in reads of <= %zu: rc=%d events=%zu\n", ra,
-            a.nev, max, rb, b.nev);
+    fprintf(stderr, "whole: rc=%d events=%zu; in reads of <= %zu: rc=%d events=%zu\n", ra, a.nev,
+            max, rb, b.nev);
     abort();
   }
   for (size_t i = 0; i < a.nev; i++) {
@@ -157,8 +156,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (rb != 0 && rb != -ENOMEM) {
     int rc = run(&c, data, end_b, 0, seed, &end_c);
     if (rc != rb || c.nev != b.nev) {
-      fprintf(stderr, "failed with %d in the read ending at %zu, but those %zu bytes alone: "
-              "rc=%d events=%zu (not %zu)\n", rb, end_b, end_b, rc, c.nev, b.nev);
+      fprintf(stderr,
+              "failed with %d in the read ending at %zu, but those %zu bytes alone: "
+              "rc=%d events=%zu (not %zu)\n",
+              rb, end_b, end_b, rc, c.nev, b.nev);
       abort();
     }
   }

@@ -21,14 +21,14 @@
 #include "server.h"
 #include "ws.h"
 
-#define FZ_CHECK(cond, ...)                                        \
-  do {                                                             \
-    if (!(cond)) {                                                 \
-      fprintf(stderr, "fuzz invariant failed: %s: ", #cond);       \
-      fprintf(stderr, __VA_ARGS__);                                \
-      fprintf(stderr, "\n");                                       \
-      abort();                                                     \
-    }                                                              \
+#define FZ_CHECK(cond, ...)                                                                        \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
+      fprintf(stderr, "fuzz invariant failed: %s: ", #cond);                                       \
+      fprintf(stderr, __VA_ARGS__);                                                                \
+      fprintf(stderr, "\n");                                                                       \
+      abort();                                                                                     \
+    }                                                                                              \
   } while (0)
 
 static fo_server_t g_srv;
@@ -380,8 +380,8 @@ void fz_finish(fo_server_t *srv, fz_conn_t *fcs, size_t nfc) {
   FZ_CHECK(srv->dirty == NULL, "dirty queue list not empty");
 }
 
-size_t fz_client_frame(uint8_t *out, int opcode, bool fin, const uint8_t mask[4],
-                       const uint8_t *p, size_t n) {
+size_t fz_client_frame(uint8_t *out, int opcode, bool fin, const uint8_t mask[4], const uint8_t *p,
+                       size_t n) {
   size_t hl = fo_ws_header(out, opcode, fin, n);
   out[1] |= 0x80;
   memcpy(out + hl, mask, 4);

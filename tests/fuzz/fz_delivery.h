@@ -19,16 +19,16 @@
 #define FZ_SECRET "fuzz-secret-0123456789abcdef-0123456789"
 
 typedef struct {
-  fo_conn_t *conn;  /* NULL once the server closed it (memory freed by the loop) */
-  int peer;         /* our end of the socketpair, or -1 */
-  uint8_t *out;     /* bytes read from the server, not yet parsed */
+  fo_conn_t *conn; /* NULL once the server closed it (memory freed by the loop) */
+  int peer;        /* our end of the socketpair, or -1 */
+  uint8_t *out;    /* bytes read from the server, not yet parsed */
   size_t out_len, out_cap;
-  bool head_done;   /* HTTP response head parsed */
-  int status;       /* its status */
-  bool closed_frame;/* a close frame was seen: nothing may follow */
-  size_t body_want; /* Content-Length of a plain (non-101) answer */
-  bool paused;      /* the client stops reading (a slow consumer) */
-  bool cut;         /* the harness dropped the connection: output may be cut */
+  bool head_done;    /* HTTP response head parsed */
+  int status;        /* its status */
+  bool closed_frame; /* a close frame was seen: nothing may follow */
+  size_t body_want;  /* Content-Length of a plain (non-101) answer */
+  bool paused;       /* the client stops reading (a slow consumer) */
+  bool cut;          /* the harness dropped the connection: output may be cut */
 } fz_conn_t;
 
 /* The server (created once; argv-style extra options may change limits on
@@ -57,7 +57,7 @@ void fz_pump(fo_server_t *srv, fz_conn_t *fcs, size_t nfc);
 void fz_finish(fo_server_t *srv, fz_conn_t *fcs, size_t nfc);
 
 /* Builds a masked client frame into out (cap >= n + 14); returns its length. */
-size_t fz_client_frame(uint8_t *out, int opcode, bool fin, const uint8_t mask[4],
-                       const uint8_t *p, size_t n);
+size_t fz_client_frame(uint8_t *out, int opcode, bool fin, const uint8_t mask[4], const uint8_t *p,
+                       size_t n);
 
 #endif

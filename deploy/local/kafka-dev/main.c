@@ -31,8 +31,8 @@
 #include "config.h"
 #include "log.h"
 
-#define KDEV_PROG "fanout-kafka-dev"
-#define KDEV_NTOPICS 4
+#define KDEV_PROG     "fanout-kafka-dev"
+#define KDEV_NTOPICS  4
 #define KDEV_NSIGNALS 4
 
 /* ---- options (common/config.h: defaults, FANOUT_<NAME>, flags) ------------ */
@@ -46,36 +46,38 @@ typedef struct {
 } kdev_opts_t;
 
 static const fo_cfg_field_t opts_table[] = {
-  /* name            type        offset                                min max   default */
-  { "partitions",   FO_CFG_INT, offsetof(kdev_opts_t, partitions),    1, 1000, "4",
-    "partitions of each project topic" },
-  { "brokers",      FO_CFG_INT, offsetof(kdev_opts_t, brokers),       1, 16,   "1",
-    "mock brokers (each its own loopback port)" },
-  { "replication",  FO_CFG_INT, offsetof(kdev_opts_t, replication),   0, 16,   "0",
-    "replication factor of the topics (0 = min(brokers, 3))" },
-  { "topic-users",  FO_CFG_STR, offsetof(kdev_opts_t, topics[0]),     1, 249,  "fanout.users",
-    "user topic (partitioned by user-hash range)" },
-  { "topic-rooms",  FO_CFG_STR, offsetof(kdev_opts_t, topics[1]),     1, 249,  "fanout.rooms",
-    "room topic (read by every delivery server)" },
-  { "topic-intake", FO_CFG_STR, offsetof(kdev_opts_t, topics[2]),     1, 249,  "fanout.intake",
-    "intake topic (backend services produce here)" },
-  { "topic-dlq",    FO_CFG_STR, offsetof(kdev_opts_t, topics[3]),     1, 249,  "fanout.dlq",
-    "dead-letter topic" },
-  { "log-level",    FO_CFG_STR, offsetof(kdev_opts_t, log_level),     1, 16,   "info",
-    "debug|info|warn|error" },
+    /* name            type        offset                                min max   default */
+    {"partitions", FO_CFG_INT, offsetof(kdev_opts_t, partitions), 1, 1000, "4",
+     "partitions of each project topic"},
+    {"brokers", FO_CFG_INT, offsetof(kdev_opts_t, brokers), 1, 16, "1",
+     "mock brokers (each its own loopback port)"},
+    {"replication", FO_CFG_INT, offsetof(kdev_opts_t, replication), 0, 16, "0",
+     "replication factor of the topics (0 = min(brokers, 3))"},
+    {"topic-users", FO_CFG_STR, offsetof(kdev_opts_t, topics[0]), 1, 249, "fanout.users",
+     "user topic (partitioned by user-hash range)"},
+    {"topic-rooms", FO_CFG_STR, offsetof(kdev_opts_t, topics[1]), 1, 249, "fanout.rooms",
+     "room topic (read by every delivery server)"},
+    {"topic-intake", FO_CFG_STR, offsetof(kdev_opts_t, topics[2]), 1, 249, "fanout.intake",
+     "intake topic (backend services produce here)"},
+    {"topic-dlq", FO_CFG_STR, offsetof(kdev_opts_t, topics[3]), 1, 249, "fanout.dlq",
+     "dead-letter topic"},
+    {"log-level", FO_CFG_STR, offsetof(kdev_opts_t, log_level), 1, 16, "info",
+     "debug|info|warn|error"},
 };
 #define KDEV_NOPTS (sizeof(opts_table) / sizeof(opts_table[0]))
 
 #define LOG_DEBUG(msg, ...) FO_LOG_DEBUG("kafka-dev", msg, __VA_ARGS__)
-#define LOG_INFO(msg, ...) FO_LOG_INFO("kafka-dev", msg, __VA_ARGS__)
-#define LOG_WARN(msg, ...) FO_LOG_WARN("kafka-dev", msg, __VA_ARGS__)
+#define LOG_INFO(msg, ...)  FO_LOG_INFO("kafka-dev", msg, __VA_ARGS__)
+#define LOG_WARN(msg, ...)  FO_LOG_WARN("kafka-dev", msg, __VA_ARGS__)
 #define LOG_ERROR(msg, ...) FO_LOG_ERROR("kafka-dev", msg, __VA_ARGS__)
 
 /* librdkafka's own log lines (from its threads), in the same format. */
 static void kdev_rdkafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
   (void)rk;
-  fo_log_level_t lvl = level <= 3 ? FO_LOG_LVL_ERROR : level <= 4 ? FO_LOG_LVL_WARN
-                       : level <= 6 ? FO_LOG_LVL_INFO : FO_LOG_LVL_DEBUG;
+  fo_log_level_t lvl = level <= 3   ? FO_LOG_LVL_ERROR
+                       : level <= 4 ? FO_LOG_LVL_WARN
+                       : level <= 6 ? FO_LOG_LVL_INFO
+                                    : FO_LOG_LVL_DEBUG;
   if (strcmp(fac, "CONFWARN") == 0)
     lvl = FO_LOG_LVL_DEBUG; /* "no bootstrap.servers": true, and by design */
   FO_LOG_(lvl, "kafka-dev", "rdkafka", "fac=%s detail=\"%s\"", fac, buf);
@@ -91,8 +93,8 @@ static int opts_finalize(void *cfg, char *err, size_t errlen) {
   }
   fo_log_set_level(lvl);
   if (opts->replication > opts->brokers) {
-    snprintf(err, errlen, "replication=%lld: must be <= brokers=%lld",
-             (long long)opts->replication, (long long)opts->brokers);
+    snprintf(err, errlen, "replication=%lld: must be <= brokers=%lld", (long long)opts->replication,
+             (long long)opts->brokers);
     return -EINVAL;
   }
   if (opts->replication == 0)
@@ -121,7 +123,7 @@ typedef struct {
   bool stopping;
 } kdev_t;
 
-static const int handled_signals[KDEV_NSIGNALS] = { SIGINT, SIGTERM, SIGUSR1, SIGUSR2 };
+static const int handled_signals[KDEV_NSIGNALS] = {SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
 static void on_sig_closed(uv_handle_t *h) {
   kdev_t *kd = h->data;
@@ -136,8 +138,8 @@ static void on_signal(uv_signal_t *h, int signum) {
       LOG_INFO("brokers already in that state", "state=%s", down ? "down" : "up");
       return;
     }
-    rd_kafka_resp_err_t err = down ? rd_kafka_mock_broker_set_down(kd->mc, -1)
-                                   : rd_kafka_mock_broker_set_up(kd->mc, -1);
+    rd_kafka_resp_err_t err =
+        down ? rd_kafka_mock_broker_set_down(kd->mc, -1) : rd_kafka_mock_broker_set_up(kd->mc, -1);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
       LOG_ERROR("cannot change broker state", "state=%s err=\"%s\"", down ? "down" : "up",
                 rd_kafka_err2str(err));
@@ -159,8 +161,7 @@ static void on_signal(uv_signal_t *h, int signum) {
 static int kdev_start_cluster(kdev_t *kd, const kdev_opts_t *opts) {
   char errstr[512];
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  if (rd_kafka_conf_set(conf, "client.id", KDEV_PROG, errstr, sizeof(errstr)) !=
-          RD_KAFKA_CONF_OK ||
+  if (rd_kafka_conf_set(conf, "client.id", KDEV_PROG, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
       rd_kafka_conf_set(conf, "log_level", fo_log_min_level == FO_LOG_LVL_DEBUG ? "7" : "6", errstr,
                         sizeof(errstr)) != RD_KAFKA_CONF_OK) {
     LOG_ERROR("rdkafka conf", "err=\"%s\"", errstr);
@@ -215,8 +216,8 @@ int main(int argc, char **argv) {
       "cluster on random loopback ports, in memory. Prints bootstrap=HOST:PORT[,...]\n"
       "on stdout once it accepts connections; runs until SIGINT/SIGTERM.\n"
       "SIGUSR1 takes all brokers down, SIGUSR2 brings them up again.";
-  if (fo_cfg_main(KDEV_PROG, about, opts_table, KDEV_NOPTS, &opts, argc, argv,
-                  opts_finalize) == FO_CFG_CHECK_ONLY) {
+  if (fo_cfg_main(KDEV_PROG, about, opts_table, KDEV_NOPTS, &opts, argc, argv, opts_finalize) ==
+      FO_CFG_CHECK_ONLY) {
     fo_cfg_free(opts_table, KDEV_NOPTS, &opts);
     return 0;
   }
@@ -250,8 +251,8 @@ int main(int argc, char **argv) {
 
   const char *bootstrap = rd_kafka_mock_cluster_bootstraps(kd.mc);
   LOG_INFO("ready", "bootstrap=%s brokers=%d partitions=%d replication=%d topics=%s,%s,%s,%s",
-           bootstrap, (int)opts.brokers, (int)opts.partitions, (int)opts.replication, opts.topics[0],
-           opts.topics[1], opts.topics[2], opts.topics[3]);
+           bootstrap, (int)opts.brokers, (int)opts.partitions, (int)opts.replication,
+           opts.topics[0], opts.topics[1], opts.topics[2], opts.topics[3]);
   printf("bootstrap=%s\n", bootstrap);
   fflush(stdout);
 

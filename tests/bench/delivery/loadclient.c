@@ -23,15 +23,15 @@ typedef struct {
   uv_tcp_t tcp;
   uv_connect_t creq;
   int idx;
-  int state;           /* 0 connecting, 1 handshake, 2 open, 3 joined */
+  int state; /* 0 connecting, 1 handshake, 2 open, 3 joined */
   uint32_t msgs;
-  uint8_t hdr[14];     /* partial frame header */
+  uint8_t hdr[14]; /* partial frame header */
   uint8_t hlen;
   uint8_t op;
-  uint64_t left;       /* payload bytes still to skip of the current frame */
-  uint8_t ctl[125];    /* control frame payload being read */
+  uint64_t left;    /* payload bytes still to skip of the current frame */
+  uint8_t ctl[125]; /* control frame payload being read */
   uint8_t ctl_len;
-  char hs[256];        /* partial handshake response */
+  char hs[256]; /* partial handshake response */
   uint16_t hs_len;
 } lc_conn_t;
 
@@ -43,7 +43,7 @@ static const char *secret;
 static const char *host;
 static int port;
 static uint32_t expect;
-static uint32_t *level_count;   /* connections that reached k messages */
+static uint32_t *level_count; /* connections that reached k messages */
 static uint64_t *level_first, *level_last;
 static uint64_t t0;
 static char rbuf[1 << 16];
@@ -69,8 +69,9 @@ static void b64url(const void *in, size_t n, char *out) {
 static void make_token(int i, char *out, size_t outlen) {
   char claims[256], h[128], c[512], sig[64], signing[800];
   b64url("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", 27, h);
-  int n = snprintf(claims, sizeof(claims), "{\"sub\":\"bench-user-%d\",\"exp\":%ld,\"rooms\":[\"*\"]}",
-                   i, (long)time(NULL) + 86400);
+  int n =
+      snprintf(claims, sizeof(claims), "{\"sub\":\"bench-user-%d\",\"exp\":%ld,\"rooms\":[\"*\"]}",
+               i, (long)time(NULL) + 86400);
   b64url(claims, (size_t)n, c);
   snprintf(signing, sizeof(signing), "%s.%s", h, c);
   unsigned char md[32];

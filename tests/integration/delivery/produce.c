@@ -59,8 +59,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   char err[512];
-  rd_kafka_conf_t *conf = fo_kafka_conf_new(FO_KAFKA_PRODUCER, argv[1], "fanout-test-produce",
-                                            NULL, err, sizeof(err));
+  rd_kafka_conf_t *conf =
+      fo_kafka_conf_new(FO_KAFKA_PRODUCER, argv[1], "fanout-test-produce", NULL, err, sizeof(err));
   if (conf == NULL) {
     fprintf(stderr, "%s\n", err);
     return 1;
@@ -125,8 +125,8 @@ int main(int argc, char **argv) {
     do {
       e = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(part),
                             RD_KAFKA_V_KEY(target, strlen(target)),
-                            RD_KAFKA_V_VALUE(sb.data, sb.len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                            RD_KAFKA_V_END);
+                            RD_KAFKA_V_VALUE(sb.data, sb.len),
+                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
       if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL)
         rd_kafka_poll(rk, 10);
     } while (e == RD_KAFKA_RESP_ERR__QUEUE_FULL);

@@ -88,10 +88,10 @@ int main(int argc, char **argv) {
         val[n++] = (uint8_t)(hi << 4 | lo);
       }
     }
-    rd_kafka_resp_err_t e = rd_kafka_producev(
-        rk, RD_KAFKA_V_TOPIC(argv[2]), RD_KAFKA_V_PARTITION(partition),
-        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_VALUE(payload, n),
-        RD_KAFKA_V_KEY(key, key ? strlen(key) : 0), RD_KAFKA_V_END);
+    rd_kafka_resp_err_t e =
+        rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(argv[2]), RD_KAFKA_V_PARTITION(partition),
+                          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_VALUE(payload, n),
+                          RD_KAFKA_V_KEY(key, key ? strlen(key) : 0), RD_KAFKA_V_END);
     if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
       fprintf(stderr, "produce: %s\n", rd_kafka_err2str(e));
       return 1;

@@ -29,7 +29,7 @@
 
 #include <librdkafka/rdkafka.h>
 
-#define TC_PROG "fanout-kafka-testclient"
+#define TC_PROG          "fanout-kafka-testclient"
 #define TC_MAX_OVERRIDES 32
 
 typedef struct {
@@ -184,7 +184,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 }
 
 static int run_produce(const tc_opts_t *o) {
-  tc_dr_t dr = { 0, 0 };
+  tc_dr_t dr = {0, 0};
   char errstr[512];
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
   rd_kafka_conf_set_opaque(conf, &dr);
@@ -192,8 +192,8 @@ static int run_produce(const tc_opts_t *o) {
   rd_kafka_conf_set_log_cb(conf, log_cb);
   if (conf_set(conf, "bootstrap.servers", o->bootstrap) != 0 ||
       conf_set(conf, "acks", "all") != 0 || conf_set(conf, "enable.idempotence", "true") != 0 ||
-      conf_set(conf, "linger.ms", "5") != 0 ||
-      conf_set(conf, "message.timeout.ms", "30000") != 0 || conf_overrides(conf, o) != 0) {
+      conf_set(conf, "linger.ms", "5") != 0 || conf_set(conf, "message.timeout.ms", "30000") != 0 ||
+      conf_overrides(conf, o) != 0) {
     rd_kafka_conf_destroy(conf);
     return 2;
   }
@@ -282,7 +282,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 }
 
 static int run_consume(const tc_opts_t *o) {
-  tc_consume_t c = { o->topic };
+  tc_consume_t c = {o->topic};
   char errstr[512];
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
   rd_kafka_conf_set_opaque(conf, &c);
@@ -334,8 +334,8 @@ static int run_consume(const tc_opts_t *o) {
     /* Processed (printed), then committed: at-least-once, like delivery. */
     err = rd_kafka_commit_message(rk, m, 0);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-      fprintf(stderr, TC_PROG ": commit p=%" PRId32 " o=%" PRId64 ": %s\n", m->partition,
-              m->offset, rd_kafka_err2str(err));
+      fprintf(stderr, TC_PROG ": commit p=%" PRId32 " o=%" PRId64 ": %s\n", m->partition, m->offset,
+              rd_kafka_err2str(err));
     rd_kafka_message_destroy(m);
   }
   err = rd_kafka_consumer_close(rk);

@@ -190,7 +190,6 @@ static void config_addr_ipv6_and_lists(void **state) {
   fo_cfg_list_free(list);
 }
 
-
 /* An old name (flag or env) still sets the field; the current name wins
  * over the old one in the environment; errors name the spelling used and
  * still hide secrets; --help lists the old name as deprecated. */

@@ -138,8 +138,9 @@ static void http_refuses_chunked_body_over_limit(void **state) {
   (void)state;
   seen_t s = {0};
   fo_http_parser_t *p = fo_http_parser_new(&limits, on_request, &s);
-  const char req[] = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     "50\r\n01234567890123456789012345678901234567890123456789012345678901234567890123456789\r\n";
+  const char req[] =
+      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "50\r\n01234567890123456789012345678901234567890123456789012345678901234567890123456789\r\n";
   assert_int_equal(fo_http_parser_feed(p, req, sizeof(req) - 1), -EMSGSIZE);
   assert_true(fo_http_parser_body_too_large(p));
   fo_http_parser_free(p);
@@ -200,15 +201,15 @@ static void http_formats_responses(void **state) {
   fo_sb_t sb;
   fo_sb_init(&sb);
   fo_http_format_error(&sb, 503, "kafka \"down\"", "Retry-After: 1\r\n", true);
-  assert_string_equal(fo_sb_cstr(&sb),
-                      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                      "Content-Length: 26\r\nRetry-After: 1\r\n\r\n{\"error\":\"kafka \\\"down\\\"\"}");
+  assert_string_equal(
+      fo_sb_cstr(&sb),
+      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+      "Content-Length: 26\r\nRetry-After: 1\r\n\r\n{\"error\":\"kafka \\\"down\\\"\"}");
   fo_sb_reset(&sb);
   fo_http_format_response(&sb, 202, "application/json", NULL, "{}", 2, false);
   assert_non_null(strstr(fo_sb_cstr(&sb), "Connection: close\r\n"));
   fo_sb_free(&sb);
 }
-
 
 /* One decoder, two modes: a path segment is strict and keeps '+'; a query
  * value turns '+' into a space and keeps a stray '%'. */

@@ -13,8 +13,8 @@ static void id_is_uuidv7_and_formats(void **state) {
   fo_id_gen_t gen = {0};
   uint8_t id[FO_ID_LEN], back[FO_ID_LEN];
   fo_id_next(&gen, 1700000000000ull, id);
-  assert_int_equal(id[6] >> 4, 7);      /* version */
-  assert_int_equal(id[8] >> 6, 2);      /* variant 10 */
+  assert_int_equal(id[6] >> 4, 7); /* version */
+  assert_int_equal(id[8] >> 6, 2); /* variant 10 */
   assert_int_equal(fo_id_time_ms(id), 1700000000000ull);
   char text[FO_ID_STR_LEN + 1];
   fo_id_format(id, text);

@@ -57,8 +57,8 @@ static void on_assign(void *ud, const rd_kafka_topic_partition_list_t *parts) {
 
 static void produce(const char *bootstrap, const char *topic) {
   char err[256];
-  rd_kafka_conf_t *conf = fo_kafka_conf_new(FO_KAFKA_PRODUCER, bootstrap, "kc-test", NULL, err,
-                                            sizeof(err));
+  rd_kafka_conf_t *conf =
+      fo_kafka_conf_new(FO_KAFKA_PRODUCER, bootstrap, "kc-test", NULL, err, sizeof(err));
   assert_non_null(conf);
   rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
   assert_non_null(p);
@@ -94,10 +94,14 @@ static void kafka_consumer_consumes_and_stores(void **state) {
   uv_timer_start(&s.deadline, on_deadline, 60000, 0);
   char *ours[] = {"auto.offset.reset=earliest", NULL};
   const char *topics[] = {s.topic, NULL};
-  fo_kafka_consumer_opts_t o = {.bootstrap = bootstrap, .client_id = "kc-test",
-                                .group = s.topic, .session_timeout_ms = 6000,
-                                .settings = ours, .extra = "fetch.wait.max.ms=5",
-                                .topics = topics, .log_mod = "test"};
+  fo_kafka_consumer_opts_t o = {.bootstrap = bootstrap,
+                                .client_id = "kc-test",
+                                .group = s.topic,
+                                .session_timeout_ms = 6000,
+                                .settings = ours,
+                                .extra = "fetch.wait.max.ms=5",
+                                .topics = topics,
+                                .log_mod = "test"};
   fo_kafka_consumer_cbs_t cbs = {.on_message = on_message, .on_assign = on_assign};
   assert_int_equal(fo_kafka_consumer_new(&s.loop, &o, &cbs, &s, err, sizeof(err), &s.kc), 0);
   char v[64];
@@ -126,8 +130,10 @@ static void kafka_consumer_short_session_and_secrets(void **state) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   const char *topics[] = {"kc-test-unused", NULL};
-  fo_kafka_consumer_opts_t o = {.bootstrap = bootstrap, .client_id = "kc-test",
-                                .group = "kc-test-short", .session_timeout_ms = 500,
+  fo_kafka_consumer_opts_t o = {.bootstrap = bootstrap,
+                                .client_id = "kc-test",
+                                .group = "kc-test-short",
+                                .session_timeout_ms = 500,
                                 .topics = topics};
   fo_kafka_consumer_cbs_t cbs = {.on_message = NULL};
   /* A misspelt secret: refused, and its value never printed. */
@@ -149,7 +155,6 @@ static void kafka_consumer_short_session_and_secrets(void **state) {
   fo_kafka_consumer_free(kc);
   assert_int_equal(uv_loop_close(&loop), 0);
 }
-
 
 /* A revoke the owner defers (in-flight work): the group waits for it, and
  * the new member gets partitions only after fo_kafka_consumer_revoke_done. */
@@ -198,8 +203,7 @@ static void b_on_assign(void *ud, const rd_kafka_topic_partition_list_t *parts) 
 
 static void a_on_assign(void *ud, const rd_kafka_topic_partition_list_t *parts);
 
-static bool a_on_revoke(void *ud, const rd_kafka_topic_partition_list_t *parts,
-                        bool incremental) {
+static bool a_on_revoke(void *ud, const rd_kafka_topic_partition_list_t *parts, bool incremental) {
   (void)parts;
   (void)incremental;
   r_t *r = ud;
@@ -220,9 +224,12 @@ static void a_on_assign(void *ud, const rd_kafka_topic_partition_list_t *parts) 
   if (r->a_assigned == 1) { /* a second member joins: a rebalance */
     char err[256];
     const char *topics[] = {r->topic, NULL};
-    fo_kafka_consumer_opts_t o = {.bootstrap = r->bootstrap, .client_id = "kc-test-b",
-                                  .group = r->topic, .session_timeout_ms = 6000,
-                                  .topics = topics, .log_mod = "b"};
+    fo_kafka_consumer_opts_t o = {.bootstrap = r->bootstrap,
+                                  .client_id = "kc-test-b",
+                                  .group = r->topic,
+                                  .session_timeout_ms = 6000,
+                                  .topics = topics,
+                                  .log_mod = "b"};
     fo_kafka_consumer_cbs_t cbs = {.on_message = r_on_message, .on_assign = b_on_assign};
     assert_int_equal(fo_kafka_consumer_new(&r->loop, &o, &cbs, r, err, sizeof(err), &r->b), 0);
   } else if (r->b_assigned > 0 && r->a_revoked > 0) {
@@ -246,11 +253,14 @@ static void kafka_consumer_revoke_can_wait(void **state) {
   r.deadline.data = r.later.data = &r;
   uv_timer_start(&r.deadline, r_on_deadline, 90000, 0);
   const char *topics[] = {r.topic, NULL};
-  fo_kafka_consumer_opts_t o = {.bootstrap = bootstrap, .client_id = "kc-test-a",
-                                .group = r.topic, .session_timeout_ms = 6000,
-                                .topics = topics, .log_mod = "a"};
-  fo_kafka_consumer_cbs_t cbs = {.on_message = r_on_message, .on_assign = a_on_assign,
-                                 .on_revoke = a_on_revoke};
+  fo_kafka_consumer_opts_t o = {.bootstrap = bootstrap,
+                                .client_id = "kc-test-a",
+                                .group = r.topic,
+                                .session_timeout_ms = 6000,
+                                .topics = topics,
+                                .log_mod = "a"};
+  fo_kafka_consumer_cbs_t cbs = {
+      .on_message = r_on_message, .on_assign = a_on_assign, .on_revoke = a_on_revoke};
   assert_int_equal(fo_kafka_consumer_new(&r.loop, &o, &cbs, &r, err, sizeof(err), &r.a), 0);
   uv_run(&r.loop, UV_RUN_DEFAULT);
   assert_false(r.timed_out);

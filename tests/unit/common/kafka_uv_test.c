@@ -87,11 +87,11 @@ static void start_consumer(t_t *s, const char *bootstrap) {
   char gid[80];
   snprintf(gid, sizeof(gid), "group.id=%s", group);
   char *over[] = {gid, "auto.offset.reset=earliest", NULL};
-  rd_kafka_conf_t *conf = fo_kafka_conf_new(FO_KAFKA_CONSUMER, bootstrap, "kuv-test", over, err,
-                                            sizeof(err));
+  rd_kafka_conf_t *conf =
+      fo_kafka_conf_new(FO_KAFKA_CONSUMER, bootstrap, "kuv-test", over, err, sizeof(err));
   assert_non_null(conf);
-  rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_REBALANCE | RD_KAFKA_EVENT_FETCH |
-                                     RD_KAFKA_EVENT_ERROR);
+  rd_kafka_conf_set_events(conf,
+                           RD_KAFKA_EVENT_REBALANCE | RD_KAFKA_EVENT_FETCH | RD_KAFKA_EVENT_ERROR);
   s->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
   assert_non_null(s->consumer);
   rd_kafka_poll_set_consumer(s->consumer);
@@ -131,8 +131,8 @@ static void kafka_uv_produce_then_consume(void **state) {
   uv_timer_start(&s.tick, on_tick, 10, 10);
   uv_timer_start(&s.deadline, on_deadline, 60000, 0);
 
-  rd_kafka_conf_t *conf = fo_kafka_conf_new(FO_KAFKA_PRODUCER, bootstrap, "kuv-test", NULL, err,
-                                            sizeof(err));
+  rd_kafka_conf_t *conf =
+      fo_kafka_conf_new(FO_KAFKA_PRODUCER, bootstrap, "kuv-test", NULL, err, sizeof(err));
   assert_non_null(conf);
   rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR);
   s.producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));

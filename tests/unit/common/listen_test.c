@@ -20,9 +20,13 @@ static void on_conn(uv_stream_t *s, int status) {
   accepted++;
 }
 
-static void on_closed(uv_handle_t *h) { (void)h; }
+static void on_closed(uv_handle_t *h) {
+  (void)h;
+}
 
-static int port_of(const char *bound) { return atoi(strrchr(bound, ':') + 1); }
+static int port_of(const char *bound) {
+  return atoi(strrchr(bound, ':') + 1);
+}
 
 static void listen_resolves_a_name(void **state) {
   (void)state;

@@ -39,7 +39,8 @@ static void log_writes_logfmt_lines_at_level(void **state) {
   (void)state;
   char *out = capture(emit_lines);
   assert_null(strstr(out, "hidden"));
-  assert_non_null(strstr(out, "level=warn mod=redis msg=\"reconnect failed\" attempt=3 err=ECONNREFUSED\n"));
+  assert_non_null(
+      strstr(out, "level=warn mod=redis msg=\"reconnect failed\" attempt=3 err=ECONNREFUSED\n"));
   assert_non_null(strstr(out, "ts="));
   /* an embedded newline cannot split one event over two lines */
   assert_non_null(strstr(out, "text=\"two\\x0alines\""));

@@ -7,7 +7,9 @@
 
 #include "metrics.h"
 
-static void on_collect(void *ud) { *(int64_t *)ud = 42; }
+static void on_collect(void *ud) {
+  *(int64_t *)ud = 42;
+}
 
 static void metrics_render_prometheus_text(void **state) {
   (void)state;
@@ -24,14 +26,13 @@ static void metrics_render_prometheus_text(void **state) {
   fo_sb_init(&sb);
   assert_int_equal(fo_metrics_render(m, &sb), 0);
   const char *text = fo_sb_cstr(&sb);
-  const char *want =
-      "# HELP fanout_http_requests_total Requests\n"
-      "# TYPE fanout_http_requests_total counter\n"
-      "fanout_http_requests_total{code=\"202\"} 3\n"
-      "fanout_http_requests_total{code=\"400\"} 1\n"
-      "# HELP fanout_connections Open connections\n"
-      "# TYPE fanout_connections gauge\n"
-      "fanout_connections 42\n";
+  const char *want = "# HELP fanout_http_requests_total Requests\n"
+                     "# TYPE fanout_http_requests_total counter\n"
+                     "fanout_http_requests_total{code=\"202\"} 3\n"
+                     "fanout_http_requests_total{code=\"400\"} 1\n"
+                     "# HELP fanout_connections Open connections\n"
+                     "# TYPE fanout_connections gauge\n"
+                     "fanout_connections 42\n";
   assert_string_equal(text, want);
   fo_sb_free(&sb);
   fo_metrics_free(m);

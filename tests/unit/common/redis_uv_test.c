@@ -151,8 +151,12 @@ static void redis_uv_reconnects_and_times_out(void **state) {
   s.deadline.data = s.step.data = &s;
   uv_timer_start(&s.deadline, on_deadline, 30000, 0);
   uv_timer_start(&s.step, on_step, 300, 300);
-  fo_redis_opts_t o = {.host = a.host, .port = a.port, .command_timeout_ms = 500,
-                       .backoff_min_ms = 50, .backoff_max_ms = 400, .name = "cmd"};
+  fo_redis_opts_t o = {.host = a.host,
+                       .port = a.port,
+                       .command_timeout_ms = 500,
+                       .backoff_min_ms = 50,
+                       .backoff_max_ms = 400,
+                       .name = "cmd"};
   assert_int_equal(fo_redis_new(&s.loop, &o, on_cmd_state, &s, &s.cmd), 0);
   o.name = "sub";
   o.command_timeout_ms = 500;
@@ -174,7 +178,9 @@ static void on_never(fo_redis_t *r, bool up, void *ud) {
   (*(int *)ud)++;
 }
 
-static void on_stop(uv_timer_t *t) { fo_redis_close(t->data); }
+static void on_stop(uv_timer_t *t) {
+  fo_redis_close(t->data);
+}
 
 static void redis_uv_unreachable_server_retries_quietly(void **state) {
   (void)state;
@@ -183,8 +189,11 @@ static void redis_uv_unreachable_server_retries_quietly(void **state) {
   int calls = 0;
   fo_redis_t *r;
   /* Port 1 on loopback: connection refused, again and again. */
-  fo_redis_opts_t o = {.host = "127.0.0.1", .port = 1, .backoff_min_ms = 20,
-                       .backoff_max_ms = 80, .name = "nowhere"};
+  fo_redis_opts_t o = {.host = "127.0.0.1",
+                       .port = 1,
+                       .backoff_min_ms = 20,
+                       .backoff_max_ms = 80,
+                       .name = "nowhere"};
   assert_int_equal(fo_redis_new(&loop, &o, on_never, &calls, &r), 0);
   assert_int_equal(fo_redis_command(r, NULL, NULL, "PING"), -ENOTCONN);
   uv_timer_t stop;
@@ -197,7 +206,6 @@ static void redis_uv_unreachable_server_retries_quietly(void **state) {
   uv_run(&loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&loop), 0);
 }
-
 
 /* ---- SUBSCRIBE / UNSUBSCRIBE churn on one channel ---- */
 
@@ -319,9 +327,9 @@ static void redis_uv_subscribe_churn_keeps_one_subscription(void **state) {
   free(a.host);
   assert_false(s.timed_out);
   assert_int_equal(s.round, NROUNDS);
-  assert_int_equal(s.msgs, NROUNDS);  /* each PUBLISH arrived exactly once */
+  assert_int_equal(s.msgs, NROUNDS); /* each PUBLISH arrived exactly once */
   assert_int_equal(s.bad_msgs, 0);
-  assert_int_equal(s.nulls, 1);       /* the close: once, not once per channel entry */
+  assert_int_equal(s.nulls, 1); /* the close: once, not once per channel entry */
   uv_close((uv_handle_t *)&s.deadline, NULL);
   uv_close((uv_handle_t *)&s.step, NULL);
   uv_run(&s.loop, UV_RUN_DEFAULT);
@@ -343,7 +351,8 @@ static int free_port(void) {
 
 static bool port_open(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_port = htons((uint16_t)port),
                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   bool ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
   close(fd);
@@ -422,8 +431,8 @@ static void auth_state(fo_redis_t *r, bool up, void *ud) {
     s->good_ups++;
     assert_int_equal(fo_redis_command(r, NULL, NULL, "SET fo:test:auth v1"), 0);
     assert_int_equal(fo_redis_command(r, on_value, &s->good_value, "GET fo:test:auth"), 0);
-    assert_int_equal(fo_redis_command(r, on_acl_set, &s->acl_set,
-                                      "ACL SETUSER fanout on >pw2 ~* &* +@all"), 0);
+    assert_int_equal(
+        fo_redis_command(r, on_acl_set, &s->acl_set, "ACL SETUSER fanout on >pw2 ~* &* +@all"), 0);
   } else if (r == s->acl) {
     s->acl_ups++;
     assert_int_equal(fo_redis_command(r, on_value, &s->acl_value, "GET fo:test:auth"), 0);
@@ -446,8 +455,8 @@ static void auth_step(uv_timer_t *t) {
     o.name = "acl-bad";
     assert_int_equal(fo_redis_new(&s->loop, &o, auth_state, s, &s->acl_bad), 0);
   }
-  if (s->good_value > 0 && s->acl_value > 0 && fo_redis_errors(s->bad) >= 3 &&
-      s->acl_bad != NULL && fo_redis_errors(s->acl_bad) >= 3)
+  if (s->good_value > 0 && s->acl_value > 0 && fo_redis_errors(s->bad) >= 3 && s->acl_bad != NULL &&
+      fo_redis_errors(s->acl_bad) >= 3)
     auth_finish(s);
 }
 
@@ -463,8 +472,12 @@ static void redis_uv_auth_right_and_wrong_password(void **state) {
   s.deadline.data = s.step.data = &s;
   uv_timer_start(&s.deadline, auth_deadline, 20000, 0);
   uv_timer_start(&s.step, auth_step, 10, 10);
-  fo_redis_opts_t o = {.host = "127.0.0.1", .port = port, .backoff_min_ms = 20,
-                       .backoff_max_ms = 80, .name = "good", .password = "sekret-pw"};
+  fo_redis_opts_t o = {.host = "127.0.0.1",
+                       .port = port,
+                       .backoff_min_ms = 20,
+                       .backoff_max_ms = 80,
+                       .name = "good",
+                       .password = "sekret-pw"};
   s.o = &o;
   assert_int_equal(fo_redis_new(&s.loop, &o, auth_state, &s, &s.good), 0);
   o.name = "bad";
@@ -479,7 +492,7 @@ static void redis_uv_auth_right_and_wrong_password(void **state) {
   assert_int_equal(s.good_ups, 1);
   assert_int_equal(s.acl_ups, 1);
   assert_true(s.good_value >= 1 && s.acl_value >= 1);
-  assert_int_equal(s.bad_ups, 0);     /* never reported connected */
+  assert_int_equal(s.bad_ups, 0); /* never reported connected */
   assert_int_equal(s.acl_bad_ups, 0);
   assert_false(s.bad_connected);
   uv_close((uv_handle_t *)&s.deadline, NULL);

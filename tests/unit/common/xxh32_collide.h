@@ -13,8 +13,12 @@
 #define XC_P4 0x27D4EB2Fu
 #define XC_P5 0x165667B1u
 
-static inline uint32_t rotl(uint32_t x, int r) { return x << r | x >> (32 - r); }
-static inline uint32_t rotr(uint32_t x, int r) { return x >> r | x << (32 - r); }
+static inline uint32_t rotl(uint32_t x, int r) {
+  return x << r | x >> (32 - r);
+}
+static inline uint32_t rotr(uint32_t x, int r) {
+  return x >> r | x << (32 - r);
+}
 static inline uint32_t inv(uint32_t a) { /* odd a: inverse mod 2^32 by Newton's iteration */
   uint32_t x = a;
   for (int i = 0; i < 5; i++)

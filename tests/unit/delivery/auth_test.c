@@ -67,29 +67,28 @@ static void auth_rejections(void **state) {
   char tok[4096];
   fo_auth_claims_t cl;
   make(tok, "other", HS, "{\"sub\":\"a\",\"exp\":1700000100}");
-  assert_int_equal(verify(tok, &cl), -EACCES);                  /* wrong key */
+  assert_int_equal(verify(tok, &cl), -EACCES); /* wrong key */
   make(tok, "k", "{\"alg\":\"HS512\"}", "{\"sub\":\"a\",\"exp\":1700000100}");
-  assert_int_equal(verify(tok, &cl), -EACCES);                  /* alg */
+  assert_int_equal(verify(tok, &cl), -EACCES); /* alg */
   make(tok, "k", "{\"alg\":\"none\"}", "{\"sub\":\"a\",\"exp\":1700000100}");
   assert_int_equal(verify(tok, &cl), -EACCES);
   make(tok, "k", HS, "{\"sub\":\"a\",\"exp\":1699999999}");
-  assert_int_equal(verify(tok, &cl), -EACCES);                  /* expired */
+  assert_int_equal(verify(tok, &cl), -EACCES); /* expired */
   make(tok, "k", HS, "{\"exp\":1700000100}");
-  assert_int_equal(verify(tok, &cl), -EACCES);                  /* no sub */
+  assert_int_equal(verify(tok, &cl), -EACCES); /* no sub */
   make(tok, "k", HS, "{\"sub\":\"a\",\"exp\":1e300}");
-  assert_int_equal(verify(tok, &cl), -EACCES);                  /* exp beyond int64 (fuzz_jwt) */
+  assert_int_equal(verify(tok, &cl), -EACCES); /* exp beyond int64 (fuzz_jwt) */
   make(tok, "k", HS, "{\"sub\":\"a\"}");
-  assert_int_equal(verify(tok, &cl), -EACCES);                  /* no exp */
+  assert_int_equal(verify(tok, &cl), -EACCES); /* no exp */
   make(tok, "k", HS, "{\"sub\":\"a\",\"exp\":1700000100,\"rooms\":\"x\"}");
-  assert_int_equal(verify(tok, &cl), -EACCES);                  /* rooms not an array */
+  assert_int_equal(verify(tok, &cl), -EACCES); /* rooms not an array */
   make(tok, "k", HS, "{\"sub\":\"a\",\"exp\":1700000100}");
-  tok[strlen(tok) - 2] ^= 1;                                    /* tampered signature */
+  tok[strlen(tok) - 2] ^= 1; /* tampered signature */
   assert_int_equal(verify(tok, &cl), -EACCES);
   assert_int_not_equal(verify("a.b", &cl), 0);
   assert_int_not_equal(verify("a.b.c.d", &cl), 0);
   assert_int_equal(verify("", &cl), -EACCES);
 }
-
 
 static int check(const fo_auth_opts_t *o, const char *tok) {
   char err[128];
@@ -130,18 +129,23 @@ static void auth_audience_and_issuer(void **state) {
   (void)state;
   char tok[4096];
   fo_auth_opts_t o = {"k", 1, "fanout", "https://id.example", 0};
-  make(tok, "k", HS, "{\"sub\":\"a\",\"exp\":1700000100,\"aud\":\"fanout\",\"iss\":\"https://id.example\"}");
+  make(tok, "k", HS,
+       "{\"sub\":\"a\",\"exp\":1700000100,\"aud\":\"fanout\",\"iss\":\"https://id.example\"}");
   assert_int_equal(check(&o, tok), 0);
   make(tok, "k", HS,
-       "{\"sub\":\"a\",\"exp\":1700000100,\"aud\":[\"billing\",\"fanout\"],\"iss\":\"https://id.example\"}");
+       "{\"sub\":\"a\",\"exp\":1700000100,\"aud\":[\"billing\",\"fanout\"],\"iss\":\"https://"
+       "id.example\"}");
   assert_int_equal(check(&o, tok), 0);
-  make(tok, "k", HS, "{\"sub\":\"a\",\"exp\":1700000100,\"aud\":\"billing\",\"iss\":\"https://id.example\"}");
+  make(tok, "k", HS,
+       "{\"sub\":\"a\",\"exp\":1700000100,\"aud\":\"billing\",\"iss\":\"https://id.example\"}");
   assert_int_equal(check(&o, tok), -EACCES);
-  make(tok, "k", HS, "{\"sub\":\"a\",\"exp\":1700000100,\"aud\":[\"billing\"],\"iss\":\"https://id.example\"}");
+  make(tok, "k", HS,
+       "{\"sub\":\"a\",\"exp\":1700000100,\"aud\":[\"billing\"],\"iss\":\"https://id.example\"}");
   assert_int_equal(check(&o, tok), -EACCES);
   make(tok, "k", HS, "{\"sub\":\"a\",\"exp\":1700000100,\"iss\":\"https://id.example\"}");
   assert_int_equal(check(&o, tok), -EACCES); /* no aud */
-  make(tok, "k", HS, "{\"sub\":\"a\",\"exp\":1700000100,\"aud\":\"fanout\",\"iss\":\"https://evil\"}");
+  make(tok, "k", HS,
+       "{\"sub\":\"a\",\"exp\":1700000100,\"aud\":\"fanout\",\"iss\":\"https://evil\"}");
   assert_int_equal(check(&o, tok), -EACCES);
   make(tok, "k", HS, "{\"sub\":\"a\",\"exp\":1700000100,\"aud\":\"fanout\"}");
   assert_int_equal(check(&o, tok), -EACCES); /* no iss */
@@ -158,17 +162,17 @@ static void auth_max_lifetime(void **state) {
   char tok[4096];
   fo_auth_opts_t o = {"k", 1, NULL, NULL, 3600};
   make(tok, "k", HS, "{\"sub\":\"a\",\"iat\":1700000000,\"exp\":1700000600}");
-  assert_int_equal(check(&o, tok), 0);                           /* 10 min */
+  assert_int_equal(check(&o, tok), 0); /* 10 min */
   make(tok, "k", HS, "{\"sub\":\"a\",\"iat\":1700000000,\"exp\":1700003600}");
-  assert_int_equal(check(&o, tok), 0);                           /* exactly the limit */
+  assert_int_equal(check(&o, tok), 0); /* exactly the limit */
   make(tok, "k", HS, "{\"sub\":\"a\",\"iat\":1700000000,\"exp\":1731536000}");
-  assert_int_equal(check(&o, tok), -EACCES);                     /* a year */
+  assert_int_equal(check(&o, tok), -EACCES); /* a year */
   make(tok, "k", HS, "{\"sub\":\"a\",\"exp\":1700003601}");
-  assert_int_equal(check(&o, tok), -EACCES);                     /* no iat: exp - now */
+  assert_int_equal(check(&o, tok), -EACCES); /* no iat: exp - now */
   make(tok, "k", HS, "{\"sub\":\"a\",\"exp\":1700003000}");
   assert_int_equal(check(&o, tok), 0);
   make(tok, "k", HS, "{\"sub\":\"a\",\"iat\":1731530000,\"exp\":1731536000}");
-  assert_int_equal(check(&o, tok), -EACCES);                     /* iat in the future */
+  assert_int_equal(check(&o, tok), -EACCES); /* iat in the future */
   make(tok, "k", HS, "{\"sub\":\"a\",\"iat\":\"yesterday\",\"exp\":1700000600}");
   assert_int_equal(check(&o, tok), -EACCES);
   fo_auth_opts_t unlimited = {"k", 1, NULL, NULL, 0};

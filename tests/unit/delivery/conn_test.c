@@ -31,11 +31,18 @@ typedef struct {
 
 static int setup(void **state) {
   fixture_t *f = calloc(1, sizeof(*f));
-  char *argv[] = {"t", "--jwt-secret", "0123456789abcdef0123456789abcdef", "--server-id", "t",
-                  "--outq-max-bytes", "1048576", "--read-pause-bytes", "524288", NULL};
+  char *argv[] = {"t",
+                  "--jwt-secret",
+                  "0123456789abcdef0123456789abcdef",
+                  "--server-id",
+                  "t",
+                  "--outq-max-bytes",
+                  "1048576",
+                  "--read-pause-bytes",
+                  "524288",
+                  NULL};
   char err[256];
-  assert_int_equal(fo_cfg_load(fo_dcfg_fields, fo_dcfg_nfields, &f->cfg, 9, argv, err,
-                               sizeof(err)),
+  assert_int_equal(fo_cfg_load(fo_dcfg_fields, fo_dcfg_nfields, &f->cfg, 9, argv, err, sizeof(err)),
                    FO_CFG_OK);
   assert_int_equal(fo_dcfg_finalize(&f->cfg, err, sizeof(err)), 0);
   fo_log_set_level(FO_LOG_LVL_ERROR);
@@ -120,7 +127,7 @@ static void real_cost_charged(void **state) {
   fo_buf_t *big = fo_frame_new(FO_WS_OP_TEXT, NULL, 0);
   assert_int_equal(fo__conn_send(f->conn, tiny), 0);
   assert_int_equal(fo_flow_queued_bytes(f->srv.flow), cost_of(tiny));
-  assert_true(cost_of(tiny) >= 48); /* a 3-byte frame is not 3 bytes of memory */
+  assert_true(cost_of(tiny) >= 48);                  /* a 3-byte frame is not 3 bytes of memory */
   assert_int_equal(fo__conn_send(f->conn, tiny), 0); /* shared: charged again */
   assert_int_equal(fo__conn_send(f->conn, big), 0);
   assert_int_equal(fo_flow_queued_bytes(f->srv.flow), 2 * cost_of(tiny) + cost_of(big));

@@ -23,9 +23,9 @@ typedef struct {
   fo_dcfg_t cfg;
   int64_t nusers, nrooms;
   fo_conn_t conn[NCONN];
-  int gone;                 /* user_gone events */
+  int gone; /* user_gone events */
   char gone_name[32];
-  int subs, unsubs;         /* room_sub events */
+  int subs, unsubs; /* room_sub events */
   char last_room[32];
 } fixture_t;
 
@@ -210,8 +210,8 @@ static void rooms_swap_remove(void **state) {
     assert_int_equal(fo__room_join(&f->conn[i], "big", 3), 0);
     assert_int_equal(fo__room_join(&f->conn[i], "small", 5), 0);
   }
-  assert_int_equal(fo__room_leave(&f->conn[1], "big", 3), 0);  /* conn 3 moves to slot 1 */
-  assert_int_equal(fo__room_leave(&f->conn[3], "big", 3), 0);  /* found at its new slot */
+  assert_int_equal(fo__room_leave(&f->conn[1], "big", 3), 0); /* conn 3 moves to slot 1 */
+  assert_int_equal(fo__room_leave(&f->conn[3], "big", 3), 0); /* found at its new slot */
   assert_int_equal(fo__room_leave(&f->conn[0], "big", 3), 0);
   assert_int_equal(f->unsubs, 0);
   assert_int_equal(fo__room_leave(&f->conn[2], "big", 3), 0);

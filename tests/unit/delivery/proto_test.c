@@ -83,7 +83,10 @@ static void client_messages(void **state) {
   assert_string_equal(m.room, "news");
   assert_int_equal(parse("{\"room\":\"a\\u00e9b\",\"type\":\"leave\"}", &m), FO_PROTO_LEAVE);
   assert_int_equal(m.room_len, 4);
-  assert_memory_equal(m.room, "a\xc3\xa9" "b", 4);
+  assert_memory_equal(m.room,
+                      "a\xc3\xa9"
+                      "b",
+                      4);
   /* a NUL inside a string is refused by the parser (no JSON_ALLOW_NUL) */
   assert_int_equal(parse("{\"type\":\"join\",\"room\":\"a\\u0000b\"}", &m), FO_PROTO_BAD);
   char big[400];
@@ -95,8 +98,15 @@ static void client_messages(void **state) {
   assert_int_equal(parse(big, &m), FO_PROTO_BAD);
   assert_string_equal(m.err_code, "bad_request");
   static const char *const bads[] = {
-      "", "null", "[1]", "{\"type\":1}", "{\"type\":\"jump\"}", "{\"type\":\"join\"}",
-      "{\"type\":\"join\",\"room\":\"\"}", "{\"type\":\"leave\",\"room\":5}", "{\"type\":\"ping\"",
+      "",
+      "null",
+      "[1]",
+      "{\"type\":1}",
+      "{\"type\":\"jump\"}",
+      "{\"type\":\"join\"}",
+      "{\"type\":\"join\",\"room\":\"\"}",
+      "{\"type\":\"leave\",\"room\":5}",
+      "{\"type\":\"ping\"",
       "\xff\xfe",
   };
   for (size_t i = 0; i < sizeof(bads) / sizeof(bads[0]); i++) {
@@ -123,8 +133,8 @@ static void pubsub_payload(void **state) {
   assert_int_equal(jl, 7);
   assert_memory_equal(j, "{\"x\":1}", 7);
   fo_buf_unref(b);
-  static const char *const bads[] = {"", ":", "5:ali", "5:alice", "0:{}", "x:a{}",
-                                     "1234567:a{}", "5alice{}"};
+  static const char *const bads[] = {"",     ":",     "5:ali",       "5:alice",
+                                     "0:{}", "x:a{}", "1234567:a{}", "5alice{}"};
   for (size_t i = 0; i < sizeof(bads) / sizeof(bads[0]); i++)
     assert_int_equal(fo_proto_pub_parse(bads[i], strlen(bads[i]), &u, &ul, &j, &jl), -EPROTO);
 }
@@ -160,7 +170,7 @@ static void frames(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(message_frames), cmocka_unit_test(replies),
+      cmocka_unit_test(message_frames),  cmocka_unit_test(replies),
       cmocka_unit_test(client_messages), cmocka_unit_test(pubsub_payload),
       cmocka_unit_test(frames),
   };

@@ -22,7 +22,7 @@ void *__real_realloc(void *p, size_t size);
 void *__wrap_calloc(size_t n, size_t size);
 void *__wrap_realloc(void *p, size_t size);
 
-static int calloc_fail_at;      /* 1: the next call fails; 0: none */
+static int calloc_fail_at;       /* 1: the next call fails; 0: none */
 static size_t realloc_fail_size; /* the next realloc of this size fails; 0: none. By size,
                                   * not by count: optimized builds turn realloc(NULL, n)
                                   * into malloc(n) */
@@ -102,7 +102,7 @@ static void rooms_join_oom_members(void **state) {
   fixture_t *f = *state;
   realloc_fail_size = 4 * sizeof(fo_conn_t *); /* the new room's first members array */
   first_join_fails(f);
-  assert_int_equal(realloc_fail_size, 0);       /* it was that allocation that failed */
+  assert_int_equal(realloc_fail_size, 0); /* it was that allocation that failed */
 }
 
 /* A failed join next to existing memberships keeps them intact. */

@@ -20,7 +20,7 @@ typedef struct {
   fo_server_t srv;
   fo_dcfg_t cfg;
   uint64_t cells[64];
-  int64_t done[2][16];    /* released offsets per queue, in order */
+  int64_t done[2][16]; /* released offsets per queue, in order */
   int ndone[2];
   int progress;
 } fixture_t;
@@ -87,8 +87,8 @@ static void released_in_order(void **state) {
   assert_int_equal(fo__router_inflight(&f->srv), 3);
   assert_int_equal(fo__router_inflight_q(&f->srv, FO_RQ_USERS), 3);
   assert_true(fo_flow_backlog_bytes(f->srv.flow) > 0); /* waiting for Redis counts */
-  answer(f, FO_RQ_USERS, 1, 2); /* offset 11 answered first */
-  assert_int_equal(f->ndone[FO_RQ_USERS], 0); /* 10 is not: nothing released */
+  answer(f, FO_RQ_USERS, 1, 2);                        /* offset 11 answered first */
+  assert_int_equal(f->ndone[FO_RQ_USERS], 0);          /* 10 is not: nothing released */
   assert_int_equal(fo__router_inflight(&f->srv), 3);
   answer(f, FO_RQ_USERS, 0, 1); /* 10: releases 10 and 11 */
   assert_int_equal(f->ndone[FO_RQ_USERS], 2);

@@ -112,16 +112,16 @@ static void ws_protocol_violations(void **state) {
   uint8_t big[2000];
   memset(big, 'a', sizeof(big));
   assert_int_equal(feed_one(buf, frame(buf, FO_WS_OP_TEXT, true, "x", 1, false)),
-                   FO_WS_CLOSE_PROTOCOL);                                  /* unmasked */
+                   FO_WS_CLOSE_PROTOCOL); /* unmasked */
   assert_int_equal(feed_one(buf, frame(buf, 0x3, true, "x", 1, true)), FO_WS_CLOSE_PROTOCOL);
   assert_int_equal(feed_one(buf, frame(buf, FO_WS_OP_CONT, true, "x", 1, true)),
-                   FO_WS_CLOSE_PROTOCOL);                                  /* no start */
+                   FO_WS_CLOSE_PROTOCOL); /* no start */
   assert_int_equal(feed_one(buf, frame(buf, FO_WS_OP_PING, false, "x", 1, true)),
-                   FO_WS_CLOSE_PROTOCOL);                                  /* fragmented control */
+                   FO_WS_CLOSE_PROTOCOL); /* fragmented control */
   assert_int_equal(feed_one(buf, frame(buf, FO_WS_OP_PING, true, big, 126, true)),
-                   FO_WS_CLOSE_PROTOCOL);                                  /* control > 125 */
+                   FO_WS_CLOSE_PROTOCOL); /* control > 125 */
   assert_int_equal(feed_one(buf, frame(buf, FO_WS_OP_TEXT, true, big, 1500, true)),
-                   FO_WS_CLOSE_TOO_BIG);                                   /* over max_frame */
+                   FO_WS_CLOSE_TOO_BIG); /* over max_frame */
   /* refused from the header alone: no payload needed */
   size_t h = frame(buf, FO_WS_OP_BINARY, true, big, 1500, true);
   (void)h;
@@ -320,12 +320,24 @@ static void ws_utf8_fails_at_the_first_bad_byte(void **state) {
     const char *s;
     size_t bad; /* index of the byte that makes it invalid */
   } cases[] = {
-      {"\x80", 0},             {"\xbf", 0},             {"\xc0\xaf", 0},
-      {"\xc1\xbf", 0},         {"\xe0\x80\xaf", 1},     {"\xe0\x9f\xbf", 1},
-      {"\xed\xa0\x80", 1},     {"\xed\xbf\xbf", 1},     {"\xf0\x80\x80\xaf", 1},
-      {"\xf0\x8f\xbf\xbf", 1}, {"\xf4\x90\x80\x80", 1}, {"\xf5\x80\x80\x80", 0},
-      {"\xf8\x88\x80\x80", 0}, {"\xfe", 0},             {"\xff", 0},
-      {"\xc2\x41", 1},         {"\xe2\x82\x41", 2},     {"\xf0\x9f\x98\x41", 3},
+      {"\x80", 0},
+      {"\xbf", 0},
+      {"\xc0\xaf", 0},
+      {"\xc1\xbf", 0},
+      {"\xe0\x80\xaf", 1},
+      {"\xe0\x9f\xbf", 1},
+      {"\xed\xa0\x80", 1},
+      {"\xed\xbf\xbf", 1},
+      {"\xf0\x80\x80\xaf", 1},
+      {"\xf0\x8f\xbf\xbf", 1},
+      {"\xf4\x90\x80\x80", 1},
+      {"\xf5\x80\x80\x80", 0},
+      {"\xf8\x88\x80\x80", 0},
+      {"\xfe", 0},
+      {"\xff", 0},
+      {"\xc2\x41", 1},
+      {"\xe2\x82\x41", 2},
+      {"\xf0\x9f\x98\x41", 3},
   };
   for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
     char pl[16];

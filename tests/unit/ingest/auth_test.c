@@ -61,7 +61,6 @@ static void auth_duplicate_keys_match_the_first(void **state) {
   fo__auth_free(auth);
 }
 
-
 /* The per-connection memo (the server's opaque slot): filled by a valid
  * key only, answers that same key, replaced by another valid key; a wrong
  * key is checked in full and leaves it alone. */

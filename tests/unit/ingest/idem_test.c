@@ -35,7 +35,7 @@ void fo__reply_error(fo_reply_t *reply, int status, const char *msg, const char 
   fo__reply_send(reply, status, "application/json", extra_headers, msg, strlen(msg));
 }
 
-#define BEGIN(idem, now, key, fp, reply, entry) \
+#define BEGIN(idem, now, key, fp, reply, entry)                                                    \
   fo__idem_begin((idem), (now), (key), strlen(key), (fp), (reply), (entry))
 
 static void idem_replays_a_finished_response(void **state) {

@@ -60,8 +60,7 @@ static void message_target_limits(void **state) {
   char name[FO_ENV_MAX_TARGET + 1];
   memset(name, 'x', sizeof(name));
   assert_null(fo__msg_target_invalid(name, FO_ENV_MAX_TARGET));
-  assert_string_equal(fo__msg_target_invalid(name, FO_ENV_MAX_TARGET + 1),
-                      "longer than 256 bytes");
+  assert_string_equal(fo__msg_target_invalid(name, FO_ENV_MAX_TARGET + 1), "longer than 256 bytes");
   assert_string_equal(fo__msg_target_invalid("", 0), "must not be empty");
   assert_string_equal(fo__msg_target_invalid("\xff", 1), "not valid UTF-8");
   assert_string_equal(fo__msg_target_invalid("a\nb", 3), "contains control characters");
