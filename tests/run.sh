@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# README command two: installs what is missing, builds, and runs every test
-# with ctest — after a short run of every fuzz target, the Debug build, then
-# the ASan+UBSan build.
+# README command two: installs what is missing, checks the C formatting
+# (.clang-format), runs every fuzz target briefly, then builds and runs every
+# test with ctest — the Debug build, then the ASan+UBSan build.
 #   tests/run.sh                 everything, both builds
 #   tests/run.sh -L unit         extra arguments go to ctest (both builds)
 #   FANOUT_SKIP_ASAN=1 tests/run.sh   the Debug build only (quick local runs)
