@@ -16,6 +16,7 @@
 #include "auth.h"
 #include "delivery_int.h"
 #include "http.h"
+#include "listen.h"
 #include "log.h"
 #include "ws.h"
 
@@ -40,70 +41,26 @@ static void on_connection(uv_stream_t *server, int status) {
 
 int fo__listener_start(fo_server_t *srv, char *err, size_t errlen) {
   const fo_dcfg_t *cfg = srv->cfg;
-  struct sockaddr_storage ss;
-  int rc, fd, one = 1;
-  memset(&ss, 0, sizeof(ss));
-  rc = uv_ip4_addr(cfg->listen.host, cfg->listen.port, (struct sockaddr_in *)&ss);
+  int rc = uv_tcp_init(srv->loop, &srv->listener);
   if (rc != 0) {
-    rc = uv_ip6_addr(cfg->listen.host, cfg->listen.port, (struct sockaddr_in6 *)&ss);
-    if (rc != 0) {
-      snprintf(err, errlen, "listen: %s is not a numeric address", cfg->listen.host);
-      return rc;
-    }
-  }
-  /* libuv 1.44 has no SO_REUSEPORT flag: make the socket ourselves. */
-  fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    snprintf(err, errlen, "socket: %s", strerror(errno));
-    return -errno;
-  }
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (cfg->reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
-    rc = -errno;
-    snprintf(err, errlen, "SO_REUSEPORT: %s", strerror(errno));
-    close(fd);
-    return rc;
-  }
-  socklen_t sl = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
-  if (bind(fd, (struct sockaddr *)&ss, sl) != 0) {
-    rc = -errno;
-    snprintf(err, errlen, "bind %s:%d: %s", cfg->listen.host, cfg->listen.port, strerror(errno));
-    close(fd);
-    return rc;
-  }
-  rc = uv_tcp_init(srv->loop, &srv->listener);
-  if (rc != 0) {
-    close(fd);
     snprintf(err, errlen, "uv_tcp_init: %s", uv_strerror(rc));
     return rc;
   }
   srv->listener.data = srv;
-  srv->listening = true;
-  rc = uv_tcp_open(&srv->listener, fd);
+  srv->listening = true; /* from here fo__listener_stop closes it, on failure too */
+  /* 4096: a reconnect storm after a deploy arrives faster than one accept
+   * pass; the kernel caps it at somaxconn anyway. */
+  fo_listen_opts_t opts = {cfg->listen.host, cfg->listen.port, cfg->reuseport, 4096};
+  char bound[80];
+  rc = fo_listen(&srv->listener, &opts, on_connection, bound, sizeof(bound));
   if (rc != 0) {
-    close(fd);
-    snprintf(err, errlen, "uv_tcp_open: %s", uv_strerror(rc));
+    snprintf(err, errlen, "listen %s:%d: %s", cfg->listen.host, cfg->listen.port,
+             rc == -EADDRNOTAVAIL ? "address not available (does the name resolve?)"
+                                  : fo_strerror(rc));
     return rc;
   }
-  rc = uv_listen((uv_stream_t *)&srv->listener, 4096, on_connection);
-  if (rc != 0) {
-    snprintf(err, errlen, "listen %s:%d: %s", cfg->listen.host, cfg->listen.port, uv_strerror(rc));
-    return rc;
-  }
-  struct sockaddr_storage bound;
-  int blen = sizeof(bound);
-  char host[64] = "?";
-  int port = 0;
-  uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &blen);
-  if (bound.ss_family == AF_INET) {
-    uv_ip4_name((struct sockaddr_in *)&bound, host, sizeof(host));
-    port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
-  } else {
-    uv_ip6_name((struct sockaddr_in6 *)&bound, host, sizeof(host));
-    port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
-  }
-  FO_LOG_INFO("listen", "accepting", "addr=%s:%d reuseport=%d", host, port, cfg->reuseport);
-  printf(bound.ss_family == AF_INET ? "listening=%s:%d\n" : "listening=[%s]:%d\n", host, port);
+  FO_LOG_INFO("listen", "accepting", "addr=%s reuseport=%d", bound, cfg->reuseport);
+  printf("listening=%s\n", bound);
   fflush(stdout);
   return 0;
 }
