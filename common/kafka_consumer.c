@@ -22,8 +22,15 @@ struct fo_kafka_consumer {
   const char *mod;
   rd_kafka_topic_partition_list_t *revoking; /* a deferred revoke, owned */
   bool revoking_incremental;
+  bool close_started, close_failed;
+  char first_topic[256]; /* for the assignment log lines */
   fo_log_ratelimit_t rl;
 };
+
+static void report_error(fo_kafka_consumer_t *kc, rd_kafka_resp_err_t err) {
+  if (kc->cbs.on_error != NULL)
+    kc->cbs.on_error(kc->ud, err);
+}
 
 static bool cooperative(const fo_kafka_consumer_t *kc) {
   return strcmp(rd_kafka_rebalance_protocol(kc->rk), "COOPERATIVE") == 0;
@@ -60,7 +67,7 @@ static void on_rebalance(fo_kafka_consumer_t *kc, rd_kafka_event_t *ev) {
    * order. */
   fo_kafka_consumer_revoke_done(kc);
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-    FO_LOG_INFO(kc->mod, "partitions assigned", "count=%d", count);
+    FO_LOG_INFO(kc->mod, "partitions assigned", "topic=%s count=%d", kc->first_topic, count);
     if (incremental) {
       rd_kafka_error_t *e = rd_kafka_incremental_assign(kc->rk, parts);
       if (e != NULL) {
@@ -74,7 +81,7 @@ static void on_rebalance(fo_kafka_consumer_t *kc, rd_kafka_event_t *ev) {
       kc->cbs.on_assign(kc->ud, parts);
     return;
   }
-  FO_LOG_INFO(kc->mod, "partitions revoked", "count=%d", count);
+  FO_LOG_INFO(kc->mod, "partitions revoked", "topic=%s count=%d", kc->first_topic, count);
   rd_kafka_topic_partition_list_t empty = {0};
   const rd_kafka_topic_partition_list_t *list = parts != NULL ? parts : &empty;
   if (kc->cbs.on_revoke == NULL || kc->cbs.on_revoke(kc->ud, list, incremental)) {
@@ -96,6 +103,7 @@ static void on_event(rd_kafka_event_t *ev, void *ud) {
       if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         kc->cbs.on_message(kc->ud, msg);
       } else if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+        report_error(kc, msg->err);
         uint64_t suppressed;
         if (fo_log_ratelimit(&kc->rl, fo_now_ms(), 1000, &suppressed))
           FO_LOG_WARN(kc->mod, "consume error", "err=\"%s\" suppressed=%llu",
@@ -108,8 +116,17 @@ static void on_event(rd_kafka_event_t *ev, void *ud) {
     on_rebalance(kc, ev);
     break;
   case RD_KAFKA_EVENT_ERROR:
+    report_error(kc, rd_kafka_event_error(ev));
     FO_LOG_WARN(kc->mod, "consumer error", "err=\"%s\" fatal=%d", rd_kafka_event_error_string(ev),
                 rd_kafka_event_error_is_fatal(ev));
+    break;
+  case RD_KAFKA_EVENT_OFFSET_COMMIT:
+    /* No offset: nothing was stored since the last commit, not a fault. */
+    if (rd_kafka_event_error(ev) != RD_KAFKA_RESP_ERR_NO_ERROR &&
+        rd_kafka_event_error(ev) != RD_KAFKA_RESP_ERR__NO_OFFSET) {
+      report_error(kc, rd_kafka_event_error(ev));
+      FO_LOG_DEBUG(kc->mod, "commit failed", "err=\"%s\"", rd_kafka_event_error_string(ev));
+    }
     break;
   default:
     break;
@@ -158,6 +175,8 @@ int fo_kafka_consumer_new(uv_loop_t *loop, const fo_kafka_consumer_opts_t *opts,
   kc->cbs = *cbs;
   kc->ud = ud;
   kc->mod = opts->log_mod != NULL ? opts->log_mod : "kafka";
+  if (opts->topics != NULL && opts->topics[0] != NULL)
+    snprintf(kc->first_topic, sizeof(kc->first_topic), "%s", opts->topics[0]);
   char group[512], session[64], heartbeat[64];
   int64_t hb = opts->session_timeout_ms / 6 > 100 ? opts->session_timeout_ms / 6 : 100;
   snprintf(group, sizeof(group), "group.id=%s", opts->group);
@@ -178,8 +197,8 @@ int fo_kafka_consumer_new(uv_loop_t *loop, const fo_kafka_consumer_opts_t *opts,
     free(kc);
     return -EINVAL;
   }
-  rd_kafka_conf_set_events(conf,
-                           RD_KAFKA_EVENT_FETCH | RD_KAFKA_EVENT_REBALANCE | RD_KAFKA_EVENT_ERROR);
+  rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_FETCH | RD_KAFKA_EVENT_REBALANCE |
+                                     RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_OFFSET_COMMIT);
   kc->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, errlen);
   if (kc->rk == NULL) {
     rd_kafka_conf_destroy(conf);
@@ -228,6 +247,30 @@ void fo_kafka_consumer_pause(fo_kafka_consumer_t *kc, bool pause) {
       rd_kafka_resume_partitions(kc->rk, parts);
     rd_kafka_topic_partition_list_destroy(parts);
   }
+  if (!pause && kc->kuv != NULL)
+    fo_kafka_uv_kick(kc->kuv);
+}
+
+int fo_kafka_consumer_close_start(fo_kafka_consumer_t *kc) {
+  if (kc->close_started)
+    return kc->close_failed ? -EIO : 0;
+  kc->close_started = true;
+  /* The events of the close (revoke, commit) arrive on the consumer queue,
+   * which the loop keeps serving. */
+  rd_kafka_error_t *e = rd_kafka_consumer_close_queue(kc->rk, kc->q);
+  if (e != NULL) {
+    FO_LOG_WARN(kc->mod, "close failed", "err=\"%s\"", rd_kafka_error_string(e));
+    rd_kafka_error_destroy(e);
+    kc->close_failed = true;
+    return -EIO;
+  }
+  if (kc->kuv != NULL)
+    fo_kafka_uv_kick(kc->kuv);
+  return 0;
+}
+
+bool fo_kafka_consumer_closed(fo_kafka_consumer_t *kc) {
+  return kc->close_failed || (kc->close_started && rd_kafka_consumer_closed(kc->rk));
 }
 
 rd_kafka_resp_err_t fo_kafka_consumer_store(fo_kafka_consumer_t *kc, const char *topic,
@@ -259,10 +302,12 @@ void fo_kafka_consumer_free(fo_kafka_consumer_t *kc) {
     return;
   fo_kafka_consumer_close(kc);
   fo_kafka_consumer_revoke_done(kc);
-  uint64_t t0 = fo_now_ms();
-  rd_kafka_resp_err_t err = rd_kafka_consumer_close(kc->rk);
-  FO_LOG_INFO(kc->mod, "consumer closed", "err=\"%s\" ms=%llu", rd_kafka_err2str(err),
-              (unsigned long long)(fo_now_ms() - t0));
+  if (!kc->close_started) {
+    uint64_t t0 = fo_now_ms();
+    rd_kafka_resp_err_t err = rd_kafka_consumer_close(kc->rk);
+    FO_LOG_INFO(kc->mod, "consumer closed", "err=\"%s\" ms=%llu", rd_kafka_err2str(err),
+                (unsigned long long)(fo_now_ms() - t0));
+  } /* else rd_kafka_destroy finishes a close that did not end in time */
   rd_kafka_queue_destroy(kc->q);
   rd_kafka_destroy(kc->rk);
   free(kc);

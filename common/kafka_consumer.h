@@ -43,6 +43,9 @@ typedef struct {
    * in-flight records are done and their offsets stored); the group waits
    * meanwhile, up to max.poll.interval.ms. */
   bool (*on_revoke)(void *ud, const rd_kafka_topic_partition_list_t *parts, bool incremental);
+  /* Optional: an error was reported (and logged here): a failed fetch, an
+   * error event, a commit that failed; for the owner's error counter. */
+  void (*on_error)(void *ud, rd_kafka_resp_err_t err);
 } fo_kafka_consumer_cbs_t;
 
 /* Builds, subscribes and starts serving events. cbs is copied. Returns 0,
@@ -52,7 +55,8 @@ int fo_kafka_consumer_new(uv_loop_t *loop, const fo_kafka_consumer_opts_t *opts,
                           fo_kafka_consumer_t **out);
 /* Completes a deferred revoke (no-op when none is pending). */
 void fo_kafka_consumer_revoke_done(fo_kafka_consumer_t *kc);
-/* Pauses or resumes fetching from the whole current assignment. */
+/* Pauses or resumes fetching from the whole current assignment (a resume
+ * also serves what was queued meanwhile at once). */
 void fo_kafka_consumer_pause(fo_kafka_consumer_t *kc, bool pause);
 /* Stores next_offset (the offset after the last record done) for commit.
  * Returns librdkafka's error (e.g. when the partition is no longer ours). */
@@ -61,10 +65,18 @@ rd_kafka_resp_err_t fo_kafka_consumer_store(fo_kafka_consumer_t *kc, const char 
 /* The handle, for what this module does not wrap (metadata, watermarks,
  * an asynchronous close). Owned by kc. */
 rd_kafka_t *fo_kafka_consumer_rk(fo_kafka_consumer_t *kc);
+/* Starts leaving the group without blocking the loop (a drain): the
+ * revoke comes through on_revoke as usual and the stored offsets are
+ * committed; poll fo_kafka_consumer_closed() for the end. Returns 0, or a
+ * negative errno (logged) when librdkafka refused: nothing to wait for. */
+int fo_kafka_consumer_close_start(fo_kafka_consumer_t *kc);
+/* True once the close started above is complete (or never can be). */
+bool fo_kafka_consumer_closed(fo_kafka_consumer_t *kc);
 /* Stops serving events (closes the loop handles); call before uv_run ends. */
 void fo_kafka_consumer_close(fo_kafka_consumer_t *kc);
-/* After the loop: leaves the group (blocking; commits stored offsets),
- * destroys the handle and frees kc. */
+/* After the loop: leaves the group (blocking; commits stored offsets)
+ * unless fo_kafka_consumer_close_start did, destroys the handle and frees
+ * kc. */
 void fo_kafka_consumer_free(fo_kafka_consumer_t *kc);
 
 #endif

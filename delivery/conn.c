@@ -9,6 +9,7 @@
 
 #include "delivery_int.h"
 #include "frame.h"
+#include "handshake.h"
 #include "http.h"
 #include "log.h"
 #include "proto.h"

@@ -1,5 +1,6 @@
 /* Kafka -> dispatch. Two consumers on the loop (librdkafka queue IO events):
- *  - fanout.users through the consumer group (range assignor): each record
+ *  - fanout.users through the consumer group (common/kafka_consumer.c, the
+ *    rebalance handling ingest's intake uses too): each record
  *    becomes one client frame routed by router.c; its offset is stored only
  *    when the router released it (written locally and PUBLISHed), and
  *    auto-commit commits what was stored.
@@ -12,6 +13,12 @@
  *    group "{group-id}.rooms"; each record is PUBLISHed to ws:room:{room}
  *    (router.c) and every server subscribed to that channel delivers it to
  *    its members. Offsets are stored after the PUBLISH reply, like users.
+ *    Also built by common/kafka_consumer.c. The hand-assigned rooms
+ *    consumer of room mode "kafka" is built here: the builder subscribes
+ *    through a group, which that consumer must not join.
+ * A grouped consumer defers a revoke until the router's queue of its
+ * offsets is empty (or half the session timeout passed), so that what was
+ * handed over is committed by us and not delivered again by the next owner.
  * Undecodable records are counted, logged once per kind of fault, skipped. */
 #include <errno.h>
 #include <inttypes.h>
@@ -27,21 +34,22 @@
 #include "hub.h"
 #include "frame.h"
 #include "envelope.h"
+#include "kafka_consumer.h"
 #include "kafka_uv.h"
 #include "proto.h"
 #include "log.h"
 #include "ws.h"
 
 typedef struct {
-  rd_kafka_t *rk;
-  rd_kafka_queue_t *q;
-  fo_kafka_uv_t *kuv;
-  rd_kafka_topic_t *rkt;                     /* for offset stores */
-  rd_kafka_topic_partition_list_t *assigned; /* our copy, NULL when none */
-  int64_t *next_off;                         /* per partition: next offset to consume, -1 unknown */
+  fo_kafka_consumer_t *kcon; /* grouped: the builder's consumer, owned; else NULL */
+  rd_kafka_t *rk;            /* kcon's handle (owned by kcon), or the hand-assigned one (owned) */
+  rd_kafka_queue_t *q;       /* hand-assigned only: its consumer queue, owned */
+  fo_kafka_uv_t *kuv;        /* hand-assigned only */
+  rd_kafka_topic_t *rkt;     /* hand-assigned only: for the metadata request */
+  const char *topic;         /* cfg's */
+  int64_t *next_off;         /* per partition: next offset to consume, -1 unknown */
   int32_t nparts;
   bool closed;
-  bool grouped; /* subscribed through a consumer group */
   bool revoke_pending;
   int rq;      /* router queue (FO_RQ_*) of its offsets */
   char letter; /* 'u' or 'r' in pos */
@@ -93,16 +101,44 @@ static void track_partition(fo_kc_t *kc, int32_t p, int64_t next) {
   kc->next_off[p] = next;
 }
 
-static void set_assigned(fo_consumer_t *c, fo_kc_t *kc, rd_kafka_topic_partition_list_t *l) {
-  if (kc->assigned != NULL)
-    rd_kafka_topic_partition_list_destroy(kc->assigned);
-  kc->assigned = l != NULL ? rd_kafka_topic_partition_list_copy(l) : NULL;
+/* The current assignment (librdkafka's: no copy to keep in step), or
+ * NULL when none. The caller destroys it. */
+static rd_kafka_topic_partition_list_t *assignment(const fo_kc_t *kc) {
+  rd_kafka_topic_partition_list_t *l = NULL;
+  if (kc->rk == NULL || kc->closed)
+    return NULL;
+  if (rd_kafka_assignment(kc->rk, &l) != RD_KAFKA_RESP_ERR_NO_ERROR)
+    return NULL;
+  if (l != NULL && l->cnt == 0) {
+    rd_kafka_topic_partition_list_destroy(l);
+    l = NULL;
+  }
+  return l;
+}
+
+/* The assigned gauge, after a change; new partitions of a paused server
+ * start paused. */
+static void assignment_changed(fo_consumer_t *c, fo_kc_t *kc) {
   int64_t n = 0;
-  n += c->users.assigned ? c->users.assigned->cnt : 0;
-  n += c->rooms.assigned ? c->rooms.assigned->cnt : 0;
+  for (int i = 0; i < 2; i++) {
+    rd_kafka_topic_partition_list_t *l = assignment(i == 0 ? &c->users : &c->rooms);
+    if (l != NULL) {
+      n += l->cnt;
+      rd_kafka_topic_partition_list_destroy(l);
+    }
+  }
   *c->srv->m.assigned_partitions = n;
-  if (fo_flow_paused(c->srv->flow) && kc->assigned != NULL)
-    rd_kafka_pause_partitions(kc->rk, kc->assigned);
+  if (!fo_flow_paused(c->srv->flow))
+    return;
+  if (kc->kcon != NULL) {
+    fo_kafka_consumer_pause(kc->kcon, true);
+    return;
+  }
+  rd_kafka_topic_partition_list_t *l = assignment(kc);
+  if (l != NULL) {
+    rd_kafka_pause_partitions(kc->rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+  }
 }
 
 /* ---- frames ---- */
@@ -198,12 +234,11 @@ static void on_progress(void *ud);
 /* Router callback: everything up to this offset was handed over. */
 static void on_done(void *ud, int32_t partition, int64_t offset) {
   fo_kc_t *kc = ud;
-  if (kc->rkt != NULL && !kc->closed) {
-    /* The legacy rd_kafka_offset_store() stores offset + 1 itself (the next
-     * record to consume). Passing offset + 1 here committed one record past
-     * what was handed over: the record after it was skipped by whoever
-     * consumed the partition next (rebalance, restart). */
-    rd_kafka_resp_err_t e = rd_kafka_offset_store(kc->rkt, partition, offset);
+  if (kc->kcon != NULL && !kc->closed) {
+    /* What is stored is the next record to consume: offset + 1, once (the
+     * legacy rd_kafka_offset_store() added the 1 itself; adding it twice
+     * skipped a record at the next owner). */
+    rd_kafka_resp_err_t e = fo_kafka_consumer_store(kc->kcon, kc->topic, partition, offset + 1);
     if (e != RD_KAFKA_RESP_ERR_NO_ERROR && e != RD_KAFKA_RESP_ERR__STATE)
       FO_LOG_DEBUG("consumer", "offset store failed", "partition=%" PRId32 " err=%s", partition,
                    rd_kafka_err2str(e));
@@ -212,16 +247,22 @@ static void on_done(void *ud, int32_t partition, int64_t offset) {
 
 /* ---- rebalance ---- */
 
+/* Commits what was stored before the partitions go to the next owner. */
+static void commit_stored(fo_kc_t *kc) {
+  rd_kafka_topic_partition_list_t *l = assignment(kc);
+  if (l != NULL) {
+    rd_kafka_commit(kc->rk, NULL, 1);
+    rd_kafka_topic_partition_list_destroy(l);
+  }
+}
+
 static void finish_revoke(fo_consumer_t *c, fo_kc_t *kc) {
   kc->revoke_pending = false;
   uv_timer_stop(&kc->revoke_timer);
-  /* Commit what was stored before giving the partitions away. */
-  if (kc->assigned != NULL)
-    rd_kafka_commit(kc->rk, NULL, 1);
-  rd_kafka_assign(kc->rk, NULL);
-  set_assigned(c, kc, NULL);
-  FO_LOG_INFO("consumer", "partitions revoked", "topic=%s",
-              kc->rq == FO_RQ_USERS ? c->srv->cfg->users_topic : c->srv->cfg->rooms_topic);
+  commit_stored(kc);
+  fo_kafka_consumer_revoke_done(kc->kcon);
+  assignment_changed(c, kc);
+  FO_LOG_INFO("consumer", "revoke done", "topic=%s", kc->topic);
 }
 
 static void on_revoke_timeout(uv_timer_t *t) {
@@ -238,26 +279,38 @@ static void check_revoke(fo_consumer_t *c, fo_kc_t *kc) {
     finish_revoke(c, kc);
 }
 
-static void on_rebalance(fo_consumer_t *c, fo_kc_t *kc, rd_kafka_event_t *ev) {
-  rd_kafka_resp_err_t e = rd_kafka_event_error(ev);
-  rd_kafka_topic_partition_list_t *l = rd_kafka_event_topic_partition_list(ev);
-  if (e == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-    kc->revoke_pending = false;
-    rd_kafka_assign(kc->rk, l);
-    set_assigned(c, kc, l);
-    for (int i = 0; i < l->cnt; i++)
-      track_partition(kc, l->elems[i].partition, -1);
-    FO_LOG_INFO("consumer", "partitions assigned", "topic=%s count=%d",
-                kc->rq == FO_RQ_USERS ? c->srv->cfg->users_topic : c->srv->cfg->rooms_topic,
-                l->cnt);
-  } else {
-    /* Finish in-flight work first, so its offsets are committed by us. */
-    kc->revoke_pending = true;
-    uv_timer_start(&kc->revoke_timer, on_revoke_timeout,
-                   (uint64_t)(c->srv->cfg->session_timeout_ms / 2), 0);
-    check_revoke(c, kc);
-  }
+/* Builder callbacks (grouped consumers; ud: the fo_kc_t). */
+static void on_assign(void *ud, const rd_kafka_topic_partition_list_t *parts) {
+  fo_kc_t *kc = ud;
+  kc->revoke_pending = false; /* the builder ended a deferred revoke first */
+  uv_timer_stop(&kc->revoke_timer);
+  for (int i = 0; i < parts->cnt; i++)
+    track_partition(kc, parts->elems[i].partition, -1);
+  assignment_changed(kc->c, kc);
 }
+
+static bool on_revoke(void *ud, const rd_kafka_topic_partition_list_t *parts, bool incremental) {
+  (void)parts;
+  (void)incremental;
+  fo_kc_t *kc = ud;
+  if (fo__router_inflight_q(kc->c->srv, kc->rq) == 0) {
+    commit_stored(kc);
+    return true; /* the builder gives them up now; the gauge follows at the next collect */
+  }
+  /* Finish in-flight work first, so its offsets are committed by us. */
+  kc->revoke_pending = true;
+  uv_timer_start(&kc->revoke_timer, on_revoke_timeout,
+                 (uint64_t)(kc->c->srv->cfg->session_timeout_ms / 2), 0);
+  return false;
+}
+
+static void on_kafka_error(void *ud, rd_kafka_resp_err_t err) {
+  (void)err; /* logged by the builder */
+  fo_kc_t *kc = ud;
+  (*kc->c->srv->m.kafka_errors)++;
+}
+
+static void on_record(void *ud, const rd_kafka_message_t *msg);
 
 /* ---- events ---- */
 
@@ -281,10 +334,6 @@ static void serve_event(fo_consumer_t *c, fo_kc_t *kc, rd_kafka_event_t *ev) {
     }
     break;
   }
-  case RD_KAFKA_EVENT_REBALANCE:
-    if (kc->grouped)
-      on_rebalance(c, kc, ev);
-    break;
   case RD_KAFKA_EVENT_ERROR:
     (*srv->m.kafka_errors)++;
     FO_LOG_WARN("consumer", "kafka error", "err=\"%s\" fatal=%d", rd_kafka_event_error_string(ev),
@@ -303,9 +352,12 @@ static void serve_event(fo_consumer_t *c, fo_kc_t *kc, rd_kafka_event_t *ev) {
   /* The drain reads fo__consumer_closed() itself (drain.c). */
 }
 
-static void on_users_event(rd_kafka_event_t *ev, void *ud) {
-  fo_consumer_t *c = ud;
-  serve_event(c, &c->users, ev);
+static void on_record(void *ud, const rd_kafka_message_t *msg) {
+  fo_kc_t *kc = ud;
+  if (kc == &kc->c->users)
+    on_user_record(kc->c, msg);
+  else
+    on_room_record(kc->c, msg);
 }
 
 static void on_rooms_event(rd_kafka_event_t *ev, void *ud) {
@@ -341,7 +393,10 @@ static void meta_after(uv_work_t *w, int status) {
   if (status != 0 || c->draining)
     return;
   int n = c->meta_partitions;
-  int have = c->rooms.assigned ? c->rooms.assigned->cnt : 0;
+  rd_kafka_topic_partition_list_t *cur = assignment(&c->rooms);
+  int have = cur != NULL ? cur->cnt : 0;
+  if (cur != NULL)
+    rd_kafka_topic_partition_list_destroy(cur);
   if (n <= 0) {
     FO_LOG_WARN("consumer", "rooms topic metadata failed", "topic=%s err=\"%s\"",
                 srv->cfg->rooms_topic, c->meta_err);
@@ -361,7 +416,7 @@ static void meta_after(uv_work_t *w, int status) {
     if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
       FO_LOG_WARN("consumer", "rooms assign failed", "err=%s", rd_kafka_err2str(e));
     } else {
-      set_assigned(c, &c->rooms, l);
+      assignment_changed(c, &c->rooms);
       FO_LOG_INFO("consumer", "rooms partitions assigned", "topic=%s count=%d",
                   srv->cfg->rooms_topic, n);
     }
@@ -383,18 +438,55 @@ static void on_meta_timer(uv_timer_t *t) {
 
 /* ---- construction ---- */
 
-/* rooms: the rooms topic; grouped: through the consumer group (users, or
- * rooms in room mode "redis") with offsets stored by the router and
- * auto-committed, else assigned by hand and never committed. */
-static int make_consumer(fo_consumer_t *c, fo_kc_t *kc, const char *group, const char *topic,
-                         bool rooms, bool grouped, fo_kafka_uv_event_cb cb, char *err,
-                         size_t errlen) {
+/* A consumer-group member (users, or rooms in room mode "redis") through
+ * the builder: offsets stored by the router's done callback and
+ * auto-committed, a revoke deferred while the router holds its records. */
+static int make_grouped(fo_consumer_t *c, fo_kc_t *kc, const char *group, const char *topic,
+                        bool rooms, char *err, size_t errlen) {
+  const fo_dcfg_t *cfg = c->srv->cfg;
+  char client_id[300], reset[64];
+  snprintf(client_id, sizeof(client_id), "fanout-delivery-%s%s", cfg->server_id,
+           rooms ? "-rooms" : "");
+  snprintf(reset, sizeof(reset), "auto.offset.reset=%s",
+           rooms ? "latest" : cfg->users_offset_reset);
+  char *ours[] = {reset, "enable.auto.commit=true", "enable.auto.offset.store=false",
+                  "enable.partition.eof=false", NULL};
+  const char *topics[] = {topic, NULL};
+  fo_kafka_consumer_opts_t o = {.bootstrap = cfg->kafka,
+                                .client_id = client_id,
+                                .group = group,
+                                .session_timeout_ms = cfg->session_timeout_ms,
+                                .settings = ours,
+                                .extra = cfg->kafka_opts,
+                                .topics = topics,
+                                .batch = 256,
+                                .log_mod = "consumer"};
+  fo_kafka_consumer_cbs_t cbs = {.on_message = on_record,
+                                 .on_assign = on_assign,
+                                 .on_revoke = on_revoke,
+                                 .on_error = on_kafka_error};
+  kc->topic = topic;
+  kc->letter = rooms ? 'r' : 'u';
+  kc->rq = rooms ? FO_RQ_ROOMS : FO_RQ_USERS;
+  char why[256];
+  int rc = fo_kafka_consumer_new(c->srv->loop, &o, &cbs, kc, why, sizeof(why), &kc->kcon);
+  if (rc != 0) {
+    snprintf(err, errlen, "kafka: %s", why);
+    return rc;
+  }
+  kc->rk = fo_kafka_consumer_rk(kc->kcon);
+  return 0;
+}
+
+/* The rooms consumer of room mode "kafka": all partitions assigned by hand
+ * (meta_after), never joining the group nor committing. */
+static int make_assigned(fo_consumer_t *c, fo_kc_t *kc, const char *group, const char *topic,
+                         char *err, size_t errlen) {
   fo_server_t *srv = c->srv;
   const fo_dcfg_t *cfg = srv->cfg;
   char **extra = NULL;
   char client_id[300];
-  snprintf(client_id, sizeof(client_id), "fanout-delivery-%s%s", cfg->server_id,
-           rooms ? "-rooms" : "");
+  snprintf(client_id, sizeof(client_id), "fanout-delivery-%s-rooms", cfg->server_id);
   if (cfg->kafka_opts != NULL && cfg->kafka_opts[0] != '\0' &&
       fo_cfg_list_split(cfg->kafka_opts, &extra) < 0) {
     snprintf(err, errlen, "kafka-opts: out of memory");
@@ -405,17 +497,10 @@ static int make_consumer(fo_consumer_t *c, fo_kc_t *kc, const char *group, const
   fo_cfg_list_free(extra);
   if (conf == NULL)
     return -EINVAL;
-  char sto[32];
-  snprintf(sto, sizeof(sto), "%" PRId64, cfg->session_timeout_ms);
-  char hb[32];
-  snprintf(hb, sizeof(hb), "%" PRId64,
-           cfg->session_timeout_ms / 6 > 100 ? cfg->session_timeout_ms / 6 : 100);
   const char *kv[][2] = {
       {"group.id", group},
-      {"session.timeout.ms", sto},
-      {"heartbeat.interval.ms", hb},
-      {"auto.offset.reset", rooms ? "latest" : cfg->users_offset_reset},
-      {"enable.auto.commit", grouped ? "true" : "false"},
+      {"auto.offset.reset", "latest"},
+      {"enable.auto.commit", "false"},
       {"enable.auto.offset.store", "false"},
       {"enable.partition.eof", "false"},
   };
@@ -427,8 +512,7 @@ static int make_consumer(fo_consumer_t *c, fo_kc_t *kc, const char *group, const
       return -EINVAL;
     }
   }
-  rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_FETCH | RD_KAFKA_EVENT_ERROR |
-                                     RD_KAFKA_EVENT_REBALANCE | RD_KAFKA_EVENT_OFFSET_COMMIT);
+  rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_FETCH | RD_KAFKA_EVENT_ERROR);
   kc->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof(why));
   if (kc->rk == NULL) {
     snprintf(err, errlen, "kafka: %s", why);
@@ -438,29 +522,17 @@ static int make_consumer(fo_consumer_t *c, fo_kc_t *kc, const char *group, const
   rd_kafka_poll_set_consumer(kc->rk);
   kc->q = rd_kafka_queue_get_consumer(kc->rk);
   kc->rkt = rd_kafka_topic_new(kc->rk, topic, NULL);
-  kc->letter = rooms ? 'r' : 'u';
-  kc->grouped = grouped;
-  kc->rq = rooms ? FO_RQ_ROOMS : FO_RQ_USERS;
+  kc->topic = topic;
+  kc->letter = 'r';
+  kc->rq = FO_RQ_ROOMS;
   if (kc->q == NULL || kc->rkt == NULL) {
     snprintf(err, errlen, "kafka: no consumer queue");
     return -EINVAL;
   }
-  int rc = fo_kafka_uv_start(srv->loop, kc->q, 256, cb, c, &kc->kuv);
+  int rc = fo_kafka_uv_start(srv->loop, kc->q, 256, on_rooms_event, c, &kc->kuv);
   if (rc != 0) {
     snprintf(err, errlen, "kafka: %s", fo_strerror(rc));
     return rc;
-  }
-  return 0;
-}
-
-static int subscribe(rd_kafka_t *rk, const char *topic, char *err, size_t errlen) {
-  rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
-  rd_kafka_topic_partition_list_add(sub, topic, RD_KAFKA_PARTITION_UA);
-  rd_kafka_resp_err_t e = rd_kafka_subscribe(rk, sub);
-  rd_kafka_topic_partition_list_destroy(sub);
-  if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-    snprintf(err, errlen, "kafka subscribe %s: %s", topic, rd_kafka_err2str(e));
-    return -EINVAL;
   }
   return 0;
 }
@@ -486,10 +558,7 @@ int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen) {
   fo__router_set_done_cb(srv, FO_RQ_ROOMS, on_done, &c->rooms);
   fo__router_set_progress_cb(srv, on_progress, srv);
 
-  int rc = make_consumer(c, &c->users, cfg->group_id, cfg->users_topic, false, true, on_users_event,
-                         err, errlen);
-  if (rc == 0)
-    rc = subscribe(c->users.rk, cfg->users_topic, err, errlen);
+  int rc = make_grouped(c, &c->users, cfg->group_id, cfg->users_topic, false, err, errlen);
   if (rc != 0)
     return rc;
   char group[512];
@@ -497,16 +566,11 @@ int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen) {
     /* One consumer group for the deployment: each room record is consumed
      * once and PUBLISHed to its channel. */
     snprintf(group, sizeof(group), "%s.rooms", cfg->group_id);
-    rc = make_consumer(c, &c->rooms, group, cfg->rooms_topic, true, true, on_rooms_event, err,
-                       errlen);
-    if (rc == 0)
-      rc = subscribe(c->rooms.rk, cfg->rooms_topic, err, errlen);
-    return rc;
+    return make_grouped(c, &c->rooms, group, cfg->rooms_topic, true, err, errlen);
   }
   /* A group id is needed for assign(); this server never joins it nor commits. */
   snprintf(group, sizeof(group), "%s.rooms.%s", cfg->group_id, cfg->server_id);
-  rc = make_consumer(c, &c->rooms, group, cfg->rooms_topic, true, false, on_rooms_event, err,
-                     errlen);
+  rc = make_assigned(c, &c->rooms, group, cfg->rooms_topic, err, errlen);
   if (rc != 0)
     return rc;
   on_meta_timer(&c->meta_timer);
@@ -520,37 +584,42 @@ void fo__consumer_pause(fo_server_t *srv, bool pause) {
   int64_t n = 0;
   for (int i_ = 0; i_ < 2; i_++) {
     fo_kc_t *kc = i_ == 0 ? &c->users : &c->rooms;
-    if (kc->rk == NULL || kc->assigned == NULL || kc->closed)
+    rd_kafka_topic_partition_list_t *l = assignment(kc);
+    if (l == NULL)
       continue;
-    if (pause)
-      rd_kafka_pause_partitions(kc->rk, kc->assigned);
-    else
-      rd_kafka_resume_partitions(kc->rk, kc->assigned);
-    n += kc->assigned->cnt;
+    n += l->cnt;
+    if (kc->kcon != NULL) {
+      fo_kafka_consumer_pause(kc->kcon, pause); /* kicks on resume */
+    } else {
+      if (pause)
+        rd_kafka_pause_partitions(kc->rk, l);
+      else
+        rd_kafka_resume_partitions(kc->rk, l);
+      if (!pause && kc->kuv != NULL)
+        fo_kafka_uv_kick(kc->kuv);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
   }
   *srv->m.paused_partitions = pause ? n : 0;
-  if (!pause) {
-    if (c->users.kuv)
-      fo_kafka_uv_kick(c->users.kuv);
-    if (c->rooms.kuv)
-      fo_kafka_uv_kick(c->rooms.kuv);
-  }
 }
 
-/* Consumer lag: high watermark (cached from fetches) minus our position. */
+/* Consumer lag: high watermark (cached from fetches) minus our position;
+ * and the assigned gauge (a revoke given up at once lands here). */
 void fo__consumer_collect(fo_server_t *srv) {
   fo_consumer_t *c = srv->consumer;
-  int64_t lag = 0;
+  int64_t lag = 0, assigned = 0;
   if (c == NULL)
     return;
   for (int i_ = 0; i_ < 2; i_++) {
     fo_kc_t *kc = i_ == 0 ? &c->users : &c->rooms;
-    if (kc->rk == NULL || kc->assigned == NULL)
+    rd_kafka_topic_partition_list_t *l = assignment(kc);
+    if (l == NULL)
       continue;
-    for (int i = 0; i < kc->assigned->cnt; i++) {
-      int32_t p = kc->assigned->elems[i].partition;
+    assigned += l->cnt;
+    for (int i = 0; i < l->cnt; i++) {
+      int32_t p = l->elems[i].partition;
       int64_t lo = 0, hi = 0;
-      if (rd_kafka_get_watermark_offsets(kc->rk, kc->assigned->elems[i].topic, p, &lo, &hi) !=
+      if (rd_kafka_get_watermark_offsets(kc->rk, l->elems[i].topic, p, &lo, &hi) !=
               RD_KAFKA_RESP_ERR_NO_ERROR ||
           hi < 0)
         continue;
@@ -558,8 +627,10 @@ void fo__consumer_collect(fo_server_t *srv) {
       if (next >= 0 && hi > next)
         lag += hi - next;
     }
+    rd_kafka_topic_partition_list_destroy(l);
   }
   *srv->m.consumer_lag = lag;
+  *srv->m.assigned_partitions = assigned;
 }
 
 void fo__consumer_drain(fo_server_t *srv) {
@@ -570,6 +641,11 @@ void fo__consumer_drain(fo_server_t *srv) {
   uv_timer_stop(&c->meta_timer);
   for (int i_ = 0; i_ < 2; i_++) {
     fo_kc_t *kc = i_ == 0 ? &c->users : &c->rooms;
+    if (kc->kcon != NULL) {
+      if (fo_kafka_consumer_close_start(kc->kcon) != 0)
+        kc->closed = true;
+      continue;
+    }
     if (kc->rk == NULL)
       continue;
     rd_kafka_error_t *e = rd_kafka_consumer_close_queue(kc->rk, kc->q);
@@ -603,7 +679,7 @@ bool fo__consumer_closed(fo_server_t *srv) {
   for (int i_ = 0; i_ < 2; i_++) {
     fo_kc_t *kc = i_ == 0 ? &c->users : &c->rooms;
     if (kc->rk != NULL && !kc->closed) {
-      if (rd_kafka_consumer_closed(kc->rk))
+      if (kc->kcon != NULL ? fo_kafka_consumer_closed(kc->kcon) : rd_kafka_consumer_closed(kc->rk))
         kc->closed = true;
       else
         return false;
@@ -629,6 +705,8 @@ void fo__consumer_free(fo_server_t *srv) {
     return;
   for (int i_ = 0; i_ < 2; i_++) {
     fo_kc_t *kc = i_ == 0 ? &c->users : &c->rooms;
+    if (kc->kcon != NULL)
+      fo_kafka_consumer_close(kc->kcon);
     fo_kafka_uv_close(kc->kuv);
     kc->kuv = NULL;
   }
@@ -646,8 +724,11 @@ void fo__consumer_destroy(fo_server_t *srv) {
   srv->consumer = NULL;
   for (int i_ = 0; i_ < 2; i_++) {
     fo_kc_t *kc = i_ == 0 ? &c->users : &c->rooms;
-    if (kc->assigned)
-      rd_kafka_topic_partition_list_destroy(kc->assigned);
+    if (kc->kcon != NULL) {
+      fo_kafka_consumer_free(kc->kcon); /* leaves the group unless the drain did */
+      kc->kcon = NULL;
+      kc->rk = NULL;
+    }
     if (kc->rkt)
       rd_kafka_topic_destroy(kc->rkt);
     if (kc->q)

@@ -9,7 +9,8 @@
  *   L5 consumer.c       Kafka record -> decoded message + release
  *   L4 router.c         ordered release FIFOs; rreg.c: Redis registry, Pub/Sub
  *   L3 hub.c            users, rooms, permissions
- *   L2 conn.c, listener.c (handshake, /healthz /readyz /metrics), heartbeat.c
+ *   L2 conn.c, handshake.c (upgrade, /healthz /readyz /metrics), listener.c
+ *      (listen + accept), heartbeat.c
  *   L1 proto.c, ws.c, frame.c, flow.c, auth.c, dconfig.c
  * Nothing outside delivery/ and its tests includes this. */
 #ifndef FO_DELIVERY_INT_H
@@ -320,15 +321,14 @@ void fo__conn_opened(fo_conn_t *conn);
 /* Builds "conn id" text for Redis into out (FO_CONN_ID_LEN bytes: never cut). */
 void fo__conn_id_str(const fo_conn_t *conn, char *out, size_t outlen);
 
-/* ---- listener.c ---- */
-int fo__listener_start(fo_server_t *srv, char *err, size_t errlen);
-void fo__listener_stop(fo_server_t *srv);
-/* Feeds handshake bytes; returns 0, or <0 when the connection was closed. */
-int fo__handshake_feed(fo_conn_t *conn, uint8_t *p, size_t n);
-/* conn.c helpers for the handshake */
+/* conn.c helpers for handshake.c (fo__handshake_* in handshake.h) */
 int fo__conn_send_raw(fo_conn_t *conn, fo_buf_t *buf);
 void fo__conn_feed_early(fo_conn_t *conn, uint8_t *p, size_t n);
-void fo__handshake_free(fo_conn_t *conn);
+
+/* ---- listener.c ---- */
+/* Binds --listen, prints "listening=HOST:PORT" and accepts (fo__conn_accept). */
+int fo__listener_start(fo_server_t *srv, char *err, size_t errlen);
+void fo__listener_stop(fo_server_t *srv);
 
 /* ---- frame.c (fo_frame_new in frame.h) ---- */
 /* The shared, pre-encoded ping frame (srv->ping_frame). */

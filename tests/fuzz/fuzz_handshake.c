@@ -1,4 +1,4 @@
-/* libFuzzer target: delivery's HTTP side of a connection (delivery/listener.c):
+/* libFuzzer target: delivery's HTTP side of a connection (delivery/handshake.c):
  * the RFC 6455 upgrade request with its header checks and authentication,
  * /healthz, /readyz, /metrics and errors, then whatever bytes follow the
  * upgrade (early frames). Runs on a real delivery server object with a

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "delivery_int.h"
+#include "handshake.h"
 #include "hub.h"
 #include "router.h"
 

@@ -225,5 +225,18 @@ def test_max_connections_503():
             c.abort()
 
 
+def test_listen_on_a_host_name():
+    # --listen takes a name (resolved like ingest's), not only a numeric address.
+    L = S.start("L", listen="localhost:0")
+    try:
+        assert L.port > 0 and L.host.strip("[]") in ("127.0.0.1", "::1"), L.addr
+        c = WsClient("localhost:%d" % L.port, token=dtest.token("lena"))
+        c.send_json({"type": "ping"})
+        assert c.recv() == {"type": "pong"}
+        c.close()
+    finally:
+        L.stop()
+
+
 if __name__ == "__main__":
     ft.run_tests(globals(), only=sys.argv[1:] or None)

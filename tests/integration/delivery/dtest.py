@@ -22,8 +22,8 @@ class Stack:
         self.kafka = ft.KafkaDev(partitions=partitions)
         self.servers = {}
 
-    def start(self, sid, *extra, wait_assigned=True):
-        args = ["--listen", "127.0.0.1:0", "--redis", self.redis.addr, "--kafka",
+    def start(self, sid, *extra, wait_assigned=True, listen="127.0.0.1:0"):
+        args = ["--listen", listen, "--redis", self.redis.addr, "--kafka",
                 self.kafka.bootstrap, "--server-id", sid, "--jwt-secret", SECRET,
                 "--session-timeout-ms", "6000", "--alive-ttl-ms", "1500",
                 "--log-level", "debug", *extra]

@@ -1,7 +1,8 @@
 /* common/kafka_consumer.c against the embedded Kafka (ctest fixture
  * kafkadev): the conf it builds (heartbeat = session / 6, at least 100 ms;
  * the operator's options last, their values hidden in errors), the
- * assignment callback, records, offsets stored by the owner. */
+ * assignment callback, records, offsets stored by the owner, a revoke the
+ * owner defers, a close that does not block the loop. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -275,11 +276,98 @@ static void kafka_consumer_revoke_can_wait(void **state) {
   assert_int_equal(uv_loop_close(&r.loop), 0);
 }
 
+/* A close that does not block the loop (delivery's drain): the revoke comes
+ * through on_revoke, the loop keeps serving until closed() says so, and
+ * the free after it does not leave the group a second time. */
+typedef struct {
+  uv_loop_t loop;
+  uv_timer_t poll, deadline;
+  fo_kafka_consumer_t *kc;
+  char topic[64];
+  int received, revoked, polls;
+  bool closed, timed_out;
+} c_t;
+
+static void c_on_message(void *ud, const rd_kafka_message_t *msg) {
+  c_t *c = ud;
+  c->received++;
+  fo_kafka_consumer_store(c->kc, c->topic, msg->partition, msg->offset + 1);
+  if (c->received == 1)
+    assert_int_equal(fo_kafka_consumer_close_start(c->kc), 0);
+}
+
+static bool c_on_revoke(void *ud, const rd_kafka_topic_partition_list_t *parts, bool incremental) {
+  (void)parts;
+  (void)incremental;
+  c_t *c = ud;
+  c->revoked++;
+  return true;
+}
+
+static void c_on_poll(uv_timer_t *t) {
+  c_t *c = t->data;
+  c->polls++;
+  if (c->received > 0 && fo_kafka_consumer_closed(c->kc)) {
+    c->closed = true;
+    uv_timer_stop(&c->poll);
+    uv_timer_stop(&c->deadline);
+    fo_kafka_consumer_close(c->kc);
+  }
+}
+
+static void c_on_deadline(uv_timer_t *t) {
+  c_t *c = t->data;
+  c->timed_out = true;
+  uv_timer_stop(&c->poll);
+  fo_kafka_consumer_close(c->kc);
+}
+
+static void kafka_consumer_close_without_blocking(void **state) {
+  (void)state;
+  char bootstrap[256], err[256] = "";
+  if (fixture_get("kafkadev", "FANOUT_KAFKA", bootstrap, sizeof(bootstrap)) != 0)
+    fail_msg("kafkadev fixture not running (run through ctest)");
+  static c_t c;
+  memset(&c, 0, sizeof(c));
+  snprintf(c.topic, sizeof(c.topic), "kc-close-%d", (int)getpid());
+  produce(bootstrap, c.topic);
+  uv_loop_init(&c.loop);
+  uv_timer_init(&c.loop, &c.poll);
+  uv_timer_init(&c.loop, &c.deadline);
+  c.poll.data = c.deadline.data = &c;
+  uv_timer_start(&c.poll, c_on_poll, 20, 20);
+  uv_timer_start(&c.deadline, c_on_deadline, 60000, 0);
+  char *ours[] = {"auto.offset.reset=earliest", NULL};
+  const char *topics[] = {c.topic, NULL};
+  fo_kafka_consumer_opts_t o = {.bootstrap = bootstrap,
+                                .client_id = "kc-test-close",
+                                .group = c.topic,
+                                .session_timeout_ms = 6000,
+                                .settings = ours,
+                                .topics = topics,
+                                .log_mod = "test"};
+  fo_kafka_consumer_cbs_t cbs = {.on_message = c_on_message, .on_revoke = c_on_revoke};
+  assert_int_equal(fo_kafka_consumer_new(&c.loop, &o, &cbs, &c, err, sizeof(err), &c.kc), 0);
+  assert_false(fo_kafka_consumer_closed(c.kc)); /* not before a close was asked */
+  uv_run(&c.loop, UV_RUN_DEFAULT);
+  assert_false(c.timed_out);
+  assert_true(c.closed);
+  assert_true(c.revoked >= 1);
+  assert_true(c.polls > 1); /* the loop ran while the consumer left the group */
+  assert_int_equal(fo_kafka_consumer_close_start(c.kc), 0); /* idempotent */
+  uv_close((uv_handle_t *)&c.poll, NULL);
+  uv_close((uv_handle_t *)&c.deadline, NULL);
+  uv_run(&c.loop, UV_RUN_DEFAULT);
+  fo_kafka_consumer_free(c.kc);
+  assert_int_equal(uv_loop_close(&c.loop), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(kafka_consumer_consumes_and_stores),
       cmocka_unit_test(kafka_consumer_short_session_and_secrets),
       cmocka_unit_test(kafka_consumer_revoke_can_wait),
+      cmocka_unit_test(kafka_consumer_close_without_blocking),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
