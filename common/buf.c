@@ -14,6 +14,7 @@ fo_buf_t *fo_buf_new(size_t cap) {
   buf->refs = 1;
   buf->len = 0;
   buf->cap = (uint32_t)cap;
+  buf->queued = 0;
   return buf;
 }
 

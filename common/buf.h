@@ -13,6 +13,9 @@ typedef struct fo_buf {
   uint32_t refs;
   uint32_t len; /* bytes used in data */
   uint32_t cap; /* bytes allocated for data */
+  /* Outbound queues holding a reference (delivery's memory accounting
+   * counts a shared frame's allocation once, while any queue holds it). */
+  uint32_t queued;
   uint8_t data[];
 } fo_buf_t;
 

@@ -43,9 +43,30 @@ struct fo_outq {
  * as counting its length per recipient did before. A 2-byte pong costs 48,
  * not 2: a client cannot pin memory with many tiny replies. Depends only on
  * buf->cap, which never changes, so adding and removing match. */
-static uint64_t frame_cost(const fo_buf_t *buf) {
+static uint64_t chunk_cost(const fo_buf_t *buf) {
   uint64_t chunk = (sizeof(fo_buf_t) + (uint64_t)buf->cap + 8 + 15) & ~(uint64_t)15;
-  return (chunk < 32 ? 32 : chunk) + 2 * sizeof(fo_buf_t *);
+  return chunk < 32 ? 32 : chunk;
+}
+
+#define SLOT_COST (2 * sizeof(fo_buf_t *))
+
+static uint64_t frame_cost(const fo_buf_t *buf) {
+  return chunk_cost(buf) + SLOT_COST;
+}
+
+/* The server total (the flow, against the water marks) counts real memory:
+ * a slot per queue, and a frame's allocation once while any queue holds it.
+ * Charging a broadcast's allocation once per recipient, as the per-queue
+ * limit must, made a burst of 100 broadcasts to 15,000 sockets look like
+ * 290 MB and paused Kafka at the 256 MiB high-water mark. */
+static void flow_charge(fo_server_t *srv, fo_buf_t *buf) {
+  uint64_t d = SLOT_COST + (buf->queued++ == 0 ? chunk_cost(buf) : 0);
+  fo_flow_queued(srv->flow, (int64_t)d);
+}
+
+static void flow_uncharge(fo_server_t *srv, fo_buf_t *buf) {
+  uint64_t d = SLOT_COST + (--buf->queued == 0 ? chunk_cost(buf) : 0);
+  fo_flow_queued(srv->flow, -(int64_t)d);
 }
 
 /* Reading stops above this much queued (see read_update). */
@@ -105,9 +126,8 @@ static void outq_put(fo_server_t *srv, fo_outq_t *q) {
 
 /* Takes frame i off the books and drops the queue's reference. */
 static void uncharge(fo_server_t *srv, fo_outq_t *q, uint32_t i) {
-  uint64_t cost = frame_cost(q->bufs[i]);
-  q->bytes -= cost;
-  fo_flow_queued(srv->flow, -(int64_t)cost);
+  q->bytes -= frame_cost(q->bufs[i]);
+  flow_uncharge(srv, q->bufs[i]);
   fo_buf_unref(q->bufs[i]);
 }
 
@@ -255,7 +275,7 @@ static int enqueue(fo_conn_t *conn, fo_buf_t *buf, bool force) {
   }
   q->bufs[q->n++] = fo_buf_ref(buf);
   q->bytes += cost;
-  fo_flow_queued(srv->flow, (int64_t)cost);
+  flow_charge(srv, buf);
   mark_dirty(srv, q);
   read_update(conn);
   return 0;
