@@ -93,7 +93,11 @@ def test_kill9_liveness_cleanup_and_partition_move():
     for u, c in on_b.items():
         m = c.recv(timeout=30)
         assert m["user"] == u and m["data"] == "m", m
-    # B routed the victim's message: the entry of dead A is removed.
+    # A routing of a message to the victim now (B holds every partition and
+    # A's liveness key is gone) removes the entry of dead A. The first victim
+    # message is not enough: when its partition was B's from the start, B
+    # routed it at once, while A's key was still alive.
+    S.produce(["fanout.users send victim application/json %s\n" % b'"w"'.hex()])
     ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:victim") == "0", timeout=10,
                   what="dead server's entry cleaned")
     assert dtest.metrics(B)["fanout_delivery_dead_entries_cleaned_total"] >= 1
