@@ -166,17 +166,19 @@ void fo_window_expire(fo_window_t *w, uint64_t now_ms) {
   }
 }
 
-/* This window first (the one growing), down to its newest entry; then the
- * window whose oldest entry is oldest. So the budget is exceeded by at most
- * one entry: the one just added, when it alone is larger than the rest. */
+/* Evicts the oldest entry (by insertion time) of all windows on the budget
+ * until it fits, keeping the entry just added: so every window keeps about
+ * the same span of time, and the total exceeds the budget by at most that
+ * one entry, when it alone is larger than the rest. (Evicting the growing
+ * window first would starve a window created after the budget filled: it
+ * could never hold more than its newest entry while the others keep theirs
+ * until they age out.) O(windows) per eviction. */
 static void enforce_budget(fo_window_t *w) {
   fo_window_budget_t *b = w->budget;
-  while (b->bytes > b->max_bytes && w->tail - w->head > 1) {
-    drop_front(w);
-    b->evictions++;
-  }
   while (b->bytes > b->max_bytes) {
     fo_window_t *victim = NULL;
+    if (w->tail - w->head > 1)
+      victim = w; /* wins ties */
     for (fo_window_t *o = b->head; o != NULL; o = o->next) {
       if (o == w || o->head == o->tail)
         continue;
