@@ -38,7 +38,8 @@ int fo_pos_parse(const char *s, size_t len, fo_pos_t *out);
 /* The epoch of a stream: XXH32 with seed FO_POS_EPOCH_SEED over the bytes
  * cluster_id NUL topic NUL <partitions in decimal> (no trailing NUL). A
  * position from another cluster, a topic of another name or a changed
- * partition count carries another epoch. */
+ * partition count carries another epoch. cluster_id and topic: non-NULL,
+ * NUL-terminated. */
 uint32_t fo_pos_epoch(const char *cluster_id, const char *topic, int32_t partitions);
 
 #endif

@@ -48,9 +48,14 @@ void fo_window_reset(fo_window_t *w, int64_t next_offset);
  * window takes one reference to it (the caller keeps its own) and indexes
  * it under key[0..keylen) (keylen > 0). frame == NULL: a record that is no
  * one's message; it still advances coverage and still anchors positions
- * (its timestamp is checked), key ignored. Then evicts by age (now_ms) and
- * by budget. Returns 0; -EINVAL (offset not increasing or < 0, frame
- * without key; window unchanged); -ENOMEM (the window is reset to
+ * (its timestamp is checked), key ignored. Then evicts this window's
+ * entries added more than max_age_ms before now_ms (insertion time, not
+ * the record timestamp: producer clocks skew and timestamps are not
+ * monotonic within a partition, while eviction from the front needs a
+ * monotonic key so coverage only moves forward), and, while the budget is
+ * over max_bytes, the oldest entry of all windows on it (never the one just
+ * added). Returns 0; -EINVAL (offset not increasing, < 0 or INT64_MAX,
+ * frame without key; window unchanged); -ENOMEM (the window is reset to
  * offset + 1: it never claims a range it cannot serve). */
 int fo_window_add(fo_window_t *w, int64_t offset, int64_t ts_ms, const char *key, size_t keylen,
                   fo_buf_t *frame, uint64_t now_ms);
