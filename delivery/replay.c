@@ -1,0 +1,759 @@
+/* fo_replay (replay.h). Threads: the loop thread submits, cancels and calls
+ * back; the reader thread runs rounds. They share `pending` (submitted, not
+ * yet taken by a round), `done` (answered, not yet called back) and each
+ * request's `cancelled` flag, all under `mu`. During a round a request is
+ * the reader's alone (only `cancelled` is read and written under mu), so
+ * the loop never frees a request the reader holds: a cancelled one is freed
+ * when it comes back through `done`. */
+#include "replay.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "config.h"
+#include "kafka_uv.h"
+#include "list.h"
+#include "log.h"
+#include "map.h"
+
+#define MOD "replay"
+
+struct fo_replay_handle {
+  STAILQ_ENTRY(fo_replay_handle) q; /* in r->staged, r->pending or r->done */
+  fo_replay_t *r;
+  fo_replay_req_t req; /* req.key points to key */
+  char *key;           /* owned copy, NULL for "every record" */
+  fo_replay_cb cb;
+  void *ud;
+  bool cancelled; /* under r->mu */
+  /* The answer (written by whoever finishes the request, read by the loop
+   * after it came through `done`). */
+  int status;
+  int64_t end, end_t_ms;
+  fo_replay_rec_t *recs; /* owned, each rec's key+value in one malloc at rec.key */
+  size_t n, nalloc;
+  /* Round state (reader thread only). */
+  bool finished;
+  bool anchored; /* the record at since was seen (or none is needed) */
+  int64_t eff_end;
+  struct fo_replay_handle *next_same_key;
+};
+
+STAILQ_HEAD(req_list, fo_replay_handle);
+
+struct fo_replay {
+  uv_loop_t *loop;
+  uv_async_t async; /* reader -> loop: `done` is not empty */
+  uv_idle_t idle;   /* moves `staged` to `pending` once per loop iteration */
+  uv_thread_t thread;
+  uv_mutex_t mu;
+  uv_cond_t cond;
+  struct req_list staged; /* loop thread only */
+  struct req_list pending, done;
+  bool stop;   /* under mu */
+  bool closed; /* loop thread: fo_replay_close was called */
+  int closed_handles;
+  rd_kafka_t *rk;
+  char *users_topic, *rooms_topic;
+  int64_t timeout_ms;
+  struct {
+    _Atomic uint64_t rounds, watermark_queries, scans, records_scanned, cancelled;
+    _Atomic uint64_t by_status[FO_REPLAY_NSTATUS];
+  } m;
+};
+
+const char *fo_replay_status_name(int status) {
+  static const char *const names[] = {"ok", "expired", "foreign", "over_cap", "too_far", "error"};
+  if (status < 0 || status >= FO_REPLAY_NSTATUS)
+    return "unknown";
+  return names[status];
+}
+
+static void req_free(fo_replay_handle_t *h) {
+  for (size_t i = 0; i < h->n; i++)
+    free((void *)h->recs[i].key);
+  free(h->recs);
+  free(h->key);
+  free(h);
+}
+
+static void drop_recs(fo_replay_handle_t *h) {
+  for (size_t i = 0; i < h->n; i++)
+    free((void *)h->recs[i].key);
+  free(h->recs);
+  h->recs = NULL;
+  h->n = h->nalloc = 0;
+}
+
+/* ---- loop thread ---------------------------------------------------------- */
+
+static void call_back(fo_replay_t *r, fo_replay_handle_t *h) {
+  if (h->cancelled) {
+    atomic_fetch_add_explicit(&r->m.cancelled, 1, memory_order_relaxed);
+  } else {
+    atomic_fetch_add_explicit(&r->m.by_status[h->status], 1, memory_order_relaxed);
+    h->cb(h->ud, h->status, h->end, h->end_t_ms, h->status == FO_REPLAY_OK ? h->recs : NULL,
+          h->status == FO_REPLAY_OK ? h->n : 0);
+  }
+  req_free(h);
+}
+
+static void on_async(uv_async_t *a) {
+  fo_replay_t *r = a->data;
+  struct req_list done;
+  STAILQ_INIT(&done);
+  uv_mutex_lock(&r->mu);
+  STAILQ_CONCAT(&done, &r->done);
+  uv_mutex_unlock(&r->mu);
+  fo_replay_handle_t *h, *tmp;
+  STAILQ_FOREACH_SAFE(h, &done, q, tmp) {
+    call_back(r, h);
+  }
+}
+
+static void on_idle(uv_idle_t *idle) {
+  fo_replay_t *r = idle->data;
+  uv_idle_stop(idle);
+  if (STAILQ_EMPTY(&r->staged))
+    return;
+  uv_mutex_lock(&r->mu);
+  STAILQ_CONCAT(&r->pending, &r->staged);
+  uv_cond_signal(&r->cond);
+  uv_mutex_unlock(&r->mu);
+}
+
+/* Hands h to the loop (either thread). */
+static void finish(fo_replay_t *r, fo_replay_handle_t *h, int status, int64_t end,
+                   int64_t end_t_ms) {
+  h->finished = true;
+  h->status = status;
+  h->end = end;
+  h->end_t_ms = end_t_ms;
+  if (status != FO_REPLAY_OK)
+    drop_recs(h);
+  uv_mutex_lock(&r->mu);
+  STAILQ_INSERT_TAIL(&r->done, h, q);
+  uv_mutex_unlock(&r->mu);
+  uv_async_send(&r->async);
+}
+
+int fo_replay_submit(fo_replay_t *r, const fo_replay_req_t *req, fo_replay_cb cb, void *ud,
+                     fo_replay_handle_t **out) {
+  if (r->closed)
+    return -ESHUTDOWN;
+  if ((req->kind != 'u' && req->kind != 'r') || req->partition < 0 || cb == NULL || req->end < -1 ||
+      (req->key == NULL && req->keylen != 0))
+    return -EINVAL;
+  fo_replay_handle_t *h = calloc(1, sizeof(*h));
+  if (h == NULL)
+    return -ENOMEM;
+  h->r = r;
+  h->req = *req;
+  if (req->key != NULL) {
+    h->key = malloc(req->keylen + 1);
+    if (h->key == NULL) {
+      free(h);
+      return -ENOMEM;
+    }
+    memcpy(h->key, req->key, req->keylen);
+    h->key[req->keylen] = '\0';
+  }
+  h->req.key = h->key;
+  h->cb = cb;
+  h->ud = ud;
+  h->end = -1;
+  if (out != NULL)
+    *out = h;
+  if (req->end >= 0 && req->since == req->end) {
+    /* Nothing missed: no watermark query, no fetch. */
+    finish(r, h, FO_REPLAY_OK, req->end, (int64_t)fo_now_ms());
+    return 0;
+  }
+  STAILQ_INSERT_TAIL(&r->staged, h, q);
+  uv_idle_start(&r->idle, on_idle);
+  return 0;
+}
+
+void fo_replay_cancel(fo_replay_handle_t *h) {
+  fo_replay_t *r = h->r;
+  uv_mutex_lock(&r->mu);
+  h->cancelled = true;
+  uv_mutex_unlock(&r->mu);
+}
+
+void fo_replay_metrics(const fo_replay_t *r, fo_replay_metrics_t *out) {
+  fo_replay_t *m = (fo_replay_t *)r;
+  out->rounds = atomic_load_explicit(&m->m.rounds, memory_order_relaxed);
+  out->watermark_queries = atomic_load_explicit(&m->m.watermark_queries, memory_order_relaxed);
+  out->scans = atomic_load_explicit(&m->m.scans, memory_order_relaxed);
+  out->records_scanned = atomic_load_explicit(&m->m.records_scanned, memory_order_relaxed);
+  out->cancelled = atomic_load_explicit(&m->m.cancelled, memory_order_relaxed);
+  for (int i = 0; i < FO_REPLAY_NSTATUS; i++)
+    out->by_status[i] = atomic_load_explicit(&m->m.by_status[i], memory_order_relaxed);
+}
+
+/* ---- reader thread: a round ----------------------------------------------- */
+
+typedef struct {
+  fo_mapent_t ent; /* key = the first request's key copy */
+  fo_replay_handle_t *first;
+} keygrp_t;
+
+typedef struct {
+  char kind;
+  int32_t partition;
+  const char *topic;
+  int64_t lo, hi;
+  fo_replay_handle_t **reqs; /* all of this partition's requests in the round */
+  size_t nreqs;
+  /* The scan (requests still open after the watermark checks). */
+  fo_replay_handle_t **by_since, **by_end; /* sorted copies */
+  size_t nscan, since_i, end_i, open;
+  fo_map_t keys;                /* keygrp_t by key */
+  fo_replay_handle_t *everyone; /* NULL-key requests, chained by next_same_key */
+  keygrp_t *grps;
+  size_t ngrps;
+  int64_t start, stop, next;
+  bool scanning;
+} part_t;
+
+static int cmp_since(const void *a, const void *b) {
+  const fo_replay_handle_t *x = *(fo_replay_handle_t *const *)a;
+  const fo_replay_handle_t *y = *(fo_replay_handle_t *const *)b;
+  return x->req.since < y->req.since ? -1 : x->req.since > y->req.since;
+}
+
+static int cmp_end(const void *a, const void *b) {
+  const fo_replay_handle_t *x = *(fo_replay_handle_t *const *)a;
+  const fo_replay_handle_t *y = *(fo_replay_handle_t *const *)b;
+  return x->eff_end < y->eff_end ? -1 : x->eff_end > y->eff_end;
+}
+
+static int64_t remaining_ms(uint64_t deadline) {
+  uint64_t now = fo_now_ms();
+  return now >= deadline ? 0 : (int64_t)(deadline - now);
+}
+
+static void close_req(fo_replay_t *r, part_t *p, fo_replay_handle_t *h, int status, int64_t end,
+                      int64_t end_t_ms) {
+  if (h->finished)
+    return;
+  finish(r, h, status, end, end_t_ms);
+  if (p != NULL && p->scanning && p->open > 0)
+    p->open--;
+}
+
+/* The watermark verdicts that need no fetch. Returns true when h is
+ * answered. */
+static bool judge(fo_replay_t *r, part_t *p, fo_replay_handle_t *h, int64_t now) {
+  const fo_replay_req_t *q = &h->req;
+  int64_t end = q->end >= 0 ? q->end : p->hi - 1;
+  h->eff_end = end;
+  if (q->since == -2) {
+    close_req(r, NULL, h, FO_REPLAY_OK, end, now);
+  } else if (q->since < p->lo && !(q->since == -1 && p->lo == 0)) {
+    close_req(r, NULL, h, FO_REPLAY_EXPIRED, end, now);
+  } else if (q->since >= p->hi || end >= p->hi) {
+    close_req(r, NULL, h, FO_REPLAY_FOREIGN, end, now);
+  } else if (q->since >= end) {
+    close_req(r, NULL, h, FO_REPLAY_OK, end, now);
+  } else if (q->max_scan > 0 && (uint64_t)(end - q->since) > q->max_scan) {
+    close_req(r, NULL, h, FO_REPLAY_TOO_FAR, end, now);
+  } else {
+    h->anchored = q->since < 0;
+    return false;
+  }
+  return true;
+}
+
+static int add_rec(fo_replay_handle_t *h, const rd_kafka_message_t *msg, int64_t ts) {
+  if (h->n == h->nalloc) {
+    size_t na = h->nalloc == 0 ? 8 : h->nalloc * 2;
+    fo_replay_rec_t *nr = realloc(h->recs, na * sizeof(*nr));
+    if (nr == NULL)
+      return -ENOMEM;
+    h->recs = nr;
+    h->nalloc = na;
+  }
+  char *mem = malloc(msg->key_len + msg->len + 1);
+  if (mem == NULL)
+    return -ENOMEM;
+  if (msg->key_len > 0)
+    memcpy(mem, msg->key, msg->key_len);
+  if (msg->len > 0)
+    memcpy(mem + msg->key_len, msg->payload, msg->len);
+  mem[msg->key_len + msg->len] = '\0';
+  h->recs[h->n++] = (fo_replay_rec_t){.offset = msg->offset,
+                                      .t_ms = ts,
+                                      .key = mem,
+                                      .keylen = msg->key_len,
+                                      .value = mem + msg->key_len,
+                                      .len = msg->len};
+  return 0;
+}
+
+static void match(fo_replay_t *r, part_t *p, fo_replay_handle_t *h, const rd_kafka_message_t *msg,
+                  int64_t ts, int64_t now) {
+  if (h->finished || msg->offset <= h->req.since || msg->offset > h->eff_end)
+    return;
+  if (h->n == 0 && h->req.max_age_ms > 0 && now - ts > (int64_t)h->req.max_age_ms) {
+    close_req(r, p, h, FO_REPLAY_EXPIRED, h->eff_end, now);
+  } else if (h->n >= h->req.cap) {
+    close_req(r, p, h, FO_REPLAY_OVER_CAP, h->eff_end, now);
+  } else if (add_rec(h, msg, ts) != 0) {
+    close_req(r, p, h, FO_REPLAY_ERROR, h->eff_end, now);
+  }
+}
+
+static void on_record(fo_replay_t *r, part_t *p, const rd_kafka_message_t *msg, int64_t now) {
+  int64_t o = msg->offset;
+  if (o < p->next)
+    return; /* not of this round's fetch */
+  p->next = o + 1;
+  atomic_fetch_add_explicit(&r->m.records_scanned, 1, memory_order_relaxed);
+  int64_t ts = rd_kafka_message_timestamp(msg, NULL);
+  /* Anchors: the record at since must exist and not be newer than the
+   * position says. */
+  while (p->since_i < p->nscan && p->by_since[p->since_i]->req.since <= o) {
+    fo_replay_handle_t *h = p->by_since[p->since_i++];
+    if (h->finished || h->anchored)
+      continue;
+    if (h->req.since < o || ts > h->req.since_t_ms)
+      close_req(r, p, h, FO_REPLAY_FOREIGN, h->eff_end, now);
+    else
+      h->anchored = true;
+  }
+  if (msg->key != NULL) {
+    fo_mapent_t *e =
+        fo_map_get(&p->keys, msg->key, msg->key_len, fo_map_hash(msg->key, msg->key_len));
+    for (fo_replay_handle_t *h = e != NULL ? ((keygrp_t *)e)->first : NULL; h != NULL;
+         h = h->next_same_key)
+      match(r, p, h, msg, ts, now);
+  }
+  for (fo_replay_handle_t *h = p->everyone; h != NULL; h = h->next_same_key)
+    match(r, p, h, msg, ts, now);
+  while (p->end_i < p->nscan && p->by_end[p->end_i]->eff_end <= o) {
+    fo_replay_handle_t *h = p->by_end[p->end_i++];
+    close_req(r, p, h, FO_REPLAY_OK, h->eff_end, h->eff_end == o ? ts : now);
+  }
+}
+
+static void fail_part(fo_replay_t *r, part_t *p, int status, int64_t now) {
+  for (size_t i = 0; i < p->nscan; i++)
+    close_req(r, p, p->by_since[i], status, p->by_since[i]->eff_end, now);
+  p->open = 0;
+}
+
+static part_t *find_part(part_t *parts, size_t nparts, const char *topic, int32_t partition) {
+  for (size_t i = 0; i < nparts; i++) {
+    if (parts[i].partition == partition && strcmp(parts[i].topic, topic) == 0)
+      return &parts[i];
+  }
+  return NULL;
+}
+
+/* Builds p's scan structures from its requests still open. Returns 0 or
+ * -ENOMEM. */
+static int plan_scan(part_t *p) {
+  size_t n = 0;
+  for (size_t i = 0; i < p->nreqs; i++)
+    n += !p->reqs[i]->finished;
+  if (n == 0)
+    return 0;
+  p->by_since = calloc(n, sizeof(*p->by_since));
+  p->by_end = calloc(n, sizeof(*p->by_end));
+  p->grps = calloc(n, sizeof(*p->grps));
+  if (p->by_since == NULL || p->by_end == NULL || p->grps == NULL)
+    return -ENOMEM;
+  p->start = INT64_MAX;
+  p->stop = -1;
+  for (size_t i = 0; i < p->nreqs; i++) {
+    fo_replay_handle_t *h = p->reqs[i];
+    if (h->finished)
+      continue;
+    p->by_since[p->nscan] = h;
+    p->by_end[p->nscan++] = h;
+    int64_t from = h->req.since < 0 ? 0 : h->req.since;
+    if (from < p->start)
+      p->start = from;
+    if (h->eff_end > p->stop)
+      p->stop = h->eff_end;
+    if (h->key == NULL) {
+      h->next_same_key = p->everyone;
+      p->everyone = h;
+      continue;
+    }
+    uint32_t hash = fo_map_hash(h->key, h->req.keylen);
+    fo_mapent_t *e = fo_map_get(&p->keys, h->key, h->req.keylen, hash);
+    if (e == NULL) {
+      keygrp_t *g = &p->grps[p->ngrps++];
+      g->ent = (fo_mapent_t){.hash = hash, .len = (uint32_t)h->req.keylen, .key = h->key};
+      if (fo_map_put(&p->keys, &g->ent) != 0)
+        return -ENOMEM;
+      e = &g->ent;
+    }
+    /* Kept in submission order within a key (not needed, but predictable). */
+    keygrp_t *g = (keygrp_t *)e;
+    fo_replay_handle_t **tail = &g->first;
+    while (*tail != NULL)
+      tail = &(*tail)->next_same_key;
+    *tail = h;
+  }
+  qsort(p->by_since, p->nscan, sizeof(*p->by_since), cmp_since);
+  qsort(p->by_end, p->nscan, sizeof(*p->by_end), cmp_end);
+  p->open = p->nscan;
+  p->next = p->start;
+  p->scanning = true;
+  return 0;
+}
+
+static bool stopping(fo_replay_t *r) {
+  uv_mutex_lock(&r->mu);
+  bool s = r->stop;
+  uv_mutex_unlock(&r->mu);
+  return s;
+}
+
+static void scan(fo_replay_t *r, part_t *parts, size_t nparts, uint64_t deadline, int64_t now) {
+  rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)nparts);
+  size_t nscanning = 0;
+  for (size_t i = 0; i < nparts; i++) {
+    if (parts[i].scanning && parts[i].open > 0) {
+      rd_kafka_topic_partition_list_add(l, parts[i].topic, parts[i].partition)->offset =
+          parts[i].start;
+      nscanning++;
+    }
+  }
+  if (nscanning == 0) {
+    rd_kafka_topic_partition_list_destroy(l);
+    return;
+  }
+  atomic_fetch_add_explicit(&r->m.scans, nscanning, memory_order_relaxed);
+  rd_kafka_resp_err_t err = rd_kafka_assign(r->rk, l);
+  rd_kafka_topic_partition_list_destroy(l);
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    FO_LOG_WARN(MOD, "assign failed", "err=\"%s\"", rd_kafka_err2str(err));
+    for (size_t i = 0; i < nparts; i++)
+      fail_part(r, &parts[i], FO_REPLAY_ERROR, now);
+    return;
+  }
+  size_t open_parts = nscanning;
+  while (open_parts > 0) {
+    int64_t left = remaining_ms(deadline);
+    if (left == 0 || stopping(r))
+      break;
+    rd_kafka_message_t *msg = rd_kafka_consumer_poll(r->rk, (int)(left < 100 ? left : 100));
+    if (msg == NULL)
+      continue;
+    part_t *p = msg->rkt != NULL
+                    ? find_part(parts, nparts, rd_kafka_topic_name(msg->rkt), msg->partition)
+                    : NULL;
+    if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      if (p != NULL && p->open > 0) {
+        on_record(r, p, msg, now);
+        if (p->open == 0)
+          open_parts--;
+      }
+    } else if (p != NULL && p->open > 0) {
+      /* Out of range (deleted meanwhile): expired. The log ended before an
+       * end below the high watermark (EOF with requests open), or anything
+       * else: error. */
+      int status =
+          msg->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ? FO_REPLAY_EXPIRED : FO_REPLAY_ERROR;
+      FO_LOG_WARN(MOD, "scan error", "topic=%s partition=%" PRId32 " err=\"%s\"", p->topic,
+                  p->partition, rd_kafka_message_errstr(msg));
+      fail_part(r, p, status, now);
+      open_parts--;
+    } else if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      FO_LOG_WARN(MOD, "consumer error", "err=\"%s\"", rd_kafka_message_errstr(msg));
+    }
+    rd_kafka_message_destroy(msg);
+  }
+  rd_kafka_assign(r->rk, NULL);
+}
+
+static void run_round(fo_replay_t *r, struct req_list *reqs) {
+  uint64_t deadline = fo_now_ms() + (uint64_t)r->timeout_ms;
+  atomic_fetch_add_explicit(&r->m.rounds, 1, memory_order_relaxed);
+  size_t nreqs = 0;
+  fo_replay_handle_t *h;
+  STAILQ_FOREACH(h, reqs, q) {
+    nreqs++;
+  }
+  part_t *parts = calloc(nreqs, sizeof(*parts));
+  fo_replay_handle_t **slots = calloc(nreqs, sizeof(*slots));
+  size_t nparts = 0;
+  if (parts == NULL || slots == NULL) {
+    free(parts);
+    free(slots);
+    fo_replay_handle_t *tmp;
+    STAILQ_FOREACH_SAFE(h, reqs, q, tmp) {
+      finish(r, h, FO_REPLAY_ERROR, -1, 0);
+    }
+    return;
+  }
+  /* Group by partition; each part's reqs point into `slots`. */
+  STAILQ_FOREACH(h, reqs, q) {
+    const char *topic = h->req.kind == 'u' ? r->users_topic : r->rooms_topic;
+    if (find_part(parts, nparts, topic, h->req.partition) == NULL)
+      parts[nparts++] =
+          (part_t){.kind = h->req.kind, .partition = h->req.partition, .topic = topic};
+    find_part(parts, nparts, topic, h->req.partition)->nreqs++;
+  }
+  size_t at = 0;
+  for (size_t i = 0; i < nparts; i++) {
+    parts[i].reqs = slots + at;
+    at += parts[i].nreqs;
+    parts[i].nreqs = 0;
+  }
+  fo_replay_handle_t *tmp;
+  STAILQ_FOREACH_SAFE(h, reqs, q, tmp) {
+    const char *topic = h->req.kind == 'u' ? r->users_topic : r->rooms_topic;
+    part_t *p = find_part(parts, nparts, topic, h->req.partition);
+    p->reqs[p->nreqs++] = h;
+  }
+  /* Watermarks, one query per partition. */
+  for (size_t i = 0; i < nparts; i++) {
+    part_t *p = &parts[i];
+    int64_t left = remaining_ms(deadline);
+    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+    if (left > 0) {
+      atomic_fetch_add_explicit(&r->m.watermark_queries, 1, memory_order_relaxed);
+      err = rd_kafka_query_watermark_offsets(r->rk, p->topic, p->partition, &p->lo, &p->hi,
+                                             (int)left);
+    }
+    int64_t now = (int64_t)fo_now_ms();
+    for (size_t j = 0; j < p->nreqs; j++) {
+      if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        close_req(r, NULL, p->reqs[j], FO_REPLAY_ERROR, -1, now);
+      else
+        judge(r, p, p->reqs[j], now);
+    }
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+      FO_LOG_WARN(MOD, "watermark query failed", "topic=%s partition=%" PRId32 " err=\"%s\"",
+                  p->topic, p->partition, rd_kafka_err2str(err));
+  }
+  int64_t now = (int64_t)fo_now_ms();
+  for (size_t i = 0; i < nparts; i++) {
+    if (plan_scan(&parts[i]) != 0)
+      fail_part(r, &parts[i], FO_REPLAY_ERROR, now);
+  }
+  scan(r, parts, nparts, deadline, now);
+  /* Timed out, stopped or failed: whatever is left. */
+  for (size_t i = 0; i < nparts; i++) {
+    for (size_t j = 0; j < parts[i].nreqs; j++)
+      close_req(r, NULL, parts[i].reqs[j], FO_REPLAY_ERROR, parts[i].reqs[j]->eff_end, now);
+    fo_map_free(&parts[i].keys);
+    free(parts[i].by_since);
+    free(parts[i].by_end);
+    free(parts[i].grps);
+  }
+  free(parts);
+  free(slots);
+}
+
+static void reader(void *arg) {
+  fo_replay_t *r = arg;
+  for (;;) {
+    struct req_list round;
+    STAILQ_INIT(&round);
+    uv_mutex_lock(&r->mu);
+    while (STAILQ_EMPTY(&r->pending) && !r->stop)
+      uv_cond_wait(&r->cond, &r->mu);
+    bool stop = r->stop;
+    /* Cancelled ones go straight back to be freed. */
+    fo_replay_handle_t *h, *tmp;
+    STAILQ_FOREACH_SAFE(h, &r->pending, q, tmp) {
+      if (h->cancelled || stop)
+        STAILQ_INSERT_TAIL(&r->done, h, q);
+      else
+        STAILQ_INSERT_TAIL(&round, h, q);
+    }
+    STAILQ_INIT(&r->pending);
+    uv_mutex_unlock(&r->mu);
+    if (stop)
+      break;
+    if (!STAILQ_EMPTY(&round))
+      run_round(r, &round);
+    else
+      uv_async_send(&r->async);
+  }
+  /* Not a group member: this only stops the fetchers. */
+  rd_kafka_consumer_close(r->rk);
+  rd_kafka_destroy(r->rk);
+  r->rk = NULL;
+}
+
+/* ---- lifetime ------------------------------------------------------------- */
+
+static rd_kafka_t *make_consumer(const fo_replay_opts_t *o, char *err, size_t errlen) {
+  /* Ours first, then the operator's (they win), then what the reader's
+   * logic depends on (wins over everything). */
+  static const char *const soft[] = {"fetch.wait.max.ms=10", "queued.max.messages.kbytes=4096",
+                                     "fetch.error.backoff.ms=100"};
+  char **extra = NULL;
+  int nextra = 0;
+  if (o->kafka_opts != NULL && o->kafka_opts[0] != '\0') {
+    nextra = fo_cfg_list_split(o->kafka_opts, &extra);
+    if (nextra < 0) {
+      snprintf(err, errlen, "out of memory");
+      return NULL;
+    }
+  }
+  size_t nsoft = sizeof(soft) / sizeof(soft[0]);
+  char **all = calloc(nsoft + (size_t)nextra + 1, sizeof(char *));
+  if (all == NULL) {
+    fo_cfg_list_free(extra);
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  for (size_t i = 0; i < nsoft; i++)
+    all[i] = (char *)soft[i];
+  for (int i = 0; i < nextra; i++)
+    all[nsoft + (size_t)i] = extra[i];
+  rd_kafka_conf_t *conf =
+      fo_kafka_conf_new(FO_KAFKA_CONSUMER, o->bootstrap, o->client_id, all, err, errlen);
+  free(all);
+  fo_cfg_list_free(extra);
+  if (conf == NULL)
+    return NULL;
+  char group[300];
+  /* Never joined: unique so that it cannot collide with a real group. */
+  snprintf(group, sizeof(group), "%s-%d-%016" PRIx64, o->client_id, (int)getpid(),
+           (uint64_t)uv_hrtime());
+  const char *const hard[][2] = {
+      {"group.id", group},
+      {"enable.auto.commit", "false"},
+      {"enable.auto.offset.store", "false"},
+      {"auto.offset.reset", "error"},
+      {"enable.partition.eof", "true"},
+  };
+  for (size_t i = 0; i < sizeof(hard) / sizeof(hard[0]); i++) {
+    char why[256];
+    if (rd_kafka_conf_set(conf, hard[i][0], hard[i][1], why, sizeof(why)) != RD_KAFKA_CONF_OK) {
+      snprintf(err, errlen, "kafka setting %s: %s", hard[i][0], why);
+      rd_kafka_conf_destroy(conf);
+      return NULL;
+    }
+  }
+  char why[512];
+  rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof(why));
+  if (rk == NULL) {
+    snprintf(err, errlen, "kafka: %s", why);
+    rd_kafka_conf_destroy(conf);
+    return NULL;
+  }
+  /* Errors and the rest of the main queue come out of consumer_poll. */
+  rd_kafka_poll_set_consumer(rk);
+  return rk;
+}
+
+static void on_close_free(uv_handle_t *handle) {
+  fo_replay_t *r = handle->data;
+  /* Two handles: the second close callback frees. */
+  if (++r->closed_handles == 2) {
+    uv_mutex_destroy(&r->mu);
+    uv_cond_destroy(&r->cond);
+    free(r->users_topic);
+    free(r->rooms_topic);
+    free(r);
+  }
+}
+
+int fo_replay_new(uv_loop_t *loop, const fo_replay_opts_t *opts, char *err, size_t errlen,
+                  fo_replay_t **out) {
+  fo_replay_t *r = calloc(1, sizeof(*r));
+  if (r == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return -ENOMEM;
+  }
+  r->loop = loop;
+  r->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 5000;
+  STAILQ_INIT(&r->staged);
+  STAILQ_INIT(&r->pending);
+  STAILQ_INIT(&r->done);
+  r->users_topic = strdup(opts->users_topic);
+  r->rooms_topic = strdup(opts->rooms_topic);
+  int rc = -ENOMEM;
+  if (r->users_topic == NULL || r->rooms_topic == NULL) {
+    snprintf(err, errlen, "out of memory");
+    goto fail_free;
+  }
+  r->rk = make_consumer(opts, err, errlen);
+  if (r->rk == NULL) {
+    rc = -EINVAL;
+    goto fail_free;
+  }
+  if ((rc = uv_mutex_init(&r->mu)) != 0)
+    goto fail_rk;
+  if ((rc = uv_cond_init(&r->cond)) != 0)
+    goto fail_mu;
+  if ((rc = uv_async_init(loop, &r->async, on_async)) != 0)
+    goto fail_cond;
+  r->async.data = r;
+  uv_idle_init(loop, &r->idle);
+  r->idle.data = r;
+  if ((rc = uv_thread_create(&r->thread, reader, r)) != 0) {
+    snprintf(err, errlen, "thread: %s", uv_strerror(rc));
+    r->closed = true;
+    uv_close((uv_handle_t *)&r->async, on_close_free);
+    uv_close((uv_handle_t *)&r->idle, on_close_free);
+    rd_kafka_destroy(r->rk);
+    return rc;
+  }
+  *out = r;
+  return 0;
+fail_cond:
+  uv_cond_destroy(&r->cond);
+fail_mu:
+  uv_mutex_destroy(&r->mu);
+fail_rk:
+  rd_kafka_destroy(r->rk);
+  if (rc != -EINVAL)
+    snprintf(err, errlen, "%s", uv_strerror(rc));
+fail_free:
+  free(r->users_topic);
+  free(r->rooms_topic);
+  free(r);
+  return rc;
+}
+
+void fo_replay_close(fo_replay_t *r) {
+  if (r->closed)
+    return;
+  r->closed = true;
+  uv_mutex_lock(&r->mu);
+  r->stop = true;
+  STAILQ_CONCAT(&r->pending, &r->staged);
+  uv_cond_signal(&r->cond);
+  uv_mutex_unlock(&r->mu);
+  uv_thread_join(&r->thread);
+  /* The reader answered what it held and moved the rest to `done` (as
+   * ERROR, status untouched = OK is not possible: set it). */
+  fo_replay_handle_t *h, *tmp;
+  STAILQ_FOREACH_SAFE(h, &r->done, q, tmp) {
+    if (!h->finished) {
+      h->status = FO_REPLAY_ERROR;
+      h->end = -1;
+      drop_recs(h);
+    }
+    call_back(r, h);
+  }
+  STAILQ_INIT(&r->done);
+  STAILQ_FOREACH_SAFE(h, &r->pending, q, tmp) {
+    h->status = FO_REPLAY_ERROR;
+    drop_recs(h);
+    call_back(r, h);
+  }
+  STAILQ_INIT(&r->pending);
+  uv_close((uv_handle_t *)&r->async, on_close_free);
+  uv_close((uv_handle_t *)&r->idle, on_close_free);
+}
