@@ -1,10 +1,12 @@
 /* fo_replay (replay.h). Threads: the loop thread submits, cancels and calls
  * back; the reader thread runs rounds. They share `pending` (submitted, not
  * yet taken by a round), `done` (answered, not yet called back) and each
- * request's `cancelled` flag, all under `mu`. During a round a request is
- * the reader's alone (only `cancelled` is read and written under mu), so
- * the loop never frees a request the reader holds: a cancelled one is freed
- * when it comes back through `done`. */
+ * request's `cancelled`, `held` and `answered` flags, all under `mu`. A
+ * request answered early in a round goes to `done` at once (a short gap
+ * need not wait for a long one), but the round still points at it: the loop
+ * calls back and frees its records, and whichever of the two lets go last
+ * (the round's end, or the call back) frees it. A cancelled one comes back
+ * through `done` like the others and is freed without a call back. */
 #include "replay.h"
 
 #include <errno.h>
@@ -34,6 +36,9 @@ struct fo_replay_handle {
   fo_replay_cb cb;
   void *ud;
   bool cancelled; /* under r->mu */
+  /* Under r->mu: the reader still points at it (its round is running), so
+   * the loop, once it called back, leaves the freeing to the reader. */
+  bool held, answered;
   /* The answer (written by whoever finishes the request, read by the loop
    * after it came through `done`). */
   int status;
@@ -103,7 +108,13 @@ static void call_back(fo_replay_t *r, fo_replay_handle_t *h) {
     h->cb(h->ud, h->status, h->end, h->end_t_ms, h->status == FO_REPLAY_OK ? h->recs : NULL,
           h->status == FO_REPLAY_OK ? h->n : 0);
   }
-  req_free(h);
+  drop_recs(h); /* the reader never touches them after finish() */
+  uv_mutex_lock(&r->mu);
+  bool held = h->held;
+  h->answered = true;
+  uv_mutex_unlock(&r->mu);
+  if (!held)
+    req_free(h);
 }
 
 static void on_async(uv_async_t *a) {
@@ -496,6 +507,9 @@ static void run_round(fo_replay_t *r, struct req_list *reqs) {
     free(slots);
     fo_replay_handle_t *tmp;
     STAILQ_FOREACH_SAFE(h, reqs, q, tmp) {
+      uv_mutex_lock(&r->mu);
+      h->held = false;
+      uv_mutex_unlock(&r->mu);
       finish(r, h, FO_REPLAY_ERROR, -1, 0);
     }
     return;
@@ -557,6 +571,17 @@ static void run_round(fo_replay_t *r, struct req_list *reqs) {
     free(parts[i].grps);
   }
   free(parts);
+  /* Let go: free what the loop already answered, the rest it frees. */
+  uv_mutex_lock(&r->mu);
+  size_t nfree = 0;
+  for (size_t i = 0; i < nreqs; i++) {
+    slots[i]->held = false;
+    if (slots[i]->answered)
+      slots[nfree++] = slots[i];
+  }
+  uv_mutex_unlock(&r->mu);
+  for (size_t i = 0; i < nfree; i++)
+    req_free(slots[i]);
   free(slots);
 }
 
@@ -574,8 +599,10 @@ static void reader(void *arg) {
     STAILQ_FOREACH_SAFE(h, &r->pending, q, tmp) {
       if (h->cancelled || stop)
         STAILQ_INSERT_TAIL(&r->done, h, q);
-      else
+      else {
+        h->held = true;
         STAILQ_INSERT_TAIL(&round, h, q);
+      }
     }
     STAILQ_INIT(&r->pending);
     uv_mutex_unlock(&r->mu);
