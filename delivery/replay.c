@@ -234,6 +234,7 @@ typedef struct {
   size_t ngrps;
   int64_t start, stop, next;
   bool scanning;
+  rd_kafka_resp_err_t wm_err;
 } part_t;
 
 static int cmp_since(const void *a, const void *b) {
@@ -491,8 +492,52 @@ static void scan(fo_replay_t *r, part_t *parts, size_t nparts, uint64_t deadline
   rd_kafka_assign(r->rk, NULL);
 }
 
+/* Every partition's low and high watermark (ListOffsets). One partition:
+ * rd_kafka_query_watermark_offsets (its two requests go out together).
+ * More: two rd_kafka_offsets_for_times calls over all of them (timestamps
+ * -2 = earliest, -1 = latest), one request per leader each: measured with
+ * 4 partitions on one broker, p50 0.65 -> 0.21 ms on the embedded broker,
+ * 6.8 -> 1.7 ms on Apache Kafka 3.9; with 1 partition the single call is
+ * as fast or faster (0.18 vs 0.28 ms, 1.0 vs 1.3 ms). */
+static void query_watermarks(fo_replay_t *r, part_t *parts, size_t nparts, uint64_t deadline) {
+  int64_t left = remaining_ms(deadline);
+  for (size_t i = 0; i < nparts; i++)
+    parts[i].wm_err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+  if (left <= 0)
+    return;
+  atomic_fetch_add_explicit(&r->m.watermark_queries, nparts, memory_order_relaxed);
+  if (nparts == 1) {
+    parts[0].wm_err = rd_kafka_query_watermark_offsets(r->rk, parts[0].topic, parts[0].partition,
+                                                       &parts[0].lo, &parts[0].hi, (int)left);
+    return;
+  }
+  for (int which = 0; which < 2; which++) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)nparts);
+    for (size_t i = 0; i < nparts; i++)
+      rd_kafka_topic_partition_list_add(l, parts[i].topic, parts[i].partition)->offset =
+          which == 0 ? RD_KAFKA_OFFSET_BEGINNING : RD_KAFKA_OFFSET_END;
+    left = remaining_ms(deadline);
+    rd_kafka_resp_err_t err =
+        left > 0 ? rd_kafka_offsets_for_times(r->rk, l, (int)left) : RD_KAFKA_RESP_ERR__TIMED_OUT;
+    for (size_t i = 0; i < nparts; i++) {
+      /* The list keeps the order it was built in. */
+      const rd_kafka_topic_partition_t *e = &l->elems[i];
+      rd_kafka_resp_err_t perr = err != RD_KAFKA_RESP_ERR_NO_ERROR ? err : e->err;
+      if (which == 0) {
+        parts[i].wm_err = perr;
+        parts[i].lo = e->offset;
+      } else {
+        if (parts[i].wm_err == RD_KAFKA_RESP_ERR_NO_ERROR)
+          parts[i].wm_err = perr;
+        parts[i].hi = e->offset;
+      }
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+  }
+}
+
 static void run_round(fo_replay_t *r, struct req_list *reqs) {
-  uint64_t deadline = fo_now_ms() + (uint64_t)r->timeout_ms;
+  uint64_t deadline = fo_now_ms() + (uint64_t)r->timeout_ms, t0 = uv_hrtime();
   atomic_fetch_add_explicit(&r->m.rounds, 1, memory_order_relaxed);
   size_t nreqs = 0;
   fo_replay_handle_t *h;
@@ -534,33 +579,30 @@ static void run_round(fo_replay_t *r, struct req_list *reqs) {
     part_t *p = find_part(parts, nparts, topic, h->req.partition);
     p->reqs[p->nreqs++] = h;
   }
-  /* Watermarks, one query per partition. */
+  query_watermarks(r, parts, nparts, deadline);
   for (size_t i = 0; i < nparts; i++) {
     part_t *p = &parts[i];
-    int64_t left = remaining_ms(deadline);
-    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
-    if (left > 0) {
-      atomic_fetch_add_explicit(&r->m.watermark_queries, 1, memory_order_relaxed);
-      err = rd_kafka_query_watermark_offsets(r->rk, p->topic, p->partition, &p->lo, &p->hi,
-                                             (int)left);
-    }
     int64_t now = (int64_t)fo_now_ms();
     for (size_t j = 0; j < p->nreqs; j++) {
-      if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+      if (p->wm_err != RD_KAFKA_RESP_ERR_NO_ERROR)
         close_req(r, NULL, p->reqs[j], FO_REPLAY_ERROR, -1, now);
       else
         judge(r, p, p->reqs[j], now);
     }
-    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+    if (p->wm_err != RD_KAFKA_RESP_ERR_NO_ERROR)
       FO_LOG_WARN(MOD, "watermark query failed", "topic=%s partition=%" PRId32 " err=\"%s\"",
-                  p->topic, p->partition, rd_kafka_err2str(err));
+                  p->topic, p->partition, rd_kafka_err2str(p->wm_err));
   }
   int64_t now = (int64_t)fo_now_ms();
+  uint64_t t_wm = uv_hrtime();
   for (size_t i = 0; i < nparts; i++) {
     if (plan_scan(&parts[i]) != 0)
       fail_part(r, &parts[i], FO_REPLAY_ERROR, now);
   }
   scan(r, parts, nparts, deadline, now);
+  FO_LOG_DEBUG(MOD, "round", "requests=%zu partitions=%zu watermarks_us=%llu scan_us=%llu", nreqs,
+               nparts, (unsigned long long)((t_wm - t0) / 1000),
+               (unsigned long long)((uv_hrtime() - t_wm) / 1000));
   /* Timed out, stopped or failed: whatever is left. */
   for (size_t i = 0; i < nparts; i++) {
     for (size_t j = 0; j < parts[i].nreqs; j++)

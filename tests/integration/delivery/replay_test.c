@@ -395,7 +395,13 @@ static void run_tests(void) {
   CHECK(m1.cancelled - m0.cancelled == 1, "cancelled %" PRIu64, m1.cancelled - m0.cancelled);
   /* Cancelled while in the reader's round: also never called back. */
   h = submitv(req('u', P, since, since_t, -1, keys[0]), cres);
-  uv_run(loop, UV_RUN_NOWAIT); /* the idle hands it to the reader */
+  /* The idle hands it to the reader; the loop then stays out of the way
+   * (no call back can run) until the reader's round took it. */
+  uint64_t rounds0 = metrics().rounds;
+  uv_run(loop, UV_RUN_NOWAIT);
+  for (int i = 0; i < 5000 && metrics().rounds == rounds0; i++)
+    usleep(1000);
+  CHECK(metrics().rounds > rounds0 && !cres->called, "the reader did not take the request");
   fo_replay_cancel(h);
   outstanding--;
   onev(req('u', P, since, since_t, -1, keys[1]), res);
@@ -502,6 +508,8 @@ int main(int argc, char **argv) {
   rd_kafka_conf_set_dr_msg_cb(conf, on_dr);
   prod = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
   CHECK(prod != NULL, "%s", err);
+  if (getenv("REPLAY_DEBUG") != NULL)
+    fo_log_set_level(FO_LOG_LVL_DEBUG);
   loop = uv_default_loop();
   fo_replay_opts_t o = {.bootstrap = argv[1],
                         .client_id = "replay-test",
