@@ -13,6 +13,7 @@
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,9 +83,24 @@ const char *fo_replay_status_name(int status) {
   return names[status];
 }
 
+/* One copy of a record's key and value, shared by every request of the
+ * round that it matched (thousands when a room's members resume
+ * together); each request's rec holds a reference (its .key points at
+ * data), the last one to let go frees it, on either thread. */
+typedef struct {
+  _Atomic uint32_t refs;
+  char data[]; /* key, value, NUL */
+} shrec_t;
+
+static void shrec_unref(const char *key) {
+  shrec_t *sr = (shrec_t *)(void *)(key - offsetof(shrec_t, data));
+  if (atomic_fetch_sub_explicit(&sr->refs, 1, memory_order_acq_rel) == 1)
+    free(sr);
+}
+
 static void req_free(fo_replay_handle_t *h) {
   for (size_t i = 0; i < h->n; i++)
-    free((void *)h->recs[i].key);
+    shrec_unref(h->recs[i].key);
   free(h->recs);
   free(h->key);
   free(h);
@@ -92,7 +108,7 @@ static void req_free(fo_replay_handle_t *h) {
 
 static void drop_recs(fo_replay_handle_t *h) {
   for (size_t i = 0; i < h->n; i++)
-    free((void *)h->recs[i].key);
+    shrec_unref(h->recs[i].key);
   free(h->recs);
   h->recs = NULL;
   h->n = h->nalloc = 0;
@@ -286,7 +302,9 @@ static bool judge(fo_replay_t *r, part_t *p, fo_replay_handle_t *h, int64_t now)
   return true;
 }
 
-static int add_rec(fo_replay_handle_t *h, const rd_kafka_message_t *msg, int64_t ts) {
+/* *cur: this record's shared copy, made by the first request it matches. */
+static int add_rec(fo_replay_handle_t *h, const rd_kafka_message_t *msg, int64_t ts,
+                   shrec_t **cur) {
   if (h->n == h->nalloc) {
     size_t na = h->nalloc == 0 ? 8 : h->nalloc * 2;
     fo_replay_rec_t *nr = realloc(h->recs, na * sizeof(*nr));
@@ -295,32 +313,37 @@ static int add_rec(fo_replay_handle_t *h, const rd_kafka_message_t *msg, int64_t
     h->recs = nr;
     h->nalloc = na;
   }
-  char *mem = malloc(msg->key_len + msg->len + 1);
-  if (mem == NULL)
-    return -ENOMEM;
-  if (msg->key_len > 0)
-    memcpy(mem, msg->key, msg->key_len);
-  if (msg->len > 0)
-    memcpy(mem + msg->key_len, msg->payload, msg->len);
-  mem[msg->key_len + msg->len] = '\0';
+  if (*cur == NULL) {
+    shrec_t *sr = malloc(sizeof(*sr) + msg->key_len + msg->len + 1);
+    if (sr == NULL)
+      return -ENOMEM;
+    atomic_init(&sr->refs, 0);
+    if (msg->key_len > 0)
+      memcpy(sr->data, msg->key, msg->key_len);
+    if (msg->len > 0)
+      memcpy(sr->data + msg->key_len, msg->payload, msg->len);
+    sr->data[msg->key_len + msg->len] = '\0';
+    *cur = sr;
+  }
+  atomic_fetch_add_explicit(&(*cur)->refs, 1, memory_order_relaxed);
   h->recs[h->n++] = (fo_replay_rec_t){.offset = msg->offset,
                                       .t_ms = ts,
-                                      .key = mem,
+                                      .key = (*cur)->data,
                                       .keylen = msg->key_len,
-                                      .value = mem + msg->key_len,
+                                      .value = (*cur)->data + msg->key_len,
                                       .len = msg->len};
   return 0;
 }
 
 static void match(fo_replay_t *r, part_t *p, fo_replay_handle_t *h, const rd_kafka_message_t *msg,
-                  int64_t ts, int64_t now) {
+                  int64_t ts, int64_t now, shrec_t **cur) {
   if (h->finished || msg->offset <= h->req.since || msg->offset > h->eff_end)
     return;
   if (h->n == 0 && h->req.max_age_ms > 0 && now - ts > (int64_t)h->req.max_age_ms) {
     close_req(r, p, h, FO_REPLAY_EXPIRED, h->eff_end, now);
   } else if (h->n >= h->req.cap) {
     close_req(r, p, h, FO_REPLAY_OVER_CAP, h->eff_end, now);
-  } else if (add_rec(h, msg, ts) != 0) {
+  } else if (add_rec(h, msg, ts, cur) != 0) {
     close_req(r, p, h, FO_REPLAY_ERROR, h->eff_end, now);
   }
 }
@@ -332,6 +355,7 @@ static void on_record(fo_replay_t *r, part_t *p, const rd_kafka_message_t *msg, 
   p->next = o + 1;
   atomic_fetch_add_explicit(&r->m.records_scanned, 1, memory_order_relaxed);
   int64_t ts = rd_kafka_message_timestamp(msg, NULL);
+  shrec_t *cur = NULL;
   /* Anchors: the record at since must exist and not be newer than the
    * position says. */
   while (p->since_i < p->nscan && p->by_since[p->since_i]->req.since <= o) {
@@ -348,10 +372,13 @@ static void on_record(fo_replay_t *r, part_t *p, const rd_kafka_message_t *msg, 
         fo_map_get(&p->keys, msg->key, msg->key_len, fo_map_hash(msg->key, msg->key_len));
     for (fo_replay_handle_t *h = e != NULL ? ((keygrp_t *)e)->first : NULL; h != NULL;
          h = h->next_same_key)
-      match(r, p, h, msg, ts, now);
+      match(r, p, h, msg, ts, now, &cur);
   }
   for (fo_replay_handle_t *h = p->everyone; h != NULL; h = h->next_same_key)
-    match(r, p, h, msg, ts, now);
+    match(r, p, h, msg, ts, now, &cur);
+  /* Made, then every add failed: nobody holds it (and nobody can yet). */
+  if (cur != NULL && atomic_load_explicit(&cur->refs, memory_order_relaxed) == 0)
+    free(cur);
   while (p->end_i < p->nscan && p->by_end[p->end_i]->eff_end <= o) {
     fo_replay_handle_t *h = p->by_end[p->end_i++];
     close_req(r, p, h, FO_REPLAY_OK, h->eff_end, h->eff_end == o ? ts : now);

@@ -44,7 +44,7 @@ static int checks;
 typedef struct {
   int64_t offset, t_ms;
   char key[64];
-  char value[64];
+  char value[96];
 } sent_t;
 
 static sent_t *sent; /* the records of the current produce() */
@@ -101,7 +101,7 @@ typedef struct {
   int64_t end, end_t_ms;
   size_t n;
   int64_t *offs;    /* n of them, malloc'd by on_replay */
-  char (*vals)[64]; /* idem */
+  char (*vals)[96]; /* idem */
   uint64_t t_submit, t_done;
 } result_t;
 
