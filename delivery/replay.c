@@ -70,6 +70,7 @@ struct fo_replay {
   rd_kafka_t *rk;
   char *users_topic, *rooms_topic;
   int64_t timeout_ms;
+  fo_log_ratelimit_t rl; /* reader thread only */
   struct {
     _Atomic uint64_t rounds, watermark_queries, scans, records_scanned, cancelled;
     _Atomic uint64_t by_status[FO_REPLAY_NSTATUS];
@@ -514,7 +515,12 @@ static void scan(fo_replay_t *r, part_t *parts, size_t nparts, uint64_t deadline
       fail_part(r, p, status, now);
       open_parts--;
     } else if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-      FO_LOG_WARN(MOD, "consumer error", "err=\"%s\"", rd_kafka_message_errstr(msg));
+      /* Broker-wide (e.g. all brokers down): librdkafka retries; the round's
+       * timeout ends the wait. Repeats every few ms while it lasts. */
+      uint64_t suppressed;
+      if (fo_log_ratelimit(&r->rl, fo_now_ms(), 5000, &suppressed))
+        FO_LOG_WARN(MOD, "consumer error", "err=\"%s\" suppressed=%llu",
+                    rd_kafka_message_errstr(msg), (unsigned long long)suppressed);
     }
     rd_kafka_message_destroy(msg);
   }
