@@ -111,7 +111,8 @@ int fo_replay_new(uv_loop_t *loop, const fo_replay_opts_t *opts, char *err, size
 
 /* Queues a request; `cb(ud, ...)` comes later on the loop (never from inside
  * this call). *h (may be NULL) is valid until the callback returns or
- * fo_replay_cancel. Returns 0, -EINVAL (bad kind/partition/since), -ENOMEM,
+ * fo_replay_cancel. Returns 0, -EINVAL (kind not u/r, partition < 0, end < -1,
+ * NULL key with keylen > 0, no cb), -ENOMEM,
  * or -ESHUTDOWN after fo_replay_close. */
 int fo_replay_submit(fo_replay_t *r, const fo_replay_req_t *req, fo_replay_cb cb, void *ud,
                      fo_replay_handle_t **h);
