@@ -328,7 +328,7 @@ static fo_buf_t *replay_frame(fo_streams_t *st, const fo_pending_t *pd, const fo
   size_t klen = user ? pd->conn->user->ent.len : pd->room_len;
   if (env.target_len != klen || memcmp(env.target, key, klen) != 0)
     return NULL; /* keyed for it, addressed to someone else: not its message */
-  fo_pos_t pos = {letter_of(pd->kind), st->epoch[pd->kind], pd->partition, r->offset, r->ts_ms};
+  fo_pos_t pos = {letter_of(pd->kind), st->epoch[pd->kind], pd->partition, r->offset, r->t_ms};
   if (fo_proto_message(&st->sb, &env, &pos) != 0)
     return NULL;
   return fo_frame_new(FO_WS_OP_TEXT, st->sb.data, st->sb.len);
@@ -773,10 +773,10 @@ static void on_collect(fo_streams_t *st) {
   *st->window_entries = (int64_t)st->budget.entries;
   *st->window_evictions = st->budget.evictions;
   if (st->replay != NULL) {
-    fo_replay_stats_t s;
-    fo_replay_stats(st->replay, &s);
+    fo_replay_metrics_t s;
+    fo_replay_metrics(st->replay, &s);
     *st->rounds = s.rounds;
-    *st->scanned = s.scanned;
+    *st->scanned = s.records_scanned;
   }
 }
 
@@ -835,17 +835,17 @@ int fo__streams_start(fo_server_t *srv, char *err, size_t errlen) {
   fo_streams_t *st = srv->streams;
   if (st == NULL)
     return 0;
-  fo_replay_cfg_t rc;
-  memset(&rc, 0, sizeof(rc));
-  rc.bootstrap = cfg->kafka;
-  rc.kafka_opts = cfg->kafka_opts;
-  rc.users_topic = cfg->users_topic;
-  rc.rooms_topic = cfg->rooms_topic;
-  rc.timeout_ms = cfg->resume_timeout_ms;
-  st->replay = fo_replay_new(srv->loop, &rc, err, errlen);
-  if (st->replay == NULL)
-    return -EINVAL;
-  return 0;
+  char client_id[300];
+  snprintf(client_id, sizeof(client_id), "fanout-delivery-%s-replay", cfg->server_id);
+  fo_replay_opts_t ro;
+  memset(&ro, 0, sizeof(ro));
+  ro.bootstrap = cfg->kafka;
+  ro.client_id = client_id;
+  ro.kafka_opts = cfg->kafka_opts;
+  ro.users_topic = cfg->users_topic;
+  ro.rooms_topic = cfg->rooms_topic;
+  ro.timeout_ms = cfg->resume_timeout_ms;
+  return fo_replay_new(srv->loop, &ro, err, errlen, &st->replay);
 }
 
 void fo__streams_close(fo_server_t *srv) {
