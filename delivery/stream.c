@@ -203,6 +203,14 @@ void fo__streams_topic(fo_server_t *srv, int kind, const char *cluster_id, int32
   st->npartitions[kind] = partitions;
 }
 
+int64_t fo__streams_offset(const fo_server_t *srv, int kind, const char *key, size_t keylen,
+                           int32_t partition, int64_t offset) {
+  const fo_streams_t *st = srv->streams;
+  if (st == NULL || st->npartitions[kind] == 0)
+    return offset;
+  return fo_partition_of_key(key, keylen, st->npartitions[kind]) == partition ? offset : -1;
+}
+
 bool fo__streams_epoch(const fo_server_t *srv, int kind, uint32_t *epoch) {
   const fo_streams_t *st = srv->streams;
   if (st == NULL || st->npartitions[kind] == 0)
