@@ -201,8 +201,8 @@ static void on_user_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
     fo__router_skip(srv, FO_RQ_USERS, msg->partition, msg->offset);
     return;
   }
-  int64_t soff = fo__streams_offset(srv, FO_STREAM_USER, env.target, env.target_len,
-                                    msg->partition, msg->offset);
+  int64_t soff = fo__streams_offset(srv, FO_STREAM_USER, env.target, env.target_len, msg->partition,
+                                    msg->offset);
   if (fo__router_user(srv, env.target, env.target_len, c->sb.data, c->sb.len, msg->partition,
                       msg->offset, soff) != 0) {
     (*srv->m.drops)++;
@@ -463,8 +463,8 @@ static void meta_after(uv_work_t *w, int status) {
   if (cur != NULL)
     rd_kafka_topic_partition_list_destroy(cur);
   if (n <= 0 || !have_cluster || c->meta_partitions[0] <= 0) {
-    FO_LOG_WARN("consumer", "topic metadata failed", "topic=%s err=\"%s\"",
-                srv->cfg->rooms_topic, c->meta_err);
+    FO_LOG_WARN("consumer", "topic metadata failed", "topic=%s err=\"%s\"", srv->cfg->rooms_topic,
+                c->meta_err);
     uv_timer_start(&c->meta_timer, on_meta_timer, 1000, 0);
     if (n <= 0)
       return;
