@@ -663,6 +663,17 @@ int64_t fo__consumer_room_position(fo_server_t *srv, int32_t partition) {
   if (rd_kafka_position(c->rooms.rk, l) == RD_KAFKA_RESP_ERR_NO_ERROR && l->elems[0].offset >= 0)
     off = l->elems[0].offset;
   rd_kafka_topic_partition_list_destroy(l);
+  if (off < 0) {
+    /* Nothing consumed yet (librdkafka's position is last consumed + 1):
+     * the high watermark of the last fetch response, no request either.
+     * Records before it that the consumer has not handed over yet arrive
+     * later: the caller drops those (its fence). */
+    int64_t lo = -1, hi = -1;
+    if (rd_kafka_get_watermark_offsets(c->rooms.rk, srv->cfg->rooms_topic, partition, &lo, &hi) ==
+            RD_KAFKA_RESP_ERR_NO_ERROR &&
+        hi >= 0)
+      off = hi;
+  }
   return off;
 }
 
