@@ -199,8 +199,12 @@ void fo__streams_topic(fo_server_t *srv, int kind, const char *cluster_id, int32
     FO_LOG_WARN("stream", "topic epoch changed: older positions will not resume",
                 "topic=%s partitions=%" PRId32 " epoch=%08" PRIx32, topic_of(srv, kind), partitions,
                 e);
+  bool changed = st->epoch[kind] != e || st->npartitions[kind] != partitions;
   st->epoch[kind] = e;
   st->npartitions[kind] = partitions;
+  if (changed && kind == FO_STREAM_USER)
+    for (fo_conn_t *c = srv->conns.next; c != &srv->conns; c = c->next)
+      c->user_floor = -1; /* offsets of another log: nothing is covered */
 }
 
 int64_t fo__streams_offset(const fo_server_t *srv, int kind, const char *key, size_t keylen,
@@ -751,11 +755,19 @@ int fo__stream_send_user(fo_conn_t *conn, int64_t offset, fo_buf_t *frame) {
   fo_pending_t *pd = find_user(conn);
   if (pd != NULL)
     return hold(pd, offset, frame);
-  if (offset >= 0 && offset <= conn->user_floor) {
+  if (offset < 0)
+    return fo__conn_send(conn, frame); /* on no stream */
+  /* The user stream is one partition: offsets only grow. One at or before
+   * what this connection has (its welcome, a replay, a message sent) is a
+   * copy: the seam's, or a re-delivery after a rebalance. */
+  if (offset <= conn->user_floor) {
     (*conn->srv->streams->seam_drops)++;
     return 0;
   }
-  return fo__conn_send(conn, frame);
+  int rc = fo__conn_send(conn, frame);
+  if (rc == 0)
+    conn->user_floor = offset;
+  return rc;
 }
 
 int fo__stream_send_room(fo_conn_t *conn, const char *room, size_t len, int64_t offset,
