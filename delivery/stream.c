@@ -826,9 +826,10 @@ int fo__streams_new(fo_server_t *srv, char *err, size_t errlen) {
     }
   st->replayed = fo_metrics_counter(m, "fanout_delivery_resume_replayed_total",
                                     "messages sent by resumes (from the window or from Kafka)");
-  st->seam_drops =
-      fo_metrics_counter(m, "fanout_delivery_resume_seam_drops_total",
-                         "live frames not sent because the stream's position already covered them");
+  st->seam_drops = fo_metrics_counter(
+      m, "fanout_delivery_resume_seam_drops_total",
+      "live frames not sent because the connection already had them (the resume seam, a "
+      "re-delivery after a rebalance)");
   st->hold_overflows = fo_metrics_counter(
       m, "fanout_delivery_resume_hold_overflows_total",
       "connections closed with 1013: too many live frames arrived while a replay ran");
