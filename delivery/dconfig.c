@@ -17,8 +17,10 @@
 const fo_cfg_field_t fo_dcfg_fields[] = {
     F("listen", FO_CFG_ADDR, listen, 0, 65535, "127.0.0.1:8081",
       "address for WebSocket clients and /healthz, /readyz, /metrics (port 0: any free port)"),
-    F("redis", FO_CFG_ADDR, redis, 1, 65535, "127.0.0.1:6379",
-      "Redis for the registry and Pub/Sub"),
+    F("redis", FO_CFG_ADDRS, redis, 1, 65535, "127.0.0.1:6379",
+      "Redis nodes for the registry and Pub/Sub, HOST:PORT[,HOST:PORT...]: several independent "
+      "nodes are shards (schemas/redis-shards.md); every process of a deployment needs the same "
+      "list in the same order"),
     F("redis-password", FO_CFG_STR, redis_password, 0, 4096, "",
       "Redis AUTH password, sent first on every Redis connection (empty: no AUTH)"),
     F("redis-user", FO_CFG_STR, redis_user, 0, 256, "",

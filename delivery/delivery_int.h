@@ -53,7 +53,7 @@ typedef struct fo_server fo_server_t;
  * once the loop starts. */
 typedef struct {
   fo_addr_t listen;
-  fo_addr_t redis;
+  fo_addrs_t redis;         /* the Redis nodes, in the order given (schemas/redis-shards.md) */
   char *redis_password;     /* "" = no AUTH */
   char *redis_user;         /* "" = default user */
   int64_t redis_timeout_ms; /* connect and command timeout (not the subscriber's commands) */
@@ -116,6 +116,7 @@ typedef struct {
   int64_t *assigned_partitions;
   int64_t *consumer_lag;
   int64_t *redis_up;
+  int64_t *redis_nodes_down;
   int64_t *last_fanout_us;
   uint64_t *accepted;
   uint64_t *handshake_fail;
@@ -138,6 +139,7 @@ typedef struct {
   uint64_t *redis_errors;
   uint64_t *kafka_errors;
   uint64_t *dead_servers_cleaned;
+  uint64_t *routes_node_down;
   uint64_t *redis_conn_errors;
   uint64_t *rate_limited;
   uint64_t *read_pauses;
@@ -260,6 +262,8 @@ struct fo_server {
     /* A client's join (join) or leave: 0, -EPERM, -E2BIG, -ENOMEM. */
     int (*room)(fo_conn_t *conn, const char *room, size_t len, bool join);
     bool (*ready)(fo_server_t *srv); /* /readyz */
+    /* /readyz's body after its first line: Redis nodes that are down. */
+    void (*ready_detail)(fo_server_t *srv, fo_sb_t *out);
   } conn_ev;
   struct {
     void (*user_gone)(fo_server_t *srv, fo_user_t *user); /* last local connection */
@@ -269,10 +273,12 @@ struct fo_server {
   struct {
     void (*pubsub_user)(fo_server_t *srv, const char *p, size_t n); /* on ws:server:{self} */
     void (*pubsub_room)(fo_server_t *srv, const char *room, size_t rlen, const char *p, size_t n);
-    void (*redis_up)(fo_server_t *srv); /* the command connection (re)connected */
+    void (*redis_up)(fo_server_t *srv,
+                     uint32_t node); /* a node's command connection (re)connected */
   } rreg_ev;
-  struct fo_redis *(*redis_cmd)(fo_server_t *srv); /* for the router: Redis commands, or NULL */
-  void (*on_sweep)(fo_server_t *srv);              /* each heartbeat tick (router's settle) */
+  /* For the router: the command connection of Redis node `node`, or NULL. */
+  struct fo_redis *(*redis_cmd)(fo_server_t *srv, uint32_t node);
+  void (*on_sweep)(fo_server_t *srv); /* each heartbeat tick (router's settle) */
 
   fo_rreg_t *rreg; /* Redis registry + Pub/Sub */
   fo_router_t *router;
