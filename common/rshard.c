@@ -4,18 +4,12 @@
  * backend needs only the name and the node count (rendezvous needs a stable
  * identity per node, and addresses differ between clients that reach the
  * same node by different names); it is O(log n) without a table, and
- * growing the list by one node at its end moves only 1/(n+1) of the names. */
+ * growing the list by one node at its end moves only 1/(n+1) of the names.
+ * Its input is the hash a backend already computes for partitions (the
+ * node and the partition come out independent: jump mixes the key). */
 #include "rshard.h"
 
-uint64_t fo_rshard_fnv1a64(const void *name, size_t len) {
-  const unsigned char *p = name;
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (size_t i = 0; i < len; i++) {
-    h ^= p[i];
-    h *= 0x100000001b3ULL;
-  }
-  return h;
-}
+#include "partition.h"
 
 uint32_t fo_rshard_jump(uint64_t key, uint32_t n) {
   int64_t b = -1, j = 0;
@@ -30,5 +24,5 @@ uint32_t fo_rshard_jump(uint64_t key, uint32_t n) {
 uint32_t fo_rshard_node(const void *name, size_t len, uint32_t n) {
   if (n <= 1)
     return 0;
-  return fo_rshard_jump(fo_rshard_fnv1a64(name, len), n);
+  return fo_rshard_jump(fo_hash32(name, len), n);
 }

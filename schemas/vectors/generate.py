@@ -23,13 +23,6 @@ def partition(h, p):
     return (h * p) >> 32
 
 
-def fnv1a64(data):
-    h = 0xcbf29ce484222325
-    for c in data:
-        h = ((h ^ c) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
 def jump(key, n):
     """Jump consistent hash (Lamping & Veach 2014), in doubles as the paper."""
     b, j = -1, 0
@@ -94,14 +87,14 @@ def main():
             f.write("%s\t%08x\t%s\n" % (json.dumps(u), h,
                                           "\t".join(str(partition(h, p)) for p in ps)))
 
-    # schemas/redis-shards.md: node = jump(fnv1a64(name), N)
+    # schemas/redis-shards.md: node = jump(hash32(name), N)
     ns = [1, 2, 3, 4, 5, 8, 16, 64]
     names = users + ["delivery-0", "delivery-1", "host-a-4711", "lobby", "room-7"]
     with open(os.path.join(HERE, "redis-shards.tsv"), "w") as f:
-        f.write("# name (JSON string)\tfnv1a64 (hex)\t" + "\t".join("N=%d" % n for n in ns) + "\n")
+        f.write("# name (JSON string)\thash32 (hex)\t" + "\t".join("N=%d" % n for n in ns) + "\n")
         for u in names:
-            h = fnv1a64(u.encode())
-            f.write("%s\t%016x\t%s\n" % (json.dumps(u), h, "\t".join(str(jump(h, n)) for n in ns)))
+            h = xxh32(u.encode())
+            f.write("%s\t%08x\t%s\n" % (json.dumps(u), h, "\t".join(str(jump(h, n)) for n in ns)))
 
     id_text = "0190b3a1-c2d3-7abc-8def-0123456789ab"
     valid = [
