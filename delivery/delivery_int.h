@@ -84,6 +84,7 @@ typedef struct {
   char *users_offset_reset;
   int64_t session_timeout_ms;
   char *kafka_opts;
+  int64_t kafka_fetch_wait_ms; /* fetch.wait.max.ms, before --kafka-opts */
   char *redis_prefix;
   char *origins;
   char *room_mode;  /* the flag's text; room_mode_id is what code reads */

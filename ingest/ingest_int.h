@@ -70,6 +70,7 @@ typedef struct fo_ingest_cfg {
   int64_t metadata_refresh_ms;
   int64_t stats_interval_ms;
   char *kafka_options;
+  int64_t kafka_fetch_wait_ms; /* the intake consumer's fetch.wait.max.ms */
   int64_t redis_timeout_ms;
   int64_t shutdown_timeout_ms;
   bool reuseport;

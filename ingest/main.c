@@ -86,6 +86,9 @@ static const fo_cfg_field_t fields[] = {
       "how often partition counts are refreshed"),
     F("stats-interval-ms", FO_CFG_INT, stats_interval_ms, 100, 60000, "1000",
       "producer statistics interval (readiness)"),
+    F("kafka-fetch-wait-ms", FO_CFG_INT, kafka_fetch_wait_ms, 1, 10000, "500",
+      "fetch.wait.max.ms of the intake consumer (see fanout-delivery --help); the embedded "
+      "fanout-kafka-dev needs 1"),
     F("kafka-opts", FO_CFG_STR, kafka_options, 0, 0, "",
       "extra librdkafka settings k=v,k=v (win over ours; write a comma inside a value as \\,)"),
     F("redis-timeout-ms", FO_CFG_INT, redis_timeout_ms, 10, 60000, "1000",
