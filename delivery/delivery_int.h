@@ -306,6 +306,9 @@ int fo__conn_adopt(fo_server_t *srv, uv_os_sock_t fd, bool read, fo_conn_t **out
  * connection no longer takes frames, or -ENOBUFS when it was over its queue
  * limit (the connection is then being closed with 1013). */
 int fo__conn_send(fo_conn_t *conn, fo_buf_t *buf);
+/* The same for a small control frame (the heartbeat's ping): written at
+ * once when nothing is queued, without allocating a queue. */
+int fo__conn_send_now(fo_conn_t *conn, fo_buf_t *buf);
 /* Starts the close handshake with `code` (idempotent). Frames queued before
  * it are written before the close frame. */
 void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason);
