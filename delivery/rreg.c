@@ -42,9 +42,14 @@
 #include "rkeys.h"
 #include "rshard.h"
 
-#define REFRESH_CHUNK  500
-#define RETRY_MIN_MS   500
-#define HDEL_RETRY_MAX 10000 /* failed HDELs held for a resend; past it the TTL cleans up */
+#define REFRESH_CHUNK     500
+/* A pass sends its next chunk only while fewer registration commands than
+ * this await their reply on the node: without it a pass over 15,000 users
+ * queued all of them within a few milliseconds (30,000 commands, their
+ * buffers and callbacks at once, kept by malloc afterwards). */
+#define PASS_INFLIGHT_MAX (4 * REFRESH_CHUNK)
+#define RETRY_MIN_MS      500
+#define HDEL_RETRY_MAX    10000 /* failed HDELs held for a resend; past it the TTL cleans up */
 
 /* A user with connections to register at the end of this loop turn. By
  * name, not a fo_user_t pointer: the user may be gone by then. */
@@ -70,7 +75,8 @@ typedef struct {
   uv_timer_t chunk_timer; /* continues this node's pass in chunks */
   uint32_t cursor;
   bool pass_running;
-  fo_map_t unsubs; /* unsub_t by room name, on this node's current sub connection */
+  uint32_t reg_inflight; /* HSET/EXPIRE sent on cmd, not answered yet */
+  fo_map_t unsubs;       /* unsub_t by room name, on this node's current sub connection */
 } rnode_t;
 
 struct fo_rreg {
@@ -192,7 +198,9 @@ static void retry_later(fo_rreg_t *rr) {
  * while the user's messages from other servers miss this connection. */
 static void on_reg_reply(fo_redis_t *r, redisReply *reply, void *privdata) {
   (void)r;
-  fo_rreg_t *rr = privdata;
+  rnode_t *n = privdata;
+  fo_rreg_t *rr = n->rr;
+  n->reg_inflight--;
   if (reply != NULL && reply->type != REDIS_REPLY_ERROR) {
     if (!uv_is_active((uv_handle_t *)&rr->retry_timer))
       rr->retry_ms = 0; /* Redis takes them again: the next failure retries fast */
@@ -205,8 +213,10 @@ static void on_reg_reply(fo_redis_t *r, redisReply *reply, void *privdata) {
   }
 }
 
-static void reg_sent(fo_rreg_t *rr, fo_redis_t *cmd, int rc) {
-  if (sent(rr, rc) != 0 && fo_redis_connected(cmd)) {
+static void reg_sent(fo_rreg_t *rr, rnode_t *n, int rc) {
+  if (rc == 0)
+    n->reg_inflight++;
+  if (sent(rr, rc) != 0 && fo_redis_connected(n->cmd)) {
     rr->retry_pass = true;
     retry_later(rr);
   }
@@ -219,7 +229,8 @@ static void send_user(fo_rreg_t *rr, fo_user_t *user, bool only_pending) {
   fo_server_t *srv = rr->srv;
   size_t ulen;
   const char *name = fo__user_name(user, &ulen);
-  fo_redis_t *cmd = node_of(rr, name, ulen)->cmd;
+  rnode_t *n = node_of(rr, name, ulen);
+  fo_redis_t *cmd = n->cmd;
   enum { MAXF = 64 };
   const char *argv[2 + 2 * MAXF];
   size_t argvlen[2 + 2 * MAXF];
@@ -246,16 +257,16 @@ static void send_user(fo_rreg_t *rr, fo_user_t *user, bool only_pending) {
     argvlen[argc++] = sidlen;
     total++;
     if (++k == MAXF) {
-      reg_sent(rr, cmd, fo_redis_command_argv(cmd, on_reg_reply, rr, argc, argv, argvlen));
+      reg_sent(rr, n, fo_redis_command_argv(cmd, on_reg_reply, n, argc, argv, argvlen));
       argc = 2;
       k = 0;
     }
   }
   if (k > 0)
-    reg_sent(rr, cmd, fo_redis_command_argv(cmd, on_reg_reply, rr, argc, argv, argvlen));
+    reg_sent(rr, n, fo_redis_command_argv(cmd, on_reg_reply, n, argc, argv, argvlen));
   if (total > 0)
-    reg_sent(rr, cmd,
-             fo_redis_command(cmd, on_reg_reply, rr, "EXPIRE %b %d", rr->key.data, rr->key.len,
+    reg_sent(rr, n,
+             fo_redis_command(cmd, on_reg_reply, n, "EXPIRE %b %d", rr->key.data, rr->key.len,
                               FO_REGISTRY_TTL_S));
 }
 
@@ -274,6 +285,10 @@ static void register_user(fo_user_t *user, void *ud) {
 
 static void on_chunk(uv_timer_t *t) {
   rnode_t *n = t->data;
+  if (n->reg_inflight > PASS_INFLIGHT_MAX && fo_redis_connected(n->cmd)) {
+    uv_timer_start(&n->chunk_timer, on_chunk, 1, 0); /* Redis is behind: wait for it */
+    return;
+  }
   n->cursor = fo__registry_each_user(n->rr->srv, n->cursor, REFRESH_CHUNK, register_user, n);
   if (n->cursor == 0 || !fo_redis_connected(n->cmd))
     n->pass_running = false;
