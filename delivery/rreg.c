@@ -613,7 +613,8 @@ static void hdel_keep(fo_rreg_t *rr, hdel_t *h) {
 static void on_hdel_reply(fo_redis_t *r, redisReply *reply, void *privdata) {
   (void)r;
   hdel_t *h = privdata;
-  fo_rreg_t *rr = *(fo_rreg_t **)h->data;
+  fo_rreg_t *rr;
+  memcpy(&rr, h->data, sizeof(rr)); /* data[] is not pointer-aligned */
   if (reply != NULL && reply->type != REDIS_REPLY_ERROR) {
     free(h);
     return;

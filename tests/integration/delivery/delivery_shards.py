@@ -21,7 +21,6 @@ import fanout_test as ft  # noqa: E402
 from wsclient import WsClient, http_get  # noqa: E402
 
 API_KEY = "shards-test-key-0123456789"
-M64 = (1 << 64) - 1
 
 
 def node_of(name, n):
@@ -30,7 +29,7 @@ def node_of(name, n):
     key, b, j = xxhash.xxh32_intdigest(name.encode()), -1, 0
     while j < n:
         b = j
-        key = (key * 2862933555777941757 + 1) & M64
+        key = (key * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
         j = int((b + 1) * (float(1 << 31) / float((key >> 33) + 1)))
     return b
 
