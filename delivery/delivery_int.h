@@ -296,6 +296,9 @@ struct fo_server {
     void (*pubsub_room)(fo_server_t *srv, const char *room, size_t rlen, const char *p, size_t n);
     void (*redis_up)(fo_server_t *srv,
                      uint32_t node); /* a node's command connection (re)connected */
+    /* Our channel is subscribed again after it was lost, and the
+     * registrations are re-sent: Pub/Sub messages of the gap are gone. */
+    void (*resync)(fo_server_t *srv);
   } rreg_ev;
   /* For the router: the command connection of Redis node `node`, or NULL. */
   struct fo_redis *(*redis_cmd)(fo_server_t *srv, uint32_t node);

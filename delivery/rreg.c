@@ -94,6 +94,8 @@ struct fo_rreg {
   hdel_t *hdels;            /* HDELs to resend (owned); hdels_n of them */
   uint32_t hdels_n;
   bool sub_ready;
+  bool sub_was_ready; /* our channel was subscribed once: a new SUBSCRIBE is a return */
+  bool resync_due;    /* ... after which Pub/Sub may have lost messages (maybe_resync) */
   int open_handles;
   fo_sb_t key;
   char *channel; /* our server channel name */
@@ -283,6 +285,26 @@ static void register_user(fo_user_t *user, void *ud) {
   send_user(n->rr, user, false);
 }
 
+static bool pass_running(const fo_rreg_t *rr) {
+  for (uint32_t i = 0; i < rr->nnodes; i++)
+    if (rr->nodes[i].pass_running)
+      return true;
+  return false;
+}
+
+/* Our channel is subscribed again after it was lost, and every node's
+ * registration pass has been sent: what was PUBLISHed to us meanwhile is
+ * gone (Pub/Sub is at most once), and the layer above can now replay it
+ * from the log (stream.c) behind a barrier that sees these registrations. */
+static void maybe_resync(fo_rreg_t *rr) {
+  fo_server_t *srv = rr->srv;
+  if (!rr->resync_due || !rr->sub_ready || pass_running(rr) || srv->draining)
+    return;
+  rr->resync_due = false;
+  if (srv->rreg_ev.resync != NULL)
+    srv->rreg_ev.resync(srv);
+}
+
 static void on_chunk(uv_timer_t *t) {
   rnode_t *n = t->data;
   if (n->reg_inflight > PASS_INFLIGHT_MAX && fo_redis_connected(n->cmd)) {
@@ -290,10 +312,12 @@ static void on_chunk(uv_timer_t *t) {
     return;
   }
   n->cursor = fo__registry_each_user(n->rr->srv, n->cursor, REFRESH_CHUNK, register_user, n);
-  if (n->cursor == 0 || !fo_redis_connected(n->cmd))
+  if (n->cursor == 0 || !fo_redis_connected(n->cmd)) {
     n->pass_running = false;
-  else
+    maybe_resync(n->rr);
+  } else {
     uv_timer_start(&n->chunk_timer, on_chunk, 1, 0);
+  }
 }
 
 static void start_node_pass(rnode_t *n) {
@@ -302,10 +326,12 @@ static void start_node_pass(rnode_t *n) {
   n->pass_running = true;
   /* The first chunk now, the rest one per loop turn (1 ms timer). */
   n->cursor = fo__registry_each_user(n->rr->srv, 0, REFRESH_CHUNK, register_user, n);
-  if (n->cursor == 0)
+  if (n->cursor == 0) {
     n->pass_running = false;
-  else
+    maybe_resync(n->rr);
+  } else {
     uv_timer_start(&n->chunk_timer, on_chunk, 1, 0);
+  }
 }
 
 /* A pass on every node that is connected. */
@@ -450,8 +476,12 @@ static void on_sub_message(fo_redis_t *r, redisReply *reply, void *privdata) {
     if (n->idx == rr->self && chan->len == rr->channel_len &&
         memcmp(chan->str, rr->channel, chan->len) == 0) {
       rr->sub_ready = true;
+      if (rr->sub_was_ready)
+        rr->resync_due = true;
+      rr->sub_was_ready = true;
       update_up(rr);
       FO_LOG_INFO("registry", "subscribed", "channel=%s", rr->channel);
+      maybe_resync(rr);
     }
     return;
   }

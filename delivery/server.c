@@ -187,6 +187,7 @@ void fo__server_wire(fo_server_t *srv) {
   srv->rreg_ev.pubsub_user = fo__router_pubsub;
   srv->rreg_ev.pubsub_room = fo__router_room_pubsub;
   srv->rreg_ev.redis_up = fo__router_redis_up;
+  srv->rreg_ev.resync = fo__streams_resync;
   srv->redis_cmd = fo__rreg_cmd;
   srv->on_sweep = on_sweep_tick;
   srv->room_position = fo__consumer_room_position;
