@@ -95,13 +95,21 @@ def ingest_ready():
         return e.code, json.loads(e.read())
 
 
-def send_and_check(users, tag):
-    """One message to each user; each gets exactly it (nothing else first)."""
+def send_and_check(users, tag, recovered=None):
+    """One message to each user; each gets exactly it (nothing else first,
+    except, once each, a message tagged `recovered`: one given up while a
+    node was down that the user's server replayed from the log when its
+    Pub/Sub came back, delivery/stream.c fo__streams_resync)."""
     S.produce(["fanout.users send %s application/json %s\n" %
                (u, json.dumps({"tag": tag, "u": u}).encode().hex()) for u in users])
+    got_back = 0
     for u in users:
         m = CLIENTS[u][1].recv(timeout=15)
+        if recovered is not None and m.get("data") == {"tag": recovered}:
+            got_back += 1
+            m = CLIENTS[u][1].recv(timeout=15)
         assert m["type"] == "message" and m["user"] == u and m["data"] == {"tag": tag, "u": u}, m
+    return got_back
 
 
 def test_keys_live_on_their_node():
@@ -231,7 +239,8 @@ def test_node_back_empty_everyone_reachable():
     ft.eventually(lambda: all(
         dtest.metrics(p).get("fanout_delivery_redis_up", 0) == 1 for p in SERVERS.values()),
         what="redis_up everywhere")
-    send_and_check(USERS, "after")
+    back = send_and_check(USERS, "after", recovered="lost")
+    ft.log("messages given up while the node was down, replayed after it came back: %d" % back)
     for u in USERS:
         st, body = presence(u)
         assert st == 200 and body["connections"] == 1, (u, st, body)
