@@ -14,6 +14,10 @@ PKGS=(
   # Kafka client to read committed offsets, systemd-analyze for the units
   python3-xxhash python3-msgpack python3-confluent-kafka systemd
   openjdk-17-jdk-headless maven  # javac: deploy/local/apache-kafka compiles its admin helper
+  # the container image and compose stack (deploy/image/build, deploy/compose/podman):
+  # podman with runc, podman-compose, debootstrap for the base image; a venv
+  # for deploy/k8s/validate's schema validator (PyPI)
+  podman runc podman-compose debootstrap python3-venv
 )
 
 missing=()
