@@ -3,5 +3,5 @@
 # --create [--if-not-exists] --topic --partitions --replication-factor), by
 # the admin client (KafkaTopics.java): the jars from Maven Central have no
 # kafka-tools.
-exec java -XX:TieredStopAtLevel=1 -Dlog4j.configuration=file:/opt/kafka/config/log4j.properties \
+exec java -XX:TieredStopAtLevel=1 -Dlog4j.configuration=file:/opt/kafka/config/tools-log4j.properties \
   -cp "/opt/kafka/libs/*:/opt/kafka/classes" KafkaTopics "$@"
