@@ -76,7 +76,8 @@ static size_t b64url(const unsigned char *in, size_t len, char *out) {
   return o;
 }
 
-/* The claims as compact JSON (owned by the caller, free()), or NULL. */
+/* The claims as compact JSON (owned by the caller, free()), or NULL when a
+ * string is not UTF-8 (jansson refuses it) or memory ran out. */
 static char *gt_claims(const gt_cfg_t *cfg, int64_t now) {
   json_t *claims = json_object();
   if (claims == NULL) {
@@ -122,7 +123,8 @@ int main(int argc, char **argv) {
   static const char header[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
   char *claims = gt_claims(&cfg, (int64_t)time(NULL));
   if (claims == NULL) {
-    fprintf(stderr, "fanout-gentoken: out of memory or bad --rooms\n");
+    fprintf(stderr, "fanout-gentoken: cannot encode the claims (--sub or --rooms not UTF-8, "
+                    "or out of memory)\n");
     fo_cfg_free(gt_fields, GT_NFIELDS, &cfg);
     return 1;
   }
