@@ -54,6 +54,9 @@ def wrapper(cmd, timeout):
     tail = "\n".join(ln for ln in r.stderr.splitlines() if "systemd" not in ln)[-6000:]
     assert r.returncode == 0, "deploy/compose/podman %s failed (%d):\n%s" % (
         cmd, r.returncode, tail)
+    for ln in r.stderr.splitlines():
+        if ln.startswith("deploy/compose/podman:"):
+            ft.log(ln)
     ft.log("deploy/compose/podman %s: %.1f s" % (cmd, time.time() - t0))
 
 
@@ -63,7 +66,11 @@ def container(service):
 
 def setup_module():
     state["up"] = True
-    wrapper("up", 1500)
+    try:
+        wrapper("up", 1500)
+    except BaseException:
+        dump()
+        raise
 
 
 def teardown_module():
@@ -216,9 +223,16 @@ def test_compose_stack_survives_a_delivery_restart():
                                     for c in moved), 30, "the moved clients reconnected")
             for c in moved:
                 assert 1001 in c.closes, (c.user, c.closes)
-            now = registry([c.user for c in moved])
-            for c in moved:
-                assert now[c.user] and victim not in now[c.user], (c.user, now[c.user])
+            # The registry shows them on the remaining servers (their new
+            # entries are written as they connect; the victim removed its own
+            # when it drained).
+            deadline = time.time() + ft.scaled(20)
+            while True:
+                now = registry([c.user for c in moved])
+                if all(now[c.user] and victim not in now[c.user] for c in moved):
+                    break
+                assert time.time() < deadline, "registry after the restart: %s" % now
+                await asyncio.sleep(0.5)
             others = [c for c in clients if c not in moved]
             assert all(c.connects == 1 for c in others), [(c.user, c.closes) for c in others]
             ft.log("reconnected %.1f s after the stop" % (time.time() - t0))
@@ -244,7 +258,25 @@ def test_compose_stack_survives_a_delivery_restart():
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    except BaseException:
+        dump()
+        raise
+
+
+def dump():
+    """What the containers said, for a failure's report."""
+    r = pl.podman("ps", "-a", "--filter", "name=" + PROJECT, "--format",
+                  "{{.Names}} {{.Status}}", check=False)
+    print(r.stdout, flush=True)
+    for name in r.stdout.split("\n"):
+        name = name.split(" ")[0]
+        if name:
+            lg = pl.podman("logs", "--tail", "15", name, check=False)
+            text = "\n".join(ln for ln in (lg.stdout + lg.stderr).splitlines()
+                             if "systemd" not in ln)
+            print("--- %s\n%s" % (name, text[-3000:]), flush=True)
 
 
 def test_zz_down_removes_everything():
