@@ -57,6 +57,13 @@ def resume_counts(pr, stream):
     return out
 
 
+def metric_sum(pr, part):
+    """The sum of every series whose name contains part."""
+    vals = [v for k, v in rl.metrics(pr).items() if part in k.split("{")[0]]
+    assert vals, "no metric named *%s* on %s" % (part, pr.sid)
+    return sum(vals)
+
+
 def sent(S, L, kind, target, n):
     """n messages on one stream, produced and acknowledged before returning."""
     S.produce([line(kind, target, L.next("%s:%s" % (kind, target))) for _ in range(n)])
@@ -78,6 +85,7 @@ def away_and_back(mode):
     S = stack(mode)
     A, B = S.servers["A"], S.servers["B"]
     L = Ledger()
+    replayed0 = metric_sum(B, "resume_replayed")
     for kind in KINDS:
         u, r = "ab-%s-%s" % (mode, kind), "abroom-%s-%s" % (mode, kind)
         s = Session(u, kind=kind, rooms=[r])
@@ -109,6 +117,12 @@ def away_and_back(mode):
         second = [m["data"]["s"] for m in s.stream_msgs("room:" + r) if m["_conn"] == 2]
         assert second == list(range(3, 28)), second
         s.close()
+    # /metrics: 2 clients x 2 streams x 20 replayed; recovered resumes counted
+    assert metric_sum(B, "resume_replayed") - replayed0 >= 80, rl.metrics(B)
+    assert resume_counts(B, "user").get("recovered", 0) >= 2, resume_counts(B, "user")
+    assert resume_counts(B, "room").get("recovered", 0) >= 2, resume_counts(B, "room")
+    if mode == "kafka":  # B reads every rooms partition: its window holds them
+        assert metric_sum(B, "resume_window_bytes") > 0, rl.metrics(B)
 
 
 def test_away_and_back_room_mode_kafka():
@@ -169,16 +183,24 @@ def stream_key(s, st):
     return ("user:" + s.user) if st == "user" else st
 
 
-def test_sigterm_drain_nothing_lost():
-    S = Stack(room_mode="kafka")
+def test_sigterm_drain_nothing_lost_room_mode_kafka():
+    sigterm_drain("kafka")
+
+
+def test_sigterm_drain_nothing_lost_room_mode_redis():
+    sigterm_drain("redis")
+
+
+def sigterm_drain(mode):
+    S = Stack(room_mode=mode)
     try:
         A = S.start("A")
         S.start("B")
         S.start("C")
         S.wait_ready()
         L = Ledger()
-        users = rl.spread_keys("dr", S.partitions, 2)
-        rooms = ["drroom0", "drroom1"]
+        users = rl.spread_keys("dr" + mode, S.partitions, 2)
+        rooms = ["drroom0" + mode, "drroom1" + mode]
         sessions = []
         for i, u in enumerate(users):
             s = Session(u, kind=KINDS[i % 2], rooms=rooms)
@@ -255,6 +277,42 @@ def test_broker_outage_nothing_lost():
         time.sleep(1.0)
         S.kafka.up()
     restart_case(broker_down_up)
+
+
+def test_welcome_first_then_nothing_older():
+    """The welcome is the first frame even when the client's join is
+    already in the socket; a resume from the latest position recovers and
+    replays nothing; a plain connect gets nothing older than its welcome."""
+    S = stack("kafka")
+    A, B = S.servers["A"], S.servers["B"]
+    L = Ledger()
+    u, r = "wf-u", "wf-room"
+    sent(S, L, "user", u, 3)
+    sent(S, L, "room", r, 3)
+    for kind in KINDS:
+        c = rl.RawTransport(A.addr, "/ws?token=" + rl.token(u), 10) if kind == "raw" else \
+            rl.WebsocketsTransport("ws://%s/ws?token=%s" % (A.addr, rl.token(u)), 10)
+        c.send({"type": "join", "room": r})  # before reading anything
+        w = c.recv(10)
+        assert w.get("type") == "welcome" and isinstance(w.get("pos"), str), w
+        assert "recovered" not in w or w["recovered"] is False, w
+        j = c.recv(10)
+        assert j.get("type") == "joined" and j.get("room") == r and isinstance(j.get("pos"), str), j
+        su, sr = L.next("user:" + u), L.next("room:" + r)
+        S.produce([line("user", u, su), line("room", r, sr)])
+        got = sorted([c.recv(10)["data"]["s"], c.recv(10)["data"]["s"]])
+        assert got == sorted([su, sr]), got  # the live ones, nothing older
+        c.close()
+    s = Session(u, kind="websockets", rooms=[r])
+    s.connect(A.addr)
+    s.drop()
+    w = s.connect(B.addr)  # nothing missed
+    assert w.get("recovered") is True and s.joins[-1].get("recovered") is True, (w, s.joins)
+    su = L.next("user:" + u)
+    S.produce([line("user", u, su)])
+    expect_next_is(s, "user", su)
+    assert not s.stream_msgs("room:" + r), s.stream_msgs("room:" + r)
+    s.close()
 
 
 # ---- bad since ------------------------------------------------------------------------

@@ -50,18 +50,26 @@ def watermarks(topic, part):
         c.close()
 
 
-def test_kill9_nothing_lost():
-    S = Stack(apache=K)
+def test_kill9_nothing_lost_room_mode_kafka():
+    kill9("kafka")
+
+
+def test_kill9_nothing_lost_room_mode_redis():
+    kill9("redis")
+
+
+def kill9(mode):
+    S = Stack(apache=K, room_mode=mode)
     try:
         A = S.start("A")
         S.start("B")
         S.start("C")
         S.wait_ready()
-        owned = S.users_assigned(A)
-        assert owned >= 1, "A owns no users partition: %s" % owned
+        owned = S.users_assigned(A)  # room mode redis: users + rooms partitions
+        assert owned >= 1, "A owns no partition: %s" % owned
         L = Ledger()
-        users = rl.spread_keys("k9", S.partitions, 2)  # every partition: A's included
-        rooms = ["k9room0", "k9room1"]
+        users = rl.spread_keys("k9" + mode, S.partitions, 2)  # every partition: A's included
+        rooms = ["k9room0" + mode, "k9room1" + mode]
         sessions = []
         for i, u in enumerate(users):
             s = Session(u, kind=KINDS[i % 2], rooms=rooms)
@@ -78,8 +86,8 @@ def test_kill9_nothing_lost():
             for r in rooms:
                 dups += check_stream(s, "room:" + r, L.count("room:" + r), allow_dups=True)[0]
         total = sum(L.sent.values())
-        print("kill -9: %d messages sent, %d users (A owned %d of %d users partitions), "
-              "0 lost, %d duplicates" % (total, len(users), owned, S.partitions, dups), flush=True)
+        print("kill -9 (room mode %s): %d messages sent, %d users (A owned %d of %d partitions), "
+              "0 lost, %d duplicates" % (mode, total, len(users), owned, S.partitions, dups), flush=True)
         for s in sessions:
             s.close()
     finally:
