@@ -178,7 +178,7 @@ static void read_update(fo_conn_t *conn) {
     return;
   fo_server_t *srv = conn->srv;
   uint64_t cost = conn->out != NULL ? conn->out->bytes : 0;
-  bool pause = cost > pause_at(srv) && !conn->await_pong;
+  bool pause = (cost > pause_at(srv) && !conn->await_pong) || conn->hold_input;
   if (pause == (bool)conn->read_paused)
     return;
   conn->read_paused = pause;
@@ -550,8 +550,12 @@ void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason) {
   close_ws(conn, code, reason, false);
 }
 
+void fo__conn_input_ready(fo_conn_t *conn) {
+  read_update(conn);
+}
+
 /* Called by the handshake once the 101 is queued. */
-void fo__conn_opened(fo_conn_t *conn) {
+void fo__conn_opened(fo_conn_t *conn, const char *since, size_t slen) {
   fo_server_t *srv = conn->srv;
   srv_pending_done(srv);
   conn->state = FO_CONN_OPEN;
@@ -561,7 +565,10 @@ void fo__conn_opened(fo_conn_t *conn) {
   srv->nopen++;
   (*srv->m.connections)++;
   if (srv->conn_ev.opened != NULL)
-    srv->conn_ev.opened(conn);
+    srv->conn_ev.opened(conn, since, slen);
+  /* The welcome may still be in the making (stream.c): no client frame is
+   * read before it is queued, so that it is the first frame either way. */
+  read_update(conn);
 }
 
 /* ---- client messages ---- */
@@ -587,9 +594,12 @@ static void reply_error(fo_conn_t *conn, const char *code, const char *msg) {
     fo__conn_send_text(conn, sb->data, sb->len);
 }
 
-static int room_event(fo_conn_t *conn, const char *room, size_t len, bool join) {
+static int room_event(fo_conn_t *conn, const fo_proto_msg_t *msg, bool join) {
   fo_server_t *srv = conn->srv;
-  return srv->conn_ev.room != NULL ? srv->conn_ev.room(conn, room, len, join) : -EPERM;
+  return srv->conn_ev.room != NULL
+             ? srv->conn_ev.room(conn, msg->room, msg->room_len, join, msg->has_since,
+                                 msg->since_len > 0 ? msg->since : NULL, msg->since_len)
+             : -EPERM;
 }
 
 void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n) {
@@ -603,18 +613,17 @@ void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n) {
       fo__conn_send_text(conn, FO_PROTO_PONG, FO_PROTO_PONG_LEN);
     break;
   case FO_PROTO_LEAVE:
-    room_event(conn, msg.room, msg.room_len, false);
+    room_event(conn, &msg, false);
     reply_room(conn, 0, msg.room, msg.room_len);
     break;
   case FO_PROTO_JOIN: {
-    int rc = room_event(conn, msg.room, msg.room_len, true);
-    if (rc == 0)
-      reply_room(conn, 1, msg.room, msg.room_len);
-    else if (rc == -EPERM)
+    /* Answered (joined, with its position) by the receiver when it worked. */
+    int rc = room_event(conn, &msg, true);
+    if (rc == -EPERM)
       reply_error(conn, "forbidden", "not allowed to join this room");
     else if (rc == -E2BIG)
       reply_error(conn, "too_many_rooms", "room limit per connection reached");
-    else
+    else if (rc != 0)
       reply_error(conn, "internal", "out of memory");
     break;
   }

@@ -96,6 +96,11 @@ typedef struct {
   int64_t read_pause_bytes; /* input backpressure (conn.c) */
   int64_t client_msg_rate;  /* token bucket per connection; 0 = no limit */
   int64_t client_msg_burst;
+  int64_t resume_window_ms;    /* stream.c: how old a missed message may be */
+  int64_t resume_max_messages; /* per stream */
+  int64_t resume_window_bytes; /* the in-memory windows together */
+  int64_t resume_max_scan;     /* records a Kafka replay may read */
+  int64_t resume_timeout_ms;   /* a Kafka replay round */
 } fo_dcfg_t;
 
 /* --room-mode */
@@ -179,10 +184,15 @@ struct fo_conn {
   uint8_t reg_pending : 1; /* rreg.c's: HSET not sent yet, batched at the end of the loop
                               * turn (one bit here costs nothing: it shares the flags byte) */
   uint8_t read_paused : 1; /* uv_read_stop'd: the outbound queue is over --read-pause-bytes */
+  uint8_t hold_input : 1;  /* stream.c's: the welcome is not queued yet, frames wait */
   uint16_t tokens;         /* client messages left in the rate bucket; refilled by the
                              * sweep for every connection at once, so no timestamp here
                              * (it fills padding: 344 bytes with exp_s, one 352-byte
                              * malloc chunk as before either field) */
+  int64_t user_floor;      /* stream.c's: user frames at or before this offset of the
+                             * user's partition are already covered (welcome/resume) */
+  struct fo_cstreams *cs;  /* stream.c's: streams whose position is being worked out;
+                             * NULL for an idle connection */
 };
 
 /* An interned user with its local connections (hub.c). */
@@ -255,16 +265,24 @@ struct fo_server {
      * per-user limit) or 500 (out of memory). */
     int (*admit)(fo_conn_t *conn, const char *user, size_t ulen, const void *rooms_json);
     void (*unadmit)(fo_conn_t *conn); /* the 101 could not be queued */
-    void (*opened)(fo_conn_t *conn);  /* the WebSocket is open */
+    /* The WebSocket is open; since: the client's `since` query (NULL: none). */
+    void (*opened)(fo_conn_t *conn, const char *since, size_t slen);
     void (*closed)(fo_conn_t *conn);  /* ... and is closing: leave rooms, registry */
-    /* A client's join (join) or leave: 0, -EPERM, -E2BIG, -ENOMEM. */
-    int (*room)(fo_conn_t *conn, const char *room, size_t len, bool join);
+    /* A client's join (join) or leave: 0, -EPERM, -E2BIG, -ENOMEM. A
+     * successful join is answered (joined) by the receiver; has_since/since:
+     * the join's `since` (since NULL: not a usable text). */
+    int (*room)(fo_conn_t *conn, const char *room, size_t len, bool join, bool has_since,
+                const char *since, size_t slen);
     bool (*ready)(fo_server_t *srv); /* /readyz */
   } conn_ev;
   struct {
     void (*user_gone)(fo_server_t *srv, fo_user_t *user); /* last local connection */
     void (*room_sub)(fo_server_t *srv, const char *room, size_t len,
                      bool on); /* first/last member */
+    /* A room frame for a member with stream state (conn->cs != NULL):
+     * returns like fo__conn_send. */
+    int (*member_frame)(fo_conn_t *conn, const char *room, size_t len, int64_t offset,
+                        fo_buf_t *frame);
   } hub_ev;
   struct {
     void (*pubsub_user)(fo_server_t *srv, const char *p, size_t n); /* on ws:server:{self} */
@@ -274,6 +292,7 @@ struct fo_server {
   struct fo_redis *(*redis_cmd)(fo_server_t *srv); /* for the router: Redis commands, or NULL */
   void (*on_sweep)(fo_server_t *srv);              /* each heartbeat tick (router's settle) */
 
+  struct fo_streams *streams; /* owned: positions, resume (stream.c) */
   fo_rreg_t *rreg; /* Redis registry + Pub/Sub */
   fo_router_t *router;
   fo_consumer_t *consumer;
@@ -317,7 +336,9 @@ void fo__conn_flush(fo_conn_t *conn);
 void fo__outq_pool_free(fo_server_t *srv);
 /* Sends a small JSON text frame built from s. */
 int fo__conn_send_text(fo_conn_t *conn, const char *s, size_t n);
-void fo__conn_opened(fo_conn_t *conn);
+void fo__conn_opened(fo_conn_t *conn, const char *since, size_t slen);
+/* hold_input was cleared: reading may start (input backpressure permitting). */
+void fo__conn_input_ready(fo_conn_t *conn);
 /* Builds "conn id" text for Redis into out (FO_CONN_ID_LEN bytes: never cut). */
 void fo__conn_id_str(const fo_conn_t *conn, char *out, size_t outlen);
 

@@ -276,7 +276,13 @@ class RawWs:
         while True:
             op, payload = self.recv_frame()
             if op == 0x1:
-                return json.loads(payload)
+                msg = json.loads(payload)
+                if getattr(self, "welcome", None) is None:
+                    # The contract: the first frame of every connection.
+                    assert msg.get("type") == "welcome" and isinstance(msg.get("pos"), str), msg
+                    self.welcome = msg
+                    continue
+                return msg
             if op == 0x9:
                 self.sock.sendall(frame(0xA, payload))
             elif op == 0x8:
