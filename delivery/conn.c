@@ -183,7 +183,8 @@ static void read_update(fo_conn_t *conn) {
     return;
   conn->read_paused = pause;
   if (pause) {
-    (*srv->m.read_pauses)++;
+    if (!conn->hold_input)
+      (*srv->m.read_pauses)++;
     uv_read_stop((uv_stream_t *)&conn->tcp);
   } else if (uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read) != 0) {
     /* Cannot happen on an open handle; if it did, the pong deadline ends it. */
@@ -469,7 +470,12 @@ static void on_close(uv_handle_t *h) {
     else
       outq_put(srv, q);
   }
-  if (conn->in != NULL) {
+  if (conn->in != NULL && conn->hold_input) {
+    fo_buf_t *early = conn->in; /* bytes glued to the upgrade (see fo__conn_feed_early) */
+    srv->rx_bytes -= early->len;
+    fo_buf_unref(early);
+    conn->in = NULL;
+  } else if (conn->in != NULL) {
     fo_ws_rx_t *rx = conn->in;
     srv->rx_bytes -= fo_ws_rx_bytes(rx);
     fo_ws_rx_free(&rx);
@@ -550,8 +556,20 @@ void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason) {
   close_ws(conn, code, reason, false);
 }
 
-void fo__conn_input_ready(fo_conn_t *conn) {
-  read_update(conn);
+void fo__conn_release_input(fo_conn_t *conn) {
+  if (!conn->hold_input)
+    return;
+  conn->hold_input = 0;
+  fo_buf_t *early = conn->in; /* only the stash can be there while input is held */
+  conn->in = NULL;
+  if (early != NULL) {
+    conn->srv->rx_bytes -= early->len;
+    if (conn->state == FO_CONN_OPEN)
+      fo__conn_feed_early(conn, early->data, early->len);
+    fo_buf_unref(early);
+  }
+  if (conn->state == FO_CONN_OPEN || conn->state == FO_CONN_CLOSING)
+    read_update(conn);
 }
 
 /* Called by the handshake once the 101 is queued. */
@@ -788,8 +806,20 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   read_update(conn); /* a pong may have ended the window that kept us reading */
 }
 
-/* Feeds bytes that arrived with the upgrade request. */
+/* Feeds bytes that arrived with the upgrade request; while the welcome is
+ * in the making they wait in conn->in (a copy, at most one read buffer)
+ * until fo__conn_release_input, so that the welcome stays the first frame. */
 void fo__conn_feed_early(fo_conn_t *conn, uint8_t *p, size_t n) {
+  if (conn->hold_input) {
+    fo_buf_t *early = fo_buf_from(p, n);
+    if (early == NULL) {
+      fo__conn_destroy(conn);
+      return;
+    }
+    conn->in = early;
+    conn->srv->rx_bytes += n;
+    return;
+  }
   uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
   on_read((uv_stream_t *)&conn->tcp, (ssize_t)n, &b);
 }

@@ -646,6 +646,19 @@ int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen) {
   return 0;
 }
 
+int64_t fo__consumer_room_position(fo_server_t *srv, int32_t partition) {
+  fo_consumer_t *c = srv->consumer;
+  if (c == NULL || c->room_pubsub || c->rooms.rk == NULL || c->rooms.closed)
+    return -1;
+  rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_list_add(l, srv->cfg->rooms_topic, partition);
+  int64_t off = -1;
+  if (rd_kafka_position(c->rooms.rk, l) == RD_KAFKA_RESP_ERR_NO_ERROR && l->elems[0].offset >= 0)
+    off = l->elems[0].offset;
+  rd_kafka_topic_partition_list_destroy(l);
+  return off;
+}
+
 void fo__consumer_pause(fo_server_t *srv, bool pause) {
   fo_consumer_t *c = srv->consumer;
   if (c == NULL)

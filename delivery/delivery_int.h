@@ -168,7 +168,9 @@ struct fo_conn {
   fo_conn_t *prev, *next;      /* all connections of the server */
   fo_conn_t *user_next;        /* next connection of the same user */
   fo_user_t *user;             /* interned, one reference; NULL before auth */
-  void *in;                    /* HANDSHAKE: fo_http_parser_t *; else fo_ws_rx_t * or NULL */
+  void *in;                    /* HANDSHAKE: fo_http_parser_t *; OPEN while hold_input: a
+                                * fo_buf_t * of bytes glued to the upgrade, or NULL;
+                                * else fo_ws_rx_t * or NULL */
   fo_outq_t *out;              /* NULL when nothing is queued */
   struct fo_conn_rooms *rooms; /* NULL when in no room */
   fo_perm_t *perm;             /* interned rooms claim; NULL = no rooms allowed */
@@ -291,6 +293,9 @@ struct fo_server {
   } rreg_ev;
   struct fo_redis *(*redis_cmd)(fo_server_t *srv); /* for the router: Redis commands, or NULL */
   void (*on_sweep)(fo_server_t *srv);              /* each heartbeat tick (router's settle) */
+  /* The consumer's next offset of a rooms partition (room mode kafka), -1
+   * unknown: for stream.c, wired by server.c. */
+  int64_t (*room_position)(fo_server_t *srv, int32_t partition);
 
   struct fo_streams *streams; /* owned: positions, resume (stream.c) */
   fo_rreg_t *rreg; /* Redis registry + Pub/Sub */
@@ -337,8 +342,10 @@ void fo__outq_pool_free(fo_server_t *srv);
 /* Sends a small JSON text frame built from s. */
 int fo__conn_send_text(fo_conn_t *conn, const char *s, size_t n);
 void fo__conn_opened(fo_conn_t *conn, const char *since, size_t slen);
-/* hold_input was cleared: reading may start (input backpressure permitting). */
-void fo__conn_input_ready(fo_conn_t *conn);
+/* Ends hold_input (the welcome is queued): bytes that came with the
+ * upgrade are parsed now, and reading starts (input backpressure
+ * permitting). */
+void fo__conn_release_input(fo_conn_t *conn);
 /* Builds "conn id" text for Redis into out (FO_CONN_ID_LEN bytes: never cut). */
 void fo__conn_id_str(const fo_conn_t *conn, char *out, size_t outlen);
 

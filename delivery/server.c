@@ -153,6 +153,12 @@ static int conn_room(fo_conn_t *conn, const char *room, size_t len, bool join, b
   return rc;
 }
 
+/* Each heartbeat tick: the router's settle hold, the windows' age. */
+static void on_sweep_tick(fo_server_t *srv) {
+  fo__router_tick(srv);
+  fo__streams_tick(srv);
+}
+
 static bool conn_ready(fo_server_t *srv) {
   return fo__rreg_ready(srv) && !srv->draining;
 }
@@ -172,7 +178,8 @@ void fo__server_wire(fo_server_t *srv) {
   srv->rreg_ev.pubsub_room = fo__router_room_pubsub;
   srv->rreg_ev.redis_up = fo__router_redis_up;
   srv->redis_cmd = fo__rreg_cmd;
-  srv->on_sweep = fo__router_tick;
+  srv->on_sweep = on_sweep_tick;
+  srv->room_position = fo__consumer_room_position;
 }
 
 /* ---- drain (drain.c) ---- */

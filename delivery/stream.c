@@ -170,6 +170,16 @@ void fo__streams_record(fo_server_t *srv, int kind, int32_t partition, int64_t o
   pt->last = offset;
 }
 
+void fo__streams_tick(fo_server_t *srv) {
+  fo_streams_t *st = srv->streams;
+  if (st == NULL)
+    return;
+  uint64_t now = uv_now(srv->loop);
+  for (int32_t p = 0; p < st->nparts_seen[FO_STREAM_ROOM]; p++)
+    if (st->parts[FO_STREAM_ROOM][p].win != NULL)
+      fo_window_expire(st->parts[FO_STREAM_ROOM][p].win, now);
+}
+
 void fo__streams_partition_lost(fo_server_t *srv, int kind, int32_t partition) {
   fo_streams_t *st = srv->streams;
   part_t *pt = st != NULL ? part_get(st, kind, partition, false) : NULL;
@@ -318,7 +328,7 @@ static fo_buf_t *replay_frame(fo_streams_t *st, const fo_pending_t *pd, const fo
   size_t klen = user ? pd->conn->user->ent.len : pd->room_len;
   if (env.target_len != klen || memcmp(env.target, key, klen) != 0)
     return NULL; /* keyed for it, addressed to someone else: not its message */
-  fo_pos_t pos = {letter_of(pd->kind), st->epoch[pd->kind], pd->partition, r->offset, r->ts_ms};
+  fo_pos_t pos = {letter_of(pd->kind), st->epoch[pd->kind], pd->partition, r->offset, r->t_ms};
   if (fo_proto_message(&st->sb, &env, &pos) != 0)
     return NULL;
   return fo_frame_new(FO_WS_OP_TEXT, st->sb.data, st->sb.len);
@@ -379,8 +389,7 @@ static void finish(fo_pending_t *pd, int res, int64_t end, int64_t end_t, fo_buf
   if (pd->kind == FO_STREAM_USER) {
     conn->user_floor = last;
     pending_done(pd);
-    conn->hold_input = 0;
-    fo__conn_input_ready(conn); /* the client's frames may be read now */
+    fo__conn_release_input(conn); /* the client's frames may be read now */
     return;
   }
   /* Rooms: a position from the watermark may be ahead of what the owner
@@ -567,7 +576,16 @@ static void locate(fo_pending_t *pd) {
     return;
   }
   if (pd->kind == FO_STREAM_ROOM && srv->cfg->room_mode_id == FO_ROOM_MODE_KAFKA) {
-    submit(pd); /* nothing seen yet: the watermark, and the fence drops the rest */
+    /* Nothing processed here yet: everything from the consumer's fetch
+     * position on will be, so the room's stream stands just before it. */
+    int64_t next = srv->room_position != NULL ? srv->room_position(srv, pd->partition) : -1;
+    if (next >= 0 && (!pd->has_since || pd->verdict != RES_RECOVERED)) {
+      finish(pd, pd->verdict, next - 1, (int64_t)fo_now_ms(), NULL, NULL, 0);
+      return;
+    }
+    if (next >= 0)
+      pd->end = next - 1; /* replay up to there; later ones arrive live */
+    submit(pd); /* else the watermark, and the fence drops the rest */
     return;
   }
   /* After the barrier that follows this turn's registry flush. */
@@ -615,7 +633,6 @@ void fo__stream_opened(fo_conn_t *conn, const char *since, size_t slen) {
     return;
   }
   conn->cs->welcomed = false;
-  conn->hold_input = 1;
   if (st->npartitions[FO_STREAM_USER] == 0) {
     /* Kafka has not told us the topic yet: no position to give. */
     pd->has_since = since != NULL;
@@ -626,6 +643,10 @@ void fo__stream_opened(fo_conn_t *conn, const char *since, size_t slen) {
                                       st->npartitions[FO_STREAM_USER]);
   judge_since(pd, since != NULL, since, slen);
   locate(pd);
+  /* Not answered at once: the client's frames wait for the welcome (set
+   * only now: during the upgrade conn->in still holds the handshake's). */
+  if (conn->cs != NULL && !conn->cs->welcomed)
+    conn->hold_input = 1;
 }
 
 void fo__stream_closed(fo_conn_t *conn) {
@@ -674,6 +695,25 @@ void fo__stream_joined(fo_conn_t *conn, const char *room, size_t len, bool has_s
 
 void fo__stream_left(fo_conn_t *conn, const char *room, size_t len) {
   fo_pending_t *pd = find_room(conn, room, len);
+  if (pd == NULL)
+    return;
+  if (pd->fence) {
+    pending_done(pd);
+    return;
+  }
+  /* The join is still being answered: answer it now (the replies keep the
+   * order of the requests), with the position known so far and no replay. */
+  if (pd->h != NULL) {
+    fo_replay_cancel(pd->h);
+    pd->h = NULL;
+  }
+  wait_unlink(conn->srv->streams, pd);
+  pd->has_since = false; /* not counted as a resume answer: the client left */
+  for (uint32_t i = 0; i < pd->nheld; i++)
+    fo_buf_unref(pd->held[i].frame);
+  pd->nheld = 0;
+  finish(pd, RES_ERROR, pd->end >= -1 ? pd->end : -2, (int64_t)fo_now_ms(), NULL, NULL, 0);
+  pd = find_room(conn, room, len); /* a fence left behind: the room is left */
   if (pd != NULL)
     pending_done(pd);
 }
@@ -733,10 +773,10 @@ static void on_collect(fo_streams_t *st) {
   *st->window_entries = (int64_t)st->budget.entries;
   *st->window_evictions = st->budget.evictions;
   if (st->replay != NULL) {
-    fo_replay_stats_t s;
-    fo_replay_stats(st->replay, &s);
+    fo_replay_metrics_t s;
+    fo_replay_metrics(st->replay, &s);
     *st->rounds = s.rounds;
-    *st->scanned = s.scanned;
+    *st->scanned = s.records_scanned;
   }
 }
 
@@ -795,17 +835,17 @@ int fo__streams_start(fo_server_t *srv, char *err, size_t errlen) {
   fo_streams_t *st = srv->streams;
   if (st == NULL)
     return 0;
-  fo_replay_cfg_t rc;
-  memset(&rc, 0, sizeof(rc));
-  rc.bootstrap = cfg->kafka;
-  rc.kafka_opts = cfg->kafka_opts;
-  rc.users_topic = cfg->users_topic;
-  rc.rooms_topic = cfg->rooms_topic;
-  rc.timeout_ms = cfg->resume_timeout_ms;
-  st->replay = fo_replay_new(srv->loop, &rc, err, errlen);
-  if (st->replay == NULL)
-    return -EINVAL;
-  return 0;
+  char client_id[300];
+  snprintf(client_id, sizeof(client_id), "fanout-delivery-%s-replay", cfg->server_id);
+  fo_replay_opts_t ro;
+  memset(&ro, 0, sizeof(ro));
+  ro.bootstrap = cfg->kafka;
+  ro.client_id = client_id;
+  ro.kafka_opts = cfg->kafka_opts;
+  ro.users_topic = cfg->users_topic;
+  ro.rooms_topic = cfg->rooms_topic;
+  ro.timeout_ms = cfg->resume_timeout_ms;
+  return fo_replay_new(srv->loop, &ro, err, errlen, &st->replay);
 }
 
 void fo__streams_close(fo_server_t *srv) {

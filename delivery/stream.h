@@ -40,6 +40,8 @@ void fo__streams_record(fo_server_t *srv, int kind, int32_t partition, int64_t o
 /* The partition is no longer consumed here (revoked). */
 void fo__streams_partition_lost(fo_server_t *srv, int kind, int32_t partition);
 
+/* Each heartbeat tick: drops window entries past --resume-window-ms. */
+void fo__streams_tick(fo_server_t *srv);
 /* After the registry flush of a loop turn (server.c's check handle). */
 void fo__streams_after_flush(fo_server_t *srv);
 

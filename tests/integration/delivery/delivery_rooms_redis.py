@@ -140,7 +140,7 @@ def numsub(room):
 def expect_replies(c, msgs):
     for m in msgs:
         want = {"type": "joined" if m["type"] == "join" else "left", "room": m["room"]}
-        got = c.recv(timeout=10)
+        got = ft.joined_reply(c.recv(timeout=10))
         assert got == want, (got, want)
 
 

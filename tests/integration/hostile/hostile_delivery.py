@@ -49,6 +49,7 @@ def m(name):
 def ws(**kw):
     c = hl.RawWs(delivery().addr, hl.token(kw.pop("sub", "alice"), **kw))
     assert c.status == 101, (c.status, c.body)
+    c.read_welcome()
     return c
 
 

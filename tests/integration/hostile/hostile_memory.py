@@ -126,6 +126,7 @@ def deaf_client(pr, sub, rcvbuf=4096):
     c.sock = s
     c.status, c.headers, c.body, c.buf = hl.read_response(s)
     assert c.status == 101, (c.status, c.body)
+    c.read_welcome()
     return c
 
 
