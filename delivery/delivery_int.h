@@ -269,7 +269,7 @@ struct fo_server {
     void (*unadmit)(fo_conn_t *conn); /* the 101 could not be queued */
     /* The WebSocket is open; since: the client's `since` query (NULL: none). */
     void (*opened)(fo_conn_t *conn, const char *since, size_t slen);
-    void (*closed)(fo_conn_t *conn);  /* ... and is closing: leave rooms, registry */
+    void (*closed)(fo_conn_t *conn); /* ... and is closing: leave rooms, registry */
     /* A client's join (join) or leave: 0, -EPERM, -E2BIG, -ENOMEM. A
      * successful join is answered (joined) by the receiver; has_since/since:
      * the join's `since` (since NULL: not a usable text). */
@@ -298,7 +298,7 @@ struct fo_server {
   int64_t (*room_position)(fo_server_t *srv, int32_t partition);
 
   struct fo_streams *streams; /* owned: positions, resume (stream.c) */
-  fo_rreg_t *rreg; /* Redis registry + Pub/Sub */
+  fo_rreg_t *rreg;            /* Redis registry + Pub/Sub */
   fo_router_t *router;
   fo_consumer_t *consumer;
 

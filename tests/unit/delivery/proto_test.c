@@ -54,8 +54,10 @@ static void message_frames(void **state) {
   e = env_of("bob", "\xff\xfe", 2, "application/octet-stream");
   fo_pos_t pb = {'u', 0xabcdef01, 1, 2, 5};
   assert_int_equal(fo_proto_message(&sb, &e, &pb), 0);
-  assert_sb(&sb, "{\"type\":\"message\",\"id\":\"10111213-1415-1617-1819-1a1b1c1d1e1f\","
-                 "\"user\":\"bob\",\"pos\":\"u.abcdef01.1.2.5\",\"data\":\"//4=\",\"encoding\":\"base64\"}");
+  assert_sb(
+      &sb,
+      "{\"type\":\"message\",\"id\":\"10111213-1415-1617-1819-1a1b1c1d1e1f\","
+      "\"user\":\"bob\",\"pos\":\"u.abcdef01.1.2.5\",\"data\":\"//4=\",\"encoding\":\"base64\"}");
   fo_sb_free(&sb);
 }
 
@@ -147,9 +149,9 @@ static void pubsub_payload(void **state) {
   /* The version before sent no offset: still parsed, offset unknown. */
   assert_int_equal(fo_proto_pub_parse("5:alice{}", 9, &o, &u, &ul, &j, &jl), 0);
   assert_int_equal(o, -1);
-  static const char *const bads[] = {"",     ":",     "5:ali",    "5:alice", "0:{}",
-                                     "x:a{}", "1234567:a{}", "5alice{}", "@:5:alice{}",
-                                     "@x:5:alice{}", "@1", "@12:"};
+  static const char *const bads[] = {
+      "",         ":",           "5:ali",        "5:alice", "0:{}", "x:a{}", "1234567:a{}",
+      "5alice{}", "@:5:alice{}", "@x:5:alice{}", "@1",      "@12:"};
   for (size_t i = 0; i < sizeof(bads) / sizeof(bads[0]); i++)
     assert_int_equal(fo_proto_pub_parse(bads[i], strlen(bads[i]), &o, &u, &ul, &j, &jl), -EPROTO);
   assert_int_equal(fo_proto_pub_room_parse("@7:{}", 5, &o, &j, &jl), 0);
