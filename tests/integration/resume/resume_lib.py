@@ -366,6 +366,9 @@ class RawTransport:
 
     def __init__(self, addr, path, timeout):
         self.c = WsClient(addr, path=path, timeout=timeout)
+        # WsClient.recv() checks and keeps the welcome itself unless one is
+        # set: the sessions read it as a frame like any other.
+        self.c.welcome = {"read by": "Session"}
 
     def send(self, obj):
         self.c.send_json(obj)
