@@ -70,13 +70,14 @@ def sent(S, L, kind, target, n):
 
 
 def expect_next_is(s, stream, seq, timeout=20):
-    """The next message the session receives on stream is seq: nothing
-    (no replay, no duplicate) came before it."""
-    have = len(s.stream_msgs(stream))
+    """The next message on stream (after those an earlier call looked at)
+    is seq: nothing (no replay, no duplicate) came before it."""
+    have = s.cursor.get(stream, 0)  # messages of this stream already looked at
     s.wait_count(stream, have + 1, timeout)
     m = s.stream_msgs(stream)[have]
     assert m["data"]["s"] == seq, "%s: expected seq %d next on %s, got %r" % (
         s.user, seq, stream, m)
+    s.cursor[stream] = have + 1
 
 
 # ---- away and back ------------------------------------------------------------------

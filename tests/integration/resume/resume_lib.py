@@ -409,6 +409,7 @@ class Session:
         self.welcomes = []     # every welcome frame (with "_since": what was asked)
         self.joins = []        # every joined frame (with "_since")
         self.others = []       # pongs, errors, anything else
+        self.cursor = {}       # stream -> messages already checked by expect_next_is
         self.closes = []       # (conn number, close code)
         self.conn_no = 0
         self.addr = None
