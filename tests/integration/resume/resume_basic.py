@@ -497,8 +497,8 @@ def test_over_cap_refused_at_cap_recovered():
     w = s.connect(A.addr)
     assert w.get("recovered") is True, w
     assert s.joins[-1].get("recovered") is True, s.joins[-1]
-    s.wait_seqs("user", su + 1001, timeout=60)
-    s.wait_seqs("room:" + r, sr + 1001, timeout=60)
+    s.wait_seqs("user", su + 1001, timeout=60, first=su)
+    s.wait_seqs("room:" + r, sr + 1001, timeout=60, first=sr)
     check_stream(s, "user", su + 1001, first=su)
     check_stream(s, "room:" + r, sr + 1001, first=sr)
     s.close()
@@ -530,7 +530,7 @@ def test_away_longer_than_window_refused():
         sent(S, L, "user", u, 2)
         w = s.connect(A.addr)
         assert w.get("recovered") is True, w
-        s.wait_seqs("user", su + 3)
+        s.wait_seqs("user", su + 3, first=su)
         check_stream(s, "user", su + 3, first=su)
         s.close()
     finally:

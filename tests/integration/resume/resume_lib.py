@@ -628,12 +628,12 @@ class Session:
                                          (self.user, what, self.summary()))
                 self.cond.wait(min(left, 0.2))
 
-    def wait_seqs(self, stream, n, timeout=30):
-        """Waits until the stream's first receipts cover seq 0..n-1."""
+    def wait_seqs(self, stream, n, timeout=30, first=0):
+        """Waits until the stream's first receipts cover seq first..n-1."""
         def ok():
-            return set(range(n)) <= {m["data"]["s"] for m in self.msgs
+            return set(range(first, n)) <= {m["data"]["s"] for m in self.msgs
                                      if m["_stream"] == stream and isinstance(m.get("data"), dict)}
-        self.wait(ok, timeout, "%s seq 0..%d" % (stream, n - 1))
+        self.wait(ok, timeout, "%s seq %d..%d" % (stream, first, n - 1))
 
     def wait_count(self, stream, n, timeout=30):
         self.wait(lambda: len(self.stream_msgs_nolock(stream)) >= n, timeout,
