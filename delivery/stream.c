@@ -755,6 +755,10 @@ int fo__stream_send_user(fo_conn_t *conn, int64_t offset, fo_buf_t *frame) {
     (*conn->srv->streams->seam_drops)++;
     return 0;
   }
+  /* The floor follows what was sent: a new owner's re-delivery of
+   * uncommitted records after a rebalance is not sent twice. */
+  if (offset > conn->user_floor)
+    conn->user_floor = offset;
   return fo__conn_send(conn, frame);
 }
 
