@@ -86,8 +86,11 @@ def kill9(mode):
             for r in rooms:
                 dups += check_stream(s, "room:" + r, L.count("room:" + r), allow_dups=True)[0]
         total = sum(L.sent.values())
-        print("kill -9 (room mode %s): %d messages sent, %d users (A owned %d of %d partitions), "
-              "0 lost, %d duplicates" % (mode, total, len(users), owned, S.partitions, dups), flush=True)
+        print("kill -9 (room mode %s): %d messages sent, %d users, A owned %d partitions "
+              "(%s), 0 lost, %d duplicates" % (
+                  mode, total, len(users), owned,
+                  "of %d users" % S.partitions if mode == "kafka" else "users + rooms", dups),
+              flush=True)
         for s in sessions:
             s.close()
     finally:
