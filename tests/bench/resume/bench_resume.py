@@ -107,6 +107,8 @@ class Client(asyncio.Protocol):
         self.refused = 0
         self.closed_codes = []
         self.want_reconnect = True
+        self.is_joined = False
+        self.status = None
 
     def start(self, addr, resume):
         host, _, port = addr.rpartition(":")
@@ -135,7 +137,9 @@ class Client(asyncio.Protocol):
             if i < 0:
                 return
             status = self.buf.split(b" ", 2)[1]
+            self.status = status
             if status != b"101":
+                self.w.refusals[status] = self.w.refusals.get(status, 0) + 1
                 self.tr.close()
                 return
             self.buf = self.buf[i + 4:]
@@ -210,9 +214,11 @@ class Client(asyncio.Protocol):
             else:
                 self.pos_room = m.get("pos")
             self.w.joined += 1
+            self.is_joined = True
 
     def connection_lost(self, exc):
         self.open = False
+        self.tr = None
         if self.want_reconnect and self.w.reconnect_to:
             self.w.loop.create_task(self.w.reconnect(self))
 
@@ -223,6 +229,8 @@ class Worker:
         self.loop = asyncio.new_event_loop()
         self.clients = []
         self.joined = 0
+        self.retries = 0
+        self.refusals = {}
         self.welcome_times = []
         self.reconnect_to = []
 
@@ -248,7 +256,21 @@ class Worker:
                     except OSError:
                         await asyncio.sleep(0.2)
         await asyncio.gather(*(one(c) for c in self.clients))
-        while self.joined < len(self.clients):
+        # A refused or broken upgrade (a 503 under load, a reset) is tried
+        # again until every client has its joined reply.
+        last = time.time()
+        while True:
+            lagging = [c for c in self.clients if not c.is_joined]
+            if not lagging:
+                break
+            if time.time() - last > 5:
+                last = time.time()
+                self.retries += len(lagging)
+                for c in lagging:
+                    if c.tr is not None:
+                        c.tr.abort()
+                await asyncio.sleep(0.2)  # their connection_lost runs first
+                await asyncio.gather(*(one(c) for c in lagging))
             await asyncio.sleep(0.05)
 
     async def commands(self):
@@ -258,7 +280,8 @@ class Worker:
             line = (await reader.readline()).decode().strip()
             if not line or line == "report":
                 out = {"clients": [[c.user, c.room, c.seq_user, c.seq_room, c.conns, c.refused,
-                                    c.t_resumed, c.closed_codes] for c in self.clients]}
+                                    c.t_resumed, c.closed_codes] for c in self.clients],
+                       "refusals": {k.decode(): v for k, v in self.refusals.items()}}
                 sys.stdout.write(json.dumps(out) + "\n")
                 sys.stdout.flush()
                 return
@@ -272,7 +295,9 @@ class Worker:
             self.clients.append(Client(self, i, "mu%d" % i, "mroom%d" % (i % a.rooms)))
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self.connect_all())
-        print("connected %d" % len(self.clients), flush=True)
+        print("connected %d retried %d refused %s" % (
+            len(self.clients), self.retries,
+            {k.decode(): v for k, v in self.refusals.items()}), flush=True)
         self.loop.run_until_complete(self.commands())
 
 
@@ -356,6 +381,7 @@ def mass(ft, a):
     for w in workers:
         line = w.stdout.readline()
         assert line.startswith("connected"), line
+        print("  worker: %s" % line.strip(), flush=True)
     print("mass: %d connections on A (%d workers) in %.1f s" % (a.conns, a.workers,
                                                                  time.time() - t0), flush=True)
     for w in workers:
@@ -400,10 +426,14 @@ def mass(ft, a):
                                           for i in range(a.conns))
     time.sleep(3)  # the last ones in flight
     results = []
+    refusals = {}
     for w in workers:
         w.stdin.write("report\n")
         w.stdin.flush()
-        results += json.loads(w.stdout.readline())["clients"]
+        rep = json.loads(w.stdout.readline())
+        results += rep["clients"]
+        for k, v in rep["refusals"].items():
+            refusals[k] = refusals.get(k, 0) + v
         w.wait(30)
     lost = dups = refused = not_resumed = 0
     t_last = 0
@@ -424,7 +454,8 @@ def mass(ft, a):
     print("  all resumed %.2f s after SIGTERM (every client connected to B/C after %.2f s); "
           "not resumed %d, refused (recovered:false) %d" % (
               t_last - t_term, t_all_conn - t_term, not_resumed, refused))
-    print("  lost %d, duplicates %d" % (lost, dups))
+    print("  lost %d, duplicates %d; upgrades refused in all (status: count) %s" % (
+        lost, dups, refusals))
     print("  resumes per CPU-second of B+C: %.0f (%d resumes, %.2f CPU s, wall %.2f s)" % (
         resumes / max(cpu1 - cpu0, 1e-3), resumes, cpu1 - cpu0, t_last - t_term))
     for sid, mm in m.items():
@@ -435,9 +466,12 @@ def mass(ft, a):
     redis.stop()
 
 
-def raw_connect(addr, path, then=0):
+def raw_connect(addr, path, then=0, join=None):
     """Connects, upgrades; returns (seconds to the welcome, the welcome,
-    seconds to the `then`-th message frame after it or None)."""
+    seconds to the `then`-th message frame after it or None). With join (a
+    join message), the times count from sending it, once the welcome came,
+    to the joined reply and to the `then`-th message; the second value is
+    then the joined reply."""
     host, _, port = addr.rpartition(":")
     t0 = time.perf_counter()
     s = socket.create_connection((host, int(port)), timeout=10)
@@ -449,8 +483,9 @@ def raw_connect(addr, path, then=0):
     while b"\r\n\r\n" not in buf:
         buf += s.recv(65536)
     buf = buf[buf.index(b"\r\n\r\n") + 4:]
-    t_w = welcome = t_k = None
+    t_w = first = t_k = None
     seen = 0
+    state = "welcome"
     while True:
         while True:  # one whole frame in buf?
             if len(buf) >= 2:
@@ -464,17 +499,26 @@ def raw_connect(addr, path, then=0):
         if op != 1:
             continue
         m = json.loads(payload)
-        if welcome is None:
-            t_w, welcome = time.perf_counter() - t0, m
+        if state == "welcome" and join is not None:
+            t0 = time.perf_counter()
+            s.sendall(mask_frame(1, json.dumps(join).encode()))
+            state = "joined"
+            continue
+        if state in ("welcome", "joined"):
+            if state == "joined" and m.get("type") != "joined":
+                continue
+            t_w, first = time.perf_counter() - t0, m
             if then == 0 or m.get("recovered") is not True:
                 break
-        elif m.get("type") == "message":
+            state = "messages"
+            continue
+        if m.get("type") == "message":
             seen += 1
             if seen == then:
                 t_k = time.perf_counter() - t0
                 break
     s.close()
-    return t_w, welcome, t_k
+    return t_w, first, t_k
 
 
 def latency(ft, a):
@@ -506,8 +550,39 @@ def latency(ft, a):
         if t5 is not None:
             last.append(t5 * 1000)
         refused += w2.get("recovered") is not True
+    # rooms (room mode kafka): every server keeps a window of every rooms
+    # partition, so a resumed join is served from memory
+    rooms = ["lr%d" % i for i in range(n)]
+    rsince = {}
+    for r in rooms:
+        _t, j, _ = raw_connect(A.addr, "/ws?token=" + jwt("lj"), join={"type": "join", "room": r})
+        rsince[r] = j["pos"]
+    p = Producer(ft, kafka.bootstrap)
+    for r in rooms:
+        for _ in range(5):
+            p.send("fanout.rooms", "broadcast", r)
+    p.close()
+    time.sleep(1)
+    jplain, jres, jlast, jref = [], [], [], 0
+    for r in rooms:
+        t1, _j, _ = raw_connect(A.addr, "/ws?token=" + jwt("lj"), join={"type": "join", "room": r})
+        t2, j2, t5 = raw_connect(A.addr, "/ws?token=" + jwt("lj"), then=5,
+                                 join={"type": "join", "room": r, "since": rsince[r]})
+        jplain.append(t1 * 1000)
+        jres.append(t2 * 1000)
+        if t5 is not None:
+            jlast.append(t5 * 1000)
+        jref += j2.get("recovered") is not True
+    jdiff = [r - q for r, q in zip(jres, jplain)]
+    print("join to joined, %d rooms, 5 missed broadcasts each (served from the window):" % n)
+    print("  plain   p50 %.2f ms p99 %.2f ms" % (pct(jplain, 50), pct(jplain, 99)))
+    print("  resumed p50 %.2f ms p99 %.2f ms (refused %d); to the 5th replayed message p50 %.2f "
+          "ms p99 %.2f ms" % (pct(jres, 50), pct(jres, 99), jref, pct(jlast, 50), pct(jlast, 99)))
+    print("  extra   p50 %.2f ms p99 %.2f ms (per-pair difference)" % (pct(jdiff, 50),
+                                                                     pct(jdiff, 99)))
     diff = [r - q for r, q in zip(resumed, plain)]
-    print("connect to welcome, %d users, 5 missed messages each (served from memory):" % n)
+    print("connect to welcome, %d users, 5 missed messages each (user streams are replayed "
+          "from Kafka: the embedded broker):" % n)
     print("  plain   p50 %.2f ms p99 %.2f ms" % (pct(plain, 50), pct(plain, 99)))
     print("  resumed p50 %.2f ms p99 %.2f ms (refused %d)" % (pct(resumed, 50), pct(resumed, 99),
                                                              refused))
@@ -529,7 +604,7 @@ def window(ft, a):
     p = Producer(ft, kafka.bootstrap)
     stop = threading.Event()
     th = threading.Thread(target=flow, args=(stop, a.window_rate, lambda i: p.send(
-        "fanout.users", "send", "wu%d" % (i % 5000), pad=a.payload)), daemon=True)
+        "fanout.rooms", "broadcast", "wr%d" % (i % 5000), pad=a.payload)), daemon=True)
     th.start()
     samples = []
     t0 = time.time()
@@ -544,7 +619,7 @@ def window(ft, a):
     full = [b for t, b in samples if t >= a.window_ms / 1000.0 + 1]
     avg = sum(full) / max(len(full), 1)
     per_part = avg / a.partitions
-    print("window memory: %d msg/s on the users topic (%d partitions), %d-byte data, "
+    print("window memory: %d msg/s on the rooms topic (%d partitions), %d-byte data, "
           "window %d ms:" % (a.window_rate, a.partitions, a.payload, a.window_ms))
     print("  fanout_delivery_resume_window_bytes once full: %.0f bytes in all, %.0f per "
           "partition (%.0f bytes per record)" % (avg, per_part,
