@@ -498,10 +498,12 @@ def raw_connect(addr, path, then=0, join=None):
     while True:
         while True:  # one whole frame in buf?
             if len(buf) >= 2:
-                n, h = buf[1] & 0x7F, 2
-                if n == 126 and len(buf) >= 4:
+                code, n, h = buf[1] & 0x7F, buf[1] & 0x7F, 2
+                if code == 126 and len(buf) >= 4:
                     n, h = struct.unpack("!H", buf[2:4])[0], 4
-                if n < 127 and len(buf) >= h + n:
+                elif code == 127 and len(buf) >= 10:
+                    n, h = struct.unpack("!Q", buf[2:10])[0], 10
+                if (code < 126 or h > 2) and len(buf) >= h + n:
                     break
             buf += s.recv(65536)
         op, payload, buf = buf[0] & 0x0F, buf[h:h + n], buf[h + n:]
