@@ -411,9 +411,20 @@ def test_bad_since_recovered_false_connection_stays():
     by.close()
 
 
-def foreign_position(partitions):
+def high_watermark(bootstrap, topic, part):
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "resume-wm",
+                  "enable.auto.commit": False})
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, part), timeout=ft.scaled(10))[1]
+    finally:
+        c.close()
+
+
+def foreign_position(partitions, n):
     """A user and a room position from another cluster (its own broker,
-    delivery server and Redis prefix), after 3 records on each."""
+    delivery server and Redis prefix), at offset n - 1 of the keys'
+    partitions (n records on each)."""
     K2 = ft.KafkaDev(partitions=partitions)
     S2 = Stack(apache=K2, redis=stack("kafka").redis)
     S2.own_kafka = True
@@ -423,10 +434,10 @@ def foreign_position(partitions):
         L2 = Ledger()
         s = Session("fc-user", kind="raw", rooms=["fc-room"])
         s.connect(S2.servers["X"].addr)
-        sent(S2, L2, "user", "fc-user", 3)
-        sent(S2, L2, "room", "fc-room", 3)
-        s.wait_seqs("user", 3)
-        s.wait_seqs("room:fc-room", 3)
+        sent(S2, L2, "user", "fc-user", n)
+        sent(S2, L2, "room", "fc-room", n)
+        s.wait_seqs("user", n)
+        s.wait_seqs("room:fc-room", n)
         pos = (s.pos["user"], s.pos["room:fc-room"])
         s.close()
         return pos
@@ -436,20 +447,32 @@ def foreign_position(partitions):
 
 
 def test_position_from_another_cluster():
+    """The other cluster's positions name offsets that this cluster holds
+    too (it has more records for both keys than those offsets), written
+    after the positions were made. Refused: by the epoch when the clusters'
+    ids differ (always with another partition count); the embedded broker's
+    cluster id comes from a heap address, which ASan's allocator makes the
+    same in two processes, and then the anchor rule (the record at the
+    offset is newer than the position) refuses it."""
     S = stack("kafka")
     A = S.servers["A"]
     L = Ledger()
-    # this cluster holds more records for both keys than the foreign offsets
-    sent(S, L, "user", "fc-user", 12)
-    sent(S, L, "room", "fc-room", 12)
     for parts in (S.partitions, S.partitions * 2):  # another cluster; another partition count
-        fu, fr = foreign_position(parts)
+        highs = [high_watermark(S.kafka.bootstrap, t, ft.partition_of(k, S.partitions))
+                 for t, k in (("fanout.users", "fc-user"), ("fanout.rooms", "fc-room"))]
+        n = max(highs) + 3
+        fu, fr = foreign_position(parts, n)
+        sent(S, L, "user", "fc-user", n + 5)  # now this cluster holds the offsets
+        sent(S, L, "room", "fc-room", n + 5)
         mine = Session("fc-probe", kind="raw")
         mine.connect(A.addr)
-        assert rl.parse_pos(fu)["epoch"] != rl.parse_pos(mine.welcomes[-1]["pos"])["epoch"], \
-            "another cluster (%d partitions) gave the same epoch: %s %s" % (
-                parts, fu, mine.welcomes[-1]["pos"])
+        same = rl.parse_pos(fu)["epoch"] == rl.parse_pos(mine.welcomes[-1]["pos"])["epoch"]
         mine.close()
+        assert not (same and parts != S.partitions), \
+            "another partition count gave the same epoch: %s" % fu
+        if same:
+            ft.log("the two embedded brokers share a cluster id here: refused by the anchor rule")
+        before = resume_counts(A, "user")
         for kind in KINDS:
             s = Session("fc-user", kind=kind, rooms=["fc-room"])
             s.pos["user"] = fu
@@ -457,13 +480,15 @@ def test_position_from_another_cluster():
             w = s.connect(A.addr)
             assert w.get("recovered") is False, (parts, w)
             assert s.joins[-1].get("recovered") is False, (parts, s.joins[-1])
-            assert not s.msgs, s.msgs[:5]  # no replay
             su, sr = L.next("user:fc-user"), L.next("room:fc-room")
             S.produce([line("user", "fc-user", su), line("room", "fc-room", sr)])
-            expect_next_is(s, "user", su)
+            expect_next_is(s, "user", su)  # no replay
             expect_next_is(s, "room:fc-room", sr)
             s.ping()
             s.close()
+        after = resume_counts(A, "user")
+        why = "foreign" if same else "epoch"
+        assert after.get(why, 0) - before.get(why, 0) == 2, (why, before, after)
 
 
 # ---- the cap and the window ------------------------------------------------------------
