@@ -217,8 +217,11 @@ class Client(asyncio.Protocol):
             self.is_joined = True
 
     def connection_lost(self, exc):
+        if not self.open and self.status is None:  # closed before any answer
+            self.w.refusals[b"closed"] = self.w.refusals.get(b"closed", 0) + 1
         self.open = False
         self.tr = None
+        self.status = None
         if self.want_reconnect and self.w.reconnect_to:
             self.w.loop.create_task(self.w.reconnect(self))
 
@@ -465,6 +468,8 @@ def mass(ft, a):
         print("  GET /metrics on B/C failed during the storm: %s" % metric_failures)
     print("  lost %d, duplicates %d; upgrades refused in all (status: count) %s" % (
         lost, dups, refusals))
+    print("  B/C: upgrades closed at accept (over --max-pending-handshakes, %d here): %s" % (
+        3000, {k: int(v.get("fanout_delivery_rejected_pending_total", 0)) for k, v in m.items()}))
     print("  resumes per CPU-second of B+C: %.0f (%d resumes, %.2f CPU s, wall %.2f s)" % (
         resumes / max(cpu1 - cpu0, 1e-3), resumes, cpu1 - cpu0, t_last - t_term))
     for sid, mm in m.items():
