@@ -42,7 +42,7 @@ static void on_sweep(uv_timer_t *t) {
         } else {
           conn->await_pong = 1;
           conn->deadline = now + (uint64_t)cfg->pong_timeout_ms;
-          fo__conn_send(conn, srv->ping_frame);
+          fo__conn_send_now(conn, srv->ping_frame);
         }
         break;
       default:
