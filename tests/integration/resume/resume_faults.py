@@ -232,6 +232,11 @@ def test_recreated_topic_position_refused():
                 break
             assert time.time() < deadline, errs
             time.sleep(0.5)
+        def visible():  # the new topics' metadata reached the broker's cache
+            md = adm.list_topics(timeout=ft.scaled(10)).topics
+            return all(t in md and md[t].error is None and len(md[t].partitions) == S.partitions
+                       for t in ("fanout.users", "fanout.rooms"))
+        ft.eventually(visible, timeout=30, interval=0.2, what="re-created topics visible")
         # more records than the old offsets, written after the old positions
         offs = {k: rl.parse_pos(p)["off"] for k, p in old.items()}
         n = max(offs.values()) + 10
