@@ -391,6 +391,10 @@ static void finish(fo_pending_t *pd, int res, int64_t end, int64_t end_t, fo_buf
   if (pd->kind == FO_STREAM_USER)
     conn->cs->welcomed = true;
   int64_t last = end;
+  /* The client may be ahead of this server (it came from one whose
+   * consumer was further on): nothing up to its position again. */
+  if (recovered && pd->has_since && pd->since.offset > last)
+    last = pd->since.offset;
   for (size_t i = 0; i < n; i++) {
     if (recovered) {
       fo__conn_send(conn, frames[i]);
