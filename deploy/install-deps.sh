@@ -14,9 +14,17 @@ PKGS=(
   # Kafka client to read committed offsets, systemd-analyze for the units
   python3-xxhash python3-msgpack python3-confluent-kafka systemd
   openjdk-17-jdk-headless maven  # javac: deploy/local/apache-kafka compiles its admin helper
+  # a real browser for tests/browser (driven by playwright-core from npm,
+  # tests/browser/package-lock.json; it downloads no browser of its own)
+  chromium
 )
 
 missing=()
+# The JS client's tests need node (18+, its test runner) and npm; a node from
+# elsewhere (e.g. NodeSource, which bundles npm and conflicts with Debian's
+# npm package) is used as it is.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 for p in "${PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
     missing+=("$p")
