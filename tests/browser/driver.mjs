@@ -1,0 +1,52 @@
+// Drives Debian's chromium with playwright-core for tests/browser/*.py: reads
+// one JSON command per line on stdin, answers one JSON line on stdout.
+//   {"id":1,"op":"goto","arg":"http://127.0.0.1:PORT/page.html"}
+//   {"id":2,"op":"eval","arg":"JS expression (a Promise is awaited)"}
+// Stdin closed: the browser is closed and the driver exits. The page's console
+// and errors go to stderr. No browser is downloaded: /usr/bin/chromium, or
+// FANOUT_CHROMIUM.
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const browser = await chromium.launch({
+  executablePath: process.env.FANOUT_CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--no-sandbox", // root in CI containers
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    // a headless page is "hidden": keep its timers at full speed
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+  ],
+});
+const page = await browser.newPage();
+page.on("console", (m) => process.stderr.write("page: " + m.text() + "\n"));
+page.on("pageerror", (e) => process.stderr.write("page error: " + e + "\n"));
+
+const out = (o) => process.stdout.write(JSON.stringify(o) + "\n");
+out({ ready: true, version: browser.version() });
+
+const rl = createInterface({ input: process.stdin });
+rl.on("line", async (line) => {
+  let cmd;
+  try {
+    cmd = JSON.parse(line);
+  } catch {
+    out({ ok: false, error: "bad command line" });
+    return;
+  }
+  try {
+    let result = null;
+    if (cmd.op === "goto") await page.goto(cmd.arg, { waitUntil: "load" });
+    else if (cmd.op === "eval") result = await page.evaluate(cmd.arg);
+    else throw new Error("unknown op " + cmd.op);
+    out({ id: cmd.id, ok: true, result: result === undefined ? null : result });
+  } catch (e) {
+    out({ id: cmd.id, ok: false, error: String((e && e.stack) || e) });
+  }
+});
+rl.on("close", async () => {
+  await browser.close();
+  process.exit(0);
+});
