@@ -2,6 +2,7 @@
 // one JSON command per line on stdin, answers one JSON line on stdout.
 //   {"id":1,"op":"goto","arg":"http://127.0.0.1:PORT/page.html"}
 //   {"id":2,"op":"eval","arg":"JS expression (a Promise is awaited)"}
+//   {"id":3,"op":"newpage"} -> the new page's index; "page": N in goto/eval picks one (default 0)
 // Stdin closed: the browser is closed and the driver exits. The page's console
 // and errors go to stderr. No browser is downloaded: /usr/bin/chromium, or
 // FANOUT_CHROMIUM.
@@ -20,9 +21,16 @@ const browser = await chromium.launch({
     "--disable-backgrounding-occluded-windows",
   ],
 });
-const page = await browser.newPage();
-page.on("console", (m) => process.stderr.write("page: " + m.text() + "\n"));
-page.on("pageerror", (e) => process.stderr.write("page error: " + e + "\n"));
+const pages = [];
+async function newPage() {
+  const page = await browser.newPage();
+  const n = pages.length;
+  page.on("console", (m) => process.stderr.write(`page ${n}: ` + m.text() + "\n"));
+  page.on("pageerror", (e) => process.stderr.write(`page ${n} error: ` + e + "\n"));
+  pages.push(page);
+  return n;
+}
+await newPage();
 
 const out = (o) => process.stdout.write(JSON.stringify(o) + "\n");
 out({ ready: true, version: browser.version() });
@@ -38,8 +46,11 @@ rl.on("line", async (line) => {
   }
   try {
     let result = null;
+    const page = pages[cmd.page || 0];
+    if (!page) throw new Error("no page " + cmd.page);
     if (cmd.op === "goto") await page.goto(cmd.arg, { waitUntil: "load" });
     else if (cmd.op === "eval") result = await page.evaluate(cmd.arg);
+    else if (cmd.op === "newpage") result = await newPage();
     else throw new Error("unknown op " + cmd.op);
     out({ id: cmd.id, ok: true, result: result === undefined ? null : result });
   } catch (e) {

@@ -7,6 +7,7 @@ flow. Run one with: test_browser.py test_drain_then_freeze (no argument: all).
 
   test_token_expired_then_good   an expired token (auth=close: 4001), then a good one, connects;
                                  two refused tokens in a row stop the client (closed + error)
+  test_demo_page                 clients/js/demo shows the state, a send and a broadcast
   test_drain_then_freeze         SIGTERM of the client's server, then SIGSTOP of the next:
                                  every message once, in order per stream, recovered:true on
                                  each resume, the frozen connection replaced within ping
@@ -31,7 +32,9 @@ from cluster import Cluster  # noqa: E402
 from fanout_test import (SOURCE_DIR, Proc, Skip, eventually, free_port, log, run_tests,  # noqa: E402
                          scaled, wait_port)
 
-PING_MS, PONG_MS = 2000, 2000
+# Short enough to keep the freeze test quick, long enough that a loaded CI
+# machine (2 cores, Kafka, chromium, 3 servers) does not miss pongs: 2 s/2 s did.
+PING_MS, PONG_MS = 3000, 5000
 CHROMIUM = os.environ.get("FANOUT_CHROMIUM", "/usr/bin/chromium")
 
 
@@ -69,18 +72,19 @@ class Browser:
             raise AssertionError("browser driver exited; see %s" % self.logpath)
         return json.loads(line)
 
-    def call(self, op, arg, timeout=60):
+    def call(self, op, arg=None, timeout=60, page=0):
         with self.lock:
             self.n += 1
-            self.p.stdin.write(json.dumps({"id": self.n, "op": op, "arg": arg}) + "\n")
+            self.p.stdin.write(json.dumps({"id": self.n, "op": op, "arg": arg, "page": page})
+                               + "\n")
             self.p.stdin.flush()
             r = self._read(timeout)
         if not r.get("ok"):
             raise AssertionError("browser %s failed: %s" % (op, r.get("error")))
         return r.get("result")
 
-    def eval(self, js, timeout=60):
-        return self.call("eval", js, timeout)
+    def eval(self, js, timeout=60, page=0):
+        return self.call("eval", js, timeout, page)
 
     def kill(self):
         try:
@@ -107,7 +111,8 @@ class Static:
         self.proc = Proc("static", ["/usr/bin/python3", "-m", "http.server", str(self.port),
                                     "--bind", "127.0.0.1", "--directory", SOURCE_DIR])
         wait_port("127.0.0.1", self.port, timeout=10)
-        self.url = "http://127.0.0.1:%d/tests/browser/page.html" % self.port
+        self.base = "http://127.0.0.1:%d" % self.port
+        self.url = self.base + "/tests/browser/page.html"
 
     def stop(self):
         self.proc.stop()
@@ -270,7 +275,29 @@ def test_token_expired_then_good():
     assert b["states"][-1][1] == "closed" and b["states"][-1][2] == 4003, b["states"]
     assert [e[1] for e in b["errors"]] == ["token_refused"], b["errors"]
     assert b["welcomes"] == []
-    B.eval("T.clients.slice(%d, %d).forEach(r => r.client.close())" % (lo, hi))
+    B.eval("T.close(%d, %d)" % (lo, hi))
+
+
+def test_demo_page():
+    # deploy/local/stack serves clients/js and prints this URL form
+    tok = C.token("demo-user", rooms=["demo-room"])
+    url = "%s/clients/js/demo/#url=ws://%s/ws&token=%s&rooms=demo-room" % (S.base, C.addr, tok)
+    pg = B.call("newpage")
+    B.call("goto", url, page=pg)
+    text = lambda: B.eval("document.body.innerText", page=pg)  # noqa: E731
+    eventually(lambda: B.eval("document.getElementById('state').textContent", page=pg)
+               == "connected" and "joined" in text(), timeout=20, what="demo page connected")
+    assert C.send("demo-user", {"hello": "from a send"})[0] == 202
+    eventually(lambda: '{"hello":"from a send"}' in text(), timeout=20, what="the send shown")
+    deadline = time.time() + scaled(30)
+    while '"a broadcast' not in text():  # the room partitions are found asynchronously
+        assert time.time() < deadline, "broadcast never shown: %s" % text()[-500:]
+        assert C.broadcast("demo-room", "a broadcast")[0] == 202
+        time.sleep(0.3)
+    assert "room demo-room" in text() and "user demo-user" in text()
+    B.eval("window.client.close()", page=pg)
+    eventually(lambda: B.eval("document.getElementById('state').textContent", page=pg)
+               == "closed", what="demo page closed")
 
 
 def test_drain_then_freeze():
@@ -332,7 +359,7 @@ def test_drain_then_freeze():
     streams = [(r[1], r[2]) for r in rec["recovered"]]
     assert sorted(streams) == sorted([("user", True), ("room:" + room, True)] * 2), streams
     assert rec["errors"] == [], rec["errors"]
-    B.eval("T.clients.slice(%d, %d).forEach(r => r.client.close())" % (lo, hi))
+    B.eval("T.close(%d, %d)" % (lo, hi))
 
 
 def test_rolling_restart_100():
@@ -386,7 +413,7 @@ def test_rolling_restart_100():
     assert not errors, errors[:5]
     dups = sum(r["stats"]["duplicates"] for r in recs)
     log("rolling restart: %s; duplicates dropped by the clients: %d" % (figures, dups))
-    B.eval("T.closeAll()")
+    B.eval("T.close(%d, %d)" % (lo, hi))
 
 
 if __name__ == "__main__":
