@@ -254,6 +254,13 @@ def server_of(user):
     return [s for s in C.delivery if s.server_id in sids]
 
 
+def the_server(user):
+    """The one server holding user's connection (the registry may still name
+    a closed one for a moment)."""
+    return eventually(lambda: (lambda s: s[0] if len(s) == 1 else None)(server_of(user)),
+                      what="one registry entry for %s" % user)
+
+
 # ---- tests --------------------------------------------------------------------
 
 def test_token_expired_then_good():
@@ -313,7 +320,7 @@ def test_drain_then_freeze():
     try:
         time.sleep(1.0)
         # 1. drain the client's server
-        (srv,) = server_of(user)
+        srv = the_server(user)
         srv.sigterm()
         eventually(lambda: brief(lo, hi)[0][1] >= 2 and brief(lo, hi)[0][0] == "connected",
                    timeout=20, what="reconnected after the drain")
@@ -322,8 +329,7 @@ def test_drain_then_freeze():
         C.wait_ready()
         time.sleep(1.0)
         # 2. freeze the next one: its socket stays open, nothing arrives
-        (frozen,) = server_of(user)
-        assert frozen is not srv or True
+        frozen = the_server(user)
         t0 = B.eval("T.now()")
         os.kill(frozen.pid, signal.SIGSTOP)
         try:
@@ -338,8 +344,10 @@ def test_drain_then_freeze():
         log("frozen server: silence noticed after %d ms, replaced after %d ms (ping %d + pong %d)"
             % (t_dead - t0, t_back - t0, PING_MS, PONG_MS))
         # noticed within ping interval + pong timeout (+ the sweep's tick and scheduling)
-        assert t_dead - t0 <= PING_MS + PONG_MS + 500, (t_dead - t0)
-        assert t_back - t0 <= PING_MS + PONG_MS + 1500, (t_back - t0)
+        # (slack: the server's ping goes out up to a sweep tick late, and a loaded
+        # 2-core machine delays the reconnect)
+        assert t_dead - t0 <= PING_MS + PONG_MS + 1000, (t_dead - t0)
+        assert t_back - t0 <= PING_MS + PONG_MS + 3000, (t_back - t0)
         time.sleep(1.0)
     finally:
         tr.stop()
@@ -375,17 +383,18 @@ def test_rolling_restart_100():
     try:
         time.sleep(1.0)
         for srv in list(C.delivery):
-            before = brief(lo, hi)
+            eventually(lambda: all(b[0] == "connected" for b in brief(lo, hi)), timeout=30,
+                       what="every client connected")
             mine = [i for i, u in enumerate(users) if srv in server_of(u)]
             t0 = B.eval("T.now()")
             srv.sigterm()
 
             def resumed():
                 b = brief(lo, hi)
-                return all(b[i][0] == "connected" and b[i][1] > before[i][1] for i in mine)
-            eventually(resumed, timeout=30, interval=0.1, what="clients of %s resumed" % srv.name)
-            recs = summary(lo, hi)
-            t_all = max(recs[i]["welcomes"][-1][0] for i in mine) if mine else t0
+                return all(b[i][0] == "connected" and b[i][4] >= t0 for i in mine)
+            eventually(resumed, timeout=45, interval=0.1, what="clients of %s resumed" % srv.name)
+            b = brief(lo, hi)
+            t_all = max([b[i][4] for i in mine] or [t0])
             figures.append((srv.name, len(mine), t_all - t0))
             log("%s: %d clients resumed %d ms after SIGTERM" % (srv.name, len(mine), t_all - t0))
             assert srv.wait_exit(30) == 0
