@@ -178,12 +178,13 @@ static void read_update(fo_conn_t *conn) {
     return;
   fo_server_t *srv = conn->srv;
   uint64_t cost = conn->out != NULL ? conn->out->bytes : 0;
-  bool pause = cost > pause_at(srv) && !conn->await_pong;
+  bool pause = (cost > pause_at(srv) && !conn->await_pong) || conn->hold_input;
   if (pause == (bool)conn->read_paused)
     return;
   conn->read_paused = pause;
   if (pause) {
-    (*srv->m.read_pauses)++;
+    if (!conn->hold_input)
+      (*srv->m.read_pauses)++;
     uv_read_stop((uv_stream_t *)&conn->tcp);
   } else if (uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read) != 0) {
     /* Cannot happen on an open handle; if it did, the pong deadline ends it. */
@@ -469,7 +470,12 @@ static void on_close(uv_handle_t *h) {
     else
       outq_put(srv, q);
   }
-  if (conn->in != NULL) {
+  if (conn->in != NULL && conn->hold_input) {
+    fo_buf_t *early = conn->in; /* bytes glued to the upgrade (see fo__conn_feed_early) */
+    srv->rx_bytes -= early->len;
+    fo_buf_unref(early);
+    conn->in = NULL;
+  } else if (conn->in != NULL) {
     fo_ws_rx_t *rx = conn->in;
     srv->rx_bytes -= fo_ws_rx_bytes(rx);
     fo_ws_rx_free(&rx);
@@ -550,8 +556,24 @@ void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason) {
   close_ws(conn, code, reason, false);
 }
 
+void fo__conn_release_input(fo_conn_t *conn) {
+  if (!conn->hold_input)
+    return;
+  conn->hold_input = 0;
+  fo_buf_t *early = conn->in; /* only the stash can be there while input is held */
+  conn->in = NULL;
+  if (early != NULL) {
+    conn->srv->rx_bytes -= early->len;
+    if (conn->state == FO_CONN_OPEN)
+      fo__conn_feed_early(conn, early->data, early->len);
+    fo_buf_unref(early);
+  }
+  if (conn->state == FO_CONN_OPEN || conn->state == FO_CONN_CLOSING)
+    read_update(conn);
+}
+
 /* Called by the handshake once the 101 is queued. */
-void fo__conn_opened(fo_conn_t *conn) {
+void fo__conn_opened(fo_conn_t *conn, const char *since, size_t slen) {
   fo_server_t *srv = conn->srv;
   srv_pending_done(srv);
   conn->state = FO_CONN_OPEN;
@@ -561,7 +583,10 @@ void fo__conn_opened(fo_conn_t *conn) {
   srv->nopen++;
   (*srv->m.connections)++;
   if (srv->conn_ev.opened != NULL)
-    srv->conn_ev.opened(conn);
+    srv->conn_ev.opened(conn, since, slen);
+  /* The welcome may still be in the making (stream.c): no client frame is
+   * read before it is queued, so that it is the first frame either way. */
+  read_update(conn);
 }
 
 /* ---- client messages ---- */
@@ -587,9 +612,12 @@ static void reply_error(fo_conn_t *conn, const char *code, const char *msg) {
     fo__conn_send_text(conn, sb->data, sb->len);
 }
 
-static int room_event(fo_conn_t *conn, const char *room, size_t len, bool join) {
+static int room_event(fo_conn_t *conn, const fo_proto_msg_t *msg, bool join) {
   fo_server_t *srv = conn->srv;
-  return srv->conn_ev.room != NULL ? srv->conn_ev.room(conn, room, len, join) : -EPERM;
+  return srv->conn_ev.room != NULL
+             ? srv->conn_ev.room(conn, msg->room, msg->room_len, join, msg->has_since,
+                                 msg->since_len > 0 ? msg->since : NULL, msg->since_len)
+             : -EPERM;
 }
 
 void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n) {
@@ -606,18 +634,17 @@ void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n) {
     fo__heartbeat_app_pong(conn);
     break;
   case FO_PROTO_LEAVE:
-    room_event(conn, msg.room, msg.room_len, false);
+    room_event(conn, &msg, false);
     reply_room(conn, 0, msg.room, msg.room_len);
     break;
   case FO_PROTO_JOIN: {
-    int rc = room_event(conn, msg.room, msg.room_len, true);
-    if (rc == 0)
-      reply_room(conn, 1, msg.room, msg.room_len);
-    else if (rc == -EPERM)
+    /* Answered (joined, with its position) by the receiver when it worked. */
+    int rc = room_event(conn, &msg, true);
+    if (rc == -EPERM)
       reply_error(conn, "forbidden", "not allowed to join this room");
     else if (rc == -E2BIG)
       reply_error(conn, "too_many_rooms", "room limit per connection reached");
-    else
+    else if (rc != 0)
       reply_error(conn, "internal", "out of memory");
     break;
   }
@@ -782,8 +809,20 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   read_update(conn); /* a pong may have ended the window that kept us reading */
 }
 
-/* Feeds bytes that arrived with the upgrade request. */
+/* Feeds bytes that arrived with the upgrade request; while the welcome is
+ * in the making they wait in conn->in (a copy, at most one read buffer)
+ * until fo__conn_release_input, so that the welcome stays the first frame. */
 void fo__conn_feed_early(fo_conn_t *conn, uint8_t *p, size_t n) {
+  if (conn->hold_input) {
+    fo_buf_t *early = fo_buf_from(p, n);
+    if (early == NULL) {
+      fo__conn_destroy(conn);
+      return;
+    }
+    conn->in = early;
+    conn->srv->rx_bytes += n;
+    return;
+  }
   uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
   on_read((uv_stream_t *)&conn->tcp, (ssize_t)n, &b);
 }

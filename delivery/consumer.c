@@ -37,6 +37,7 @@
 #include "kafka_consumer.h"
 #include "kafka_uv.h"
 #include "proto.h"
+#include "stream.h"
 #include "log.h"
 #include "ws.h"
 
@@ -66,7 +67,9 @@ struct fo_consumer {
   uv_timer_t meta_timer;
   uv_work_t meta_work;
   bool meta_busy;
-  int meta_partitions; /* result of the metadata request */
+  rd_kafka_topic_t *meta_rkt[2]; /* users, rooms topics on the users handle: for metadata */
+  int meta_partitions[2];        /* result of the metadata request (users, rooms) */
+  char meta_cluster[128];        /* the cluster id ("" unknown): part of the epoch */
   char meta_err[128];
   int open_handles;
   bool draining;
@@ -143,10 +146,27 @@ static void assignment_changed(fo_consumer_t *c, fo_kc_t *kc) {
 
 /* ---- frames ---- */
 
-/* The client frame text of a message, into c->sb (proto.c). */
-static int build_text(fo_consumer_t *c, const fo_env_t *env, char letter, int32_t partition,
-                      int64_t offset) {
-  return fo_proto_message(&c->sb, env, letter, partition, offset);
+/* The client frame text of a message, into c->sb (proto.c); its pos
+ * carries the topic's epoch (0 until the metadata said it) and the record's
+ * timestamp (stream.c's anchor). */
+static int build_text(fo_consumer_t *c, const fo_env_t *env, int kind,
+                      const rd_kafka_message_t *msg) {
+  fo_pos_t pos = {kind == FO_STREAM_USER ? 'u' : 'r', 0, msg->partition, msg->offset,
+                  rd_kafka_message_timestamp(msg, NULL)};
+  fo__streams_epoch(c->srv, kind, &pos.epoch);
+  if (pos.t_ms < 0)
+    pos.t_ms = 0;
+  return fo_proto_message(&c->sb, env, &pos);
+}
+
+/* The record's position goes to the streams layer (stream.c): the offset
+ * processed, and for rooms the frame for its window. */
+static void stream_record(fo_consumer_t *c, int kind, const rd_kafka_message_t *msg,
+                          const fo_env_t *env, fo_buf_t *frame, bool first) {
+  int64_t ts = rd_kafka_message_timestamp(msg, NULL);
+  fo__streams_record(c->srv, kind, msg->partition, msg->offset, ts < 0 ? 0 : ts,
+                     env != NULL ? env->target : NULL, env != NULL ? env->target_len : 0, frame,
+                     first);
 }
 
 /* ---- records ---- */
@@ -156,13 +176,16 @@ static void on_user_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
   fo_env_t env;
   char err[128];
   (*srv->m.msgs_in_users)++;
-  if (msg->partition >= 0 && msg->partition < c->users.nparts &&
-      c->users.next_off[msg->partition] < 0)
+  bool first = msg->partition >= c->users.nparts || c->users.next_off[msg->partition] < 0;
+  if (first)
     FO_LOG_INFO("consumer", "first record after assignment",
                 "topic=%s partition=%" PRId32 " offset=%" PRId64, srv->cfg->users_topic,
                 msg->partition, msg->offset);
   track_partition(&c->users, msg->partition, msg->offset + 1);
   int rc = fo_env_decode(msg->payload, msg->len, &env, err, sizeof(err));
+  /* Before routing: a connection that opens while it is in flight must get
+   * a position that covers it (routed and delivered to it, or not). */
+  stream_record(c, FO_STREAM_USER, msg, NULL, NULL, first);
   if (rc != 0 || env.kind != FO_ENV_SEND) {
     (*srv->m.decode_errors)++;
     log_once(c,
@@ -173,7 +196,7 @@ static void on_user_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
     fo__router_skip(srv, FO_RQ_USERS, msg->partition, msg->offset);
     return;
   }
-  if (build_text(c, &env, 'u', msg->partition, msg->offset) != 0) {
+  if (build_text(c, &env, FO_STREAM_USER, msg) != 0) {
     (*srv->m.drops)++;
     fo__router_skip(srv, FO_RQ_USERS, msg->partition, msg->offset);
     return;
@@ -192,9 +215,12 @@ static void on_room_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
   (*srv->m.msgs_in_rooms)++;
   if (srv->fanout_t0 == 0)
     srv->fanout_t0 = uv_hrtime();
+  bool first = msg->partition >= c->rooms.nparts || c->rooms.next_off[msg->partition] < 0;
   track_partition(&c->rooms, msg->partition, msg->offset + 1);
   int rc = fo_env_decode(msg->payload, msg->len, &env, err, sizeof(err));
   if (rc != 0 || env.kind != FO_ENV_BROADCAST) {
+    if (!c->room_pubsub)
+      stream_record(c, FO_STREAM_ROOM, msg, NULL, NULL, first);
     (*srv->m.decode_errors)++;
     log_once(c,
              rc == -ENOTSUP ? FAULT_VERSION
@@ -205,10 +231,12 @@ static void on_room_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
       fo__router_skip(srv, FO_RQ_ROOMS, msg->partition, msg->offset);
     return;
   }
-  if (build_text(c, &env, 'r', msg->partition, msg->offset) != 0) {
+  if (build_text(c, &env, FO_STREAM_ROOM, msg) != 0) {
     (*srv->m.drops)++;
     if (c->room_pubsub)
       fo__router_skip(srv, FO_RQ_ROOMS, msg->partition, msg->offset);
+    else
+      stream_record(c, FO_STREAM_ROOM, msg, NULL, NULL, first);
     return;
   }
   if (c->room_pubsub) {
@@ -221,11 +249,14 @@ static void on_room_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
     return;
   }
   fo_buf_t *frame = fo_frame_new(FO_WS_OP_TEXT, c->sb.data, c->sb.len);
-  if (frame == NULL) {
+  if (frame == NULL)
     (*srv->m.drops)++;
+  /* Into the window first: a join answered from it meanwhile and this
+   * broadcast must agree on where the room's stream stands. */
+  stream_record(c, FO_STREAM_ROOM, msg, &env, frame, first);
+  if (frame == NULL)
     return;
-  }
-  fo__room_broadcast(srv, env.target, env.target_len, frame);
+  fo__room_broadcast(srv, env.target, env.target_len, msg->offset, frame);
   fo_buf_unref(frame);
 }
 
@@ -284,15 +315,22 @@ static void on_assign(void *ud, const rd_kafka_topic_partition_list_t *parts) {
   fo_kc_t *kc = ud;
   kc->revoke_pending = false; /* the builder ended a deferred revoke first */
   uv_timer_stop(&kc->revoke_timer);
-  for (int i = 0; i < parts->cnt; i++)
+  for (int i = 0; i < parts->cnt; i++) {
     track_partition(kc, parts->elems[i].partition, -1);
+    /* No position until its first record is seen here. */
+    fo__streams_partition_lost(kc->c->srv, kc->letter == 'u' ? FO_STREAM_USER : FO_STREAM_ROOM,
+                               parts->elems[i].partition);
+  }
   assignment_changed(kc->c, kc);
 }
 
 static bool on_revoke(void *ud, const rd_kafka_topic_partition_list_t *parts, bool incremental) {
-  (void)parts;
   (void)incremental;
   fo_kc_t *kc = ud;
+  /* Whoever takes them over decides their positions from now on. */
+  for (int i = 0; parts != NULL && i < parts->cnt; i++)
+    fo__streams_partition_lost(kc->c->srv, kc->letter == 'u' ? FO_STREAM_USER : FO_STREAM_ROOM,
+                               parts->elems[i].partition);
   if (fo__router_inflight_q(kc->c->srv, kc->rq) == 0) {
     commit_stored(kc);
     return true; /* the builder gives them up now; the gauge follows at the next collect */
@@ -367,21 +405,30 @@ static void on_rooms_event(rd_kafka_event_t *ev, void *ud) {
 
 /* ---- rooms topic: metadata off the loop, then assign everything ---- */
 
+/* Off the loop: the partition counts of both topics and the cluster id
+ * (the rooms assignment needs the first, the positions' epochs all). */
 static void meta_work(uv_work_t *w) {
   fo_consumer_t *c = w->data;
-  const struct rd_kafka_metadata *md = NULL;
-  c->meta_partitions = -1;
-  rd_kafka_resp_err_t e = rd_kafka_metadata(c->rooms.rk, 0, c->rooms.rkt, &md, 5000);
-  if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-    snprintf(c->meta_err, sizeof(c->meta_err), "%s", rd_kafka_err2str(e));
-    return;
+  c->meta_err[0] = '\0';
+  for (int k = 0; k < 2; k++) {
+    const struct rd_kafka_metadata *md = NULL;
+    c->meta_partitions[k] = -1;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(c->users.rk, 0, c->meta_rkt[k], &md, 5000);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      snprintf(c->meta_err, sizeof(c->meta_err), "%s", rd_kafka_err2str(e));
+      continue;
+    }
+    if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+      c->meta_partitions[k] = md->topics[0].partition_cnt;
+    else
+      snprintf(c->meta_err, sizeof(c->meta_err), "%s",
+               md->topic_cnt == 1 ? rd_kafka_err2str(md->topics[0].err) : "no topic");
+    rd_kafka_metadata_destroy(md);
   }
-  if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
-    c->meta_partitions = md->topics[0].partition_cnt;
-  else
-    snprintf(c->meta_err, sizeof(c->meta_err), "%s",
-             md->topic_cnt == 1 ? rd_kafka_err2str(md->topics[0].err) : "no topic");
-  rd_kafka_metadata_destroy(md);
+  char *cid = rd_kafka_clusterid(c->users.rk, 5000);
+  snprintf(c->meta_cluster, sizeof(c->meta_cluster), "%s", cid != NULL ? cid : "");
+  if (cid != NULL)
+    rd_kafka_mem_free(c->users.rk, cid);
 }
 
 static void on_meta_timer(uv_timer_t *t);
@@ -392,16 +439,28 @@ static void meta_after(uv_work_t *w, int status) {
   c->meta_busy = false;
   if (status != 0 || c->draining)
     return;
-  int n = c->meta_partitions;
+  bool have_cluster = c->meta_cluster[0] != '\0';
+  for (int k = 0; k < 2 && have_cluster; k++)
+    if (c->meta_partitions[k] > 0)
+      fo__streams_topic(srv, k == 0 ? FO_STREAM_USER : FO_STREAM_ROOM, c->meta_cluster,
+                        c->meta_partitions[k]);
+  if (c->room_pubsub) {
+    /* Nothing to assign: only the epochs; quicker again while unknown. */
+    bool known = have_cluster && c->meta_partitions[0] > 0 && c->meta_partitions[1] > 0;
+    uv_timer_start(&c->meta_timer, on_meta_timer, known ? 30000 : 1000, 0);
+    return;
+  }
+  int n = c->meta_partitions[1];
   rd_kafka_topic_partition_list_t *cur = assignment(&c->rooms);
   int have = cur != NULL ? cur->cnt : 0;
   if (cur != NULL)
     rd_kafka_topic_partition_list_destroy(cur);
-  if (n <= 0) {
-    FO_LOG_WARN("consumer", "rooms topic metadata failed", "topic=%s err=\"%s\"",
+  if (n <= 0 || !have_cluster || c->meta_partitions[0] <= 0) {
+    FO_LOG_WARN("consumer", "topic metadata failed", "topic=%s err=\"%s\"",
                 srv->cfg->rooms_topic, c->meta_err);
     uv_timer_start(&c->meta_timer, on_meta_timer, 1000, 0);
-    return;
+    if (n <= 0)
+      return;
   }
   if (n != have) {
     /* New partitions: keep the positions of the ones we had, start new ones at the end. */
@@ -423,7 +482,8 @@ static void meta_after(uv_work_t *w, int status) {
     rd_kafka_topic_partition_list_destroy(l);
   }
   /* Look again now and then for added partitions. */
-  uv_timer_start(&c->meta_timer, on_meta_timer, 30000, 0);
+  if (!uv_is_active((uv_handle_t *)&c->meta_timer))
+    uv_timer_start(&c->meta_timer, on_meta_timer, 30000, 0);
 }
 
 static void on_meta_timer(uv_timer_t *t) {
@@ -561,12 +621,21 @@ int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen) {
   int rc = make_grouped(c, &c->users, cfg->group_id, cfg->users_topic, false, err, errlen);
   if (rc != 0)
     return rc;
+  c->meta_rkt[0] = rd_kafka_topic_new(c->users.rk, cfg->users_topic, NULL);
+  c->meta_rkt[1] = rd_kafka_topic_new(c->users.rk, cfg->rooms_topic, NULL);
+  if (c->meta_rkt[0] == NULL || c->meta_rkt[1] == NULL) {
+    snprintf(err, errlen, "kafka: no topic handle");
+    return -EINVAL;
+  }
   char group[512];
   if (c->room_pubsub) {
     /* One consumer group for the deployment: each room record is consumed
      * once and PUBLISHed to its channel. */
     snprintf(group, sizeof(group), "%s.rooms", cfg->group_id);
-    return make_grouped(c, &c->rooms, group, cfg->rooms_topic, true, err, errlen);
+    rc = make_grouped(c, &c->rooms, group, cfg->rooms_topic, true, err, errlen);
+    if (rc == 0)
+      on_meta_timer(&c->meta_timer);
+    return rc;
   }
   /* A group id is needed for assign(); this server never joins it nor commits. */
   snprintf(group, sizeof(group), "%s.rooms.%s", cfg->group_id, cfg->server_id);
@@ -575,6 +644,19 @@ int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen) {
     return rc;
   on_meta_timer(&c->meta_timer);
   return 0;
+}
+
+int64_t fo__consumer_room_position(fo_server_t *srv, int32_t partition) {
+  fo_consumer_t *c = srv->consumer;
+  if (c == NULL || c->room_pubsub || c->rooms.rk == NULL || c->rooms.closed)
+    return -1;
+  rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_list_add(l, srv->cfg->rooms_topic, partition);
+  int64_t off = -1;
+  if (rd_kafka_position(c->rooms.rk, l) == RD_KAFKA_RESP_ERR_NO_ERROR && l->elems[0].offset >= 0)
+    off = l->elems[0].offset;
+  rd_kafka_topic_partition_list_destroy(l);
+  return off;
 }
 
 void fo__consumer_pause(fo_server_t *srv, bool pause) {
@@ -722,6 +804,9 @@ void fo__consumer_destroy(fo_server_t *srv) {
   if (c == NULL)
     return;
   srv->consumer = NULL;
+  for (int k = 0; k < 2; k++)
+    if (c->meta_rkt[k] != NULL)
+      rd_kafka_topic_destroy(c->meta_rkt[k]);
   for (int i_ = 0; i_ < 2; i_++) {
     fo_kc_t *kc = i_ == 0 ? &c->users : &c->rooms;
     if (kc->kcon != NULL) {

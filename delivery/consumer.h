@@ -17,4 +17,9 @@ void fo__consumer_destroy(fo_server_t *srv);
 /* Refreshes the lag gauge (metrics collect). */
 void fo__consumer_collect(fo_server_t *srv);
 
+/* Room mode "kafka": the next offset the rooms consumer will hand over
+ * for this partition (librdkafka's fetch position, no request), or -1 when
+ * it is not known yet. */
+int64_t fo__consumer_room_position(fo_server_t *srv, int32_t partition);
+
 #endif

@@ -100,6 +100,17 @@ const fo_cfg_field_t fo_dcfg_fields[] = {
     F("client-msg-burst", FO_CFG_INT, client_msg_burst, 1, 65535, "100",
       "client messages a connection may send at once; keep it above --max-rooms-per-conn "
       "(clients join their rooms right after connecting)"),
+    F("resume-window-ms", FO_CFG_INT, resume_window_ms, 1000, 86400000, "120000",
+      "resume (since): a stream resumes when its oldest missed message is at most this old"),
+    F("resume-max-messages", FO_CFG_INT, resume_max_messages, 1, 100000, "1000",
+      "resume: more missed messages than this on one stream answer recovered:false"),
+    F("resume-window-bytes", FO_CFG_INT, resume_window_bytes, 0, 68719476736, "67108864",
+      "memory for the recent room messages that resumes are served from (all partitions "
+      "together; 0: none, every resume reads Kafka)"),
+    F("resume-max-scan", FO_CFG_INT, resume_max_scan, 1, 100000000, "200000",
+      "resume from Kafka: the most records of a partition one replay may read"),
+    F("resume-timeout-ms", FO_CFG_INT, resume_timeout_ms, 100, 600000, "5000",
+      "resume from Kafka: a replay that takes longer answers recovered:false"),
 };
 const size_t fo_dcfg_nfields = sizeof(fo_dcfg_fields) / sizeof(fo_dcfg_fields[0]);
 

@@ -96,6 +96,11 @@ typedef struct {
   int64_t read_pause_bytes; /* input backpressure (conn.c) */
   int64_t client_msg_rate;  /* token bucket per connection; 0 = no limit */
   int64_t client_msg_burst;
+  int64_t resume_window_ms;    /* stream.c: how old a missed message may be */
+  int64_t resume_max_messages; /* per stream */
+  int64_t resume_window_bytes; /* the in-memory windows together */
+  int64_t resume_max_scan;     /* records a Kafka replay may read */
+  int64_t resume_timeout_ms;   /* a Kafka replay round */
 } fo_dcfg_t;
 
 /* --room-mode */
@@ -163,7 +168,9 @@ struct fo_conn {
   fo_conn_t *prev, *next;      /* all connections of the server */
   fo_conn_t *user_next;        /* next connection of the same user */
   fo_user_t *user;             /* interned, one reference; NULL before auth */
-  void *in;                    /* HANDSHAKE: fo_http_parser_t *; else fo_ws_rx_t * or NULL */
+  void *in;                    /* HANDSHAKE: fo_http_parser_t *; OPEN while hold_input: a
+                                * fo_buf_t * of bytes glued to the upgrade, or NULL;
+                                * else fo_ws_rx_t * or NULL */
   fo_outq_t *out;              /* NULL when nothing is queued */
   struct fo_conn_rooms *rooms; /* NULL when in no room */
   fo_perm_t *perm;             /* interned rooms claim; NULL = no rooms allowed */
@@ -179,12 +186,18 @@ struct fo_conn {
   uint8_t reg_pending : 1; /* rreg.c's: HSET not sent yet, batched at the end of the loop
                               * turn (one bit here costs nothing: it shares the flags byte) */
   uint8_t read_paused : 1; /* uv_read_stop'd: the outbound queue is over --read-pause-bytes */
+  uint8_t hold_input : 1;  /* stream.c's: the welcome is not queued yet, frames wait */
   uint8_t app_ping : 1;    /* heartbeat=1: {"type":"ping"} text frames instead of protocol
-                             * pings, answered by {"type":"pong"} (heartbeat.c) */
+                             * pings, answered by {"type":"pong"} (heartbeat.c); a 9th flag
+                             * bit: the byte it starts sits in what was padding */
   uint16_t tokens;         /* client messages left in the rate bucket; refilled by the
                              * sweep for every connection at once, so no timestamp here
                              * (it fills padding: 344 bytes with exp_s, one 352-byte
                              * malloc chunk as before either field) */
+  int64_t user_floor;      /* stream.c's: user frames at or before this offset of the
+                             * user's partition are already covered (welcome/resume) */
+  struct fo_cstreams *cs;  /* stream.c's: streams whose position is being worked out;
+                             * NULL for an idle connection */
 };
 
 /* An interned user with its local connections (hub.c). */
@@ -258,16 +271,24 @@ struct fo_server {
      * per-user limit) or 500 (out of memory). */
     int (*admit)(fo_conn_t *conn, const char *user, size_t ulen, const void *rooms_json);
     void (*unadmit)(fo_conn_t *conn); /* the 101 could not be queued */
-    void (*opened)(fo_conn_t *conn);  /* the WebSocket is open */
-    void (*closed)(fo_conn_t *conn);  /* ... and is closing: leave rooms, registry */
-    /* A client's join (join) or leave: 0, -EPERM, -E2BIG, -ENOMEM. */
-    int (*room)(fo_conn_t *conn, const char *room, size_t len, bool join);
+    /* The WebSocket is open; since: the client's `since` query (NULL: none). */
+    void (*opened)(fo_conn_t *conn, const char *since, size_t slen);
+    void (*closed)(fo_conn_t *conn); /* ... and is closing: leave rooms, registry */
+    /* A client's join (join) or leave: 0, -EPERM, -E2BIG, -ENOMEM. A
+     * successful join is answered (joined) by the receiver; has_since/since:
+     * the join's `since` (since NULL: not a usable text). */
+    int (*room)(fo_conn_t *conn, const char *room, size_t len, bool join, bool has_since,
+                const char *since, size_t slen);
     bool (*ready)(fo_server_t *srv); /* /readyz */
   } conn_ev;
   struct {
     void (*user_gone)(fo_server_t *srv, fo_user_t *user); /* last local connection */
     void (*room_sub)(fo_server_t *srv, const char *room, size_t len,
                      bool on); /* first/last member */
+    /* A room frame for a member with stream state (conn->cs != NULL):
+     * returns like fo__conn_send. */
+    int (*member_frame)(fo_conn_t *conn, const char *room, size_t len, int64_t offset,
+                        fo_buf_t *frame);
   } hub_ev;
   struct {
     void (*pubsub_user)(fo_server_t *srv, const char *p, size_t n); /* on ws:server:{self} */
@@ -276,8 +297,12 @@ struct fo_server {
   } rreg_ev;
   struct fo_redis *(*redis_cmd)(fo_server_t *srv); /* for the router: Redis commands, or NULL */
   void (*on_sweep)(fo_server_t *srv);              /* each heartbeat tick (router's settle) */
+  /* The consumer's next offset of a rooms partition (room mode kafka), -1
+   * unknown: for stream.c, wired by server.c. */
+  int64_t (*room_position)(fo_server_t *srv, int32_t partition);
 
-  fo_rreg_t *rreg; /* Redis registry + Pub/Sub */
+  struct fo_streams *streams; /* owned: positions, resume (stream.c) */
+  fo_rreg_t *rreg;            /* Redis registry + Pub/Sub */
   fo_router_t *router;
   fo_consumer_t *consumer;
 
@@ -320,7 +345,11 @@ void fo__conn_flush(fo_conn_t *conn);
 void fo__outq_pool_free(fo_server_t *srv);
 /* Sends a small JSON text frame built from s. */
 int fo__conn_send_text(fo_conn_t *conn, const char *s, size_t n);
-void fo__conn_opened(fo_conn_t *conn);
+void fo__conn_opened(fo_conn_t *conn, const char *since, size_t slen);
+/* Ends hold_input (the welcome is queued): bytes that came with the
+ * upgrade are parsed now, and reading starts (input backpressure
+ * permitting). */
+void fo__conn_release_input(fo_conn_t *conn);
 /* Builds "conn id" text for Redis into out (FO_CONN_ID_LEN bytes: never cut). */
 void fo__conn_id_str(const fo_conn_t *conn, char *out, size_t outlen);
 

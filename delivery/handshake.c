@@ -273,7 +273,10 @@ static void upgrade(fo_conn_t *conn, fo_http_request_t *req) {
     return;
   }
   fo_buf_unref(buf);
-  fo__conn_opened(conn);
+  /* `since` (a position, opaque text): judged by stream.c, any bytes. */
+  char *since = fo_http_query_param(req->query, "since");
+  fo__conn_opened(conn, since, since != NULL ? strlen(since) : 0);
+  free(since);
 }
 
 static int on_request(void *ud, fo_http_request_t *req) {

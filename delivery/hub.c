@@ -345,7 +345,8 @@ void fo__rooms_leave_all(fo_conn_t *conn) {
   conn->rooms = NULL;
 }
 
-size_t fo__room_broadcast(fo_server_t *srv, const char *name, size_t len, fo_buf_t *buf) {
+size_t fo__room_broadcast(fo_server_t *srv, const char *name, size_t len, int64_t offset,
+                          fo_buf_t *buf) {
   fo_room_t *room = (fo_room_t *)fo_map_get(&srv->rooms, name, len, fo_map_hash(name, len));
   size_t sent = 0;
   if (room == NULL)
@@ -355,7 +356,13 @@ size_t fo__room_broadcast(fo_server_t *srv, const char *name, size_t len, fo_buf
    * away with its last member, so test the count before touching it. */
   for (uint32_t i = room->n; i > 0; i--) {
     bool last = room->n == 1;
-    if (fo__conn_send(room->members[i - 1], buf) == 0)
+    fo_conn_t *c = room->members[i - 1];
+    /* A member whose position in this room is being worked out (a resume,
+     * a fence) gets it through the streams layer. */
+    int rc = c->cs != NULL && srv->hub_ev.member_frame != NULL
+                 ? srv->hub_ev.member_frame(c, name, len, offset, buf)
+                 : fo__conn_send(c, buf);
+    if (rc == 0)
       sent++;
     if (last)
       break;

@@ -29,8 +29,10 @@ bool fo__perm_allows(const fo_perm_t *perm, const char *room, size_t len);
 int fo__room_join(fo_conn_t *conn, const char *room, size_t len);
 int fo__room_leave(fo_conn_t *conn, const char *room, size_t len);
 void fo__rooms_leave_all(fo_conn_t *conn);
-/* Queues buf on every local member; returns the number of recipients. */
-size_t fo__room_broadcast(fo_server_t *srv, const char *room, size_t len, fo_buf_t *buf);
+/* Queues buf (the frame of the room's record at offset, -1 unknown) on
+ * every local member; returns the number of recipients. */
+size_t fo__room_broadcast(fo_server_t *srv, const char *room, size_t len, int64_t offset,
+                          fo_buf_t *buf);
 void fo__rooms_free(fo_server_t *srv);
 
 #endif

@@ -19,16 +19,19 @@ int fo_proto_json_ct(const char *ct, size_t n) {
   return n == jl || ct[jl] == ';' || ct[jl] == ' ';
 }
 
-int fo_proto_message(fo_sb_t *sb, const fo_env_t *env, char letter, int32_t partition,
-                     int64_t offset) {
-  char id[FO_ID_STR_LEN + 1];
+int fo_proto_message(fo_sb_t *sb, const fo_env_t *env, const fo_pos_t *pos) {
+  char id[FO_ID_STR_LEN + 1], ptxt[FO_POS_MAX + 1];
   fo_sb_reset(sb);
   fo_id_format(env->id, id);
+  if (fo_pos_format(pos, ptxt, sizeof(ptxt)) < 0)
+    return -EINVAL;
   fo_sb_puts(sb, "{\"type\":\"message\",\"id\":\"");
   fo_sb_puts(sb, id);
-  fo_sb_puts(sb, letter == 'u' ? "\",\"user\":" : "\",\"room\":");
+  fo_sb_puts(sb, pos->kind == 'u' ? "\",\"user\":" : "\",\"room\":");
   fo_json_put_str(sb, env->target, env->target_len);
-  fo_sb_printf(sb, ",\"pos\":\"%c/%" PRId32 "/%" PRId64 "\",\"data\":", letter, partition, offset);
+  fo_sb_puts(sb, ",\"pos\":\"");
+  fo_sb_puts(sb, ptxt);
+  fo_sb_puts(sb, "\",\"data\":");
   int done = 0;
   if (fo_proto_json_ct(env->content_type, env->content_type_len)) {
     /* Validated once per message, inserted raw for every recipient. */
@@ -67,6 +70,32 @@ int fo_proto_room_reply(fo_sb_t *sb, int joined, const char *room, size_t len) {
   return sb->oom ? -ENOMEM : 0;
 }
 
+static void put_recovered(fo_sb_t *sb, int recovered) {
+  if (recovered >= 0)
+    fo_sb_puts(sb, recovered ? ",\"recovered\":true" : ",\"recovered\":false");
+}
+
+int fo_proto_welcome(fo_sb_t *sb, const char *pos, int recovered, int64_t ping_ms) {
+  fo_sb_reset(sb);
+  fo_sb_puts(sb, "{\"type\":\"welcome\",\"pos\":");
+  fo_json_put_str(sb, pos, strlen(pos));
+  put_recovered(sb, recovered);
+  fo_proto_welcome_heartbeat(sb, ping_ms > 0, ping_ms);
+  fo_sb_putc(sb, '}');
+  return sb->oom ? -ENOMEM : 0;
+}
+
+int fo_proto_joined(fo_sb_t *sb, const char *room, size_t len, const char *pos, int recovered) {
+  fo_sb_reset(sb);
+  fo_sb_puts(sb, "{\"type\":\"joined\",\"room\":");
+  fo_json_put_str(sb, room, len);
+  fo_sb_puts(sb, ",\"pos\":");
+  fo_json_put_str(sb, pos, strlen(pos));
+  put_recovered(sb, recovered);
+  fo_sb_putc(sb, '}');
+  return sb->oom ? -ENOMEM : 0;
+}
+
 int fo_proto_error(fo_sb_t *sb, const char *code, const char *message) {
   fo_sb_reset(sb);
   fo_sb_puts(sb, "{\"type\":\"error\",\"code\":\"");
@@ -88,6 +117,9 @@ fo_proto_kind_t fo_proto_parse(const uint8_t *p, size_t n, fo_proto_msg_t *out) 
   json_error_t jerr;
   out->room_len = 0;
   out->room[0] = '\0';
+  out->has_since = false;
+  out->since_len = 0;
+  out->since[0] = '\0';
   json_t *msg = json_loadb((const char *)p, n, 0, &jerr);
   const char *type = json_string_value(json_object_get(msg, "type"));
   fo_proto_kind_t kind;
@@ -108,6 +140,16 @@ fo_proto_kind_t fo_proto_parse(const uint8_t *p, size_t n, fo_proto_msg_t *out) 
       out->room[len] = '\0';
       out->room_len = len;
       kind = out->kind = type[0] == 'j' ? FO_PROTO_JOIN : FO_PROTO_LEAVE;
+      json_t *since = kind == FO_PROTO_JOIN ? json_object_get(msg, "since") : NULL;
+      if (since != NULL && !json_is_null(since)) {
+        out->has_since = true;
+        size_t sl = json_string_length(since);
+        if (json_is_string(since) && sl > 0 && sl <= FO_POS_MAX) {
+          memcpy(out->since, json_string_value(since), sl);
+          out->since[sl] = '\0';
+          out->since_len = sl;
+        }
+      }
     }
   } else {
     kind = bad(out, "bad_request", "unknown message type");
@@ -116,10 +158,10 @@ fo_proto_kind_t fo_proto_parse(const uint8_t *p, size_t n, fo_proto_msg_t *out) 
   return kind;
 }
 
-fo_buf_t *fo_proto_pub_user(const char *user, size_t ulen, const char *json, size_t jlen,
-                            uint32_t *user_off) {
-  char hdr[24];
-  int hl = snprintf(hdr, sizeof(hdr), "%zu:", ulen);
+fo_buf_t *fo_proto_pub_user(const char *user, size_t ulen, int64_t offset, const char *json,
+                            size_t jlen, uint32_t *user_off) {
+  char hdr[48];
+  int hl = snprintf(hdr, sizeof(hdr), "@%" PRId64 ":%zu:", offset, ulen);
   fo_buf_t *pub = fo_buf_new((size_t)hl + ulen + jlen);
   if (pub == NULL)
     return NULL;
@@ -131,8 +173,44 @@ fo_buf_t *fo_proto_pub_user(const char *user, size_t ulen, const char *json, siz
   return pub;
 }
 
-int fo_proto_pub_parse(const char *p, size_t n, const char **user, size_t *ulen, const char **json,
-                       size_t *jlen) {
+/* "@<offset>:" at p: its length (0 when absent), *offset (-1 when absent),
+ * or -EPROTO when it starts but is malformed. */
+static int parse_offset_prefix(const char *p, size_t n, int64_t *offset) {
+  *offset = -1;
+  if (n == 0 || p[0] != '@')
+    return 0;
+  size_t i = 1;
+  int64_t v = 0;
+  while (i < n && i < 20 && p[i] >= '0' && p[i] <= '9')
+    v = v * 10 + (p[i++] - '0');
+  if (i == 1 || i >= n || p[i] != ':')
+    return -EPROTO;
+  *offset = v;
+  return (int)i + 1;
+}
+
+int fo_proto_pub_room_prefix(char *out, size_t outlen, int64_t offset) {
+  int n = snprintf(out, outlen, "@%" PRId64 ":", offset);
+  return n < 0 || (size_t)n >= outlen ? -ENOSPC : n;
+}
+
+int fo_proto_pub_room_parse(const char *p, size_t n, int64_t *offset, const char **json,
+                            size_t *jlen) {
+  int k = parse_offset_prefix(p, n, offset);
+  if (k < 0 || (size_t)k >= n)
+    return -EPROTO;
+  *json = p + k;
+  *jlen = n - (size_t)k;
+  return 0;
+}
+
+int fo_proto_pub_parse(const char *p, size_t n, int64_t *offset, const char **user, size_t *ulen,
+                       const char **json, size_t *jlen) {
+  int k = parse_offset_prefix(p, n, offset);
+  if (k < 0)
+    return -EPROTO;
+  p += k;
+  n -= (size_t)k;
   size_t i = 0, len = 0;
   while (i < n && i < 6 && p[i] >= '0' && p[i] <= '9')
     len = len * 10 + (size_t)(p[i++] - '0');

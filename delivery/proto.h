@@ -7,11 +7,13 @@
 #ifndef FO_PROTO_H
 #define FO_PROTO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "buf.h"
 #include "envelope.h"
+#include "pos.h"
 
 /* Longest room name a client may send (bytes). */
 #define FO_PROTO_ROOM_MAX 256
@@ -33,13 +35,21 @@
 int fo_proto_welcome_heartbeat(fo_sb_t *sb, int app_ping, int64_t ping_ms);
 
 /* The message frame text of a decoded envelope, into sb (reset first):
- * {"type":"message","id":..,"user"|"room":..,"pos":"<letter>/<p>/<o>","data":..}.
- * letter is 'u' (user message) or 'r' (room broadcast). A JSON payload
+ * {"type":"message","id":..,"user"|"room":..,"pos":"<pos>","data":..}.
+ * pos->kind is 'u' (user message) or 'r' (room broadcast). A JSON payload
  * (content type application/json) that parses is inserted raw; other
  * payloads become a JSON string, or base64 with "encoding":"base64" when
  * not UTF-8. Returns 0 or -ENOMEM. */
-int fo_proto_message(fo_sb_t *sb, const fo_env_t *env, char letter, int32_t partition,
-                     int64_t offset);
+int fo_proto_message(fo_sb_t *sb, const fo_env_t *env, const fo_pos_t *pos);
+
+/* {"type":"welcome","pos":..[,"recovered":true|false][,"ping_ms":N]} into
+ * sb (reset first): the first frame of every connection. recovered < 0: the
+ * client did not ask to resume (no member). ping_ms > 0: the connection asked
+ * for the app-level heartbeat (fo_proto_welcome_heartbeat). */
+int fo_proto_welcome(fo_sb_t *sb, const char *pos, int recovered, int64_t ping_ms);
+
+/* {"type":"joined","room":..,"pos":..[,"recovered":..]} (recovered as above). */
+int fo_proto_joined(fo_sb_t *sb, const char *room, size_t len, const char *pos, int recovered);
 
 /* Is this content type application/json (any case, parameters allowed)?
  * Such payloads are inserted raw when they parse. */
@@ -66,19 +76,34 @@ typedef struct {
   const char *err_msg;
   size_t room_len;                  /* JOIN/LEAVE */
   char room[FO_PROTO_ROOM_MAX + 1]; /* NUL-terminated copy (the name may hold NULs) */
+  /* JOIN: "since" was given (any JSON value); its text when it is a string
+   * of at most FO_POS_MAX bytes, else since_len = 0 (a position nobody
+   * can resume from: answered recovered:false). */
+  bool has_since;
+  size_t since_len;
+  char since[FO_POS_MAX + 1];
 } fo_proto_msg_t;
 
 /* Parses one text message of a client (any bytes). Fills *out; returns
  * out->kind. */
 fo_proto_kind_t fo_proto_parse(const uint8_t *p, size_t n, fo_proto_msg_t *out);
 
-/* The Pub/Sub payload for a user message: "<decimal user length>:<user><json>",
- * where json is the client frame's text, framed as is by the receiver.
+/* The Pub/Sub payload for a user message:
+ * "@<offset>:<decimal user length>:<user><json>", where json is the client
+ * frame's text, framed as is by the receiver, and offset the record's
+ * offset in the user's partition (the receiver's resume seam needs it).
  * Returns a buffer (refs 1) and the user's offset in it, or NULL on OOM. */
-fo_buf_t *fo_proto_pub_user(const char *user, size_t ulen, const char *json, size_t jlen,
-                            uint32_t *user_off);
-/* Parses that payload (pointers into p); returns 0 or -EPROTO. */
-int fo_proto_pub_parse(const char *p, size_t n, const char **user, size_t *ulen, const char **json,
-                       size_t *jlen);
+fo_buf_t *fo_proto_pub_user(const char *user, size_t ulen, int64_t offset, const char *json,
+                            size_t jlen, uint32_t *user_off);
+/* Parses that payload (pointers into p); returns 0 or -EPROTO. A payload
+ * without "@<offset>:" (a server of the version before) gives offset -1. */
+int fo_proto_pub_parse(const char *p, size_t n, int64_t *offset, const char **user, size_t *ulen,
+                       const char **json, size_t *jlen);
+/* Room mode "redis": the payload on ws:room:{room} is "@<offset>:<json>".
+ * Returns the length of the "@<offset>:" prefix written into out (>= 24
+ * bytes), or parses it: *offset (-1 without the prefix) and the json. */
+int fo_proto_pub_room_prefix(char *out, size_t outlen, int64_t offset);
+int fo_proto_pub_room_parse(const char *p, size_t n, int64_t *offset, const char **json,
+                            size_t *jlen);
 
 #endif

@@ -31,6 +31,7 @@
 #include "log.h"
 #include "proto.h"
 #include "redis_uv.h"
+#include "stream.h"
 #include "rkeys.h"
 #include "ws.h"
 
@@ -314,13 +315,16 @@ void fo__router_tick(fo_server_t *srv) {
   issue_pending(rt);
 }
 
-size_t fo__deliver_user_local(fo_server_t *srv, const char *user, size_t ulen, fo_buf_t *frame) {
+size_t fo__deliver_user_local(fo_server_t *srv, const char *user, size_t ulen, int64_t offset,
+                              fo_buf_t *frame) {
   fo_user_t *u = fo__registry_user(srv, user, ulen);
   size_t n = 0;
   fo_conn_t *c = fo__user_conns(u);
   while (c != NULL) {
     fo_conn_t *next = c->user_next; /* a slow-client close unlinks c */
-    if (fo__conn_send(c, frame) == 0)
+    /* The stream layer holds it during a resume, drops what the
+     * connection's position already covers. */
+    if (fo__stream_send_user(c, offset, frame) == 0)
       n++;
     c = next;
   }
@@ -333,14 +337,14 @@ int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char 
   if (fo__registry_user(srv, user, ulen) != NULL) {
     fo_buf_t *frame = fo_frame_new(FO_WS_OP_TEXT, json, jlen);
     if (frame != NULL) {
-      fo__deliver_user_local(srv, user, ulen, frame);
+      fo__deliver_user_local(srv, user, ulen, offset, frame);
       fo_buf_unref(frame);
     } else {
       (*srv->m.drops)++;
     }
   }
   uint32_t user_off = 0;
-  fo_buf_t *pub = fo_proto_pub_user(user, ulen, json, jlen, &user_off);
+  fo_buf_t *pub = fo_proto_pub_user(user, ulen, offset, json, jlen, &user_off);
   fo_rmsg_t *m = calloc(1, sizeof(*m));
   if (pub == NULL || m == NULL) {
     fo_buf_unref(pub);
@@ -363,9 +367,11 @@ int fo__router_room(fo_server_t *srv, const char *room, size_t rlen, const char 
                     int32_t partition, int64_t offset) {
   fo_router_t *rt = srv->router;
   fo_sb_t ch;
+  char pre[32];
+  int plen = fo_proto_pub_room_prefix(pre, sizeof(pre), offset);
   fo_sb_init(&ch);
   fo_rkey_room_channel(&ch, srv->cfg->redis_prefix, room, rlen);
-  fo_buf_t *pub = ch.oom ? NULL : fo_buf_new(ch.len + jlen);
+  fo_buf_t *pub = ch.oom || plen < 0 ? NULL : fo_buf_new(ch.len + (size_t)plen + jlen);
   fo_rmsg_t *m = calloc(1, sizeof(*m));
   if (pub == NULL || m == NULL) {
     fo_sb_free(&ch);
@@ -374,8 +380,9 @@ int fo__router_room(fo_server_t *srv, const char *room, size_t rlen, const char 
     return -ENOMEM;
   }
   memcpy(pub->data, ch.data, ch.len);
-  memcpy(pub->data + ch.len, json, jlen);
-  pub->len = (uint32_t)(ch.len + jlen);
+  memcpy(pub->data + ch.len, pre, (size_t)plen);
+  memcpy(pub->data + ch.len + plen, json, jlen);
+  pub->len = (uint32_t)(ch.len + (size_t)plen + jlen);
   m->router = rt;
   m->pub = pub;
   m->user_off = 0;
@@ -413,8 +420,9 @@ int fo__router_skip(fo_server_t *srv, int q, int32_t partition, int64_t offset) 
 void fo__router_pubsub(fo_server_t *srv, const char *p, size_t n) {
   const char *user, *json;
   size_t ulen, jlen;
+  int64_t offset;
   (*srv->m.msgs_in_pubsub)++;
-  if (fo_proto_pub_parse(p, n, &user, &ulen, &json, &jlen) != 0) {
+  if (fo_proto_pub_parse(p, n, &offset, &user, &ulen, &json, &jlen) != 0) {
     (*srv->m.decode_errors)++;
     return;
   }
@@ -425,18 +433,25 @@ void fo__router_pubsub(fo_server_t *srv, const char *p, size_t n) {
     (*srv->m.drops)++;
     return;
   }
-  fo__deliver_user_local(srv, user, ulen, frame);
+  fo__deliver_user_local(srv, user, ulen, offset, frame);
   fo_buf_unref(frame);
 }
 
 void fo__router_room_pubsub(fo_server_t *srv, const char *room, size_t rlen, const char *p,
                             size_t n) {
+  int64_t offset;
+  const char *json;
+  size_t jlen;
   (*srv->m.msgs_in_pubsub)++;
-  fo_buf_t *frame = fo_frame_new(FO_WS_OP_TEXT, p, n);
+  if (fo_proto_pub_room_parse(p, n, &offset, &json, &jlen) != 0) {
+    (*srv->m.decode_errors)++;
+    return;
+  }
+  fo_buf_t *frame = fo_frame_new(FO_WS_OP_TEXT, json, jlen);
   if (frame == NULL) {
     (*srv->m.drops)++;
     return;
   }
-  fo__room_broadcast(srv, room, rlen, frame);
+  fo__room_broadcast(srv, room, rlen, offset, frame);
   fo_buf_unref(frame);
 }

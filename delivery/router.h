@@ -40,7 +40,9 @@ size_t fo__router_inflight(fo_server_t *srv);
 struct redisReply;
 int fo__router_reply(fo_server_t *srv, int q, size_t i, struct redisReply *reply);
 size_t fo__router_inflight_q(fo_server_t *srv, int q);
-/* Delivers a JSON text frame to every local connection of the user. */
-size_t fo__deliver_user_local(fo_server_t *srv, const char *user, size_t ulen, fo_buf_t *frame);
+/* Delivers a JSON text frame (the record at offset of the user's
+ * partition, -1 unknown) to every local connection of the user. */
+size_t fo__deliver_user_local(fo_server_t *srv, const char *user, size_t ulen, int64_t offset,
+                              fo_buf_t *frame);
 
 #endif

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "redis_uv.h"
 #include "server.h"
+#include "stream.h"
 #include "ws.h"
 
 static void register_metrics(fo_server_t *srv) {
@@ -40,7 +41,8 @@ static void register_metrics(fo_server_t *srv) {
     "frame handed to the kernel (or to libuv for a full socket)");
   C(accepted, "accepted_total", "TCP connections accepted");
   C(handshake_fail, "handshake_failures_total", "upgrade requests refused (any reason)");
-  C(auth_fail, "auth_failures_total", "upgrade requests refused for their token (401, or 4001/4003 with auth=close)");
+  C(auth_fail, "auth_failures_total",
+    "upgrade requests refused for their token (401, or 4001/4003 with auth=close)");
   C(rejected_full, "rejected_full_total", "upgrade requests refused with 503");
   C(rejected_user, "rejected_user_limit_total",
     "upgrade requests refused with 429 (--max-connections-per-user)");
@@ -102,6 +104,7 @@ static void on_pause(void *ud, bool pause) {
 static void on_check(uv_check_t *h) {
   fo_server_t *srv = h->data;
   fo__rreg_flush(srv);
+  fo__streams_after_flush(srv); /* a barrier behind the registrations just sent */
   fo__server_flush(srv);
   if (srv->draining)
     fo__drain_poll(srv); /* after the flush: it may have closed the last connections */
@@ -126,19 +129,35 @@ static void conn_unadmit(fo_conn_t *conn) {
   fo__registry_remove(conn);
 }
 
-static void conn_opened(fo_conn_t *conn) {
+static void conn_opened(fo_conn_t *conn, const char *since, size_t slen) {
   fo__rreg_conn_added(conn->srv, conn);
+  fo__stream_opened(conn, since, slen); /* the welcome, now or once its position is known */
 }
 
 static void conn_closed(fo_conn_t *conn) {
+  fo__stream_closed(conn);
   fo__rooms_leave_all(conn);
   fo__rreg_conn_removed(conn->srv, conn);
   fo__registry_remove(conn);
   fo__perm_release(conn);
 }
 
-static int conn_room(fo_conn_t *conn, const char *room, size_t len, bool join) {
-  return join ? fo__room_join(conn, room, len) : fo__room_leave(conn, room, len);
+static int conn_room(fo_conn_t *conn, const char *room, size_t len, bool join, bool has_since,
+                     const char *since, size_t slen) {
+  if (!join) {
+    fo__stream_left(conn, room, len);
+    return fo__room_leave(conn, room, len);
+  }
+  int rc = fo__room_join(conn, room, len);
+  if (rc == 0)
+    fo__stream_joined(conn, room, len, has_since, since, slen); /* answers: joined */
+  return rc;
+}
+
+/* Each heartbeat tick: the router's settle hold, the windows' age. */
+static void on_sweep_tick(fo_server_t *srv) {
+  fo__router_tick(srv);
+  fo__streams_tick(srv);
 }
 
 static bool conn_ready(fo_server_t *srv) {
@@ -155,11 +174,13 @@ void fo__server_wire(fo_server_t *srv) {
   /* hub_ev.user_gone: nobody needs it (rreg keeps its pending users by name) */
   if (srv->cfg->room_mode_id == FO_ROOM_MODE_REDIS)
     srv->hub_ev.room_sub = fo__rreg_room_sub;
+  srv->hub_ev.member_frame = fo__stream_send_room;
   srv->rreg_ev.pubsub_user = fo__router_pubsub;
   srv->rreg_ev.pubsub_room = fo__router_room_pubsub;
   srv->rreg_ev.redis_up = fo__router_redis_up;
   srv->redis_cmd = fo__rreg_cmd;
-  srv->on_sweep = fo__router_tick;
+  srv->on_sweep = on_sweep_tick;
+  srv->room_position = fo__consumer_room_position;
 }
 
 /* ---- drain (drain.c) ---- */
@@ -171,6 +192,7 @@ static void close_noop(uv_handle_t *h) {
 /* The drain finished (or was cut short): the server's own handles close,
  * and with them the loop ends. */
 static void on_stopped(fo_server_t *srv) {
+  fo__streams_close(srv); /* the replay reader's thread and handle */
   uv_close((uv_handle_t *)&srv->sweep, close_noop);
   uv_close((uv_handle_t *)&srv->flush_check, close_noop);
   uv_close((uv_handle_t *)&srv->drain_timer, close_noop);
@@ -240,7 +262,7 @@ int fo_server_core_init(fo_server_t *srv, uv_loop_t *loop, const fo_dcfg_t *cfg,
     snprintf(err, errlen, "out of memory");
     return rc;
   }
-  return 0;
+  return fo__streams_new(srv, err, errlen);
 }
 
 int fo_server_init(fo_server_t *srv, uv_loop_t *loop, const fo_dcfg_t *cfg, char *err,
@@ -269,6 +291,8 @@ int fo_server_init(fo_server_t *srv, uv_loop_t *loop, const fo_dcfg_t *cfg, char
     return rc;
   }
   rc = fo__consumer_new(srv, err, errlen);
+  if (rc == 0)
+    rc = fo__streams_start(srv, err, errlen);
   if (rc != 0)
     return rc;
   return fo__listener_start(srv, err, errlen);
@@ -278,6 +302,7 @@ void fo_server_cleanup(fo_server_t *srv) {
   srv->stopping = true; /* no pause/resume calls into a consumer being destroyed */
   fo__consumer_destroy(srv);
   fo__router_free(srv);
+  fo__streams_free(srv);
   fo__registry_free(srv);
   fo__rooms_free(srv);
   fo__frame_free(srv);

@@ -225,6 +225,8 @@ class Tab:
                     self.ledger.on_receive(conn, tag, m, t)
                 elif ty == "joined":
                     conn.joined[m.get("room")] = t
+                elif ty == "welcome":
+                    conn.welcome = m
                 elif ty == "error":
                     conn.errors.append(m)
                 elif ty not in ("pong", "left"):

@@ -73,7 +73,7 @@ def test_send_reaches_every_tab():
             assert got == ["u|%s|%d" % (user, i) for i in range(30)], (t.conns[0].via, got)
             positions = [g[1] for g in t.conns[0].got]
             assert positions == [g[1] for g in tabs[0].conns[0].got], "pos differs per tab"
-            assert all(re.fullmatch(r"u/\d+/\d+", p) for p in positions), positions[:3]
+            assert all(re.fullmatch(r"u\.[0-9a-f]{8}\.\d+\.\d+\.[0-9a-f]+", p) for p in positions), positions[:3]
 
     asyncio.run(go())
 
@@ -110,6 +110,7 @@ def test_room_broadcast_reaches_members_on_every_server():
         # A room outside the token's claim is refused, and nothing is joined.
         async with websockets.connect(c.ws_url("x-" + RUN, c.token("x-" + RUN, rooms=["team-*"])),
                                       open_timeout=scaled(10)) as ws:
+            assert json.loads(await ws.recv())["type"] == "welcome"
             await ws.send(json.dumps({"type": "join", "room": "secret-" + RUN}))
             reply = json.loads(await asyncio.wait_for(ws.recv(), scaled(5)))
             assert reply.get("type") == "error", reply

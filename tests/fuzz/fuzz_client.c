@@ -144,7 +144,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 4: {
       fo_buf_t *buf = server_text(srv, "room", p, 0, 16 * len);
       if (buf != NULL) {
-        fo__room_broadcast(srv, (const char *)p, len, buf);
+        fo__room_broadcast(srv, (const char *)p, len, (int64_t)len, buf);
         fo_buf_unref(buf);
       }
       break;
@@ -153,7 +153,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       const char *u = len > 0 && (p[0] & 1) ? "bob" : "alice";
       fo_buf_t *buf = server_text(srv, "user", (const uint8_t *)u, strlen(u), 16 * len);
       if (buf != NULL) {
-        fo__deliver_user_local(srv, u, strlen(u), buf);
+        fo__deliver_user_local(srv, u, strlen(u), (int64_t)len, buf);
         fo_buf_unref(buf);
       }
       break;

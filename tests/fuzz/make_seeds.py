@@ -253,6 +253,16 @@ def room_churn_seeds(op, txt, open_all):
     ]
 
 
+def pos_seeds():
+    """Positions (schemas/positions.md): valid ones at the limits, and near misses."""
+    good = ["u.1f3a9c2e.3.12345.18c2f3a4b5e", "r.00000000.0.-1.0", "u.013aec43.7.0.1",
+            "r.ffffffff.2147483647.9223372036854775807.7fffffffffffffff"]
+    bad = ["u.1F3A9C2E.3.12345.18c", "u.1f3a9c2e.03.1.1", "u.1f3a9c2e.3.-2.1",
+           "u.1f3a9c2e.2147483648.1.1", "u.1f3a9c2e.3.1.8000000000000000",
+           "u.1f3a9c2e.3.1.1\x00", " u.1f3a9c2e.3.1.1", "u.1f3a9c2e.3.1.1.1"]
+    return [x.encode() for x in good + bad]
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     shutil.rmtree(d, ignore_errors=True)
@@ -272,6 +282,7 @@ def main():
     write("fuzz_jwt", jwt_seeds())
     write("fuzz_handshake", handshake_seeds())
     write("fuzz_client", client_seeds())
+    write("fuzz_pos", pos_seeds())
 
 
 if __name__ == "__main__":

@@ -443,3 +443,21 @@ def eventually(pred, timeout=10.0, interval=0.05, what="condition"):
             return last
         time.sleep(interval)
     raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
+
+
+def joined_reply(m):
+    """A `joined` reply without its position (checked to be there): what
+    tests compare when they only care that the join worked."""
+    assert isinstance(m, dict), m
+    if m.get("type") == "joined":
+        assert isinstance(m.get("pos"), str) and m["pos"], m
+    return {k: v for k, v in m.items() if k in ("type", "room")}
+
+
+async def skip_welcome(ws):
+    """Reads the first frame of a python-websockets connection, which the
+    contract says is the welcome, and returns it."""
+    import json as _json
+    m = _json.loads(await ws.recv())
+    assert m.get("type") == "welcome" and isinstance(m.get("pos"), str), m
+    return m

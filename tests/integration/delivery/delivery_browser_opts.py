@@ -37,6 +37,8 @@ def frames_until(c, n_text_pings, timeout=10.0, answer=True):
             proto_pings += 1
         elif op == 0x1:
             m = json.loads(payload)
+            if m.get("type") == "welcome" and getattr(c, "welcome", None) is None:
+                c.welcome = m  # read here, not by c.recv(): it is not returned again
             if m == {"type": "ping"}:
                 text_pings += 1
                 if answer:
@@ -55,10 +57,9 @@ def test_heartbeat_text_pings_answered_keep_the_connection():
     texts, protos, other = frames_until(c, 4)
     assert texts == 4 and protos == 0, (texts, protos)
     assert time.time() - t0 >= 3 * PING_MS / 1000.0 * 0.9
-    # the welcome frame, when the server sends one, announces the interval
-    for m in other:
-        if m.get("type") == "welcome":
-            assert m.get("ping_ms") == PING_MS, m
+    # the welcome frame (the first) announces the interval
+    assert other and other[0].get("type") == "welcome", other
+    assert other[0].get("ping_ms") == PING_MS, other[0]
     assert S.redis.cli("HLEN", "ws:connections:hb1") == "1"
     # the connection still works for everything else
     c.send_json({"type": "ping"})
@@ -92,11 +93,15 @@ def test_heartbeat_unanswered_closes_and_cleans_registry():
 def test_without_heartbeat_protocol_pings_as_before():
     c = WsClient(P.addr, token=dtest.token("hb3"), auto_pong=False)
     c.sock.settimeout(ft.scaled(5))
+    texts = []
     while True:
         op, _, payload = c.recv_frame()
         if op == 0x9:
             break
         assert op == 0x1 and b'"ping"' not in payload, (op, payload)
+        texts.append(json.loads(payload))
+    # its welcome announces no app-level heartbeat
+    assert texts and texts[0].get("type") == "welcome" and "ping_ms" not in texts[0], texts
     c.send_frame(0xA)
     c.close()
 
@@ -148,7 +153,8 @@ def test_auth_close_refusals_are_4003_and_4001_and_register_nothing():
     assert op == 0x8 and struct.unpack("!H", payload[:2])[0] == 4001
     m1 = dtest.metrics(P)
     assert m1["fanout_delivery_auth_failures_total"] == m0["fanout_delivery_auth_failures_total"] + 5
-    assert m1.get("fanout_delivery_connections", 0) == m0.get("fanout_delivery_connections", 0)
+    # (<=: a connection of the test before may still be closing)
+    assert m1.get("fanout_delivery_connections", 0) <= m0.get("fanout_delivery_connections", 0)
     assert S.redis.cli("KEYS", "ws:connections:mallory") == ""
     # without the opt-in: the HTTP 401 as before
     try:
@@ -160,8 +166,6 @@ def test_auth_close_refusals_are_4003_and_4001_and_register_nothing():
     c = WsClient(P.addr, path="/ws?auth=close&token=" + dtest.token("ok"))
     c.send_json({"type": "ping"})
     m = c.recv()
-    if m.get("type") == "welcome":  # the first frame once the server sends one
-        m = c.recv()
     assert m == {"type": "pong"}, m
     c.close()
 

@@ -59,6 +59,7 @@ def test_sigterm_drains():
             ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:dana") == "1")
             A.signal(signal.SIGTERM)
             try:
+                assert json.loads(await ws.recv())["type"] == "welcome"
                 await ws.recv()
                 raise AssertionError("no close")
             except websockets.ConnectionClosed as e:

@@ -90,7 +90,7 @@ def test_right_credentials_everything_works():
                for pr in (A, B)}
     for c in clients.values():
         c.send_json({"type": "join", "room": "lobby"})
-        assert c.recv(timeout=10) == {"type": "joined", "room": "lobby"}
+        assert ft.joined_reply(c.recv(timeout=10)) == {"type": "joined", "room": "lobby"}
     ft.eventually(lambda: redis.cli("PUBSUB", "NUMSUB", "ws:room:lobby").split()[-1] == "2",
                   what="both servers subscribed to the room channel")
     ft.eventually(lambda: api(I, "GET", "/v1/presence/uA")[1].get("online") is True,

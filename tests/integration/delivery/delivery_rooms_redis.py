@@ -33,7 +33,7 @@ S.wait_rooms_live()  # the rooms group starts at "latest": found before the test
 def join(c, room):
     c.send_json({"type": "join", "room": room})
     m = c.recv(timeout=10)
-    assert m == {"type": "joined", "room": room}, m
+    assert ft.joined_reply(m) == {"type": "joined", "room": room}, m
 
 
 def test_each_member_on_each_server_gets_each_message_once():
@@ -64,7 +64,7 @@ def test_each_member_on_each_server_gets_each_message_once():
     got = {}
     for c, name in ((a1, "a1"), (b1, "b1"), (b2, "b2")):
         msgs = [c.recv(timeout=15) for _ in range(len(expect))]
-        assert all(m["type"] == "message" and m["pos"].startswith("r/") for m in msgs), msgs
+        assert all(m["type"] == "message" and m["pos"].startswith("r.") for m in msgs), msgs
         got[name] = msgs
         assert sorted((m["room"], m["data"]["i"]) for m in msgs) == expect, msgs
         for r in rooms:  # per room in Kafka order
@@ -140,7 +140,7 @@ def numsub(room):
 def expect_replies(c, msgs):
     for m in msgs:
         want = {"type": "joined" if m["type"] == "join" else "left", "room": m["room"]}
-        got = c.recv(timeout=10)
+        got = ft.joined_reply(c.recv(timeout=10))
         assert got == want, (got, want)
 
 
@@ -214,7 +214,7 @@ def test_last_member_disconnects_while_another_joins():
         frame = WsClient.frame(0x1, json.dumps({"type": "join", "room": room}).encode())
         old.abort()
         new.sock.sendall(frame)
-        assert new.recv(timeout=10) == {"type": "joined", "room": room}
+        assert ft.joined_reply(new.recv(timeout=10)) == {"type": "joined", "room": room}
         ft.eventually(lambda: numsub(room) == "1", what="still subscribed")
         broadcast_once(new, room, i)
         new.close()

@@ -77,6 +77,8 @@ def test_room_broadcast_reaches_members_on_every_server_only():
                 websockets.connect(dtest.ws_url(B, "m2", rooms=rooms)) as m2, \
                 websockets.connect(dtest.ws_url(A, "x1", rooms=rooms)) as x1, \
                 websockets.connect(dtest.ws_url(B, "x2", rooms=rooms)) as x2:
+            for ws in (m1, m2, x1, x2):
+                await ft.skip_welcome(ws)
             for ws in (m1, m2):
                 await ws.send(json.dumps({"type": "join", "room": "lobby"}))
                 assert json.loads(await ws.recv())["type"] == "joined"
@@ -85,7 +87,7 @@ def test_room_broadcast_reaches_members_on_every_server_only():
             got2 = json.loads(await m2.recv())
             assert got1 == got2, (got1, got2)  # same id and pos for every recipient
             assert got1["room"] == "lobby" and got1["data"] == {"b": 1}
-            assert got1["pos"].startswith("r/")
+            assert got1["pos"].startswith("r.")
             for ws in (m1, m2, x1, x2):  # nobody gets it twice, non-members never
                 await ws.send(json.dumps({"type": "ping"}))
                 assert json.loads(await ws.recv()) == {"type": "pong"}

@@ -181,7 +181,13 @@ class WsClient:
                 self.close_code = code
                 raise Closed(code, payload[2:].decode("utf-8", "replace"))
             assert fin and op == 0x1, "expected a whole text frame, got op %d" % op
-            return json.loads(payload)
+            msg = json.loads(payload)
+            if getattr(self, "welcome", None) is None:
+                # The contract: the first frame of every connection.
+                assert msg.get("type") == "welcome" and isinstance(msg.get("pos"), str), msg
+                self.welcome = msg
+                continue
+            return msg
 
     def expect_close(self, timeout=5.0):
         """Reads until a close frame or EOF; returns the close code (None on EOF)."""

@@ -237,6 +237,16 @@ class RawWs:
                 (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
             assert self.headers.get("sec-websocket-accept") == want, self.headers
 
+    def read_welcome(self, timeout=5.0):
+        """Reads the first frame, which the contract says is the welcome
+        (for tests that read raw frames afterwards)."""
+        self.sock.settimeout(ft.scaled(timeout))
+        op, payload = self.recv_frame()
+        msg = json.loads(payload) if op == 0x1 else None
+        assert msg is not None and msg.get("type") == "welcome", (op, payload)
+        self.welcome = msg
+        return msg
+
     def send(self, data):
         self.sock.sendall(data)
 
@@ -276,7 +286,13 @@ class RawWs:
         while True:
             op, payload = self.recv_frame()
             if op == 0x1:
-                return json.loads(payload)
+                msg = json.loads(payload)
+                if getattr(self, "welcome", None) is None:
+                    # The contract: the first frame of every connection.
+                    assert msg.get("type") == "welcome" and isinstance(msg.get("pos"), str), msg
+                    self.welcome = msg
+                    continue
+                return msg
             if op == 0x9:
                 self.sock.sendall(frame(0xA, payload))
             elif op == 0x8:

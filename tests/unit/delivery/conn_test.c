@@ -54,7 +54,7 @@ static int setup(void **state) {
   setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
   assert_int_equal(fo__conn_adopt(&f->srv, sv[0], false, &f->conn), 0);
   assert_int_equal(f->srv.nconns, 1);
-  fo__conn_opened(f->conn); /* as the handshake does once the 101 is queued */
+  fo__conn_opened(f->conn, NULL, 0); /* as the handshake does once the 101 is queued */
   assert_int_equal(f->conn->state, FO_CONN_OPEN);
   f->peer = sv[1];
   *state = f;

@@ -198,7 +198,7 @@ static void rooms(void **state) {
   assert_int_equal(f->unsubs, 3);
   assert_int_equal(f->nrooms, 0);
   /* no member: a broadcast reaches nobody */
-  assert_int_equal(fo__room_broadcast(&f->srv, "r.2", 3, NULL), 0);
+  assert_int_equal(fo__room_broadcast(&f->srv, "r.2", 3, -1, NULL), 0);
 }
 
 /* Many members, removed in an order that makes the swap-remove move the

@@ -40,19 +40,24 @@ static void message_frames(void **state) {
   fo_sb_t sb;
   fo_sb_init(&sb);
   fo_env_t e = env_of("alice", "{\"a\":1}", 7, "application/json; charset=utf-8");
-  assert_int_equal(fo_proto_message(&sb, &e, 'u', 3, 42), 0);
+  fo_pos_t pu = {'u', 0x1f3a9c2e, 3, 42, 0x18c2f3a4b5e};
+  assert_int_equal(fo_proto_message(&sb, &e, &pu), 0);
   assert_sb(&sb, "{\"type\":\"message\",\"id\":\"10111213-1415-1617-1819-1a1b1c1d1e1f\","
-                 "\"user\":\"alice\",\"pos\":\"u/3/42\",\"data\":{\"a\":1}}");
+                 "\"user\":\"alice\",\"pos\":\"u.1f3a9c2e.3.42.18c2f3a4b5e\",\"data\":{\"a\":1}}");
   /* JSON content type but not JSON: a string */
   e = env_of("lob\"by", "{nope", 5, "application/json");
-  assert_int_equal(fo_proto_message(&sb, &e, 'r', 0, 7), 0);
+  fo_pos_t pr = {'r', 0, 0, 7, 0};
+  assert_int_equal(fo_proto_message(&sb, &e, &pr), 0);
   assert_sb(&sb, "{\"type\":\"message\",\"id\":\"10111213-1415-1617-1819-1a1b1c1d1e1f\","
-                 "\"room\":\"lob\\\"by\",\"pos\":\"r/0/7\",\"data\":\"{nope\"}");
+                 "\"room\":\"lob\\\"by\",\"pos\":\"r.00000000.0.7.0\",\"data\":\"{nope\"}");
   /* not UTF-8: base64 */
   e = env_of("bob", "\xff\xfe", 2, "application/octet-stream");
-  assert_int_equal(fo_proto_message(&sb, &e, 'u', 1, 2), 0);
-  assert_sb(&sb, "{\"type\":\"message\",\"id\":\"10111213-1415-1617-1819-1a1b1c1d1e1f\","
-                 "\"user\":\"bob\",\"pos\":\"u/1/2\",\"data\":\"//4=\",\"encoding\":\"base64\"}");
+  fo_pos_t pb = {'u', 0xabcdef01, 1, 2, 5};
+  assert_int_equal(fo_proto_message(&sb, &e, &pb), 0);
+  assert_sb(
+      &sb,
+      "{\"type\":\"message\",\"id\":\"10111213-1415-1617-1819-1a1b1c1d1e1f\","
+      "\"user\":\"bob\",\"pos\":\"u.abcdef01.1.2.5\",\"data\":\"//4=\",\"encoding\":\"base64\"}");
   fo_sb_free(&sb);
 }
 
@@ -60,8 +65,16 @@ static void replies(void **state) {
   (void)state;
   fo_sb_t sb;
   fo_sb_init(&sb);
-  assert_int_equal(fo_proto_room_reply(&sb, 1, "a\"b", 3), 0);
-  assert_sb(&sb, "{\"type\":\"joined\",\"room\":\"a\\\"b\"}");
+  assert_int_equal(fo_proto_joined(&sb, "a\"b", 3, "r.1.2.3.4", -1), 0);
+  assert_sb(&sb, "{\"type\":\"joined\",\"room\":\"a\\\"b\",\"pos\":\"r.1.2.3.4\"}");
+  assert_int_equal(fo_proto_joined(&sb, "x", 1, "p", 1), 0);
+  assert_sb(&sb, "{\"type\":\"joined\",\"room\":\"x\",\"pos\":\"p\",\"recovered\":true}");
+  assert_int_equal(fo_proto_welcome(&sb, "u.1.2.3.4", 0, 0), 0);
+  assert_sb(&sb, "{\"type\":\"welcome\",\"pos\":\"u.1.2.3.4\",\"recovered\":false}");
+  assert_int_equal(fo_proto_welcome(&sb, "u.1.2.3.4", -1, 0), 0);
+  assert_sb(&sb, "{\"type\":\"welcome\",\"pos\":\"u.1.2.3.4\"}");
+  assert_int_equal(fo_proto_welcome(&sb, "p", 1, 30000), 0);
+  assert_sb(&sb, "{\"type\":\"welcome\",\"pos\":\"p\",\"recovered\":true,\"ping_ms\":30000}");
   assert_int_equal(fo_proto_room_reply(&sb, 0, "x", 1), 0);
   assert_sb(&sb, "{\"type\":\"left\",\"room\":\"x\"}");
   assert_int_equal(fo_proto_error(&sb, "forbidden", "not \"allowed\""), 0);
@@ -142,23 +155,35 @@ static void client_messages(void **state) {
 static void pubsub_payload(void **state) {
   (void)state;
   uint32_t off = 0;
-  fo_buf_t *b = fo_proto_pub_user("alice", 5, "{\"x\":1}", 7, &off);
+  fo_buf_t *b = fo_proto_pub_user("alice", 5, 42, "{\"x\":1}", 7, &off);
   assert_non_null(b);
-  assert_int_equal(off, 2);
-  assert_int_equal(b->len, 14);
-  assert_memory_equal(b->data, "5:alice{\"x\":1}", 14);
+  assert_int_equal(off, 6);
+  assert_int_equal(b->len, 18);
+  assert_memory_equal(b->data, "@42:5:alice{\"x\":1}", 18);
   const char *u, *j;
   size_t ul, jl;
-  assert_int_equal(fo_proto_pub_parse((const char *)b->data, b->len, &u, &ul, &j, &jl), 0);
+  int64_t o = 0;
+  assert_int_equal(fo_proto_pub_parse((const char *)b->data, b->len, &o, &u, &ul, &j, &jl), 0);
+  assert_int_equal(o, 42);
   assert_int_equal(ul, 5);
   assert_memory_equal(u, "alice", 5);
   assert_int_equal(jl, 7);
   assert_memory_equal(j, "{\"x\":1}", 7);
   fo_buf_unref(b);
-  static const char *const bads[] = {"",     ":",     "5:ali",       "5:alice",
-                                     "0:{}", "x:a{}", "1234567:a{}", "5alice{}"};
+  /* The version before sent no offset: still parsed, offset unknown. */
+  assert_int_equal(fo_proto_pub_parse("5:alice{}", 9, &o, &u, &ul, &j, &jl), 0);
+  assert_int_equal(o, -1);
+  static const char *const bads[] = {
+      "",         ":",           "5:ali",        "5:alice", "0:{}", "x:a{}", "1234567:a{}",
+      "5alice{}", "@:5:alice{}", "@x:5:alice{}", "@1",      "@12:"};
   for (size_t i = 0; i < sizeof(bads) / sizeof(bads[0]); i++)
-    assert_int_equal(fo_proto_pub_parse(bads[i], strlen(bads[i]), &u, &ul, &j, &jl), -EPROTO);
+    assert_int_equal(fo_proto_pub_parse(bads[i], strlen(bads[i]), &o, &u, &ul, &j, &jl), -EPROTO);
+  assert_int_equal(fo_proto_pub_room_parse("@7:{}", 5, &o, &j, &jl), 0);
+  assert_int_equal(o, 7);
+  assert_int_equal(jl, 2);
+  assert_int_equal(fo_proto_pub_room_parse("{}", 2, &o, &j, &jl), 0);
+  assert_int_equal(o, -1);
+  assert_int_equal(fo_proto_pub_room_parse("@7:", 3, &o, &j, &jl), -EPROTO);
 }
 
 static void frames(void **state) {
