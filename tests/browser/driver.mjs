@@ -15,6 +15,12 @@ const browser = await chromium.launch({
     "--no-sandbox", // root in CI containers
     "--disable-gpu",
     "--disable-dev-shm-usage",
+    // the machine's network is closed: no calls home, no component updates
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
     // a headless page is "hidden": keep its timers at full speed
     "--disable-background-timer-throttling",
     "--disable-renderer-backgrounding",
