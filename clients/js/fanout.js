@@ -64,6 +64,7 @@ export class FanoutClient {
     this._state = "disconnected";
     this._want = false; // connect() called and not close()d
     this._suspended = false; // pagehide (bfcache): no socket until pageshow
+    this._offline = false; // the browser said offline: retry slowly until it says online
     this._ws = null;
     this._gen = 0; // bumped when a socket is dropped: stale callbacks see another value
     this._connected = false; // the current socket got its welcome
@@ -81,7 +82,7 @@ export class FanoutClient {
       ? env.document : null;
     this._handlers = {
       online: () => this._online(),
-      offline: () => this._offline(),
+      offline: () => this._goOffline(),
       pagehide: (e) => this._pagehide(e),
       pageshow: (e) => this._pageshow(e),
       visibilitychange: () => this._visible(),
@@ -294,6 +295,9 @@ export class FanoutClient {
 
   _retry(delay) {
     if (this._suspended) return; // pageshow reconnects
+    // Offline: the online event reconnects; a slow retry covers a browser
+    // that wrongly reports offline (some VPN and network setups do).
+    if (this._offline) delay = Math.max(delay, this.options.maxReconnectDelay);
     this._set("retry", delay, () => this._open());
   }
 
@@ -343,6 +347,7 @@ export class FanoutClient {
   _welcome(m) {
     if (this._connected) return;
     this._connected = true;
+    this._offline = false;
     this._clear("connect");
     this._pingMs = Number.isFinite(m.ping_ms) && m.ping_ms > 0 ? m.ping_ms : 0;
     this._refusals = 0;
@@ -460,15 +465,19 @@ export class FanoutClient {
   // Back online: reconnect now instead of waiting out the backoff; a socket
   // that looks connected may have died with the old network: probe it.
   _online() {
+    this._offline = false;
     if (!this._want || this._suspended) return;
     if (this._ws === null) this._open();
     else if (this._connected) this._probe();
   }
 
-  // Offline: the socket cannot carry anything; do not wait for its timeout.
-  _offline() {
-    if (!this._want || this._ws === null) return;
-    this._lost(CLOSE_NO_HEARTBEAT, "offline");
+  // Offline: the socket cannot carry anything; do not wait for its timeout,
+  // and do not retry at full speed into a network that is not there.
+  _goOffline() {
+    this._offline = true;
+    if (!this._want) return;
+    if (this._ws !== null) this._lost(CLOSE_NO_HEARTBEAT, "offline");
+    else if (this._timers.retry !== null) this._retry(this.options.maxReconnectDelay);
   }
 
   // A page going into the back/forward cache must not hold a socket (Chrome

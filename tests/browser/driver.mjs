@@ -2,6 +2,7 @@
 // one JSON command per line on stdin, answers one JSON line on stdout.
 //   {"id":1,"op":"goto","arg":"http://127.0.0.1:PORT/page.html"}
 //   {"id":2,"op":"eval","arg":"JS expression (a Promise is awaited)"}
+//   {"id":4,"op":"offline","arg":true}: network emulation (the page sees offline/online)
 //   {"id":3,"op":"newpage"} -> the new page's index; "page": N in goto/eval picks one (default 0)
 // Stdin closed: the browser is closed and the driver exits. The page's console
 // and errors go to stderr. No browser is downloaded: /usr/bin/chromium, or
@@ -57,6 +58,7 @@ rl.on("line", async (line) => {
     if (cmd.op === "goto") await page.goto(cmd.arg, { waitUntil: "load" });
     else if (cmd.op === "eval") result = await page.evaluate(cmd.arg);
     else if (cmd.op === "newpage") result = await newPage();
+    else if (cmd.op === "offline") await page.context().setOffline(!!cmd.arg); // fires offline/online
     else throw new Error("unknown op " + cmd.op);
     out({ id: cmd.id, ok: true, result: result === undefined ? null : result });
   } catch (e) {

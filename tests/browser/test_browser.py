@@ -8,6 +8,8 @@ flow. Run one with: test_browser.py test_drain_then_freeze (no argument: all).
   test_token_expired_then_good   an expired token (auth=close: 4001), then a good one, connects;
                                  two refused tokens in a row stop the client (closed + error)
   test_demo_page                 clients/js/demo shows the state, a send and a broadcast
+  test_offline_online            offline drops the socket; online reconnects at once (not after the
+                                 backoff) and resumes what was sent meanwhile
   test_drain_then_freeze         SIGTERM of the client's server, then SIGSTOP of the next:
                                  every message once, in order per stream, recovered:true on
                                  each resume, the frozen connection replaced within ping
@@ -305,6 +307,40 @@ def test_demo_page():
     B.eval("window.client.close()", page=pg)
     eventually(lambda: B.eval("document.getElementById('state').textContent", page=pg)
                == "closed", what="demo page closed")
+
+
+def test_offline_online():
+    user = "off1"
+    # a backoff far longer than the test waits: only the online event can explain a quick return
+    lo, hi = start_clients([user], [fresh_tokens(user, [])], [],
+                           {"minReconnectDelay": 30000, "maxReconnectDelay": 60000})
+    eventually(lambda: brief(lo, hi)[0][0] == "connected", timeout=20, what="connected")
+    sent = []
+    for i in range(3):
+        assert C.send(user, {"seq": i})[0] == 202
+        sent.append(i)
+    eventually(lambda: summary(lo, hi)[0]["recv"].get("user", []) == sent, what="first messages")
+    B.call("offline", True)
+    try:
+        eventually(lambda: brief(lo, hi)[0][0] == "disconnected", timeout=10,
+                   what="offline drops the connection")
+        for i in range(3, 8):
+            assert C.send(user, {"seq": i})[0] == 202
+            sent.append(i)
+        time.sleep(0.5)  # offline for a moment: nothing can arrive now anyway
+        assert summary(lo, hi)[0]["recv"].get("user", []) == sent[:3]
+    finally:
+        t_on = B.eval("T.now()")
+        B.call("offline", False)
+    eventually(lambda: brief(lo, hi)[0][0] == "connected" and brief(lo, hi)[0][1] == 2,
+               timeout=10, what="reconnected after online")
+    rec = summary(lo, hi)[0]
+    assert rec["welcomes"][1][0] - t_on < scaled(5.0) * 1000, (rec["welcomes"][1][0] - t_on)
+    assert [(r[1], r[2]) for r in rec["recovered"]] == [("user", True)], rec["recovered"]
+    eventually(lambda: summary(lo, hi)[0]["recv"].get("user", []) == sent, timeout=10,
+               what="the messages sent while offline, once, in order")
+    log("offline/online: reconnected %d ms after online" % (rec["welcomes"][1][0] - t_on))
+    B.eval("T.close(%d, %d)" % (lo, hi))
 
 
 def test_drain_then_freeze():
