@@ -208,13 +208,12 @@ def setup_module():
 
 
 def teardown_module():
-    for x in (B,):
-        if x is not None:
-            x.close()
-    if C is not None:
-        C.stop()
+    if B is not None:
+        B.close()
+    problems = C.shutdown_clean() if C is not None else []  # exit codes, sanitizer reports
     if S is not None:
         S.stop()
+    assert not problems, problems
 
 
 def start_clients(users, tokens, rooms, options=None):
