@@ -434,3 +434,38 @@ test("a listener that throws does not break the client", async () => {
   }
   assert.ok(thrown >= 2);
 });
+
+test("a token function that never answers is cut by the connect timeout", async () => {
+  let n = 0;
+  const { c, clock, sockets, last } = setup({
+    connectTimeout: 2000,
+    token: () => (++n === 1 ? new Promise(() => {}) : "late-but-fine"),
+  });
+  c.connect();
+  await clock.tick(1999);
+  assert.equal(sockets.length, 0);
+  assert.equal(c.state, "connecting");
+  await clock.tick(1);
+  assert.equal(c.state, "disconnected");
+  await clock.tick(clock.next());
+  assert.equal(sockets.length, 1);
+  assert.equal(last().query().get("token"), "late-but-fine");
+  assert.equal(n, 2);
+});
+
+test("a tab that becomes visible probes its connection", async () => {
+  const env = new EventTarget();
+  env.document = new EventTarget();
+  env.document.visibilityState = "hidden";
+  const { c, clock, sockets, last } = setup({ environment: env, heartbeatTimeout: 700 });
+  c.connect();
+  last().welcome({ ping_ms: 60000 });
+  env.document.visibilityState = "visible";
+  env.document.dispatchEvent(new Event("visibilitychange"));
+  assert.deepEqual(last().sent.at(-1), { type: "ping" });
+  await clock.tick(699);
+  assert.equal(sockets[0].closed, null);
+  await clock.tick(1); // no answer within heartbeatTimeout, although ping_ms is a minute
+  assert.equal(sockets[0].closed.code, 4000);
+  assert.equal(c.stats.dead, 1);
+});
