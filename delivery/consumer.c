@@ -201,8 +201,10 @@ static void on_user_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
     fo__router_skip(srv, FO_RQ_USERS, msg->partition, msg->offset);
     return;
   }
+  int64_t soff = fo__streams_offset(srv, FO_STREAM_USER, env.target, env.target_len, msg->partition,
+                                    msg->offset);
   if (fo__router_user(srv, env.target, env.target_len, c->sb.data, c->sb.len, msg->partition,
-                      msg->offset) != 0) {
+                      msg->offset, soff) != 0) {
     (*srv->m.drops)++;
     fo__router_skip(srv, FO_RQ_USERS, msg->partition, msg->offset);
   }
@@ -241,8 +243,10 @@ static void on_room_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
   }
   if (c->room_pubsub) {
     /* Delivered by the subscribers of ws:room:{room}, this server included. */
+    int64_t soff = fo__streams_offset(srv, FO_STREAM_ROOM, env.target, env.target_len,
+                                      msg->partition, msg->offset);
     if (fo__router_room(srv, env.target, env.target_len, c->sb.data, c->sb.len, msg->partition,
-                        msg->offset) != 0) {
+                        msg->offset, soff) != 0) {
       (*srv->m.drops)++;
       fo__router_skip(srv, FO_RQ_ROOMS, msg->partition, msg->offset);
     }
@@ -256,7 +260,10 @@ static void on_room_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
   stream_record(c, FO_STREAM_ROOM, msg, &env, frame, first);
   if (frame == NULL)
     return;
-  fo__room_broadcast(srv, env.target, env.target_len, msg->offset, frame);
+  fo__room_broadcast(srv, env.target, env.target_len,
+                     fo__streams_offset(srv, FO_STREAM_ROOM, env.target, env.target_len,
+                                        msg->partition, msg->offset),
+                     frame);
   fo_buf_unref(frame);
 }
 
@@ -456,8 +463,8 @@ static void meta_after(uv_work_t *w, int status) {
   if (cur != NULL)
     rd_kafka_topic_partition_list_destroy(cur);
   if (n <= 0 || !have_cluster || c->meta_partitions[0] <= 0) {
-    FO_LOG_WARN("consumer", "topic metadata failed", "topic=%s err=\"%s\"",
-                srv->cfg->rooms_topic, c->meta_err);
+    FO_LOG_WARN("consumer", "topic metadata failed", "topic=%s err=\"%s\"", srv->cfg->rooms_topic,
+                c->meta_err);
     uv_timer_start(&c->meta_timer, on_meta_timer, 1000, 0);
     if (n <= 0)
       return;
@@ -656,6 +663,17 @@ int64_t fo__consumer_room_position(fo_server_t *srv, int32_t partition) {
   if (rd_kafka_position(c->rooms.rk, l) == RD_KAFKA_RESP_ERR_NO_ERROR && l->elems[0].offset >= 0)
     off = l->elems[0].offset;
   rd_kafka_topic_partition_list_destroy(l);
+  if (off < 0) {
+    /* Nothing consumed yet (librdkafka's position is last consumed + 1):
+     * the high watermark of the last fetch response, no request either.
+     * Records before it that the consumer has not handed over yet arrive
+     * later: the caller drops those (its fence). */
+    int64_t lo = -1, hi = -1;
+    if (rd_kafka_get_watermark_offsets(c->rooms.rk, srv->cfg->rooms_topic, partition, &lo, &hi) ==
+            RD_KAFKA_RESP_ERR_NO_ERROR &&
+        hi >= 0)
+      off = hi;
+  }
   return off;
 }
 

@@ -18,8 +18,8 @@ void fo__consumer_destroy(fo_server_t *srv);
 void fo__consumer_collect(fo_server_t *srv);
 
 /* Room mode "kafka": the next offset the rooms consumer will hand over
- * for this partition (librdkafka's fetch position, no request), or -1 when
- * it is not known yet. */
+ * for this partition (librdkafka's position, else the high watermark of its
+ * last fetch; no request), or -1 when neither is known yet. */
 int64_t fo__consumer_room_position(fo_server_t *srv, int32_t partition);
 
 #endif

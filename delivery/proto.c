@@ -161,7 +161,8 @@ fo_proto_kind_t fo_proto_parse(const uint8_t *p, size_t n, fo_proto_msg_t *out) 
 fo_buf_t *fo_proto_pub_user(const char *user, size_t ulen, int64_t offset, const char *json,
                             size_t jlen, uint32_t *user_off) {
   char hdr[48];
-  int hl = snprintf(hdr, sizeof(hdr), "@%" PRId64 ":%zu:", offset, ulen);
+  int hl = offset >= 0 ? snprintf(hdr, sizeof(hdr), "@%" PRId64 ":%zu:", offset, ulen)
+                       : snprintf(hdr, sizeof(hdr), "%zu:", ulen); /* on no stream */
   fo_buf_t *pub = fo_buf_new((size_t)hl + ulen + jlen);
   if (pub == NULL)
     return NULL;
@@ -190,6 +191,11 @@ static int parse_offset_prefix(const char *p, size_t n, int64_t *offset) {
 }
 
 int fo_proto_pub_room_prefix(char *out, size_t outlen, int64_t offset) {
+  if (offset < 0) { /* on no stream: no prefix */
+    if (outlen > 0)
+      out[0] = '\0';
+    return 0;
+  }
   int n = snprintf(out, outlen, "@%" PRId64 ":", offset);
   return n < 0 || (size_t)n >= outlen ? -ENOSPC : n;
 }

@@ -332,19 +332,19 @@ size_t fo__deliver_user_local(fo_server_t *srv, const char *user, size_t ulen, i
 }
 
 int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char *json, size_t jlen,
-                    int32_t partition, int64_t offset) {
+                    int32_t partition, int64_t offset, int64_t stream_offset) {
   fo_router_t *rt = srv->router;
   if (fo__registry_user(srv, user, ulen) != NULL) {
     fo_buf_t *frame = fo_frame_new(FO_WS_OP_TEXT, json, jlen);
     if (frame != NULL) {
-      fo__deliver_user_local(srv, user, ulen, offset, frame);
+      fo__deliver_user_local(srv, user, ulen, stream_offset, frame);
       fo_buf_unref(frame);
     } else {
       (*srv->m.drops)++;
     }
   }
   uint32_t user_off = 0;
-  fo_buf_t *pub = fo_proto_pub_user(user, ulen, offset, json, jlen, &user_off);
+  fo_buf_t *pub = fo_proto_pub_user(user, ulen, stream_offset, json, jlen, &user_off);
   fo_rmsg_t *m = calloc(1, sizeof(*m));
   if (pub == NULL || m == NULL) {
     fo_buf_unref(pub);
@@ -364,11 +364,11 @@ int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char 
 }
 
 int fo__router_room(fo_server_t *srv, const char *room, size_t rlen, const char *json, size_t jlen,
-                    int32_t partition, int64_t offset) {
+                    int32_t partition, int64_t offset, int64_t stream_offset) {
   fo_router_t *rt = srv->router;
   fo_sb_t ch;
   char pre[32];
-  int plen = fo_proto_pub_room_prefix(pre, sizeof(pre), offset);
+  int plen = fo_proto_pub_room_prefix(pre, sizeof(pre), stream_offset);
   fo_sb_init(&ch);
   fo_rkey_room_channel(&ch, srv->cfg->redis_prefix, room, rlen);
   fo_buf_t *pub = ch.oom || plen < 0 ? NULL : fo_buf_new(ch.len + (size_t)plen + jlen);

@@ -12,14 +12,15 @@ void fo__router_free(fo_server_t *srv);
 enum { FO_RQ_USERS = 0, FO_RQ_ROOMS = 1, FO_RQ_COUNT = 2 };
 /* Delivers a user message: local sockets now, other servers via Redis.
  * The done callback gets (partition, offset) once it and every message
- * before it were handed over. json is copied. */
+ * before it were handed over. json is copied. stream_offset: its offset on
+ * the user's stream (-1: on none), for the receivers' resume seam. */
 typedef void (*fo_route_done_cb)(void *ud, int32_t partition, int64_t offset);
 int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char *json, size_t jlen,
-                    int32_t partition, int64_t offset);
+                    int32_t partition, int64_t offset, int64_t stream_offset);
 /* Room mode "redis": PUBLISHes a room message's client frame text to
  * ws:room:{room}; released (FO_RQ_ROOMS) when Redis answered. json is copied. */
 int fo__router_room(fo_server_t *srv, const char *room, size_t rlen, const char *json, size_t jlen,
-                    int32_t partition, int64_t offset);
+                    int32_t partition, int64_t offset, int64_t stream_offset);
 /* Releases an offset of queue q that needed no routing, after those before it. */
 int fo__router_skip(fo_server_t *srv, int q, int32_t partition, int64_t offset);
 void fo__router_set_done_cb(fo_server_t *srv, int q, fo_route_done_cb cb, void *ud);

@@ -51,7 +51,7 @@ enum {
   RES_ERROR,    /* Kafka error or timeout; Redis down; out of memory */
   RES_COUNT
 };
-static const char *const res_names[RES_COUNT] = {"recovered", "unknown", "epoch",  "foreign",
+static const char *const res_names[RES_COUNT] = {"recovered", "unknown",  "epoch",   "foreign",
                                                  "expired",   "over_cap", "too_far", "error"};
 
 /* A frame held while a replay runs. */
@@ -62,20 +62,20 @@ typedef struct {
 
 /* One stream of one connection whose position is being worked out. */
 typedef struct fo_pending {
-  struct fo_pending *next;              /* the connection's list */
-  struct fo_pending *wprev, *wnext;     /* the registry-barrier wait list */
+  struct fo_pending *next;          /* the connection's list */
+  struct fo_pending *wprev, *wnext; /* the registry-barrier wait list */
   fo_conn_t *conn;
   fo_replay_handle_t *h; /* the Kafka replay in flight, or NULL */
   int kind;              /* FO_STREAM_* */
   int32_t partition;
-  uint32_t wait_gen;     /* the barrier it waits for (0: none) */
-  int verdict;           /* RES_* decided before any replay (RES_RECOVERED: try) */
+  uint32_t wait_gen; /* the barrier it waits for (0: none) */
+  int verdict;       /* RES_* decided before any replay (RES_RECOVERED: try) */
   bool has_since;
-  bool fence;       /* done, but live frames <= end are still dropped (rooms) */
-  bool overflowed;  /* the hold filled up: answered recovered:false */
+  bool fence;      /* done, but live frames <= end are still dropped (rooms) */
+  bool overflowed; /* the hold filled up: answered recovered:false */
   fo_pos_t since;
-  int64_t end;      /* the stream's E once known, else -2 */
-  held_t *held;     /* live frames of the stream meanwhile, oldest first */
+  int64_t end;  /* the stream's E once known, else -2 */
+  held_t *held; /* live frames of the stream meanwhile, oldest first */
   uint32_t nheld, capheld;
   size_t room_len; /* rooms: the name */
   char room[];
@@ -197,10 +197,22 @@ void fo__streams_topic(fo_server_t *srv, int kind, const char *cluster_id, int32
   uint32_t e = fo_pos_epoch(cluster_id, topic_of(srv, kind), partitions);
   if (st->npartitions[kind] != 0 && (e != st->epoch[kind] || partitions != st->npartitions[kind]))
     FO_LOG_WARN("stream", "topic epoch changed: older positions will not resume",
-                "topic=%s partitions=%" PRId32 " epoch=%08" PRIx32, topic_of(srv, kind),
-                partitions, e);
+                "topic=%s partitions=%" PRId32 " epoch=%08" PRIx32, topic_of(srv, kind), partitions,
+                e);
+  bool changed = st->epoch[kind] != e || st->npartitions[kind] != partitions;
   st->epoch[kind] = e;
   st->npartitions[kind] = partitions;
+  if (changed && kind == FO_STREAM_USER)
+    for (fo_conn_t *c = srv->conns.next; c != &srv->conns; c = c->next)
+      c->user_floor = -1; /* offsets of another log: nothing is covered */
+}
+
+int64_t fo__streams_offset(const fo_server_t *srv, int kind, const char *key, size_t keylen,
+                           int32_t partition, int64_t offset) {
+  const fo_streams_t *st = srv->streams;
+  if (st == NULL || st->npartitions[kind] == 0)
+    return offset;
+  return fo_partition_of_key(key, keylen, st->npartitions[kind]) == partition ? offset : -1;
 }
 
 bool fo__streams_epoch(const fo_server_t *srv, int kind, uint32_t *epoch) {
@@ -358,10 +370,10 @@ static void finish(fo_pending_t *pd, int res, int64_t end, int64_t end_t, fo_buf
   else
     format_pos(st, pd->kind, pd->partition, end, end_t, ptxt);
   int rec = pd->has_since ? (recovered ? 1 : 0) : -1;
-  int rc = pd->kind == FO_STREAM_USER
-               ? fo_proto_welcome(&st->sb, ptxt, rec,
-                                  conn->app_ping ? srv->cfg->ping_interval_ms : 0)
-               : fo_proto_joined(&st->sb, pd->room, pd->room_len, ptxt, rec);
+  int rc =
+      pd->kind == FO_STREAM_USER
+          ? fo_proto_welcome(&st->sb, ptxt, rec, conn->app_ping ? srv->cfg->ping_interval_ms : 0)
+          : fo_proto_joined(&st->sb, pd->room, pd->room_len, ptxt, rec);
   if (rc == 0)
     fo__conn_send_text(conn, st->sb.data, st->sb.len);
   if (pd->kind == FO_STREAM_USER)
@@ -586,7 +598,7 @@ static void locate(fo_pending_t *pd) {
     }
     if (next >= 0)
       pd->end = next - 1; /* replay up to there; later ones arrive live */
-    submit(pd); /* else the watermark, and the fence drops the rest */
+    submit(pd);           /* else the watermark, and the fence drops the rest */
     return;
   }
   /* After the barrier that follows this turn's registry flush. */
@@ -640,8 +652,8 @@ void fo__stream_opened(fo_conn_t *conn, const char *since, size_t slen) {
     finish(pd, RES_ERROR, -2, 0, NULL, NULL, 0);
     return;
   }
-  pd->partition = fo_partition_of_key(conn->user->name, conn->user->ent.len,
-                                      st->npartitions[FO_STREAM_USER]);
+  pd->partition =
+      fo_partition_of_key(conn->user->name, conn->user->ent.len, st->npartitions[FO_STREAM_USER]);
   judge_since(pd, since != NULL, since, slen);
   locate(pd);
   /* Not answered at once: the client's frames wait for the welcome (set
@@ -745,11 +757,19 @@ int fo__stream_send_user(fo_conn_t *conn, int64_t offset, fo_buf_t *frame) {
   fo_pending_t *pd = find_user(conn);
   if (pd != NULL)
     return hold(pd, offset, frame);
-  if (offset >= 0 && offset <= conn->user_floor) {
+  if (offset < 0)
+    return fo__conn_send(conn, frame); /* on no stream */
+  /* The user stream is one partition: offsets only grow. One at or before
+   * what this connection has (its welcome, a replay, a message sent) is a
+   * copy: the seam's, or a re-delivery after a rebalance. */
+  if (offset <= conn->user_floor) {
     (*conn->srv->streams->seam_drops)++;
     return 0;
   }
-  return fo__conn_send(conn, frame);
+  int rc = fo__conn_send(conn, frame);
+  if (rc == 0)
+    conn->user_floor = offset;
+  return rc;
 }
 
 int fo__stream_send_room(fo_conn_t *conn, const char *room, size_t len, int64_t offset,
@@ -810,17 +830,18 @@ int fo__streams_new(fo_server_t *srv, char *err, size_t errlen) {
                                     "messages sent by resumes (from the window or from Kafka)");
   st->seam_drops = fo_metrics_counter(
       m, "fanout_delivery_resume_seam_drops_total",
-      "live frames not sent because the stream's position already covered them");
+      "live frames not sent because the connection already had them (the resume seam, a "
+      "re-delivery after a rebalance)");
   st->hold_overflows = fo_metrics_counter(
       m, "fanout_delivery_resume_hold_overflows_total",
       "connections closed with 1013: too many live frames arrived while a replay ran");
   st->window_bytes = fo_metrics_gauge(m, "fanout_delivery_resume_window_bytes",
                                       "memory held by the resume windows (--resume-window-bytes)");
-  st->window_entries = fo_metrics_gauge(m, "fanout_delivery_resume_window_records",
-                                        "records in the resume windows");
-  st->window_evictions = fo_metrics_counter(
-      m, "fanout_delivery_resume_window_evictions_total",
-      "records dropped from the windows by age or by --resume-window-bytes");
+  st->window_entries =
+      fo_metrics_gauge(m, "fanout_delivery_resume_window_records", "records in the resume windows");
+  st->window_evictions =
+      fo_metrics_counter(m, "fanout_delivery_resume_window_evictions_total",
+                         "records dropped from the windows by age or by --resume-window-bytes");
   st->pending = fo_metrics_gauge(m, "fanout_delivery_resume_pending",
                                  "streams whose position or replay is being worked out");
   st->rounds = fo_metrics_counter(m, "fanout_delivery_resume_fetch_rounds_total",

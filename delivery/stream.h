@@ -28,6 +28,12 @@ void fo__streams_free(fo_server_t *srv);
 /* From the consumer's metadata refresh: the topic's cluster id and
  * partition count (they make the epoch). */
 void fo__streams_topic(fo_server_t *srv, int kind, const char *cluster_id, int32_t partitions);
+/* offset if the record (key, partition) is on its key's stream, that is
+ * in the partition the contract's partitioner gives the key; else -1: a
+ * record another producer put elsewhere is delivered live but is on no
+ * stream (never replayed, never held or dropped by a seam). */
+int64_t fo__streams_offset(const fo_server_t *srv, int kind, const char *key, size_t keylen,
+                           int32_t partition, int64_t offset);
 /* The epoch of a stream kind's topic, and whether it is known yet. */
 bool fo__streams_epoch(const fo_server_t *srv, int kind, uint32_t *epoch);
 

@@ -384,8 +384,10 @@ class Ledger:
                 if last_seq.get(stream, -1) > m.seq:
                     r["out_of_order"] += 1
                 last_seq[stream] = max(last_seq.get(stream, -1), m.seq)
-                if isinstance(pos, str) and pos.count("/") == 2:
-                    _t, part, off = pos.split("/")
+                if isinstance(pos, str) and pos.count(".") == 4:
+                    # Positions are opaque to clients; the test knows the
+                    # format (schemas/positions.md): kind.epoch.part.off.t
+                    _k, _e, part, off, _ts = pos.split(".")
                     key = (stream, part)
                     if int(off) <= last_pos.get(key, -1):
                         r["pos_regressions"] += 1

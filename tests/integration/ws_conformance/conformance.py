@@ -121,6 +121,9 @@ class Ctx:
         self.ws = hl.RawWs(addr, hl.token(sub))
         if self.ws.status != 101:
             raise Fail("handshake answered %s" % self.ws.status)
+        # The project's own first frame (schemas/client-protocol.md), before
+        # any case's frames: not part of RFC 6455, so read and checked here.
+        self.ws.read_welcome()
         self.sock = self.ws.sock
         self.buf = bytearray(self.ws.buf)
         self.eof = False

@@ -69,7 +69,7 @@ static int teardown(void **state) {
 }
 
 static int user(fixture_t *f, int64_t offset) {
-  return fo__router_user(&f->srv, "u", 1, "{}", 2, 7, offset);
+  return fo__router_user(&f->srv, "u", 1, "{}", 2, 7, offset, offset);
 }
 
 static void answer(fixture_t *f, int q, size_t i, long long sent) {
@@ -140,7 +140,7 @@ static void skip_waits_its_turn(void **state) {
 static void queues_are_independent(void **state) {
   fixture_t *f = *state;
   assert_int_equal(user(f, 1), 0);
-  assert_int_equal(fo__router_room(&f->srv, "lobby", 5, "{}", 2, 0, 100), 0);
+  assert_int_equal(fo__router_room(&f->srv, "lobby", 5, "{}", 2, 0, 100, 100), 0);
   assert_int_equal(fo__router_skip(&f->srv, FO_RQ_ROOMS, 0, 101), 0);
   assert_int_equal(fo__router_inflight_q(&f->srv, FO_RQ_ROOMS), 2);
   answer(f, FO_RQ_ROOMS, 0, 1); /* the rooms queue moves though users waits */
