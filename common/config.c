@@ -53,7 +53,7 @@ int fo_addr_parse(const char *s, fo_addr_t *out, char *err, size_t errlen) {
         isalnum(c) || c == '-' || c == '.' || c == '_' || c == ':' || (s[0] == '[' && c == '%');
     if (!ok) {
       snprintf(err, errlen, "expected a single HOST:PORT%s",
-               c == ',' ? " (a list of nodes is not supported yet)" : "");
+               c == ',' ? " (a list is not allowed here)" : "");
       return -EINVAL;
     }
   }
@@ -141,10 +141,70 @@ static int set_value(void *cfg, const fo_cfg_field_t *f, const char *v, char *er
     *d = a;
     return 0;
   }
+  case FO_CFG_ADDRS: {
+    fo_addrs_t a = {NULL, 0};
+    int rc = fo_addrs_parse(v, (int)f->min, (int)f->max, &a, err, errlen);
+    if (rc != 0)
+      return rc;
+    fo_addrs_free(dst);
+    *(fo_addrs_t *)dst = a;
+    return 0;
+  }
   case FO_CFG_ALIAS: /* resolved to its field before values are applied */
     break;
   }
   return -EINVAL;
+}
+
+void fo_addrs_free(fo_addrs_t *a) {
+  for (int i = 0; i < a->n; i++)
+    free(a->v[i].host);
+  free(a->v);
+  a->v = NULL;
+  a->n = 0;
+}
+
+int fo_addrs_parse(const char *s, int port_min, int port_max, fo_addrs_t *out, char *err,
+                   size_t errlen) {
+  char **items = NULL;
+  int n = fo_cfg_list_split(s, &items);
+  if (n < 0)
+    return -ENOMEM;
+  if (n == 0 || n > FO_CFG_ADDRS_MAX) {
+    snprintf(err, errlen, "expected 1 to %d HOST:PORT separated by commas", FO_CFG_ADDRS_MAX);
+    fo_cfg_list_free(items);
+    return -EINVAL;
+  }
+  fo_addrs_t a = {calloc((size_t)n, sizeof(fo_addr_t)), 0};
+  int rc = a.v == NULL ? -ENOMEM : 0;
+  for (int i = 0; rc == 0 && i < n; i++) {
+    char one[128];
+    rc = fo_addr_parse(items[i], &a.v[i], one, sizeof(one));
+    if (rc != 0) {
+      snprintf(err, errlen, "item %d (%s): %s", i + 1, items[i], one);
+      break;
+    }
+    a.n++;
+    if (a.v[i].port < port_min || a.v[i].port > port_max) {
+      snprintf(err, errlen, "item %d (%s): port must be in %d..%d", i + 1, items[i], port_min,
+               port_max);
+      rc = -EINVAL;
+    }
+    /* The same node twice would count as two shards and split its keys'
+     * owners between processes configured with different spellings. */
+    for (int j = 0; rc == 0 && j < i; j++)
+      if (a.v[j].port == a.v[i].port && strcmp(a.v[j].host, a.v[i].host) == 0) {
+        snprintf(err, errlen, "item %d (%s) repeats item %d", i + 1, items[i], j + 1);
+        rc = -EINVAL;
+      }
+  }
+  fo_cfg_list_free(items);
+  if (rc != 0) {
+    fo_addrs_free(&a);
+    return rc;
+  }
+  *out = a;
+  return 0;
 }
 
 static const fo_cfg_field_t *find_field(const fo_cfg_field_t *fields, size_t n, const char *name,
@@ -293,10 +353,11 @@ void fo_cfg_usage(const char *prog, const char *about, const fo_cfg_field_t *fie
               fd->def, ename);
       continue;
     }
-    const char *kind = fd->type == FO_CFG_INT    ? "N"
-                       : fd->type == FO_CFG_BOOL ? "BOOL"
-                       : fd->type == FO_CFG_ADDR ? "HOST:PORT"
-                                                 : "TEXT";
+    const char *kind = fd->type == FO_CFG_INT     ? "N"
+                       : fd->type == FO_CFG_BOOL  ? "BOOL"
+                       : fd->type == FO_CFG_ADDR  ? "HOST:PORT"
+                       : fd->type == FO_CFG_ADDRS ? "HOST:PORT[,HOST:PORT...]"
+                                                  : "TEXT";
     fprintf(f, "  --%s %s\n      %s\n      env %s, default: %s", fd->name, kind,
             fd->help != NULL ? fd->help : "", ename,
             fd->def == NULL      ? "(none)"
@@ -319,6 +380,8 @@ void fo_cfg_free(const fo_cfg_field_t *fields, size_t nfields, void *cfg) {
     } else if (fields[i].type == FO_CFG_ADDR) {
       free(((fo_addr_t *)dst)->host);
       ((fo_addr_t *)dst)->host = NULL;
+    } else if (fields[i].type == FO_CFG_ADDRS) {
+      fo_addrs_free(dst);
     }
   }
 }

@@ -14,6 +14,8 @@ typedef enum {
   FO_CFG_BOOL,  /* bool: true/false/1/0/yes/no/on/off */
   FO_CFG_STR,   /* char * (owned by the struct, freed by fo_cfg_free) */
   FO_CFG_ADDR,  /* fo_addr_t: a single "HOST:PORT", port in [min, max] */
+  FO_CFG_ADDRS, /* fo_addrs_t: "HOST:PORT[,HOST:PORT...]", at most FO_CFG_ADDRS_MAX, no
+                    address twice, every port in [min, max] */
   FO_CFG_ALIAS, /* an old name kept working: `def` names the field it sets; using
                     it (flag or env) logs a deprecation warning. No offset. */
 } fo_cfg_type_t;
@@ -22,6 +24,15 @@ typedef struct {
   char *host; /* owned */
   int port;
 } fo_addr_t;
+
+#define FO_CFG_ADDRS_MAX 64
+
+/* A list of addresses in the order given (the order is meaningful: Redis
+ * shards are chosen by index, schemas/redis-shards.md). */
+typedef struct {
+  fo_addr_t *v; /* owned, n of them */
+  int n;
+} fo_addrs_t;
 
 typedef struct {
   const char *name; /* flag name without "--", e.g. "listen"; env is FANOUT_LISTEN */
@@ -42,7 +53,7 @@ int fo_cfg_load(const fo_cfg_field_t *fields, size_t nfields, void *cfg, int arg
 /* Prints usage, every option with its env name and default, to f (a FILE *). */
 void fo_cfg_usage(const char *prog, const char *about, const fo_cfg_field_t *fields, size_t nfields,
                   void *f);
-/* Frees the STR/ADDR members of cfg. */
+/* Frees the STR/ADDR/ADDRS members of cfg. */
 void fo_cfg_free(const fo_cfg_field_t *fields, size_t nfields, void *cfg);
 
 /* The usual main() prologue: loads, prints usage and exits 0 on --help,
@@ -65,5 +76,10 @@ int fo_addr_parse(const char *s, fo_addr_t *out, char *err, size_t errlen);
  * other backslash is kept as is. */
 int fo_cfg_list_split(const char *s, char ***out);
 void fo_cfg_list_free(char **list);
+/* Parses "HOST:PORT[,HOST:PORT...]" into out (replacing nothing: out is
+ * written only on success). Returns 0 or -EINVAL/-ENOMEM with err set. */
+int fo_addrs_parse(const char *s, int port_min, int port_max, fo_addrs_t *out, char *err,
+                   size_t errlen);
+void fo_addrs_free(fo_addrs_t *a);
 
 #endif

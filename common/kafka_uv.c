@@ -186,13 +186,9 @@ rd_kafka_conf_t *fo_kafka_conf_new(fo_kafka_role_t role, const char *bootstrap,
       {"message.timeout.ms", "30000"},
   };
   static const char *const consumer[][2] = {
-      {"fetch.wait.max.ms", "1"},
-      {"enable.auto.offset.store", "false"},
-      {"enable.auto.commit", "true"},
-      {"auto.commit.interval.ms", "500"},
-      {"partition.assignment.strategy", "range"},
-      {"session.timeout.ms", "6000"},
-      {"heartbeat.interval.ms", "1000"},
+      {"enable.auto.offset.store", "false"}, {"enable.auto.commit", "true"},
+      {"auto.commit.interval.ms", "500"},    {"partition.assignment.strategy", "range"},
+      {"session.timeout.ms", "6000"},        {"heartbeat.interval.ms", "1000"},
       {"auto.offset.reset", "latest"},
   };
   rd_kafka_conf_t *conf = rd_kafka_conf_new();

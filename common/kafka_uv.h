@@ -34,7 +34,7 @@ typedef enum { FO_KAFKA_PRODUCER, FO_KAFKA_CONSUMER } fo_kafka_role_t;
 /* Builds a conf with bootstrap.servers = bootstrap, client.id = client_id,
  * librdkafka's logs routed to ours (mod=kafka), the role's low-latency
  * defaults (producer: linger.ms=1, acks=all, enable.idempotence=true;
- * consumer: fetch.wait.max.ms=1, enable.auto.offset.store=false,
+ * consumer: enable.auto.offset.store=false,
  * partition.assignment.strategy=range, session.timeout.ms=6000) and then each
  * "key=value" of `overrides` (NULL-terminated, may be NULL), which win.
  * Returns NULL with err filled on a bad setting. */

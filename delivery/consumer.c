@@ -516,8 +516,15 @@ static int make_grouped(fo_consumer_t *c, fo_kc_t *kc, const char *group, const 
            rooms ? "-rooms" : "");
   snprintf(reset, sizeof(reset), "auto.offset.reset=%s",
            rooms ? "latest" : cfg->users_offset_reset);
-  char *ours[] = {reset, "enable.auto.commit=true", "enable.auto.offset.store=false",
-                  "enable.partition.eof=false", NULL};
+  char fetch_wait[48];
+  snprintf(fetch_wait, sizeof(fetch_wait), "fetch.wait.max.ms=%lld",
+           (long long)cfg->kafka_fetch_wait_ms);
+  char *ours[] = {reset,
+                  "enable.auto.commit=true",
+                  "enable.auto.offset.store=false",
+                  "enable.partition.eof=false",
+                  fetch_wait,
+                  NULL};
   const char *topics[] = {topic, NULL};
   fo_kafka_consumer_opts_t o = {.bootstrap = cfg->kafka,
                                 .client_id = client_id,
@@ -554,11 +561,17 @@ static int make_assigned(fo_consumer_t *c, fo_kc_t *kc, const char *group, const
   char **extra = NULL;
   char client_id[300];
   snprintf(client_id, sizeof(client_id), "fanout-delivery-%s-rooms", cfg->server_id);
-  if (cfg->kafka_opts != NULL && cfg->kafka_opts[0] != '\0' &&
-      fo_cfg_list_split(cfg->kafka_opts, &extra) < 0) {
+  /* --kafka-fetch-wait-ms first, then --kafka-opts (which win). */
+  char opts[8300];
+  snprintf(opts, sizeof(opts), "fetch.wait.max.ms=%lld%s%s", (long long)cfg->kafka_fetch_wait_ms,
+           cfg->kafka_opts != NULL && cfg->kafka_opts[0] != '\0' ? "," : "",
+           cfg->kafka_opts != NULL ? cfg->kafka_opts : "");
+  if (fo_cfg_list_split(opts, &extra) < 0) {
+    explicit_bzero(opts, sizeof(opts));
     snprintf(err, errlen, "kafka-opts: out of memory");
     return -ENOMEM;
   }
+  explicit_bzero(opts, sizeof(opts)); /* --kafka-opts may hold SASL passwords */
   rd_kafka_conf_t *conf =
       fo_kafka_conf_new(FO_KAFKA_CONSUMER, cfg->kafka, client_id, extra, err, errlen);
   fo_cfg_list_free(extra);

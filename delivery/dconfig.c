@@ -17,8 +17,10 @@
 const fo_cfg_field_t fo_dcfg_fields[] = {
     F("listen", FO_CFG_ADDR, listen, 0, 65535, "127.0.0.1:8081",
       "address for WebSocket clients and /healthz, /readyz, /metrics (port 0: any free port)"),
-    F("redis", FO_CFG_ADDR, redis, 1, 65535, "127.0.0.1:6379",
-      "Redis for the registry and Pub/Sub"),
+    F("redis", FO_CFG_ADDRS, redis, 1, 65535, "127.0.0.1:6379",
+      "Redis nodes for the registry and Pub/Sub, HOST:PORT[,HOST:PORT...]: several independent "
+      "nodes are shards (schemas/redis-shards.md); every process of a deployment needs the same "
+      "list in the same order"),
     F("redis-password", FO_CFG_STR, redis_password, 0, 4096, "",
       "Redis AUTH password, sent first on every Redis connection (empty: no AUTH)"),
     F("redis-user", FO_CFG_STR, redis_user, 0, 256, "",
@@ -74,6 +76,10 @@ const fo_cfg_field_t fo_dcfg_fields[] = {
       "where a users partition without a committed offset starts: earliest or latest"),
     F("session-timeout-ms", FO_CFG_INT, session_timeout_ms, 1000, 600000, "10000",
       "consumer group session timeout (a dead server's partitions move after it)"),
+    F("kafka-fetch-wait-ms", FO_CFG_INT, kafka_fetch_wait_ms, 1, 10000, "500",
+      "fetch.wait.max.ms of the Kafka consumers: how long a broker may hold a fetch that "
+      "found nothing. A real Kafka answers as soon as a record arrives, so this sets only the "
+      "idle polling rate; the embedded fanout-kafka-dev does not, so its launchers pass 1"),
     F("kafka-opts", FO_CFG_STR, kafka_opts, 0, 8192, "",
       "extra librdkafka settings, comma-separated key=value (write a comma inside a value as \\,)"),
     F("redis-prefix", FO_CFG_STR, redis_prefix, 0, 128, "",

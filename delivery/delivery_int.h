@@ -53,7 +53,7 @@ typedef struct fo_server fo_server_t;
  * once the loop starts. */
 typedef struct {
   fo_addr_t listen;
-  fo_addr_t redis;
+  fo_addrs_t redis;         /* the Redis nodes, in the order given (schemas/redis-shards.md) */
   char *redis_password;     /* "" = no AUTH */
   char *redis_user;         /* "" = default user */
   int64_t redis_timeout_ms; /* connect and command timeout (not the subscriber's commands) */
@@ -84,6 +84,7 @@ typedef struct {
   char *users_offset_reset;
   int64_t session_timeout_ms;
   char *kafka_opts;
+  int64_t kafka_fetch_wait_ms; /* fetch.wait.max.ms, before --kafka-opts */
   char *redis_prefix;
   char *origins;
   char *room_mode;  /* the flag's text; room_mode_id is what code reads */
@@ -121,6 +122,7 @@ typedef struct {
   int64_t *assigned_partitions;
   int64_t *consumer_lag;
   int64_t *redis_up;
+  int64_t *redis_nodes_down;
   int64_t *last_fanout_us;
   uint64_t *accepted;
   uint64_t *handshake_fail;
@@ -143,6 +145,7 @@ typedef struct {
   uint64_t *redis_errors;
   uint64_t *kafka_errors;
   uint64_t *dead_servers_cleaned;
+  uint64_t *routes_node_down;
   uint64_t *redis_conn_errors;
   uint64_t *rate_limited;
   uint64_t *read_pauses;
@@ -280,6 +283,8 @@ struct fo_server {
     int (*room)(fo_conn_t *conn, const char *room, size_t len, bool join, bool has_since,
                 const char *since, size_t slen);
     bool (*ready)(fo_server_t *srv); /* /readyz */
+    /* /readyz's body after its first line: Redis nodes that are down. */
+    void (*ready_detail)(fo_server_t *srv, fo_sb_t *out);
   } conn_ev;
   struct {
     void (*user_gone)(fo_server_t *srv, fo_user_t *user); /* last local connection */
@@ -293,10 +298,15 @@ struct fo_server {
   struct {
     void (*pubsub_user)(fo_server_t *srv, const char *p, size_t n); /* on ws:server:{self} */
     void (*pubsub_room)(fo_server_t *srv, const char *room, size_t rlen, const char *p, size_t n);
-    void (*redis_up)(fo_server_t *srv); /* the command connection (re)connected */
+    void (*redis_up)(fo_server_t *srv,
+                     uint32_t node); /* a node's command connection (re)connected */
+    /* Our channel is subscribed again after it was lost, and the
+     * registrations are re-sent: Pub/Sub messages of the gap are gone. */
+    void (*resync)(fo_server_t *srv);
   } rreg_ev;
-  struct fo_redis *(*redis_cmd)(fo_server_t *srv); /* for the router: Redis commands, or NULL */
-  void (*on_sweep)(fo_server_t *srv);              /* each heartbeat tick (router's settle) */
+  /* For the router: the command connection of Redis node `node`, or NULL. */
+  struct fo_redis *(*redis_cmd)(fo_server_t *srv, uint32_t node);
+  void (*on_sweep)(fo_server_t *srv); /* each heartbeat tick (router's settle) */
   /* The consumer's next offset of a rooms partition (room mode kafka), -1
    * unknown: for stream.c, wired by server.c. */
   int64_t (*room_position)(fo_server_t *srv, int32_t partition);
@@ -327,6 +337,9 @@ int fo__conn_adopt(fo_server_t *srv, uv_os_sock_t fd, bool read, fo_conn_t **out
  * connection no longer takes frames, or -ENOBUFS when it was over its queue
  * limit (the connection is then being closed with 1013). */
 int fo__conn_send(fo_conn_t *conn, fo_buf_t *buf);
+/* The same for a small control frame (the heartbeat's ping): written at
+ * once when nothing is queued, without allocating a queue. */
+int fo__conn_send_now(fo_conn_t *conn, fo_buf_t *buf);
 /* Starts the close handshake with `code` (idempotent). Frames queued before
  * it are written before the close frame. */
 void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason);

@@ -294,10 +294,18 @@ static int on_request(void *ud, fo_http_request_t *req) {
     respond(conn, 200, "text/plain", NULL, "ok\n", 3);
   } else if (strcmp(req->path, "/readyz") == 0) {
     bool ready = srv->conn_ev.ready != NULL && srv->conn_ev.ready(srv);
-    if (ready)
-      respond(conn, 200, "text/plain", NULL, "ready\n", 6);
-    else
+    /* First line ready / not ready; then one line per Redis node down
+     * ("redis node 1 127.0.0.1:6380 down"), ready or not. */
+    fo_sb_t body;
+    fo_sb_init(&body);
+    fo_sb_puts(&body, ready ? "ready\n" : "not ready\n");
+    if (srv->conn_ev.ready_detail != NULL)
+      srv->conn_ev.ready_detail(srv, &body);
+    if (body.oom)
       respond(conn, 503, "text/plain", NULL, "not ready\n", 10);
+    else
+      respond(conn, ready ? 200 : 503, "text/plain", NULL, body.data, body.len);
+    fo_sb_free(&body);
   } else if (strcmp(req->path, "/metrics") == 0) {
     serve_metrics(conn);
   } else {

@@ -57,7 +57,7 @@ static void on_sweep(uv_timer_t *t) {
         } else {
           conn->await_pong = 1;
           conn->deadline = now + (uint64_t)cfg->pong_timeout_ms;
-          fo__conn_send(conn, ping_for(conn));
+          fo__conn_send_now(conn, ping_for(conn));
         }
         break;
       default:

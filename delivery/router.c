@@ -15,6 +15,17 @@
  * the flow's backlog into the water marks (flow.h), so Kafka pauses instead of the
  * backlog growing for the whole outage.
  *
+ * Several Redis nodes (shards, schemas/redis-shards.md): a user's entry and
+ * a server's channel may live on different nodes, so no one script can do
+ * both. A user message is then HGETALL on the user's node, then one PUBLISH
+ * per other server on that server's node (pipelined per node); a PUBLISH
+ * that reached nobody is followed by EXISTS of that server's liveness key,
+ * and a dead server's entries are removed by a small script on the user's
+ * node. A route whose node is down is given up (counted in
+ * routes_node_down) instead of held: held routes stall the release of every
+ * later offset and, through the backlog, Kafka for the users of the nodes
+ * that are up. With one node nothing changes (the script above).
+ *
  * Pub/Sub payload between servers: see fo_proto_pub_user (proto.h). */
 #include <errno.h>
 #include <inttypes.h>
@@ -33,6 +44,7 @@
 #include "redis_uv.h"
 #include "stream.h"
 #include "rkeys.h"
+#include "rshard.h"
 #include "ws.h"
 
 static const char route_lua[] = "local h = redis.call('HGETALL', KEYS[1])\n"
@@ -58,6 +70,18 @@ static const char route_lua[] = "local h = redis.call('HGETALL', KEYS[1])\n"
                                 "end\n"
                                 "return {sent, dead}\n";
 
+/* Several nodes: removes the entries of one dead server (ARGV[1]) from a
+ * user's hash, on the user's node. */
+static const char clean_lua[] = "local h = redis.call('HGETALL', KEYS[1])\n"
+                                "local n = 0\n"
+                                "for i = 1, #h, 2 do\n"
+                                "  if h[i + 1] == ARGV[1] then\n"
+                                "    redis.call('HDEL', KEYS[1], h[i])\n"
+                                "    n = n + 1\n"
+                                "  end\n"
+                                "end\n"
+                                "return n\n";
+
 typedef struct fo_rmsg {
   struct fo_rmsg *next;
   fo_router_t *router;
@@ -67,8 +91,10 @@ typedef struct fo_rmsg {
   int32_t partition;
   int64_t offset;
   bool done;
-  bool issued;   /* a script call is outstanding */
-  bool use_eval; /* the server lost the script: send it in full */
+  bool issued;      /* a script call is outstanding */
+  bool use_eval;    /* the server lost the script: send it in full */
+  uint32_t node;    /* several nodes: the user's or the room's node */
+  uint32_t waiting; /* several nodes: PUBLISH replies still to come */
 } fo_rmsg_t;
 
 typedef struct {
@@ -86,8 +112,9 @@ struct fo_router {
   char sha[41];
   char *alive_prefix, *chan_prefix;
   fo_log_ratelimit_t rl;
-  bool was_up;           /* Redis was connected before */
-  uint64_t settle_until; /* loop ms: hold user routes until then */
+  uint32_t nnodes;        /* Redis nodes (1 when not configured) */
+  bool *was_up;           /* per node: it was connected before */
+  uint64_t *settle_until; /* per node, loop ms: hold user routes until then */
 };
 
 static void sha1_hex(const char *s, size_t n, char out[41]) {
@@ -103,6 +130,12 @@ int fo__router_new(fo_server_t *srv) {
   if (rt == NULL)
     return -ENOMEM;
   rt->srv = srv;
+  srv->router = rt;
+  rt->nnodes = srv->cfg->redis.n > 1 ? (uint32_t)srv->cfg->redis.n : 1;
+  rt->was_up = calloc(rt->nnodes, sizeof(*rt->was_up));
+  rt->settle_until = calloc(rt->nnodes, sizeof(*rt->settle_until));
+  if (rt->was_up == NULL || rt->settle_until == NULL)
+    return -ENOMEM;
   sha1_hex(route_lua, sizeof(route_lua) - 1, rt->sha);
   fo_sb_t s;
   fo_sb_init(&s);
@@ -111,7 +144,6 @@ int fo__router_new(fo_server_t *srv) {
   fo_sb_init(&s);
   fo_rkey_server_channel(&s, srv->cfg->redis_prefix, "");
   rt->chan_prefix = s.data;
-  srv->router = rt;
   if (rt->alive_prefix == NULL || rt->chan_prefix == NULL)
     return -ENOMEM;
   return 0;
@@ -130,14 +162,16 @@ void fo__router_free(fo_server_t *srv) {
         fo_flow_backlog(srv->flow, -(int64_t)m->pub->len);
       fo_buf_unref(m->pub);
       m->pub = NULL;
-      if (m->issued)
-        m->router = NULL; /* the reply callback (with NULL) frees it */
+      if (m->issued || m->waiting > 0)
+        m->router = NULL; /* the (last) reply callback (with NULL) frees it */
       else
         free(m);
     }
   }
   free(rt->alive_prefix);
   free(rt->chan_prefix);
+  free(rt->was_up);
+  free(rt->settle_until);
   free(rt);
   srv->router = NULL;
 }
@@ -210,7 +244,12 @@ static void on_reply(fo_redis_t *r, redisReply *reply, void *privdata) {
   m->issued = false;
   if (reply == NULL) {
     (*srv->m.redis_errors)++;
-    return; /* resent when Redis is back (fo__router_redis_up) */
+    if (rt->nnodes == 1)
+      return;                     /* resent when Redis is back (fo__router_redis_up) */
+    (*srv->m.routes_node_down)++; /* several nodes: not held (see the top) */
+    m->done = true;
+    advance(rt, &rt->q[m->q]);
+    return;
   }
   if (reply->type == REDIS_REPLY_ERROR) {
     if (strncmp(reply->str, "NOSCRIPT", 8) == 0 && !m->use_eval) {
@@ -243,15 +282,21 @@ int fo__router_reply(fo_server_t *srv, int q, size_t i, struct redisReply *reply
   return 0;
 }
 
+static void issue_sharded(fo_router_t *rt, fo_rmsg_t *m);
+
 static void issue(fo_router_t *rt, fo_rmsg_t *m) {
   fo_server_t *srv = rt->srv;
-  fo_redis_t *r = srv->redis_cmd != NULL ? srv->redis_cmd(srv) : NULL;
+  if (rt->nnodes > 1) {
+    issue_sharded(rt, m);
+    return;
+  }
+  fo_redis_t *r = srv->redis_cmd != NULL ? srv->redis_cmd(srv, 0) : NULL;
   if (r == NULL || !fo_redis_connected(r))
     return;
   /* Just after Redis came back the other servers may not have re-registered
    * their connections yet (a restarted Redis is empty): a route run now
    * would miss them. Held routes go out from fo__router_tick(). */
-  if (m->q == FO_RQ_USERS && rt->settle_until != 0)
+  if (m->q == FO_RQ_USERS && rt->settle_until[0] != 0)
     return;
   if (m->q == FO_RQ_ROOMS) {
     const char *argv[3] = {"PUBLISH", (const char *)m->pub->data,
@@ -290,29 +335,251 @@ static void issue(fo_router_t *rt, fo_rmsg_t *m) {
   fo_sb_free(&key);
 }
 
-static void issue_pending(fo_router_t *rt) {
-  for (int k = 0; k < FO_RQ_COUNT; k++)
-    for (fo_rmsg_t *m = rt->q[k].head; m != NULL; m = m->next)
-      if (!m->done && !m->issued)
-        issue(rt, m);
+/* ---- several nodes ---- */
+
+/* One PUBLISH to another server for message m (m->waiting counts them). */
+typedef struct {
+  fo_rmsg_t *m;
+  uint32_t node;    /* the server's node */
+  uint32_t sid_len; /* sid, then the user's registry key */
+  uint32_t key_len;
+  char data[];
+} pub_t;
+
+static void pub_done(fo_rmsg_t *m) {
+  if (--m->waiting > 0)
+    return;
+  fo_router_t *rt = m->router;
+  if (rt == NULL) { /* the router is gone */
+    free(m);
+    return;
+  }
+  m->done = true;
+  advance(rt, &rt->q[m->q]);
 }
 
-void fo__router_redis_up(fo_server_t *srv) {
+typedef struct {
+  fo_server_t *srv;
+  uint32_t user_node;
+  uint32_t sid_len, key_len;
+  char data[]; /* sid, then the user's registry key */
+} check_t;
+
+static void on_clean(fo_redis_t *r, redisReply *reply, void *privdata) {
+  (void)r;
+  fo_server_t *srv = privdata;
+  if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
+    (*srv->m.redis_errors)++;
+  else if (reply->type == REDIS_REPLY_INTEGER)
+    *srv->m.dead_servers_cleaned += (uint64_t)reply->integer;
+}
+
+/* EXISTS ws:alive:{sid} answered: 0 removes sid's entries from the user's
+ * hash, unless either node just came back (its servers may not have set
+ * their keys or entries again yet). */
+static void on_exists(fo_redis_t *r, redisReply *reply, void *privdata) {
+  (void)r;
+  check_t *c = privdata;
+  fo_server_t *srv = c->srv;
   fo_router_t *rt = srv->router;
-  if (rt == NULL)
+  if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
+    if (rt != NULL) /* NULL: shutting down, the connections are going */
+      (*srv->m.redis_errors)++;
+  } else if (reply->integer == 0 && rt != NULL && rt->settle_until[c->user_node] == 0) {
+    fo_redis_t *ur = srv->redis_cmd(srv, c->user_node);
+    const char *argv[5] = {"EVAL", clean_lua, "1", c->data + c->sid_len, c->data};
+    size_t argvlen[5] = {4, sizeof(clean_lua) - 1, 1, c->key_len, c->sid_len};
+    if (ur == NULL || fo_redis_command_argv(ur, on_clean, srv, 5, argv, argvlen) != 0)
+      (*srv->m.redis_errors)++;
+  }
+  free(c);
+}
+
+static void on_pub(fo_redis_t *r, redisReply *reply, void *privdata) {
+  pub_t *p = privdata;
+  fo_rmsg_t *m = p->m;
+  fo_router_t *rt = m->router;
+  if (rt != NULL) {
+    fo_server_t *srv = rt->srv;
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+      (*srv->m.redis_errors)++; /* that server's node failed: not held */
+      if (reply == NULL)
+        (*srv->m.routes_node_down)++;
+    } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+      (*srv->m.published)++;
+    } else if (reply->type == REDIS_REPLY_INTEGER && rt->settle_until[p->node] == 0) {
+      /* Nobody subscribed: dead, or between two Pub/Sub connections. */
+      check_t *c = malloc(sizeof(*c) + p->sid_len + p->key_len);
+      fo_sb_t k;
+      fo_sb_init(&k);
+      fo_rkey_alive(&k, srv->cfg->redis_prefix, "");
+      fo_sb_append(&k, p->data, p->sid_len);
+      if (c != NULL && !k.oom) {
+        c->srv = srv;
+        c->user_node = m->node;
+        c->sid_len = p->sid_len;
+        c->key_len = p->key_len;
+        memcpy(c->data, p->data, p->sid_len + p->key_len);
+        const char *argv[2] = {"EXISTS", k.data};
+        size_t argvlen[2] = {6, k.len};
+        if (fo_redis_command_argv(r, on_exists, c, 2, argv, argvlen) != 0) {
+          (*srv->m.redis_errors)++;
+          free(c);
+        }
+      } else {
+        free(c);
+      }
+      fo_sb_free(&k);
+    }
+  }
+  free(p);
+  pub_done(m);
+}
+
+/* HGETALL of the user's hash answered: one PUBLISH per other server. */
+static void on_lookup(fo_redis_t *r, redisReply *reply, void *privdata) {
+  fo_rmsg_t *m = privdata;
+  fo_router_t *rt = m->router;
+  m->issued = false;
+  if (rt == NULL) {
+    free(m);
     return;
-  if (rt->was_up) /* a reconnect, not the first connect: let the others re-register */
-    rt->settle_until = uv_now(srv->loop) + (uint64_t)srv->cfg->alive_ttl_ms / 2;
-  rt->was_up = true;
+  }
+  fo_server_t *srv = rt->srv;
+  if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
+    (*srv->m.redis_errors)++;
+    if (reply == NULL)
+      (*srv->m.routes_node_down)++;
+    m->done = true;
+    advance(rt, &rt->q[m->q]);
+    return;
+  }
+  const char *self = srv->cfg->server_id;
+  size_t self_len = strlen(self);
+  fo_sb_t key;
+  fo_sb_init(&key);
+  fo_rkey_connections(&key, srv->cfg->redis_prefix, (const char *)m->pub->data + m->user_off,
+                      m->user_len);
+  m->waiting = 1; /* held while sending */
+  for (size_t i = 1; i < reply->elements && !key.oom; i += 2) {
+    redisReply *v = reply->element[i];
+    if (v->type != REDIS_REPLY_STRING || (v->len == self_len && memcmp(v->str, self, v->len) == 0))
+      continue;
+    bool seen = false; /* one PUBLISH per server: a user has few connections */
+    for (size_t j = 1; j < i && !seen; j += 2)
+      seen = reply->element[j]->type == REDIS_REPLY_STRING && reply->element[j]->len == v->len &&
+             memcmp(reply->element[j]->str, v->str, v->len) == 0;
+    if (seen)
+      continue;
+    uint32_t node = fo_rshard_node(v->str, v->len, rt->nnodes);
+    fo_redis_t *sr = srv->redis_cmd(srv, node);
+    if (sr == NULL || !fo_redis_connected(sr)) {
+      (*srv->m.routes_node_down)++;
+      continue;
+    }
+    pub_t *p = malloc(sizeof(*p) + v->len + key.len);
+    fo_sb_t ch;
+    fo_sb_init(&ch);
+    fo_sb_puts(&ch, rt->chan_prefix);
+    fo_sb_append(&ch, v->str, v->len);
+    if (p == NULL || ch.oom) {
+      (*srv->m.drops)++;
+      free(p);
+      fo_sb_free(&ch);
+      continue;
+    }
+    p->m = m;
+    p->node = node;
+    p->sid_len = (uint32_t)v->len;
+    p->key_len = (uint32_t)key.len;
+    memcpy(p->data, v->str, v->len);
+    memcpy(p->data + v->len, key.data, key.len);
+    const char *argv[3] = {"PUBLISH", ch.data, (const char *)m->pub->data};
+    size_t argvlen[3] = {7, ch.len, m->pub->len};
+    if (fo_redis_command_argv(sr, on_pub, p, 3, argv, argvlen) == 0)
+      m->waiting++;
+    else {
+      (*srv->m.redis_errors)++;
+      free(p);
+    }
+    fo_sb_free(&ch);
+  }
+  fo_sb_free(&key);
+  (void)r;
+  pub_done(m);
+}
+
+static void issue_sharded(fo_router_t *rt, fo_rmsg_t *m) {
+  fo_server_t *srv = rt->srv;
+  fo_redis_t *r = srv->redis_cmd != NULL ? srv->redis_cmd(srv, m->node) : NULL;
+  if (r == NULL)
+    return;
+  if (!fo_redis_connected(r)) {
+    /* Given up; the caller releases it (advance may free more than m). */
+    (*srv->m.routes_node_down)++;
+    m->done = true;
+    return;
+  }
+  if (m->q == FO_RQ_ROOMS) {
+    const char *argv[3] = {"PUBLISH", (const char *)m->pub->data,
+                           (const char *)m->pub->data + m->user_len};
+    size_t argvlen[3] = {7, m->user_len, m->pub->len - m->user_len};
+    if (fo_redis_command_argv(r, on_reply, m, 3, argv, argvlen) == 0)
+      m->issued = true;
+    return;
+  }
+  if (rt->settle_until[m->node] != 0)
+    return; /* the node just came back: held until the others re-registered */
+  fo_sb_t key;
+  fo_sb_init(&key);
+  fo_rkey_connections(&key, srv->cfg->redis_prefix, (const char *)m->pub->data + m->user_off,
+                      m->user_len);
+  const char *argv[2] = {"HGETALL", key.data};
+  size_t argvlen[2] = {7, key.len};
+  if (!key.oom && fo_redis_command_argv(r, on_lookup, m, 2, argv, argvlen) == 0)
+    m->issued = true;
+  fo_sb_free(&key);
+}
+
+/* ---- both ---- */
+
+static void issue_pending(fo_router_t *rt) {
+  for (int k = 0; k < FO_RQ_COUNT; k++) {
+    fo_rmsg_t *m = rt->q[k].head;
+    while (m != NULL) {
+      fo_rmsg_t *next = m->next;
+      if (!m->done && !m->issued && m->waiting == 0)
+        issue(rt, m);
+      m = next;
+    }
+    if (rt->q[k].head != NULL && rt->q[k].head->done)
+      advance(rt, &rt->q[k]); /* routes given up above */
+  }
+}
+
+void fo__router_redis_up(fo_server_t *srv, uint32_t node) {
+  fo_router_t *rt = srv->router;
+  if (rt == NULL || node >= rt->nnodes)
+    return;
+  if (rt->was_up[node]) /* a reconnect, not the first connect: let the others re-register */
+    rt->settle_until[node] = uv_now(srv->loop) + (uint64_t)srv->cfg->alive_ttl_ms / 2;
+  rt->was_up[node] = true;
   issue_pending(rt);
 }
 
 void fo__router_tick(fo_server_t *srv) {
   fo_router_t *rt = srv->router;
-  if (rt == NULL || rt->settle_until == 0 || uv_now(srv->loop) < rt->settle_until)
+  if (rt == NULL)
     return;
-  rt->settle_until = 0;
-  issue_pending(rt);
+  bool any = false;
+  for (uint32_t i = 0; i < rt->nnodes; i++) {
+    if (rt->settle_until[i] != 0 && uv_now(srv->loop) >= rt->settle_until[i]) {
+      rt->settle_until[i] = 0;
+      any = true;
+    }
+  }
+  if (any)
+    issue_pending(rt);
 }
 
 size_t fo__deliver_user_local(fo_server_t *srv, const char *user, size_t ulen, int64_t offset,
@@ -358,8 +625,11 @@ int fo__router_user(fo_server_t *srv, const char *user, size_t ulen, const char 
   m->partition = partition;
   m->offset = offset;
   m->q = FO_RQ_USERS;
+  m->node = fo_rshard_node(user, ulen, rt->nnodes);
   enqueue(rt, m);
   issue(rt, m);
+  if (m->done) /* given up at once (several nodes, its node down) */
+    advance(rt, &rt->q[m->q]);
   return 0;
 }
 
@@ -390,9 +660,12 @@ int fo__router_room(fo_server_t *srv, const char *room, size_t rlen, const char 
   m->partition = partition;
   m->offset = offset;
   m->q = FO_RQ_ROOMS;
+  m->node = fo_rshard_node(room, rlen, rt->nnodes);
   fo_sb_free(&ch);
   enqueue(rt, m);
   issue(rt, m);
+  if (m->done) /* given up at once (several nodes, its node down) */
+    advance(rt, &rt->q[m->q]);
   return 0;
 }
 

@@ -31,8 +31,8 @@ void fo__router_pubsub(fo_server_t *srv, const char *p, size_t n);
 /* A Pub/Sub message on ws:room:{room}. */
 void fo__router_room_pubsub(fo_server_t *srv, const char *room, size_t rlen, const char *p,
                             size_t n);
-/* Redis came back: resend what waits. */
-void fo__router_redis_up(fo_server_t *srv);
+/* Redis node `node` came back: resend what waits. */
+void fo__router_redis_up(fo_server_t *srv, uint32_t node);
 /* From the sweep timer: sends user routes held while the registry settles. */
 void fo__router_tick(fo_server_t *srv);
 size_t fo__router_inflight(fo_server_t *srv);

@@ -19,7 +19,16 @@
  * In room mode "redis" the Pub/Sub connection also follows the local rooms:
  * SUBSCRIBE {prefix}ws:room:{room} on the first local join, UNSUBSCRIBE on the
  * last leave, never a SUBSCRIBE while an UNSUBSCRIBE of that channel is in
- * flight (see unsub_t). */
+ * flight (see unsub_t).
+ * Several Redis nodes (--redis A,B,...: shards, schemas/redis-shards.md):
+ * one command connection per node, and one Pub/Sub connection on the node
+ * of our id (and on every node in room mode "redis", for the rooms that
+ * hash there). A user's HSET/EXPIRE/HDEL go to the user's node, our
+ * liveness key and channel live on our node. The heartbeat pass runs per
+ * node (each node's commands pipelined on its connection), and a node that
+ * comes back (empty, maybe) gets a pass of its own at once; our own node's
+ * return re-registers everything, since routers may have dropped our
+ * entries on every node while our liveness key was missing. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -31,10 +40,16 @@
 #include "log.h"
 #include "redis_uv.h"
 #include "rkeys.h"
+#include "rshard.h"
 
-#define REFRESH_CHUNK  500
-#define RETRY_MIN_MS   500
-#define HDEL_RETRY_MAX 10000 /* failed HDELs held for a resend; past it the TTL cleans up */
+#define REFRESH_CHUNK     500
+/* A pass sends its next chunk only while fewer registration commands than
+ * this await their reply on the node: without it a pass over 15,000 users
+ * queued all of them within a few milliseconds (30,000 commands, their
+ * buffers and callbacks at once, kept by malloc afterwards). */
+#define PASS_INFLIGHT_MAX (4 * REFRESH_CHUNK)
+#define RETRY_MIN_MS      500
+#define HDEL_RETRY_MAX    10000 /* failed HDELs held for a resend; past it the TTL cleans up */
 
 /* A user with connections to register at the end of this loop turn. By
  * name, not a fo_user_t pointer: the user may be gone by then. */
@@ -46,25 +61,41 @@ typedef struct {
 /* A HDEL to send again (its reply was an error or the connection dropped). */
 typedef struct hdel {
   struct hdel *next;
+  uint32_t node; /* the user's Redis node */
   uint32_t klen, ilen;
   char data[]; /* key, then the connection id */
 } hdel_t;
 
+/* One Redis node: its connections and its share of the heartbeat pass. */
+typedef struct {
+  fo_rreg_t *rr;
+  uint32_t idx;
+  fo_redis_t *cmd;
+  fo_redis_t *sub;        /* NULL: nothing of ours is subscribed on this node */
+  uv_timer_t chunk_timer; /* continues this node's pass in chunks */
+  uint32_t cursor;
+  bool pass_running;
+  uint32_t reg_inflight; /* HSET/EXPIRE sent on cmd, not answered yet */
+  fo_map_t unsubs;       /* unsub_t by room name, on this node's current sub connection */
+} rnode_t;
+
 struct fo_rreg {
   fo_server_t *srv;
-  fo_redis_t *cmd;
-  fo_redis_t *sub;
+  rnode_t *nodes; /* cfg->redis.n of them (owned) */
+  uint32_t nnodes;
+  uint32_t self;   /* the node of our id: liveness key and channel */
+  fo_redis_t *cmd; /* nodes[self].cmd */
+  fo_redis_t *sub; /* nodes[self].sub */
   uv_timer_t alive_timer;
   uv_timer_t refresh_timer; /* periodic pass start */
-  uv_timer_t chunk_timer;   /* continues a pass in chunks */
   uv_timer_t retry_timer;   /* a pass and the HDELs after a refused command */
   uint64_t retry_ms;        /* next retry delay: doubles while commands fail */
   bool retry_pass;          /* a registration was refused: pass at retry_timer */
   hdel_t *hdels;            /* HDELs to resend (owned); hdels_n of them */
   uint32_t hdels_n;
-  uint32_t cursor;
-  bool pass_running;
   bool sub_ready;
+  bool sub_was_ready; /* our channel was subscribed once: a new SUBSCRIBE is a return */
+  bool resync_due;    /* ... after which Pub/Sub may have lost messages (maybe_resync) */
   int open_handles;
   fo_sb_t key;
   char *channel; /* our server channel name */
@@ -75,10 +106,9 @@ struct fo_rreg {
   uint64_t last_errors;
   pend_t **pend; /* users with connections not registered yet (owned) */
   uint32_t npend, pend_cap;
-  fo_map_t unsubs; /* unsub_t by room name, on the current sub connection */
 };
 
-/* A room channel whose UNSUBSCRIBE is in flight on rr->sub. A SUBSCRIBE sent
+/* A room channel whose UNSUBSCRIBE is in flight on its node's sub. A SUBSCRIBE sent
  * before its reply is where hiredis 0.14.1 gets subtle (pending_subs keeps
  * the channel's callback past the "unsubscribe" reply), and the order of
  * the two at the server decides whether we end up subscribed. So none is
@@ -91,13 +121,49 @@ typedef struct {
   char name[];
 } unsub_t;
 
-struct fo_redis *fo__rreg_cmd(fo_server_t *srv) {
-  return srv->rreg ? srv->rreg->cmd : NULL;
+struct fo_redis *fo__rreg_cmd(fo_server_t *srv, uint32_t node) {
+  fo_rreg_t *rr = srv->rreg;
+  return rr != NULL && node < rr->nnodes ? rr->nodes[node].cmd : NULL;
 }
 
+/* The node of a user or room name. */
+static rnode_t *node_of(fo_rreg_t *rr, const char *name, size_t len) {
+  return &rr->nodes[fo_rshard_node(name, len, rr->nnodes)];
+}
+
+/* Ready when our own node is: our channel is there. Other nodes down cost
+ * only their users (/readyz lists them). */
 bool fo__rreg_ready(fo_server_t *srv) {
   fo_rreg_t *rr = srv->rreg;
   return rr != NULL && fo_redis_connected(rr->cmd) && rr->sub_ready;
+}
+
+static bool node_up(const fo_rreg_t *rr, const rnode_t *n) {
+  return fo_redis_connected(n->cmd) && (n->sub == NULL || fo_redis_connected(n->sub)) &&
+         (n->idx != rr->self || rr->sub_ready);
+}
+
+/* redis_up: every node up; redis_nodes_down: how many are not. */
+static void update_up(fo_rreg_t *rr) {
+  int64_t down = 0;
+  for (uint32_t i = 0; i < rr->nnodes; i++)
+    down += !node_up(rr, &rr->nodes[i]);
+  *rr->srv->m.redis_up = down == 0;
+  *rr->srv->m.redis_nodes_down = down;
+}
+
+void fo__rreg_down_nodes(fo_server_t *srv, fo_sb_t *out) {
+  fo_rreg_t *rr = srv->rreg;
+  if (rr == NULL)
+    return;
+  for (uint32_t i = 0; i < rr->nnodes; i++) {
+    if (node_up(rr, &rr->nodes[i]))
+      continue;
+    const fo_addr_t *a = &srv->cfg->redis.v[i];
+    fo_sb_printf(out, "redis node %u %s%s%s:%d down%s\n", i, strchr(a->host, ':') ? "[" : "",
+                 a->host, strchr(a->host, ':') ? "]" : "", a->port,
+                 i == rr->self ? " (this server's channel)" : "");
+  }
 }
 
 static void count_error(fo_redis_t *r, redisReply *reply, void *privdata) {
@@ -134,7 +200,9 @@ static void retry_later(fo_rreg_t *rr) {
  * while the user's messages from other servers miss this connection. */
 static void on_reg_reply(fo_redis_t *r, redisReply *reply, void *privdata) {
   (void)r;
-  fo_rreg_t *rr = privdata;
+  rnode_t *n = privdata;
+  fo_rreg_t *rr = n->rr;
+  n->reg_inflight--;
   if (reply != NULL && reply->type != REDIS_REPLY_ERROR) {
     if (!uv_is_active((uv_handle_t *)&rr->retry_timer))
       rr->retry_ms = 0; /* Redis takes them again: the next failure retries fast */
@@ -147,8 +215,10 @@ static void on_reg_reply(fo_redis_t *r, redisReply *reply, void *privdata) {
   }
 }
 
-static void reg_sent(fo_rreg_t *rr, int rc) {
-  if (sent(rr, rc) != 0 && fo_redis_connected(rr->cmd)) {
+static void reg_sent(fo_rreg_t *rr, rnode_t *n, int rc) {
+  if (rc == 0)
+    n->reg_inflight++;
+  if (sent(rr, rc) != 0 && fo_redis_connected(n->cmd)) {
     rr->retry_pass = true;
     retry_later(rr);
   }
@@ -161,6 +231,8 @@ static void send_user(fo_rreg_t *rr, fo_user_t *user, bool only_pending) {
   fo_server_t *srv = rr->srv;
   size_t ulen;
   const char *name = fo__user_name(user, &ulen);
+  rnode_t *n = node_of(rr, name, ulen);
+  fo_redis_t *cmd = n->cmd;
   enum { MAXF = 64 };
   const char *argv[2 + 2 * MAXF];
   size_t argvlen[2 + 2 * MAXF];
@@ -187,42 +259,85 @@ static void send_user(fo_rreg_t *rr, fo_user_t *user, bool only_pending) {
     argvlen[argc++] = sidlen;
     total++;
     if (++k == MAXF) {
-      reg_sent(rr, fo_redis_command_argv(rr->cmd, on_reg_reply, rr, argc, argv, argvlen));
+      reg_sent(rr, n, fo_redis_command_argv(cmd, on_reg_reply, n, argc, argv, argvlen));
       argc = 2;
       k = 0;
     }
   }
   if (k > 0)
-    reg_sent(rr, fo_redis_command_argv(rr->cmd, on_reg_reply, rr, argc, argv, argvlen));
+    reg_sent(rr, n, fo_redis_command_argv(cmd, on_reg_reply, n, argc, argv, argvlen));
   if (total > 0)
-    reg_sent(rr, fo_redis_command(rr->cmd, on_reg_reply, rr, "EXPIRE %b %d", rr->key.data,
-                                  rr->key.len, FO_REGISTRY_TTL_S));
+    reg_sent(rr, n,
+             fo_redis_command(cmd, on_reg_reply, n, "EXPIRE %b %d", rr->key.data, rr->key.len,
+                              FO_REGISTRY_TTL_S));
 }
 
+/* A pass of node n sends the users that live on n (all of them with one
+ * node). */
 static void register_user(fo_user_t *user, void *ud) {
-  send_user(ud, user, false);
+  rnode_t *n = ud;
+  if (n->rr->nnodes > 1) {
+    size_t ulen;
+    const char *name = fo__user_name(user, &ulen);
+    if (node_of(n->rr, name, ulen) != n)
+      return;
+  }
+  send_user(n->rr, user, false);
+}
+
+static bool pass_running(const fo_rreg_t *rr) {
+  for (uint32_t i = 0; i < rr->nnodes; i++)
+    if (rr->nodes[i].pass_running)
+      return true;
+  return false;
+}
+
+/* Our channel is subscribed again after it was lost, and every node's
+ * registration pass has been sent: what was PUBLISHed to us meanwhile is
+ * gone (Pub/Sub is at most once), and the layer above can now replay it
+ * from the log (stream.c) behind a barrier that sees these registrations. */
+static void maybe_resync(fo_rreg_t *rr) {
+  fo_server_t *srv = rr->srv;
+  if (!rr->resync_due || !rr->sub_ready || pass_running(rr) || srv->draining)
+    return;
+  rr->resync_due = false;
+  if (srv->rreg_ev.resync != NULL)
+    srv->rreg_ev.resync(srv);
 }
 
 static void on_chunk(uv_timer_t *t) {
-  fo_rreg_t *rr = t->data;
-  rr->cursor = fo__registry_each_user(rr->srv, rr->cursor, REFRESH_CHUNK, register_user, rr);
-  if (rr->cursor == 0 || !fo_redis_connected(rr->cmd))
-    rr->pass_running = false;
-  else
-    uv_timer_start(&rr->chunk_timer, on_chunk, 1, 0);
+  rnode_t *n = t->data;
+  if (n->reg_inflight > PASS_INFLIGHT_MAX && fo_redis_connected(n->cmd)) {
+    uv_timer_start(&n->chunk_timer, on_chunk, 1, 0); /* Redis is behind: wait for it */
+    return;
+  }
+  n->cursor = fo__registry_each_user(n->rr->srv, n->cursor, REFRESH_CHUNK, register_user, n);
+  if (n->cursor == 0 || !fo_redis_connected(n->cmd)) {
+    n->pass_running = false;
+    maybe_resync(n->rr);
+  } else {
+    uv_timer_start(&n->chunk_timer, on_chunk, 1, 0);
+  }
 }
 
-static void start_pass(fo_rreg_t *rr) {
-  if (rr->pass_running || !fo_redis_connected(rr->cmd))
+static void start_node_pass(rnode_t *n) {
+  if (n->pass_running || !fo_redis_connected(n->cmd))
     return;
-  rr->pass_running = true;
-  rr->cursor = 0;
+  n->pass_running = true;
   /* The first chunk now, the rest one per loop turn (1 ms timer). */
-  rr->cursor = fo__registry_each_user(rr->srv, 0, REFRESH_CHUNK, register_user, rr);
-  if (rr->cursor == 0)
-    rr->pass_running = false;
-  else
-    uv_timer_start(&rr->chunk_timer, on_chunk, 1, 0);
+  n->cursor = fo__registry_each_user(n->rr->srv, 0, REFRESH_CHUNK, register_user, n);
+  if (n->cursor == 0) {
+    n->pass_running = false;
+    maybe_resync(n->rr);
+  } else {
+    uv_timer_start(&n->chunk_timer, on_chunk, 1, 0);
+  }
+}
+
+/* A pass on every node that is connected. */
+static void start_pass(fo_rreg_t *rr) {
+  for (uint32_t i = 0; i < rr->nnodes; i++)
+    start_node_pass(&rr->nodes[i]);
 }
 
 static void set_alive(fo_rreg_t *rr) {
@@ -281,33 +396,42 @@ static void on_refresh(uv_timer_t *t) {
 
 static void on_cmd_state(fo_redis_t *r, bool connected, void *ud) {
   (void)r;
-  fo_rreg_t *rr = ud;
+  rnode_t *n = ud;
+  fo_rreg_t *rr = n->rr;
   fo_server_t *srv = rr->srv;
-  *srv->m.redis_up = connected && rr->sub_ready;
+  update_up(rr);
   if (!connected)
     return;
   if (srv->draining)
     return;
-  set_alive(rr);
-  start_pass(rr); /* re-register everything we hold */
+  if (n->idx == rr->self) {
+    set_alive(rr);
+    start_pass(rr); /* re-register everything we hold, on every node */
+  } else {
+    start_node_pass(n); /* what lives on this node (it may be back empty) */
+  }
   if (srv->rreg_ev.redis_up != NULL)
-    srv->rreg_ev.redis_up(srv);
+    srv->rreg_ev.redis_up(srv, n->idx);
 }
 
 /* ---- Pub/Sub ---- */
 
 static void on_sub_message(fo_redis_t *r, redisReply *reply, void *privdata);
 
+/* On the room's node's sub connection. */
 static int room_cmd(fo_rreg_t *rr, const char *verb, const char *room, size_t len) {
+  rnode_t *n = node_of(rr, room, len);
   fo_sb_t ch;
   fo_sb_init(&ch);
   fo_rkey_room_channel(&ch, rr->srv->cfg->redis_prefix, room, len);
   int rc = -ENOMEM;
-  if (!ch.oom) {
+  if (n->sub == NULL) {
+    rc = -ENOTCONN;
+  } else if (!ch.oom) {
     if (strcmp(verb, "SUBSCRIBE") == 0)
-      rc = fo_redis_command(rr->sub, on_sub_message, rr, "SUBSCRIBE %b", ch.data, ch.len);
+      rc = fo_redis_command(n->sub, on_sub_message, n, "SUBSCRIBE %b", ch.data, ch.len);
     else
-      rc = fo_redis_command(rr->sub, NULL, NULL, "UNSUBSCRIBE %b", ch.data, ch.len);
+      rc = fo_redis_command(n->sub, NULL, NULL, "UNSUBSCRIBE %b", ch.data, ch.len);
   }
   fo_sb_free(&ch);
   /* Counted; a SUBSCRIBE that could not be queued (out of memory: the
@@ -315,22 +439,23 @@ static int room_cmd(fo_rreg_t *rr, const char *verb, const char *room, size_t le
   return sent(rr, rc);
 }
 
-static void clear_unsubs(fo_rreg_t *rr) {
+static void clear_unsubs(rnode_t *n) {
   uint32_t cur = 0;
   fo_mapent_t *e;
-  while ((e = fo_map_next(&rr->unsubs, &cur)) != NULL)
+  while ((e = fo_map_next(&n->unsubs, &cur)) != NULL)
     free(e);
-  fo_map_free(&rr->unsubs);
+  fo_map_free(&n->unsubs);
 }
 
 /* The UNSUBSCRIBE reply for room: re-subscribe if it was joined meanwhile. */
-static void unsubscribed(fo_rreg_t *rr, const char *room, size_t len) {
+static void unsubscribed(rnode_t *n, const char *room, size_t len) {
+  fo_rreg_t *rr = n->rr;
   fo_server_t *srv = rr->srv;
   uint32_t h = fo_map_hash(room, len);
-  unsub_t *u = (unsub_t *)fo_map_get(&rr->unsubs, room, len, h);
+  unsub_t *u = (unsub_t *)fo_map_get(&n->unsubs, room, len, h);
   if (u == NULL)
     return;
-  fo_map_del(&rr->unsubs, &u->ent);
+  fo_map_del(&n->unsubs, &u->ent);
   free(u);
   if (fo_map_get(&srv->rooms, room, len, h) != NULL)
     room_cmd(rr, "SUBSCRIBE", room, len);
@@ -338,7 +463,8 @@ static void unsubscribed(fo_rreg_t *rr, const char *room, size_t len) {
 
 static void on_sub_message(fo_redis_t *r, redisReply *reply, void *privdata) {
   (void)r;
-  fo_rreg_t *rr = privdata;
+  rnode_t *n = privdata;
+  fo_rreg_t *rr = n->rr;
   fo_server_t *srv = rr->srv;
   if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3)
     return;
@@ -347,17 +473,22 @@ static void on_sub_message(fo_redis_t *r, redisReply *reply, void *privdata) {
   if (kind->type != REDIS_REPLY_STRING || chan->type != REDIS_REPLY_STRING)
     return;
   if (kind->len == 9 && memcmp(kind->str, "subscribe", 9) == 0) {
-    if (chan->len == rr->channel_len && memcmp(chan->str, rr->channel, chan->len) == 0) {
+    if (n->idx == rr->self && chan->len == rr->channel_len &&
+        memcmp(chan->str, rr->channel, chan->len) == 0) {
       rr->sub_ready = true;
-      *srv->m.redis_up = fo_redis_connected(rr->cmd);
+      if (rr->sub_was_ready)
+        rr->resync_due = true;
+      rr->sub_was_ready = true;
+      update_up(rr);
       FO_LOG_INFO("registry", "subscribed", "channel=%s", rr->channel);
+      maybe_resync(rr);
     }
     return;
   }
   if (kind->len == 11 && memcmp(kind->str, "unsubscribe", 11) == 0) {
     if (chan->len > rr->room_prefix_len &&
         memcmp(chan->str, rr->room_prefix, rr->room_prefix_len) == 0)
-      unsubscribed(rr, chan->str + rr->room_prefix_len, chan->len - rr->room_prefix_len);
+      unsubscribed(n, chan->str + rr->room_prefix_len, chan->len - rr->room_prefix_len);
     return;
   }
   if (kind->len != 7 || memcmp(kind->str, "message", 7) != 0)
@@ -377,22 +508,25 @@ static void on_sub_message(fo_redis_t *r, redisReply *reply, void *privdata) {
 }
 
 static void on_sub_state(fo_redis_t *r, bool connected, void *ud) {
-  fo_rreg_t *rr = ud;
+  rnode_t *n = ud;
+  fo_rreg_t *rr = n->rr;
   fo_server_t *srv = rr->srv;
-  rr->sub_ready = false;
-  *srv->m.redis_up = 0;
-  clear_unsubs(rr); /* that connection's subscriptions are gone with it */
+  if (n->idx == rr->self)
+    rr->sub_ready = false;
+  clear_unsubs(n); /* that connection's subscriptions are gone with it */
+  update_up(rr);
   if (!connected)
     return;
-  if (sent(rr, fo_redis_command(r, on_sub_message, rr, "SUBSCRIBE %b", rr->channel,
-                                rr->channel_len)) != 0)
+  if (n->idx == rr->self && sent(rr, fo_redis_command(r, on_sub_message, n, "SUBSCRIBE %b",
+                                                      rr->channel, rr->channel_len)) != 0)
     FO_LOG_WARN("registry", "could not subscribe: not ready until the next reconnect", "channel=%s",
                 rr->channel); /* /readyz says so: redis_up stays 0 */
   if (srv->cfg->room_mode_id == FO_ROOM_MODE_REDIS) {
     uint32_t cur = 0;
     fo_mapent_t *e;
     while ((e = fo_map_next(&srv->rooms, &cur)) != NULL)
-      room_cmd(rr, "SUBSCRIBE", e->key, e->len);
+      if (node_of(rr, e->key, e->len) == n)
+        room_cmd(rr, "SUBSCRIBE", e->key, e->len);
   }
 }
 
@@ -400,16 +534,19 @@ static void on_sub_state(fo_redis_t *r, bool connected, void *ud) {
  * room, while the room is in srv->rooms. */
 void fo__rreg_room_sub(fo_server_t *srv, const char *room, size_t len, bool on) {
   fo_rreg_t *rr = srv->rreg;
-  if (rr == NULL || !fo_redis_connected(rr->sub))
+  if (rr == NULL)
+    return;
+  rnode_t *n = node_of(rr, room, len);
+  if (n->sub == NULL || !fo_redis_connected(n->sub))
     return; /* resubscribed on reconnect */
   uint32_t h = fo_map_hash(room, len);
-  if (fo_map_get(&rr->unsubs, room, len, h) != NULL) {
+  if (fo_map_get(&n->unsubs, room, len, h) != NULL) {
     /* UNSUBSCRIBE in flight: its reply decides (unsubscribed()) */
     if (on)
       FO_LOG_DEBUG("registry",
                    "room joined while its unsubscribe is pending: "
                    "re-subscribing after the reply",
-                   "pending=%u", rr->unsubs.count);
+                   "pending=%u", n->unsubs.count);
     return;
   }
   if (on) {
@@ -424,12 +561,12 @@ void fo__rreg_room_sub(fo_server_t *srv, const char *room, size_t len, bool on) 
   u->ent.hash = h;
   u->ent.len = (uint32_t)len;
   u->ent.key = u->name;
-  if (fo_map_put(&rr->unsubs, &u->ent) != 0) {
+  if (fo_map_put(&n->unsubs, &u->ent) != 0) {
     free(u);
     return;
   }
   if (room_cmd(rr, "UNSUBSCRIBE", room, len) != 0) {
-    fo_map_del(&rr->unsubs, &u->ent);
+    fo_map_del(&n->unsubs, &u->ent);
     free(u);
   }
 }
@@ -439,7 +576,11 @@ void fo__rreg_room_sub(fo_server_t *srv, const char *room, size_t len, bool on) 
 void fo__rreg_conn_added(fo_server_t *srv, fo_conn_t *conn) {
   fo_rreg_t *rr = srv->rreg;
   fo_user_t *user = conn->user;
-  if (rr == NULL || user == NULL || !fo_redis_connected(rr->cmd))
+  if (rr == NULL || user == NULL)
+    return;
+  size_t len;
+  const char *name = fo__user_name(user, &len);
+  if (!fo_redis_connected(node_of(rr, name, len)->cmd))
     return; /* the pass after reconnecting registers it */
   conn->reg_pending = 1;
   /* Connections registered this turn are the newest of their user, at the
@@ -449,8 +590,6 @@ void fo__rreg_conn_added(fo_server_t *srv, fo_conn_t *conn) {
    * finds nothing left to send. */
   if (conn->user_next != NULL && conn->user_next->reg_pending)
     return;
-  size_t len;
-  const char *name = fo__user_name(user, &len);
   pend_t *p = NULL;
   if (rr->npend == rr->pend_cap) {
     uint32_t ncap = rr->pend_cap ? rr->pend_cap * 2 : 64;
@@ -476,9 +615,9 @@ void fo__rreg_flush(fo_server_t *srv) {
   fo_rreg_t *rr = srv->rreg;
   if (rr == NULL || rr->npend == 0)
     return;
-  bool up = fo_redis_connected(rr->cmd);
   for (uint32_t i = 0; i < rr->npend; i++) {
     pend_t *p = rr->pend[i];
+    bool up = fo_redis_connected(node_of(rr, p->name, p->len)->cmd);
     fo_user_t *user = up ? fo__registry_user(srv, p->name, p->len) : NULL;
     if (user != NULL) /* NULL: gone, or Redis down (the pass after reconnecting) */
       send_user(rr, user, true);
@@ -504,7 +643,8 @@ static void hdel_keep(fo_rreg_t *rr, hdel_t *h) {
 static void on_hdel_reply(fo_redis_t *r, redisReply *reply, void *privdata) {
   (void)r;
   hdel_t *h = privdata;
-  fo_rreg_t *rr = *(fo_rreg_t **)h->data;
+  fo_rreg_t *rr;
+  memcpy(&rr, h->data, sizeof(rr)); /* data[] is not pointer-aligned */
   if (reply != NULL && reply->type != REDIS_REPLY_ERROR) {
     free(h);
     return;
@@ -520,13 +660,15 @@ static void on_hdel_reply(fo_redis_t *r, redisReply *reply, void *privdata) {
 /* The reply callback needs the key and id again only on failure, but must
  * own them from the start: one allocation per closed connection. The
  * registry pointer is kept at the front of data. */
-static void send_hdel(fo_rreg_t *rr, const char *key, size_t klen, const char *id, size_t ilen) {
+static void send_hdel(fo_rreg_t *rr, uint32_t node, const char *key, size_t klen, const char *id,
+                      size_t ilen) {
   hdel_t *h = malloc(sizeof(*h) + sizeof(rr) + klen + ilen);
   if (h == NULL) {
     (*rr->srv->m.redis_errors)++;
     return;
   }
   h->next = NULL;
+  h->node = node;
   h->klen = (uint32_t)klen;
   h->ilen = (uint32_t)ilen;
   memcpy(h->data, &rr, sizeof(rr));
@@ -534,46 +676,48 @@ static void send_hdel(fo_rreg_t *rr, const char *key, size_t klen, const char *i
   memcpy(h->data + sizeof(rr) + klen, id, ilen);
   const char *argv[3] = {"HDEL", h->data + sizeof(rr), h->data + sizeof(rr) + klen};
   size_t argvlen[3] = {4, klen, ilen};
-  if (sent(rr, fo_redis_command_argv(rr->cmd, on_hdel_reply, h, 3, argv, argvlen)) != 0)
+  if (sent(rr, fo_redis_command_argv(rr->nodes[node].cmd, on_hdel_reply, h, 3, argv, argvlen)) != 0)
     hdel_keep(rr, h);
 }
 
 static void on_retry(uv_timer_t *t) {
   fo_rreg_t *rr = t->data;
-  if (!fo_redis_connected(rr->cmd)) {
-    if (rr->hdels != NULL)
-      retry_later(rr); /* a reconnect's pass re-registers; HDELs still wait */
-    return;
-  }
   if (rr->retry_pass) {
     rr->retry_pass = false;
-    start_pass(rr);
+    start_pass(rr); /* nodes that are down get theirs when they reconnect */
   }
   hdel_t *h = rr->hdels;
   rr->hdels = NULL;
   rr->hdels_n = 0;
   while (h != NULL) {
     hdel_t *next = h->next;
-    const char *key = h->data + sizeof(rr);
-    send_hdel(rr, key, h->klen, key + h->klen, h->ilen);
-    free(h);
+    if (!fo_redis_connected(rr->nodes[h->node].cmd)) {
+      hdel_keep(rr, h); /* its node is down: still waits */
+    } else {
+      const char *key = h->data + sizeof(rr);
+      send_hdel(rr, h->node, key, h->klen, key + h->klen, h->ilen);
+      free(h);
+    }
     h = next;
   }
 }
 
 void fo__rreg_conn_removed(fo_server_t *srv, fo_conn_t *conn) {
   fo_rreg_t *rr = srv->rreg;
-  if (rr == NULL || conn->user == NULL || !fo_redis_connected(rr->cmd))
+  if (rr == NULL || conn->user == NULL)
     return;
   size_t ulen;
   const char *name = fo__user_name(conn->user, &ulen);
+  rnode_t *n = node_of(rr, name, ulen);
+  if (!fo_redis_connected(n->cmd))
+    return;
   char id[FO_CONN_ID_LEN];
   fo__conn_id_str(conn, id, sizeof(id));
   fo_sb_reset(&rr->key);
   fo_rkey_connections(&rr->key, srv->cfg->redis_prefix, name, ulen);
   if (rr->key.oom)
     return;
-  send_hdel(rr, rr->key.data, rr->key.len, id, strlen(id));
+  send_hdel(rr, n->idx, rr->key.data, rr->key.len, id, strlen(id));
 }
 
 /* ---- life ---- */
@@ -586,6 +730,11 @@ int fo__rreg_new(fo_server_t *srv) {
   rr->srv = srv;
   srv->rreg = rr;
   fo_sb_init(&rr->key);
+  rr->nnodes = cfg->redis.n > 0 ? (uint32_t)cfg->redis.n : 1;
+  rr->nodes = calloc(rr->nnodes, sizeof(*rr->nodes));
+  if (rr->nodes == NULL)
+    return -ENOMEM;
+  rr->self = fo_rshard_node(cfg->server_id, strlen(cfg->server_id), rr->nnodes);
   fo_sb_t s;
   fo_sb_init(&s);
   fo_rkey_server_channel(&s, cfg->redis_prefix, cfg->server_id);
@@ -600,34 +749,57 @@ int fo__rreg_new(fo_server_t *srv) {
 
   uv_timer_init(srv->loop, &rr->alive_timer);
   uv_timer_init(srv->loop, &rr->refresh_timer);
-  uv_timer_init(srv->loop, &rr->chunk_timer);
   uv_timer_init(srv->loop, &rr->retry_timer);
-  rr->alive_timer.data = rr->refresh_timer.data = rr->chunk_timer.data = rr;
-  rr->retry_timer.data = rr;
-  rr->open_handles = 4;
+  rr->alive_timer.data = rr->refresh_timer.data = rr->retry_timer.data = rr;
+  rr->open_handles = 3;
+  for (uint32_t i = 0; i < rr->nnodes; i++) {
+    rnode_t *n = &rr->nodes[i];
+    n->rr = rr;
+    n->idx = i;
+    uv_timer_init(srv->loop, &n->chunk_timer);
+    n->chunk_timer.data = n;
+    rr->open_handles++;
+  }
   uint64_t alive_every = (uint64_t)cfg->alive_ttl_ms / 3;
   uv_timer_start(&rr->alive_timer, on_alive, alive_every, alive_every);
   uv_timer_start(&rr->refresh_timer, on_refresh, (uint64_t)cfg->registry_refresh_ms,
                  (uint64_t)cfg->registry_refresh_ms);
 
-  fo_redis_opts_t o = {
-      .host = cfg->redis.host,
-      .port = cfg->redis.port,
-      .connect_timeout_ms = (int)cfg->redis_timeout_ms,
-      .command_timeout_ms = (int)cfg->redis_timeout_ms,
-      .backoff_min_ms = 100,
-      .backoff_max_ms = 3000,
-      .name = "registry",
-      .password = cfg->redis_password,
-      .user = cfg->redis_user,
-  };
-  int rc = fo_redis_new(srv->loop, &o, on_cmd_state, rr, &rr->cmd);
-  if (rc != 0)
-    return rc;
-  o.name = "pubsub";
-  o.command_timeout_ms = -1; /* a subscriber waits for pushes: no command timeout */
-  rc = fo_redis_new(srv->loop, &o, on_sub_state, rr, &rr->sub);
-  return rc;
+  for (uint32_t i = 0; i < rr->nnodes; i++) {
+    rnode_t *n = &rr->nodes[i];
+    char cname[32], sname[32];
+    /* One node keeps the names it always had in logs. */
+    snprintf(cname, sizeof(cname), rr->nnodes > 1 ? "registry-%u" : "registry", i);
+    snprintf(sname, sizeof(sname), rr->nnodes > 1 ? "pubsub-%u" : "pubsub", i);
+    fo_redis_opts_t o = {
+        .host = cfg->redis.n > 0 ? cfg->redis.v[i].host : "127.0.0.1",
+        .port = cfg->redis.n > 0 ? cfg->redis.v[i].port : 6379,
+        .connect_timeout_ms = (int)cfg->redis_timeout_ms,
+        .command_timeout_ms = (int)cfg->redis_timeout_ms,
+        .backoff_min_ms = 100,
+        .backoff_max_ms = 3000,
+        .name = cname,
+        .password = cfg->redis_password,
+        .user = cfg->redis_user,
+    };
+    int rc = fo_redis_new(srv->loop, &o, on_cmd_state, n, &n->cmd);
+    if (rc != 0)
+      return rc;
+    /* A Pub/Sub connection where something of ours is subscribed: our
+     * channel's node, and every node for rooms in room mode "redis". */
+    if (i != rr->self && cfg->room_mode_id != FO_ROOM_MODE_REDIS)
+      continue;
+    o.name = sname;
+    o.command_timeout_ms = -1; /* a subscriber waits for pushes: no command timeout */
+    rc = fo_redis_new(srv->loop, &o, on_sub_state, n, &n->sub);
+    if (rc != 0)
+      return rc;
+  }
+  rr->cmd = rr->nodes[rr->self].cmd;
+  rr->sub = rr->nodes[rr->self].sub;
+  if (rr->nnodes > 1)
+    FO_LOG_INFO("registry", "redis shards", "nodes=%u channel_node=%u", rr->nnodes, rr->self);
+  return 0;
 }
 
 /* Drain: remove our liveness key (entries go with each connection's close). */
@@ -637,7 +809,8 @@ void fo__rreg_drain(fo_server_t *srv) {
     return;
   uv_timer_stop(&rr->alive_timer);
   uv_timer_stop(&rr->refresh_timer);
-  uv_timer_stop(&rr->chunk_timer);
+  for (uint32_t i = 0; i < rr->nnodes; i++)
+    uv_timer_stop(&rr->nodes[i].chunk_timer);
   uv_timer_stop(&rr->retry_timer);
   if (fo_redis_connected(rr->cmd)) {
     fo_sb_t k;
@@ -649,11 +822,11 @@ void fo__rreg_drain(fo_server_t *srv) {
   }
 }
 
-static void on_timer_closed(uv_handle_t *h) {
-  fo_rreg_t *rr = h->data;
+static void handle_closed(fo_rreg_t *rr) {
   if (--rr->open_handles == 0) {
     fo_sb_free(&rr->key);
-    clear_unsubs(rr);
+    for (uint32_t i = 0; rr->nodes != NULL && i < rr->nnodes; i++)
+      clear_unsubs(&rr->nodes[i]);
     while (rr->hdels != NULL) {
       hdel_t *hd = rr->hdels;
       rr->hdels = hd->next;
@@ -664,8 +837,17 @@ static void on_timer_closed(uv_handle_t *h) {
     free(rr->pend);
     free(rr->channel);
     free(rr->room_prefix);
+    free(rr->nodes);
     free(rr);
   }
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+  handle_closed(h->data);
+}
+
+static void on_chunk_closed(uv_handle_t *h) {
+  handle_closed(((rnode_t *)h->data)->rr);
 }
 
 void fo__rreg_close(fo_server_t *srv) {
@@ -673,11 +855,15 @@ void fo__rreg_close(fo_server_t *srv) {
   if (rr == NULL)
     return;
   srv->rreg = NULL;
-  fo_redis_close(rr->cmd);
-  fo_redis_close(rr->sub);
+  for (uint32_t i = 0; rr->nodes != NULL && i < rr->nnodes; i++) {
+    rnode_t *n = &rr->nodes[i];
+    fo_redis_close(n->cmd);
+    fo_redis_close(n->sub);
+    if (n->rr != NULL) /* initialised (fo__rreg_new may have failed before) */
+      uv_close((uv_handle_t *)&n->chunk_timer, on_chunk_closed);
+  }
   uv_close((uv_handle_t *)&rr->alive_timer, on_timer_closed);
   uv_close((uv_handle_t *)&rr->refresh_timer, on_timer_closed);
-  uv_close((uv_handle_t *)&rr->chunk_timer, on_timer_closed);
   uv_close((uv_handle_t *)&rr->retry_timer, on_timer_closed);
 }
 
@@ -685,17 +871,25 @@ uint64_t fo__rreg_errors(fo_server_t *srv) {
   fo_rreg_t *rr = srv->rreg;
   if (rr == NULL)
     return 0;
-  return fo_redis_errors(rr->cmd) + fo_redis_errors(rr->sub);
+  uint64_t n = 0;
+  for (uint32_t i = 0; i < rr->nnodes; i++)
+    n += (rr->nodes[i].cmd ? fo_redis_errors(rr->nodes[i].cmd) : 0) +
+         (rr->nodes[i].sub ? fo_redis_errors(rr->nodes[i].sub) : 0);
+  return n;
 }
 
+/* One barrier: a PING on every connected node, cb after the last answer. */
 typedef struct {
   fo_server_t *srv;
   void (*cb)(fo_server_t *srv);
+  uint32_t waiting;
 } barrier_t;
 
 static void on_barrier(fo_redis_t *r, redisReply *reply, void *privdata) {
   (void)r, (void)reply;
   barrier_t *b = privdata;
+  if (--b->waiting > 0)
+    return;
   fo_server_t *srv = b->srv;
   void (*cb)(fo_server_t *) = b->cb;
   free(b);
@@ -705,15 +899,17 @@ static void on_barrier(fo_redis_t *r, redisReply *reply, void *privdata) {
 void fo__rreg_barrier(fo_server_t *srv, void (*cb)(fo_server_t *srv)) {
   fo_rreg_t *rr = srv->rreg;
   barrier_t *b = malloc(sizeof(*b));
-  if (rr == NULL || b == NULL || !fo_redis_connected(rr->cmd)) {
+  if (rr == NULL || b == NULL) {
     free(b);
     cb(srv);
     return;
   }
   b->srv = srv;
   b->cb = cb;
-  if (fo_redis_command(rr->cmd, on_barrier, b, "PING") != 0) {
-    free(b);
-    cb(srv);
-  }
+  b->waiting = 1; /* held while sending, so an answer cannot finish it early */
+  for (uint32_t i = 0; i < rr->nnodes; i++)
+    if (fo_redis_connected(rr->nodes[i].cmd) &&
+        fo_redis_command(rr->nodes[i].cmd, on_barrier, b, "PING") == 0)
+      b->waiting++;
+  on_barrier(NULL, NULL, b);
 }

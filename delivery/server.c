@@ -35,7 +35,9 @@ static void register_metrics(fo_server_t *srv) {
   G(paused_partitions, "paused_partitions", "Kafka partitions paused by the high-water mark");
   G(assigned_partitions, "assigned_partitions", "Kafka partitions assigned (users + rooms)");
   G(consumer_lag, "consumer_lag", "messages behind the high watermark, all assigned partitions");
-  G(redis_up, "redis_up", "1 when the registry and Pub/Sub connections are up");
+  G(redis_up, "redis_up", "1 when the registry and Pub/Sub connections of every Redis node are up");
+  G(redis_nodes_down, "redis_nodes_down",
+    "Redis nodes (--redis) with a registry or Pub/Sub connection down (/readyz names them)");
   G(last_fanout_us, "last_fanout_microseconds",
     "room records of the last loop turn: from taking the first off the queue to every "
     "frame handed to the kernel (or to libuv for a full socket)");
@@ -69,6 +71,9 @@ static void register_metrics(fo_server_t *srv) {
   C(kafka_errors, "kafka_errors_total", "Kafka errors reported");
   C(dead_servers_cleaned, "dead_entries_cleaned_total",
     "registry entries removed because their server's liveness key was gone");
+  C(routes_node_down, "routes_node_down_total",
+    "with several Redis nodes: user messages and room PUBLISHes not routed to other servers "
+    "because the Redis node they need was down (not held: that would stall every node's users)");
   d->redis_conn_errors = fo_metrics_counter(m, "fanout_delivery_redis_connection_errors_total",
                                             "Redis connect failures, timeouts and disconnects");
 #undef G
@@ -164,6 +169,10 @@ static bool conn_ready(fo_server_t *srv) {
   return fo__rreg_ready(srv) && !srv->draining;
 }
 
+static void conn_ready_detail(fo_server_t *srv, fo_sb_t *out) {
+  fo__rreg_down_nodes(srv, out);
+}
+
 void fo__server_wire(fo_server_t *srv) {
   srv->conn_ev.admit = conn_admit;
   srv->conn_ev.unadmit = conn_unadmit;
@@ -171,6 +180,7 @@ void fo__server_wire(fo_server_t *srv) {
   srv->conn_ev.closed = conn_closed;
   srv->conn_ev.room = conn_room;
   srv->conn_ev.ready = conn_ready;
+  srv->conn_ev.ready_detail = conn_ready_detail;
   /* hub_ev.user_gone: nobody needs it (rreg keeps its pending users by name) */
   if (srv->cfg->room_mode_id == FO_ROOM_MODE_REDIS)
     srv->hub_ev.room_sub = fo__rreg_room_sub;
@@ -178,6 +188,7 @@ void fo__server_wire(fo_server_t *srv) {
   srv->rreg_ev.pubsub_user = fo__router_pubsub;
   srv->rreg_ev.pubsub_room = fo__router_room_pubsub;
   srv->rreg_ev.redis_up = fo__router_redis_up;
+  srv->rreg_ev.resync = fo__streams_resync;
   srv->redis_cmd = fo__rreg_cmd;
   srv->on_sweep = on_sweep_tick;
   srv->room_position = fo__consumer_room_position;

@@ -71,6 +71,7 @@ typedef struct fo_pending {
   uint32_t wait_gen; /* the barrier it waits for (0: none) */
   int verdict;       /* RES_* decided before any replay (RES_RECOVERED: try) */
   bool has_since;
+  bool silent;     /* a resync (fo__streams_resync): no welcome, no resume counted */
   bool fence;      /* done, but live frames <= end are still dropped (rooms) */
   bool overflowed; /* the hold filled up: answered recovered:false */
   fo_pos_t since;
@@ -111,6 +112,7 @@ struct fo_streams {
   uint64_t *replayed;
   uint64_t *seam_drops;
   uint64_t *hold_overflows;
+  uint64_t *resyncs[2]; /* replayed, closed */
   uint64_t *window_evictions;
   int64_t *window_bytes;
   int64_t *window_entries;
@@ -364,7 +366,19 @@ static void finish(fo_pending_t *pd, int res, int64_t end, int64_t end_t, fo_buf
   bool recovered = res == RES_RECOVERED && !pd->overflowed;
   if (pd->overflowed)
     res = RES_ERROR;
-  count(st, pd, res);
+  if (pd->silent) {
+    (*st->resyncs[recovered ? 0 : 1])++;
+    if (!recovered) {
+      /* The gap cannot be filled here: the client resumes and is told. */
+      for (size_t i = 0; i < n; i++)
+        fo_buf_unref(frames[i]);
+      pending_done(pd);
+      fo__conn_close_ws(conn, FO_WS_CLOSE_SERVICE_RESTART, "state lost: resume");
+      return;
+    }
+  } else {
+    count(st, pd, res);
+  }
   if (pd->has_since && recovered)
     fo_pos_format(&pd->since, ptxt, sizeof(ptxt));
   else
@@ -374,7 +388,7 @@ static void finish(fo_pending_t *pd, int res, int64_t end, int64_t end_t, fo_buf
       pd->kind == FO_STREAM_USER
           ? fo_proto_welcome(&st->sb, ptxt, rec, conn->app_ping ? srv->cfg->ping_interval_ms : 0)
           : fo_proto_joined(&st->sb, pd->room, pd->room_len, ptxt, rec);
-  if (rc == 0)
+  if (rc == 0 && !pd->silent)
     fo__conn_send_text(conn, st->sb.data, st->sb.len);
   if (pd->kind == FO_STREAM_USER)
     conn->cs->welcomed = true;
@@ -624,6 +638,35 @@ static void on_barrier(fo_server_t *srv) {
   }
 }
 
+void fo__streams_resync(fo_server_t *srv) {
+  fo_streams_t *st = srv->streams;
+  if (st == NULL || st->closed || st->npartitions[FO_STREAM_USER] == 0)
+    return;
+  size_t n = 0;
+  for (fo_conn_t *c = srv->conns.next; c != &srv->conns; c = c->next) {
+    if (c->state != FO_CONN_OPEN || c->user == NULL || c->user_floor < 0 || find_user(c) != NULL)
+      continue;
+    int32_t p =
+        fo_partition_of_key(c->user->name, c->user->ent.len, st->npartitions[FO_STREAM_USER]);
+    part_t *pt = part_get(st, FO_STREAM_USER, p, false);
+    if (pt != NULL && pt->last >= 0)
+      continue; /* consumed here: its messages never took the Pub/Sub hop */
+    fo_pending_t *pd = pending_new(c, FO_STREAM_USER, NULL, 0);
+    if (pd == NULL)
+      break; /* out of memory: the rest stay as they are */
+    pd->partition = p;
+    pd->silent = true;
+    pd->has_since = true;
+    pd->verdict = RES_RECOVERED;
+    /* Our own record of what it was sent: no anchor to check. */
+    pd->since = (fo_pos_t){'u', st->epoch[FO_STREAM_USER], p, c->user_floor, INT64_MAX};
+    locate(pd);
+    n++;
+  }
+  FO_LOG_INFO("stream", "Pub/Sub was lost and is back: replaying user streams", "connections=%zu",
+              n);
+}
+
 void fo__streams_after_flush(fo_server_t *srv) {
   fo_streams_t *st = srv->streams;
   if (st == NULL || st->wait_tail == NULL || st->wait_tail->wait_gen != st->gen_next)
@@ -832,6 +875,12 @@ int fo__streams_new(fo_server_t *srv, char *err, size_t errlen) {
       m, "fanout_delivery_resume_seam_drops_total",
       "live frames not sent because the connection already had them (the resume seam, a "
       "re-delivery after a rebalance)");
+  st->resyncs[0] = fo_metrics_counter(
+      m, "fanout_delivery_resyncs_total{result=\"replayed\"}",
+      "user streams replayed by the server after its Pub/Sub connection came back");
+  st->resyncs[1] = fo_metrics_counter(
+      m, "fanout_delivery_resyncs_total{result=\"closed\"}",
+      "connections closed with 1012 after Pub/Sub came back: the gap could not be replayed");
   st->hold_overflows = fo_metrics_counter(
       m, "fanout_delivery_resume_hold_overflows_total",
       "connections closed with 1013: too many live frames arrived while a replay ran");

@@ -48,6 +48,12 @@ void fo__streams_partition_lost(fo_server_t *srv, int kind, int32_t partition);
 
 /* Each heartbeat tick: drops window entries past --resume-window-ms. */
 void fo__streams_tick(fo_server_t *srv);
+/* Pub/Sub to this server was lost and is back (rreg_ev.resync): every
+ * connection whose user messages come through it replays its user stream
+ * from what it was last sent, held and merged like a resume, without a new
+ * welcome; one that cannot be replayed is closed with 1012 so that its
+ * client resumes (and learns recovered:false) itself. */
+void fo__streams_resync(fo_server_t *srv);
 /* After the registry flush of a loop turn (server.c's check handle). */
 void fo__streams_after_flush(fo_server_t *srv);
 

@@ -29,6 +29,7 @@ enum {
   FO_WS_CLOSE_POLICY = 1008,
   FO_WS_CLOSE_TOO_BIG = 1009,
   FO_WS_CLOSE_INTERNAL = 1011,
+  FO_WS_CLOSE_SERVICE_RESTART = 1012,
   FO_WS_CLOSE_TRY_AGAIN = 1013,
   FO_WS_CLOSE_TOKEN_EXPIRED = 4001, /* application range: DESIGN.md "token expired" */
   FO_WS_CLOSE_TOKEN_INVALID = 4003, /* auth=close: the token of the upgrade was refused */

@@ -14,6 +14,12 @@ PKGS=(
   # Kafka client to read committed offsets, systemd-analyze for the units
   python3-xxhash python3-msgpack python3-confluent-kafka systemd
   openjdk-17-jdk-headless maven  # javac: deploy/local/apache-kafka compiles its admin helper
+  # the container image and compose stack (deploy/image/build, deploy/compose/podman):
+  # podman with runc, podman-compose, debootstrap for the base image, the CNI
+  # bridge and its DNS plugin (compose's service names); a venv for
+  # deploy/k8s/validate's schema validator (PyPI)
+  podman runc podman-compose debootstrap containernetworking-plugins
+  golang-github-containernetworking-plugin-dnsname python3-venv
   # a real browser for tests/browser (driven by playwright-core from npm,
   # tests/browser/package-lock.json; it downloads no browser of its own)
   chromium

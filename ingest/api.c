@@ -443,15 +443,24 @@ static void handle_metrics(fo_ingest_t *ing, fo_reply_t *reply) {
 static void handle_readyz(fo_ingest_t *ing, fo_reply_t *reply) {
   bool kafka = fo__producer_ready(ing->producer);
   bool redis = ing->presence != NULL && fo__presence_connected(ing->presence);
-  char body[128];
   int status = kafka && !ing->stopping ? 200 : 503;
-  snprintf(body, sizeof(body), "{%s,\"kafka\":%s,\"redis\":%s}",
-           status == 200   ? "\"status\":\"ready\""
-           : ing->stopping ? "\"error\":\"shutting down\""
-                           : "\"error\":\"kafka unavailable\"",
-           kafka ? "true" : "false", redis ? "true" : "false");
-  fo__reply_send(reply, status, "application/json", status == 503 ? ing->api->retry_after : NULL,
-                 body, strlen(body));
+  /* redis: every node up; redis_down names those that are not. */
+  fo_sb_t body;
+  fo_sb_init(&body);
+  fo_sb_printf(&body, "{%s,\"kafka\":%s,\"redis\":%s,\"redis_down\":[",
+               status == 200   ? "\"status\":\"ready\""
+               : ing->stopping ? "\"error\":\"shutting down\""
+                               : "\"error\":\"kafka unavailable\"",
+               kafka ? "true" : "false", redis ? "true" : "false");
+  if (ing->presence != NULL)
+    fo__presence_down_nodes(ing->presence, &body);
+  fo_sb_puts(&body, "]}");
+  if (body.oom)
+    fo__reply_error(reply, 503, "out of memory", NULL);
+  else
+    fo__reply_send(reply, status, "application/json", status == 503 ? ing->api->retry_after : NULL,
+                   body.data, body.len);
+  fo_sb_free(&body);
 }
 
 static void handle_presence(fo_ingest_t *ing, fo_reply_t *reply, const char *raw) {

@@ -34,7 +34,7 @@
 
 typedef struct fo_ingest_cfg {
   fo_addr_t listen;
-  fo_addr_t redis;
+  fo_addrs_t redis;     /* the Redis nodes, in order (schemas/redis-shards.md) */
   char *redis_password; /* "" = no AUTH */
   char *redis_user;     /* "" = default user */
   char *kafka;
@@ -70,6 +70,7 @@ typedef struct fo_ingest_cfg {
   int64_t metadata_refresh_ms;
   int64_t stats_interval_ms;
   char *kafka_options;
+  int64_t kafka_fetch_wait_ms; /* the intake consumer's fetch.wait.max.ms */
   int64_t redis_timeout_ms;
   int64_t shutdown_timeout_ms;
   bool reuseport;
@@ -217,6 +218,9 @@ int fo__presence_new(fo_ingest_t *ing, fo_presence_t **out);
 /* Answers reply with {"user":..,"online":..,"connections":N} or 503. */
 void fo__presence_get(fo_presence_t *pr, const char *user, size_t user_len, fo_reply_t *reply);
 bool fo__presence_connected(const fo_presence_t *pr);
+/* Appends the Redis nodes that are down as JSON array items
+ * ({"node":I,"addr":"HOST:PORT"}, comma-separated) to out. */
+void fo__presence_down_nodes(const fo_presence_t *pr, fo_sb_t *out);
 void fo__presence_close(fo_presence_t *pr);
 
 #endif

@@ -492,7 +492,10 @@ int fo__intake_new(fo_ingest_t *ing, fo_intake_t **out, char *err, size_t errlen
   }
   SLIST_INIT(&in->retries);
   LIST_INIT(&in->all);
-  char *ours[] = {"auto.offset.reset=earliest", NULL};
+  char fetch_wait[48];
+  snprintf(fetch_wait, sizeof(fetch_wait), "fetch.wait.max.ms=%lld",
+           (long long)cfg->kafka_fetch_wait_ms);
+  char *ours[] = {"auto.offset.reset=earliest", fetch_wait, NULL};
   const char *topics[] = {cfg->topic_intake, NULL};
   fo_kafka_consumer_opts_t opts = {
       .bootstrap = cfg->kafka,

@@ -22,8 +22,9 @@
 static const fo_cfg_field_t fields[] = {
     F("listen", FO_CFG_ADDR, listen, 0, 65535, "127.0.0.1:8080",
       "HTTP address (port 0: any free port)"),
-    F("redis", FO_CFG_ADDR, redis, 1, 65535, "127.0.0.1:6379",
-      "Redis holding the connection registry"),
+    F("redis", FO_CFG_ADDRS, redis, 1, 65535, "127.0.0.1:6379",
+      "Redis nodes holding the connection registry, HOST:PORT[,HOST:PORT...] (shards: "
+      "schemas/redis-shards.md; the same list in the same order as the delivery servers')"),
     F("redis-password", FO_CFG_STR, redis_password, 0, 4096, "",
       "Redis AUTH password, sent first on every Redis connection (empty: no AUTH)"),
     F("redis-user", FO_CFG_STR, redis_user, 0, 256, "",
@@ -85,6 +86,9 @@ static const fo_cfg_field_t fields[] = {
       "how often partition counts are refreshed"),
     F("stats-interval-ms", FO_CFG_INT, stats_interval_ms, 100, 60000, "1000",
       "producer statistics interval (readiness)"),
+    F("kafka-fetch-wait-ms", FO_CFG_INT, kafka_fetch_wait_ms, 1, 10000, "500",
+      "fetch.wait.max.ms of the intake consumer (see fanout-delivery --help); the embedded "
+      "fanout-kafka-dev needs 1"),
     F("kafka-opts", FO_CFG_STR, kafka_options, 0, 0, "",
       "extra librdkafka settings k=v,k=v (win over ours; write a comma inside a value as \\,)"),
     F("redis-timeout-ms", FO_CFG_INT, redis_timeout_ms, 10, 60000, "1000",
@@ -284,8 +288,8 @@ int main(int argc, char **argv) {
   app.sigterm.data = app.sigint.data = app.drain.data = &app;
   uv_signal_start(&app.sigterm, on_signal, SIGTERM);
   uv_signal_start(&app.sigint, on_signal, SIGINT);
-  FO_LOG_INFO("main", "started", "listen=%s kafka=%s redis=%s:%d intake=%d", bound, cfg.kafka,
-              cfg.redis.host, cfg.redis.port, cfg.intake ? 1 : 0);
+  FO_LOG_INFO("main", "started", "listen=%s kafka=%s redis=%s:%d redis_nodes=%d intake=%d", bound,
+              cfg.kafka, cfg.redis.v[0].host, cfg.redis.v[0].port, cfg.redis.n, cfg.intake ? 1 : 0);
   printf("listening=%s\n", bound);
   fflush(stdout);
   uv_run(&loop, UV_RUN_DEFAULT);

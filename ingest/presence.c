@@ -1,7 +1,12 @@
 /* GET /v1/presence/{user} from the Redis registry (schemas/redis.md):
  * HGETALL {prefix}ws:connections:{user} (connection id -> server id), then
  * one pipelined EXISTS {prefix}ws:alive:{server} per distinct server; entries
- * of servers whose liveness key is gone are not counted. */
+ * of servers whose liveness key is gone are not counted.
+ * Several Redis nodes (shards, schemas/redis-shards.md): one connection per
+ * node; the HGETALL goes to the user's node (down: 503), each EXISTS to the
+ * server's node. A server whose node is down is counted as its registry
+ * entries say (their 300 s TTL bounds how stale that is): what lives on a
+ * down node is its liveness key, not the user's presence. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,11 +17,18 @@
 #include "log.h"
 #include "redis_uv.h"
 #include "rkeys.h"
+#include "rshard.h"
+
+typedef struct {
+  fo_presence_t *pr;
+  fo_redis_t *redis;
+  bool connected;
+} pnode_t;
 
 struct fo_presence {
   fo_ingest_t *ing;
-  fo_redis_t *redis;
-  bool connected;
+  pnode_t *nodes; /* n of them, in --redis order (owned) */
+  uint32_t n;
   uint64_t *c_errors;
 };
 
@@ -81,7 +93,9 @@ static void on_alive(fo_redis_t *r, redisReply *reply, void *privdata) {
   (void)r;
   cookie_t *ck = privdata;
   lookup_t *lk = ck->lk;
-  if (reply == NULL || reply->type != REDIS_REPLY_INTEGER)
+  if (reply == NULL && lk->pr->n > 1)
+    lk->servers[ck->index].alive = 1; /* its node went down: trust the entries */
+  else if (reply == NULL || reply->type != REDIS_REPLY_INTEGER)
     lk->failed = true;
   else
     lk->servers[ck->index].alive = reply->integer > 0 ? 1 : 0;
@@ -112,6 +126,7 @@ static int add_conn(lookup_t *lk, const char *server, size_t len) {
 }
 
 static void on_hgetall(fo_redis_t *r, redisReply *reply, void *privdata) {
+  (void)r;
   lookup_t *lk = privdata;
   fo_presence_t *pr = lk->pr;
   if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
@@ -148,9 +163,16 @@ static void on_hgetall(fo_redis_t *r, redisReply *reply, void *privdata) {
     }
     ck->lk = lk;
     ck->index = i;
+    const char *id = lk->servers[i].id;
+    pnode_t *n = &pr->nodes[fo_rshard_node(id, strlen(id), pr->n)];
+    if (pr->n > 1 && !n->connected) {
+      free(ck);
+      lk->servers[i].alive = 1; /* its node is down: trust the entries (see the top) */
+      continue;
+    }
     const char *argv[2] = {"EXISTS", key.data};
     size_t argvlen[2] = {6, key.len};
-    if (fo_redis_command_argv(r, on_alive, ck, 2, argv, argvlen) != 0) {
+    if (fo_redis_command_argv(n->redis, on_alive, ck, 2, argv, argvlen) != 0) {
       free(ck);
       lk->failed = true;
       break;
@@ -179,7 +201,8 @@ void fo__presence_get(fo_presence_t *pr, const char *user, size_t user_len, fo_r
   fo_rkey_connections(&key, pr->ing->cfg->redis_prefix, user, user_len);
   const char *argv[2] = {"HGETALL", key.data};
   size_t argvlen[2] = {7, key.len};
-  int rc = key.oom ? -ENOMEM : fo_redis_command_argv(pr->redis, on_hgetall, lk, 2, argv, argvlen);
+  fo_redis_t *r = pr->nodes[fo_rshard_node(user, user_len, pr->n)].redis;
+  int rc = key.oom ? -ENOMEM : fo_redis_command_argv(r, on_hgetall, lk, 2, argv, argvlen);
   fo_sb_free(&key);
   if (rc != 0) {
     lk->failed = true;
@@ -189,8 +212,8 @@ void fo__presence_get(fo_presence_t *pr, const char *user, size_t user_len, fo_r
 
 static void on_state(fo_redis_t *r, bool connected, void *ud) {
   (void)r;
-  fo_presence_t *pr = ud;
-  pr->connected = connected;
+  pnode_t *n = ud;
+  n->connected = connected;
 }
 
 int fo__presence_new(fo_ingest_t *ing, fo_presence_t **out) {
@@ -198,37 +221,65 @@ int fo__presence_new(fo_ingest_t *ing, fo_presence_t **out) {
   if (pr == NULL)
     return -ENOMEM;
   pr->ing = ing;
+  pr->n = ing->cfg->redis.n > 0 ? (uint32_t)ing->cfg->redis.n : 1;
+  pr->nodes = calloc(pr->n, sizeof(*pr->nodes));
   pr->c_errors = fo_metrics_counter(ing->metrics, "fanout_ingest_presence_errors_total",
                                     "Presence lookups answered 503 (Redis unavailable)");
-  if (pr->c_errors == NULL) {
+  if (pr->c_errors == NULL || pr->nodes == NULL) {
+    free(pr->nodes);
     free(pr);
     return -ENOMEM;
   }
-  fo_redis_opts_t opts;
-  memset(&opts, 0, sizeof(opts));
-  opts.host = ing->cfg->redis.host;
-  opts.port = ing->cfg->redis.port;
-  opts.connect_timeout_ms = (int)ing->cfg->redis_timeout_ms;
-  opts.command_timeout_ms = (int)ing->cfg->redis_timeout_ms;
-  opts.name = "presence";
-  opts.password = ing->cfg->redis_password;
-  opts.user = ing->cfg->redis_user;
-  int rc = fo_redis_new(ing->loop, &opts, on_state, pr, &pr->redis);
-  if (rc != 0) {
-    free(pr);
-    return rc;
+  for (uint32_t i = 0; i < pr->n; i++) {
+    char name[32];
+    snprintf(name, sizeof(name), pr->n > 1 ? "presence-%u" : "presence", i);
+    fo_redis_opts_t opts;
+    memset(&opts, 0, sizeof(opts));
+    opts.host = ing->cfg->redis.n > 0 ? ing->cfg->redis.v[i].host : "127.0.0.1";
+    opts.port = ing->cfg->redis.n > 0 ? ing->cfg->redis.v[i].port : 6379;
+    opts.connect_timeout_ms = (int)ing->cfg->redis_timeout_ms;
+    opts.command_timeout_ms = (int)ing->cfg->redis_timeout_ms;
+    opts.name = name;
+    opts.password = ing->cfg->redis_password;
+    opts.user = ing->cfg->redis_user;
+    pr->nodes[i].pr = pr;
+    int rc = fo_redis_new(ing->loop, &opts, on_state, &pr->nodes[i], &pr->nodes[i].redis);
+    if (rc != 0) {
+      fo__presence_close(pr);
+      return rc;
+    }
   }
   *out = pr;
   return 0;
 }
 
+/* Every node connected. */
 bool fo__presence_connected(const fo_presence_t *pr) {
-  return pr->connected;
+  for (uint32_t i = 0; i < pr->n; i++)
+    if (!pr->nodes[i].connected)
+      return false;
+  return true;
+}
+
+void fo__presence_down_nodes(const fo_presence_t *pr, fo_sb_t *out) {
+  bool first = true;
+  for (uint32_t i = 0; i < pr->n; i++) {
+    if (pr->nodes[i].connected)
+      continue;
+    const fo_addr_t *a = &pr->ing->cfg->redis.v[i];
+    bool v6 = strchr(a->host, ':') != NULL;
+    fo_sb_printf(out, "%s{\"node\":%u,\"addr\":\"%s%s%s:%d\"}", first ? "" : ",", i, v6 ? "[" : "",
+                 a->host, v6 ? "]" : "", a->port);
+    first = false;
+  }
 }
 
 void fo__presence_close(fo_presence_t *pr) {
   if (pr == NULL)
     return;
-  fo_redis_close(pr->redis); /* pending callbacks run with NULL: lookups answer 503 */
+  /* pending callbacks run with NULL: lookups answer 503 */
+  for (uint32_t i = 0; pr->nodes != NULL && i < pr->n; i++)
+    fo_redis_close(pr->nodes[i].redis);
+  free(pr->nodes);
   free(pr);
 }

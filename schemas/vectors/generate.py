@@ -23,6 +23,16 @@ def partition(h, p):
     return (h * p) >> 32
 
 
+def jump(key, n):
+    """Jump consistent hash (Lamping & Veach 2014), in doubles as the paper."""
+    b, j = -1, 0
+    while j < n:
+        b = j
+        key = (key * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
+        j = int((b + 1) * (float(1 << 31) / float((key >> 33) + 1)))
+    return b
+
+
 def mp(obj):
     """msgpack of obj: str as str, bytes as bin, every int in its smallest
     form (as msgpack-c's msgpack_pack_int64 writes it)."""
@@ -76,6 +86,15 @@ def main():
             h = xxh32(u.encode())
             f.write("%s\t%08x\t%s\n" % (json.dumps(u), h,
                                           "\t".join(str(partition(h, p)) for p in ps)))
+
+    # schemas/redis-shards.md: node = jump(hash32(name), N)
+    ns = [1, 2, 3, 4, 5, 8, 16, 64]
+    names = users + ["delivery-0", "delivery-1", "host-a-4711", "lobby", "room-7"]
+    with open(os.path.join(HERE, "redis-shards.tsv"), "w") as f:
+        f.write("# name (JSON string)\thash32 (hex)\t" + "\t".join("N=%d" % n for n in ns) + "\n")
+        for u in names:
+            h = xxh32(u.encode())
+            f.write("%s\t%08x\t%s\n" % (json.dumps(u), h, "\t".join(str(jump(h, n)) for n in ns)))
 
     id_text = "0190b3a1-c2d3-7abc-8def-0123456789ab"
     valid = [

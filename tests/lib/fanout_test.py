@@ -77,6 +77,11 @@ class Proc:
         full_env = dict(os.environ)
         if env:
             full_env.update({k: str(v) for k, v in env.items()})
+        if _on_embedded_kafka(argv) and "FANOUT_KAFKA_FETCH_WAIT_MS" not in full_env:
+            # The embedded broker answers an empty fetch only after
+            # fetch.wait.max.ms, even when a record arrives meanwhile: our
+            # services' default (500 ms, for a real Kafka) would be latency.
+            full_env["FANOUT_KAFKA_FETCH_WAIT_MS"] = "1"
         self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.logfile,
                                   stdin=subprocess.DEVNULL, env=full_env, cwd=cwd,
                                   start_new_session=True)
@@ -238,6 +243,23 @@ class Redis:
                               capture_output=True, text=True, timeout=10).stdout.strip()
 
 
+# Bootstrap addresses of embedded brokers (fanout-kafka-dev) this process
+# knows: services started against one get --kafka-fetch-wait-ms 1 (Proc).
+_embedded_kafka = set()
+
+
+def _on_embedded_kafka(argv):
+    name = os.path.basename(argv[0]) if argv else ""
+    if name not in ("fanout-delivery", "fanout-ingest"):
+        return False
+    for i, a in enumerate(argv):
+        v = argv[i + 1] if a == "--kafka" and i + 1 < len(argv) else (
+            a[len("--kafka="):] if a.startswith("--kafka=") else None)
+        if v is not None:
+            return v in _embedded_kafka
+    return os.environ.get("FANOUT_KAFKA") in _embedded_kafka
+
+
 class KafkaDev:
     """The embedded broker (fanout-kafka-dev, librdkafka mock cluster)."""
 
@@ -245,6 +267,7 @@ class KafkaDev:
         self.proc = Proc("kafka-dev", [find_binary("fanout-kafka-dev"), "--partitions",
                                        str(partitions), "--brokers", str(brokers), *extra])
         self.bootstrap = self.proc.wait_line(r"^bootstrap=(\S+)", timeout=10).group(1)
+        _embedded_kafka.add(self.bootstrap)
         self.partitions = partitions
 
     def down(self):
@@ -299,6 +322,8 @@ def fixture_env(name):
             k, _, v = line.strip().partition("=")
             if k:
                 out[k] = v
+    if name == "kafkadev" and "FANOUT_KAFKA" in out:
+        _embedded_kafka.add(out["FANOUT_KAFKA"])
     return out
 
 

@@ -253,6 +253,10 @@ int main(int argc, char **argv) {
   LOG_INFO("ready", "bootstrap=%s brokers=%d partitions=%d replication=%d topics=%s,%s,%s,%s",
            bootstrap, (int)opts.brokers, (int)opts.partitions, (int)opts.replication,
            opts.topics[0], opts.topics[1], opts.topics[2], opts.topics[3]);
+  /* The mock does not long-poll (see README, "The embedded broker"). */
+  LOG_INFO("clients: pass --kafka-fetch-wait-ms 1 to fanout-ingest and fanout-delivery",
+           "env=FANOUT_KAFKA_FETCH_WAIT_MS=1 why=\"%s\"",
+           "an empty fetch is answered after fetch.wait.max.ms even when records arrive");
   printf("bootstrap=%s\n", bootstrap);
   fflush(stdout);
 

@@ -12,11 +12,13 @@ separate load-client process (fanout-bench-wsclient) with N connections:
    loop thread's CPU time, and per second of wall time at the clients.
 
 usage: bench_delivery.py [--conns 15000] [--burst 100] [--build DIR]
+       [--ping-interval-ms 30000 --heartbeat-cycles N] [--idle-only]
 """
 
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -30,6 +32,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--conns", type=int, default=15000)
     ap.add_argument("--burst", type=int, default=100)
+    ap.add_argument("--ping-interval-ms", type=int, default=30000)
+    ap.add_argument("--heartbeat-cycles", type=int, default=0,
+                    help="after the idle figure, hold the connections for this many ping "
+                         "intervals and print the bytes per connection again")
+    ap.add_argument("--idle-only", action="store_true", help="stop after the idle figures")
+    ap.add_argument("--server-args", default="", help="more fanout-delivery flags")
     ap.add_argument("--build", default=os.environ.get("FANOUT_BUILD_DIR"))
     args = ap.parse_args()
     if args.build:
@@ -42,7 +50,8 @@ def main():
     srv = ft.start_service("fanout-delivery", "bench-delivery", [
         "--listen", "127.0.0.1:0", "--redis", redis.addr, "--kafka", kafka.bootstrap,
         "--server-id", "bench", "--jwt-secret", secret, "--log-level", "warn",
-        "--max-connections", "19000", "--session-timeout-ms", "6000"])
+        "--max-connections", "19000", "--session-timeout-ms", "6000",
+        "--ping-interval-ms", str(args.ping_interval_ms), *shlex.split(args.server_args)])
 
     def metrics():
         with urllib.request.urlopen("http://%s/metrics" % srv.addr, timeout=10) as r:
@@ -86,9 +95,20 @@ def main():
     print("idle connections: %d in %.0f ms; delivery RSS %.1f MB -> %.1f MB; "
           "%.0f bytes per idle authenticated connection" %
           (n, connect_ms, rss0 / 1024.0, rss1 / 1024.0, per_conn), flush=True)
+    if args.heartbeat_cycles > 0:
+        time.sleep(args.heartbeat_cycles * args.ping_interval_ms / 1000.0 + 2)
+        m = metrics()
+        rss2 = rss_kb()
+        print("after %d heartbeat cycles (ping every %d ms): delivery RSS %.1f MB; %.0f bytes per "
+              "connection; %d open, %d closed for a missing pong" %
+              (args.heartbeat_cycles, args.ping_interval_ms, rss2 / 1024.0,
+               (rss2 - rss0) * 1024.0 / n, m["fanout_delivery_connections"],
+               m.get("fanout_delivery_ping_timeouts_total", 0)), flush=True)
     cl.stop()
     ft.eventually(lambda: metrics()["fanout_delivery_connections"] == 0, timeout=60,
                   what="idle clients gone")
+    if args.idle_only:
+        return
 
     # ---- 2. one broadcast ----
     expect = 1 + args.burst

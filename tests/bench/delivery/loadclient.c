@@ -23,7 +23,8 @@ typedef struct {
   uv_tcp_t tcp;
   uv_connect_t creq;
   int idx;
-  int state; /* 0 connecting, 1 handshake, 2 open, 3 joined */
+  int state;    /* 0 connecting, 1 handshake, 2 open, 3 joined */
+  int welcomed; /* the server's first frame (welcome) came */
   uint32_t msgs;
   uint8_t hdr[14]; /* partial frame header */
   uint8_t hlen;
@@ -129,6 +130,10 @@ static void maybe_done(void) {
 }
 
 static void on_message(lc_conn_t *c) {
+  if (!c->welcomed) { /* the welcome: every connection's first frame */
+    c->welcomed = 1;
+    return;
+  }
   if (c->state == 2) { /* the join reply */
     c->state = 3;
     if (++njoined == nconns) {

@@ -691,13 +691,16 @@ def test_old_flag_names_still_work_and_warn():
     p = subprocess.run([exe, "--users-topic", "a", "--kafka-opts", "acks=all", "--check-config"],
                        capture_output=True, text=True, env=env, timeout=ft.scaled(10))
     assert p.returncode == 0 and "deprecated" not in p.stderr, p.stderr
-    # a malformed --redis exits 2 with one line naming the flag
+    # a malformed --redis exits 2 with one line naming the flag and the item
     p = subprocess.run([exe, "--redis", "a,b:6379", "--check-config"],
                        capture_output=True, text=True, env=env, timeout=ft.scaled(10))
     assert p.returncode == 2, (p.returncode, p.stderr)
-    assert p.stderr.strip() == ("fanout-ingest: config: redis=a,b:6379 (flag --redis): expected "
-                                "a single HOST:PORT (a list of nodes is not supported yet)"), \
-        p.stderr
+    assert p.stderr.strip() == ("fanout-ingest: config: redis=a,b:6379 (flag --redis): item 1 "
+                                "(a): expected a single HOST:PORT"), p.stderr
+    # a list of nodes (shards) is accepted
+    p = subprocess.run([exe, "--redis", "a:6379,b:6379", "--check-config"],
+                       capture_output=True, text=True, env=env, timeout=ft.scaled(10))
+    assert p.returncode == 0, (p.returncode, p.stderr)
 
 
 def test_graceful_shutdown_finishes_in_flight_requests():

@@ -261,6 +261,28 @@ static void config_addr_is_one_host_port(void **state) {
   fo_cfg_free(fields, NF, &cfg);
 }
 
+/* A list of nodes (--redis): order kept, duplicates and bad items refused
+ * with the item named. */
+static void config_addrs_list(void **state) {
+  (void)state;
+  fo_addrs_t a = {NULL, 0};
+  char err[256];
+  assert_int_equal(fo_addrs_parse("r1:6379, r2:6380,[::1]:7000", 1, 65535, &a, err, sizeof(err)),
+                   0);
+  assert_int_equal(a.n, 3);
+  assert_string_equal(a.v[0].host, "r1");
+  assert_int_equal(a.v[1].port, 6380);
+  assert_string_equal(a.v[2].host, "::1");
+  fo_addrs_free(&a);
+  assert_int_equal(fo_addrs_parse("r1:6379,r1:6379", 1, 65535, &a, err, sizeof(err)), -EINVAL);
+  assert_non_null(strstr(err, "item 2 (r1:6379) repeats item 1"));
+  assert_int_equal(fo_addrs_parse("r1:6379,r2", 1, 65535, &a, err, sizeof(err)), -EINVAL);
+  assert_non_null(strstr(err, "item 2 (r2)"));
+  assert_int_equal(fo_addrs_parse("r1:0", 1, 65535, &a, err, sizeof(err)), -EINVAL);
+  assert_int_equal(fo_addrs_parse(",", 1, 65535, &a, err, sizeof(err)), -EINVAL);
+  assert_null(a.v);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(config_defaults_apply, teardown_env),
@@ -271,6 +293,7 @@ int main(void) {
       cmocka_unit_test(config_addr_ipv6_and_lists),
       cmocka_unit_test_teardown(config_aliases, teardown_env),
       cmocka_unit_test(config_addr_is_one_host_port),
+      cmocka_unit_test(config_addrs_list),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
