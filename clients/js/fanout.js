@@ -23,7 +23,8 @@ export const DEFAULTS = Object.freeze({
 // What the client does on each close code (README "Close codes"):
 // "token": ask for a fresh token and reconnect at once; a second refusal in a
 // row stops the client (state "closed", an "error" event). Every other code:
-// reconnect with backoff and resume.
+// reconnect with backoff and resume (1001 drain, 1006 lost, 1008, 1011, 1012
+// Redis resync, 1013 slow reader or resume overflow, ...).
 const TOKEN_CODES = new Set([4001, 4003]);
 
 // Our own close codes, sent to the server when we drop a connection.
