@@ -402,11 +402,20 @@ static void finish(fo_pending_t *pd, int res, int64_t end, int64_t end_t, fo_buf
     }
     fo_buf_unref(frames[i]);
   }
+  /* What was held: with since, a replay covered everything up to `last`
+   * (or the client was told recovered:false: nothing older than its
+   * position), so only newer frames go. Without since nothing was
+   * replayed, and every held frame arrived after the connection was
+   * registered: all go, even those at or before E (a lagging owner's),
+   * which the contract neither promises nor forbids. */
+  int64_t drop = pd->has_since ? last : -1;
+  int64_t top = -1; /* the highest offset sent from the hold */
   for (uint32_t i = 0; i < pd->nheld; i++) {
-    if (pd->held[i].offset < 0 || pd->held[i].offset > last) {
+    int64_t o = pd->held[i].offset;
+    if (o < 0 || (o > drop && o > top)) {
       fo__conn_send(conn, pd->held[i].frame);
-      if (pd->held[i].offset > last)
-        last = pd->held[i].offset;
+      if (o > top)
+        top = o;
     } else {
       (*st->seam_drops)++;
     }
@@ -414,16 +423,21 @@ static void finish(fo_pending_t *pd, int res, int64_t end, int64_t end_t, fo_buf
   }
   pd->nheld = 0;
   if (pd->kind == FO_STREAM_USER) {
-    conn->user_floor = last;
+    /* Copies of what it was sent are dropped from now on; a plain
+     * connection's floor is only what it was sent. */
+    conn->user_floor = pd->has_since ? (top > last ? top : last) : top;
     pending_done(pd);
     fo__conn_release_input(conn); /* the client's frames may be read now */
     return;
   }
-  /* Rooms: a position from the watermark may be ahead of what the owner
-   * (room mode "redis") or our own consumer (nothing seen yet) has sent:
-   * keep dropping what is not newer until something newer came. */
+  if (top > last)
+    last = top;
+  /* Rooms with since: a position from the watermark may be ahead of what
+   * the owner (room mode "redis") or our own consumer (nothing seen yet)
+   * has sent: keep dropping what is not newer until something newer came.
+   * A plain join takes what comes. */
   part_t *pt = part_get(st, FO_STREAM_ROOM, pd->partition, false);
-  if (pt != NULL && pt->last >= last) {
+  if (!pd->has_since || (pt != NULL && pt->last >= last)) {
     pending_done(pd);
     return;
   }
