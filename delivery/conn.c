@@ -665,6 +665,9 @@ void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n) {
     if (!app_pong_queued(conn))
       fo__conn_send_text(conn, FO_PROTO_PONG, FO_PROTO_PONG_LEN);
     break;
+  case FO_PROTO_CLIENT_PONG:
+    fo__heartbeat_app_pong(conn);
+    break;
   case FO_PROTO_LEAVE:
     room_event(conn, &msg, false);
     reply_room(conn, 0, msg.room, msg.room_len);

@@ -190,6 +190,9 @@ struct fo_conn {
                               * turn (one bit here costs nothing: it shares the flags byte) */
   uint8_t read_paused : 1; /* uv_read_stop'd: the outbound queue is over --read-pause-bytes */
   uint8_t hold_input : 1;  /* stream.c's: the welcome is not queued yet, frames wait */
+  uint8_t app_ping : 1;    /* heartbeat=1: {"type":"ping"} text frames instead of protocol
+                             * pings, answered by {"type":"pong"} (heartbeat.c); a 9th flag
+                             * bit: the byte it starts sits in what was padding */
   uint16_t tokens;         /* client messages left in the rate bucket; refilled by the
                              * sweep for every connection at once, so no timestamp here
                              * (it fills padding: 344 bytes with exp_s, one 352-byte
@@ -259,8 +262,9 @@ struct fo_server {
   fo_metrics_t *metrics;
   fo_dmetrics_t m;
 
-  fo_buf_t *ping_frame; /* shared, pre-encoded */
-  fo_sb_t scratch;      /* per-loop builder for frames */
+  fo_buf_t *ping_frame;     /* shared, pre-encoded */
+  fo_buf_t *app_ping_frame; /* {"type":"ping"} for heartbeat=1 connections: shared too */
+  fo_sb_t scratch;          /* per-loop builder for frames */
 
   /* Upward events, wired by server.c: the emitting module calls through
    * these and knows nothing of the receiver (NULL: nobody listens). */
@@ -378,6 +382,8 @@ void fo__frame_free(fo_server_t *srv);
 
 /* ---- heartbeat.c ---- */
 int fo__heartbeat_start(fo_server_t *srv);
+/* A client's {"type":"pong"}: the answer to the app-level ping. */
+void fo__heartbeat_app_pong(fo_conn_t *conn);
 
 /* ---- client messages (conn.c) ---- */
 void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n);

@@ -10,6 +10,7 @@
 
 #include "delivery_int.h"
 #include "frame.h"
+#include "proto.h"
 #include "ws.h"
 
 fo_buf_t *fo_frame_new(int opcode, const void *payload, size_t n) {
@@ -25,10 +26,13 @@ fo_buf_t *fo_frame_new(int opcode, const void *payload, size_t n) {
 
 int fo__frame_init(fo_server_t *srv) {
   srv->ping_frame = fo_frame_new(FO_WS_OP_PING, NULL, 0);
-  return srv->ping_frame ? 0 : -ENOMEM;
+  srv->app_ping_frame = fo_frame_new(FO_WS_OP_TEXT, FO_PROTO_APP_PING, FO_PROTO_APP_PING_LEN);
+  return srv->ping_frame && srv->app_ping_frame ? 0 : -ENOMEM;
 }
 
 void fo__frame_free(fo_server_t *srv) {
   fo_buf_unref(srv->ping_frame);
   srv->ping_frame = NULL;
+  fo_buf_unref(srv->app_ping_frame);
+  srv->app_ping_frame = NULL;
 }

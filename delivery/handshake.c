@@ -104,6 +104,71 @@ static void serve_metrics(fo_conn_t *conn) {
   fo_sb_free(&sb);
 }
 
+/* What a client asked for in the /ws query besides its token and resume
+ * position (schemas/client-protocol.md, "Browser options"). */
+typedef struct {
+  bool heartbeat;  /* heartbeat=1: {"type":"ping"} text frames, see heartbeat.c */
+  bool auth_close; /* auth=close: a refused token completes the upgrade, closes 4001/4003 */
+} ws_opts_t;
+
+/* One flag of the query: absent or `off` -> false, `on` -> true, anything
+ * else -> -EINVAL (a typo must not silently turn a feature off). */
+static int query_flag(const char *query, const char *key, const char *off, const char *on,
+                      bool *out) {
+  char *v = fo_http_query_param(query, key);
+  int rc = 0;
+  *out = false;
+  if (v != NULL && strcmp(v, on) == 0)
+    *out = true;
+  else if (v != NULL && strcmp(v, off) != 0)
+    rc = -EINVAL;
+  free(v);
+  return rc;
+}
+
+static int parse_ws_opts(const char *query, ws_opts_t *o, const char **why) {
+  if (query_flag(query, "heartbeat", "0", "1", &o->heartbeat) != 0) {
+    *why = "heartbeat must be 0 or 1";
+    return -EINVAL;
+  }
+  if (query_flag(query, "auth", "http", "close", &o->auth_close) != 0) {
+    *why = "auth must be http or close";
+    return -EINVAL;
+  }
+  return 0;
+}
+
+/* auth=close: a browser cannot see the status of a refused upgrade (its
+ * WebSocket only reports 1006), so the upgrade completes and the close
+ * frame says why: 4001 token expired (fetch a new one), 4003 invalid.
+ * Nothing is admitted or registered: the connection stays in the HTTP
+ * state, counted against --max-pending-handshakes like any other refusal,
+ * and is closed once these bytes are written. */
+static void refuse_upgrade(fo_conn_t *conn, const char *key, bool expired) {
+  uint16_t code = expired ? FO_WS_CLOSE_TOKEN_EXPIRED : FO_WS_CLOSE_TOKEN_INVALID;
+  const char *reason = expired ? "token expired" : "invalid token";
+  size_t rl = strlen(reason);
+  char accept[29];
+  fo_ws_accept_key(key, strlen(key), accept);
+  char resp[192];
+  int n = snprintf(resp, sizeof(resp),
+                   "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+                   accept);
+  size_t len = (size_t)n;
+  len += fo_ws_header((uint8_t *)resp + len, FO_WS_OP_CLOSE, true, 2 + rl);
+  resp[len++] = (char)(code >> 8);
+  resp[len++] = (char)(code & 0xff);
+  memcpy(resp + len, reason, rl);
+  len += rl;
+  fo_buf_t *buf = fo_buf_from(resp, len);
+  conn->state = FO_CONN_HTTP;
+  conn->close_after_flush = 1;
+  if (buf != NULL)
+    fo__conn_send_raw(conn, buf);
+  fo_buf_unref(buf);
+}
+
 static void upgrade(fo_conn_t *conn, fo_http_request_t *req) {
   fo_server_t *srv = conn->srv;
   const char *up = fo_http_header(req, "upgrade");
@@ -133,6 +198,12 @@ static void upgrade(fo_conn_t *conn, fo_http_request_t *req) {
     respond_error(conn, 403, "origin not allowed", NULL);
     return;
   }
+  ws_opts_t wo;
+  const char *why = NULL;
+  if (parse_ws_opts(req->query, &wo, &why) != 0) {
+    respond_error(conn, 400, why, NULL);
+    return;
+  }
   /* Authenticate before anything is registered. */
   char *qtok = fo_http_query_param(req->query, "token");
   const char *tok = qtok != NULL ? qtok : fo_http_bearer(req);
@@ -152,8 +223,11 @@ static void upgrade(fo_conn_t *conn, fo_http_request_t *req) {
     /* The precise reason stays in the log: told to the client, it would say
      * which part of a forged token passed. Only a genuine token that expired
      * is told so, for the client to fetch a new one. */
-    respond_error(conn, 401, rc == -EKEYEXPIRED ? "token expired" : "invalid token",
-                  "WWW-Authenticate: Bearer\r\n");
+    if (wo.auth_close)
+      refuse_upgrade(conn, key, rc == -EKEYEXPIRED);
+    else
+      respond_error(conn, 401, rc == -EKEYEXPIRED ? "token expired" : "invalid token",
+                    "WWW-Authenticate: Bearer\r\n");
     return;
   }
   if (srv->draining || srv->nopen >= cfg->max_connections) {
@@ -181,6 +255,7 @@ static void upgrade(fo_conn_t *conn, fo_http_request_t *req) {
     return;
   }
   conn->exp_s = exp_rel > 0 && exp_rel < (int64_t)UINT32_MAX ? (uint32_t)exp_rel : 0;
+  conn->app_ping = wo.heartbeat;
 
   char accept[29];
   fo_ws_accept_key(key, strlen(key), accept);

@@ -8,6 +8,21 @@
 #include "log.h"
 #include "ws.h"
 
+/* Browsers answer protocol pings themselves and never show them to
+ * JavaScript, so a page could not tell a frozen server from a quiet one:
+ * a connection that asked for it (heartbeat=1) gets a text ping instead,
+ * the same shared frame for all of them. */
+static fo_buf_t *ping_for(const fo_conn_t *conn) {
+  return conn->app_ping ? conn->srv->app_ping_frame : conn->srv->ping_frame;
+}
+
+void fo__heartbeat_app_pong(fo_conn_t *conn) {
+  if (conn->state == FO_CONN_OPEN && conn->await_pong) {
+    conn->await_pong = 0;
+    conn->deadline = uv_now(conn->srv->loop) + (uint64_t)conn->srv->cfg->ping_interval_ms;
+  }
+}
+
 static void on_sweep(uv_timer_t *t) {
   fo_server_t *srv = t->data;
   const fo_dcfg_t *cfg = srv->cfg;
@@ -42,7 +57,7 @@ static void on_sweep(uv_timer_t *t) {
         } else {
           conn->await_pong = 1;
           conn->deadline = now + (uint64_t)cfg->pong_timeout_ms;
-          fo__conn_send_now(conn, srv->ping_frame);
+          fo__conn_send_now(conn, ping_for(conn));
         }
         break;
       default:

@@ -56,6 +56,12 @@ int fo_proto_message(fo_sb_t *sb, const fo_env_t *env, const fo_pos_t *pos) {
   return sb->oom ? -ENOMEM : 0;
 }
 
+int fo_proto_welcome_heartbeat(fo_sb_t *sb, int app_ping, int64_t ping_ms) {
+  if (app_ping)
+    fo_sb_printf(sb, ",\"ping_ms\":%" PRId64, ping_ms);
+  return sb->oom ? -ENOMEM : 0;
+}
+
 int fo_proto_room_reply(fo_sb_t *sb, int joined, const char *room, size_t len) {
   fo_sb_reset(sb);
   fo_sb_puts(sb, joined ? "{\"type\":\"joined\",\"room\":" : "{\"type\":\"left\",\"room\":");
@@ -69,11 +75,12 @@ static void put_recovered(fo_sb_t *sb, int recovered) {
     fo_sb_puts(sb, recovered ? ",\"recovered\":true" : ",\"recovered\":false");
 }
 
-int fo_proto_welcome(fo_sb_t *sb, const char *pos, int recovered) {
+int fo_proto_welcome(fo_sb_t *sb, const char *pos, int recovered, int64_t ping_ms) {
   fo_sb_reset(sb);
   fo_sb_puts(sb, "{\"type\":\"welcome\",\"pos\":");
   fo_json_put_str(sb, pos, strlen(pos));
   put_recovered(sb, recovered);
+  fo_proto_welcome_heartbeat(sb, ping_ms > 0, ping_ms);
   fo_sb_putc(sb, '}');
   return sb->oom ? -ENOMEM : 0;
 }
@@ -120,6 +127,8 @@ fo_proto_kind_t fo_proto_parse(const uint8_t *p, size_t n, fo_proto_msg_t *out) 
     kind = bad(out, "bad_request", "expected a JSON object with a \"type\"");
   } else if (strcmp(type, "ping") == 0) {
     kind = out->kind = FO_PROTO_PING;
+  } else if (strcmp(type, "pong") == 0) {
+    kind = out->kind = FO_PROTO_CLIENT_PONG;
   } else if (strcmp(type, "join") == 0 || strcmp(type, "leave") == 0) {
     json_t *room = json_object_get(msg, "room");
     const char *name = json_string_value(room);

@@ -22,6 +22,18 @@
 #define FO_PROTO_PONG     "{\"type\":\"pong\"}"
 #define FO_PROTO_PONG_LEN (sizeof(FO_PROTO_PONG) - 1)
 
+/* {"type":"ping"}, the heartbeat a connection that asked for one
+ * (heartbeat=1) gets instead of protocol pings: JavaScript cannot see those.
+ * Encoded once per process (srv->app_ping_frame). */
+#define FO_PROTO_APP_PING     "{\"type\":\"ping\"}"
+#define FO_PROTO_APP_PING_LEN (sizeof(FO_PROTO_APP_PING) - 1)
+
+/* The welcome frame's heartbeat members, appended to sb (not reset) while
+ * the welcome object is being built: ,"ping_ms":<interval> for a connection
+ * with heartbeat=1, so the client knows how long silence may last; nothing
+ * for others. Returns 0 or -ENOMEM. */
+int fo_proto_welcome_heartbeat(fo_sb_t *sb, int app_ping, int64_t ping_ms);
+
 /* The message frame text of a decoded envelope, into sb (reset first):
  * {"type":"message","id":..,"user"|"room":..,"pos":"<pos>","data":..}.
  * pos->kind is 'u' (user message) or 'r' (room broadcast). A JSON payload
@@ -30,10 +42,11 @@
  * not UTF-8. Returns 0 or -ENOMEM. */
 int fo_proto_message(fo_sb_t *sb, const fo_env_t *env, const fo_pos_t *pos);
 
-/* {"type":"welcome","pos":..[,"recovered":true|false]} into sb (reset
- * first): the first frame of every connection. recovered < 0: the client
- * did not ask to resume (no member). */
-int fo_proto_welcome(fo_sb_t *sb, const char *pos, int recovered);
+/* {"type":"welcome","pos":..[,"recovered":true|false][,"ping_ms":N]} into
+ * sb (reset first): the first frame of every connection. recovered < 0: the
+ * client did not ask to resume (no member). ping_ms > 0: the connection asked
+ * for the app-level heartbeat (fo_proto_welcome_heartbeat). */
+int fo_proto_welcome(fo_sb_t *sb, const char *pos, int recovered, int64_t ping_ms);
 
 /* {"type":"joined","room":..,"pos":..[,"recovered":..]} (recovered as above). */
 int fo_proto_joined(fo_sb_t *sb, const char *room, size_t len, const char *pos, int recovered);
@@ -54,6 +67,7 @@ typedef enum {
   FO_PROTO_PING,
   FO_PROTO_JOIN,
   FO_PROTO_LEAVE,
+  FO_PROTO_CLIENT_PONG, /* {"type":"pong"}: answers our {"type":"ping"} */
 } fo_proto_kind_t;
 
 typedef struct {

@@ -43,7 +43,8 @@ static void register_metrics(fo_server_t *srv) {
     "frame handed to the kernel (or to libuv for a full socket)");
   C(accepted, "accepted_total", "TCP connections accepted");
   C(handshake_fail, "handshake_failures_total", "upgrade requests refused (any reason)");
-  C(auth_fail, "auth_failures_total", "upgrade requests refused with 401");
+  C(auth_fail, "auth_failures_total",
+    "upgrade requests refused for their token (401, or 4001/4003 with auth=close)");
   C(rejected_full, "rejected_full_total", "upgrade requests refused with 503");
   C(rejected_user, "rejected_user_limit_total",
     "upgrade requests refused with 429 (--max-connections-per-user)");

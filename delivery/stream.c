@@ -384,8 +384,10 @@ static void finish(fo_pending_t *pd, int res, int64_t end, int64_t end_t, fo_buf
   else
     format_pos(st, pd->kind, pd->partition, end, end_t, ptxt);
   int rec = pd->has_since ? (recovered ? 1 : 0) : -1;
-  int rc = pd->kind == FO_STREAM_USER ? fo_proto_welcome(&st->sb, ptxt, rec)
-                                      : fo_proto_joined(&st->sb, pd->room, pd->room_len, ptxt, rec);
+  int rc =
+      pd->kind == FO_STREAM_USER
+          ? fo_proto_welcome(&st->sb, ptxt, rec, conn->app_ping ? srv->cfg->ping_interval_ms : 0)
+          : fo_proto_joined(&st->sb, pd->room, pd->room_len, ptxt, rec);
   if (rc == 0 && !pd->silent)
     fo__conn_send_text(conn, st->sb.data, st->sb.len);
   if (pd->kind == FO_STREAM_USER)

@@ -32,6 +32,7 @@ enum {
   FO_WS_CLOSE_SERVICE_RESTART = 1012,
   FO_WS_CLOSE_TRY_AGAIN = 1013,
   FO_WS_CLOSE_TOKEN_EXPIRED = 4001, /* application range: DESIGN.md "token expired" */
+  FO_WS_CLOSE_TOKEN_INVALID = 4003, /* auth=close: the token of the upgrade was refused */
 };
 
 typedef struct {

@@ -20,9 +20,17 @@ PKGS=(
   # deploy/k8s/validate's schema validator (PyPI)
   podman runc podman-compose debootstrap containernetworking-plugins
   golang-github-containernetworking-plugin-dnsname python3-venv
+  # a real browser for tests/browser (driven by playwright-core from npm,
+  # tests/browser/package-lock.json; it downloads no browser of its own)
+  chromium
 )
 
 missing=()
+# The JS client's tests need node (18+, its test runner) and npm; a node from
+# elsewhere (e.g. NodeSource, which bundles npm and conflicts with Debian's
+# npm package) is used as it is.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 for p in "${PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
     missing+=("$p")

@@ -11,6 +11,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 "$ROOT/deploy/install-deps.sh"
+# npm packages of the browser tests (lock file); ctest's browser.npm_install
+# runs it again and fails the browser tests if it cannot.
+"$ROOT/tests/browser/install.sh" || echo "run.sh: tests/browser/install.sh failed" >&2
 
 # Servers started by tests want more than the default 1024 descriptors;
 # 20,000 is the hard limit on our machines.

@@ -163,7 +163,7 @@ class Nginx:
             "USER_LINE": ("user root;\nmaster_process off;" if os.geteuid() == 0
                           else "master_process off;"),
             "DELIVERY_SERVERS": "\n".join(
-                "        server %s max_fails=1 fail_timeout=3s;" % a for a in delivery_addrs),
+                "        server %s max_fails=0;" % a for a in delivery_addrs),  # nginx.conf.in says why
             "INGEST_SERVERS": "\n".join(
                 "        server %s max_fails=1 fail_timeout=2s;" % a for a in ingest_addrs),
         })

@@ -162,6 +162,11 @@ def handshake_seeds():
         UPGRADE.replace("?token=%T%", "").replace("Host: x\r\n", "Host: x\r\nAuthorization: Bearer %T%\r\n").encode(),
         UPGRADE.replace("%T%", "%E%").encode(),
         UPGRADE.replace("%T%", "nope").encode(),
+        # the browser options: refusal as a close frame, the app-level heartbeat
+        UPGRADE.replace("%T%", "nope&auth=close").encode(),
+        UPGRADE.replace("%T%", "%E%&auth=close&heartbeat=1").encode(),
+        UPGRADE.replace("%T%", "%T%&heartbeat=1&auth=close").encode() + early,
+        UPGRADE.replace("%T%", "%T%&heartbeat=2").encode(),
         UPGRADE.replace("Host: x\r\n", "Host: x\r\nOrigin: https://evil.example\r\n").encode(),
         UPGRADE.replace("Host: x\r\n", "Host: x\r\nOrigin: https://ok.example\r\n").encode(),
         UPGRADE.replace("Version: 13", "Version: 8").encode(),

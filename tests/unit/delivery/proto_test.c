@@ -69,15 +69,36 @@ static void replies(void **state) {
   assert_sb(&sb, "{\"type\":\"joined\",\"room\":\"a\\\"b\",\"pos\":\"r.1.2.3.4\"}");
   assert_int_equal(fo_proto_joined(&sb, "x", 1, "p", 1), 0);
   assert_sb(&sb, "{\"type\":\"joined\",\"room\":\"x\",\"pos\":\"p\",\"recovered\":true}");
-  assert_int_equal(fo_proto_welcome(&sb, "u.1.2.3.4", 0), 0);
+  assert_int_equal(fo_proto_welcome(&sb, "u.1.2.3.4", 0, 0), 0);
   assert_sb(&sb, "{\"type\":\"welcome\",\"pos\":\"u.1.2.3.4\",\"recovered\":false}");
-  assert_int_equal(fo_proto_welcome(&sb, "u.1.2.3.4", -1), 0);
+  assert_int_equal(fo_proto_welcome(&sb, "u.1.2.3.4", -1, 0), 0);
   assert_sb(&sb, "{\"type\":\"welcome\",\"pos\":\"u.1.2.3.4\"}");
+  assert_int_equal(fo_proto_welcome(&sb, "p", 1, 30000), 0);
+  assert_sb(&sb, "{\"type\":\"welcome\",\"pos\":\"p\",\"recovered\":true,\"ping_ms\":30000}");
   assert_int_equal(fo_proto_room_reply(&sb, 0, "x", 1), 0);
   assert_sb(&sb, "{\"type\":\"left\",\"room\":\"x\"}");
   assert_int_equal(fo_proto_error(&sb, "forbidden", "not \"allowed\""), 0);
   assert_sb(&sb, "{\"type\":\"error\",\"code\":\"forbidden\",\"message\":\"not \\\"allowed\\\"\"}");
   assert_int_equal(FO_PROTO_PONG_LEN, strlen("{\"type\":\"pong\"}"));
+  fo_sb_free(&sb);
+}
+
+/* The welcome's heartbeat members: only for heartbeat=1 connections. */
+static void welcome_heartbeat(void **state) {
+  (void)state;
+  fo_sb_t sb;
+  fo_sb_init(&sb);
+  fo_sb_puts(&sb, "{\"type\":\"welcome\"");
+  assert_int_equal(fo_proto_welcome_heartbeat(&sb, 0, 30000), 0);
+  fo_sb_putc(&sb, '}');
+  assert_memory_equal(sb.data, "{\"type\":\"welcome\"}", sb.len);
+  fo_sb_reset(&sb);
+  fo_sb_puts(&sb, "{\"type\":\"welcome\"");
+  assert_int_equal(fo_proto_welcome_heartbeat(&sb, 1, 30000), 0);
+  fo_sb_putc(&sb, '}');
+  assert_int_equal(sb.len, strlen("{\"type\":\"welcome\",\"ping_ms\":30000}"));
+  assert_memory_equal(sb.data, "{\"type\":\"welcome\",\"ping_ms\":30000}", sb.len);
+  assert_int_equal(FO_PROTO_APP_PING_LEN, strlen("{\"type\":\"ping\"}"));
   fo_sb_free(&sb);
 }
 
@@ -89,6 +110,9 @@ static void client_messages(void **state) {
   (void)state;
   fo_proto_msg_t m;
   assert_int_equal(parse("{\"type\":\"ping\"}", &m), FO_PROTO_PING);
+  /* the answer to our app-level ping (heartbeat=1) */
+  assert_int_equal(parse("{\"type\":\"pong\"}", &m), FO_PROTO_CLIENT_PONG);
+  assert_int_equal(parse("{\"type\":\"pong\",\"extra\":[1]}", &m), FO_PROTO_CLIENT_PONG);
   assert_int_equal(parse("{\"type\":\"join\",\"room\":\"news\"}", &m), FO_PROTO_JOIN);
   assert_int_equal(m.room_len, 4);
   assert_string_equal(m.room, "news");
@@ -195,7 +219,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(message_frames),  cmocka_unit_test(replies),
       cmocka_unit_test(client_messages), cmocka_unit_test(pubsub_payload),
-      cmocka_unit_test(frames),
+      cmocka_unit_test(frames),          cmocka_unit_test(welcome_heartbeat),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
