@@ -8,60 +8,16 @@
 #include <string.h>
 
 #include "partition.h"
+#include "vectors.h"
 
-/* Decodes the JSON string in the first column (only \uXXXX escapes of the
- * BMP and plain characters occur in the vectors). */
-static size_t json_unquote(const char *s, char *out) {
-  size_t o = 0;
-  for (const char *p = s + 1; *p != '"' && *p != '\0'; p++) {
-    if (*p == '\\' && p[1] == 'u') {
-      unsigned cp = (unsigned)strtoul((char[5]){p[2], p[3], p[4], p[5], 0}, NULL, 16);
-      if (cp < 0x80) {
-        out[o++] = (char)cp;
-      } else if (cp < 0x800) {
-        out[o++] = (char)(0xc0 | cp >> 6);
-        out[o++] = (char)(0x80 | (cp & 0x3f));
-      } else {
-        out[o++] = (char)(0xe0 | cp >> 12);
-        out[o++] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        out[o++] = (char)(0x80 | (cp & 0x3f));
-      }
-      p += 5;
-    } else {
-      out[o++] = *p;
-    }
-  }
-  return o;
+static long partition_of(const char *key, size_t len, long partitions) {
+  return fo_partition_of_key(key, len, (int32_t)partitions);
 }
 
 static void partition_matches_schema_vectors(void **state) {
   (void)state;
-  FILE *f = fopen(FO_SOURCE_DIR "/schemas/vectors/partition.tsv", "r");
-  assert_non_null(f);
-  char line[1024];
-  int32_t ps[16];
-  int nps = 0, rows = 0;
-  while (fgets(line, sizeof(line), f) != NULL) {
-    if (line[0] == '#') {
-      for (char *p = strstr(line, "P="); p != NULL && nps < 16; p = strstr(p + 1, "P="))
-        ps[nps++] = (int32_t)strtol(p + 2, NULL, 10);
-      continue;
-    }
-    char key[512];
-    char *tab = strchr(line, '\t');
-    assert_non_null(tab);
-    *tab = '\0';
-    size_t klen = json_unquote(line, key);
-    char *rest = tab + 1;
-    uint32_t want_hash = (uint32_t)strtoul(rest, &rest, 16);
-    assert_int_equal(fo_hash32(key, klen), want_hash);
-    for (int i = 0; i < nps; i++) {
-      long want = strtol(rest, &rest, 10);
-      assert_int_equal(fo_partition_of_key(key, klen, ps[i]), want);
-    }
-    rows++;
-  }
-  fclose(f);
+  int nps = 0;
+  int rows = vectors_check("partition.tsv", "P=", partition_of, &nps);
   assert_true(nps >= 5);
   assert_true(rows >= 10);
 }

@@ -13,59 +13,16 @@
 
 #include "partition.h"
 #include "rshard.h"
+#include "vectors.h"
 
-/* The first column's JSON string: plain characters and \uXXXX of the BMP. */
-static size_t json_unquote(const char *s, char *out) {
-  size_t o = 0;
-  for (const char *p = s + 1; *p != '"' && *p != '\0'; p++) {
-    if (*p == '\\' && p[1] == 'u') {
-      unsigned cp = (unsigned)strtoul((char[5]){p[2], p[3], p[4], p[5], 0}, NULL, 16);
-      if (cp < 0x80) {
-        out[o++] = (char)cp;
-      } else if (cp < 0x800) {
-        out[o++] = (char)(0xc0 | cp >> 6);
-        out[o++] = (char)(0x80 | (cp & 0x3f));
-      } else {
-        out[o++] = (char)(0xe0 | cp >> 12);
-        out[o++] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        out[o++] = (char)(0x80 | (cp & 0x3f));
-      }
-      p += 5;
-    } else {
-      out[o++] = *p;
-    }
-  }
-  return o;
+static long node_of(const char *name, size_t len, long nodes) {
+  return (long)fo_rshard_node(name, len, (uint32_t)nodes);
 }
 
 static void rshard_matches_schema_vectors(void **state) {
   (void)state;
-  FILE *f = fopen(FO_SOURCE_DIR "/schemas/vectors/redis-shards.tsv", "r");
-  assert_non_null(f);
-  char line[1024];
-  uint32_t ns[16];
-  int nns = 0, rows = 0;
-  while (fgets(line, sizeof(line), f) != NULL) {
-    if (line[0] == '#') {
-      for (char *p = strstr(line, "N="); p != NULL && nns < 16; p = strstr(p + 1, "N="))
-        ns[nns++] = (uint32_t)strtoul(p + 2, NULL, 10);
-      continue;
-    }
-    char name[512];
-    char *tab = strchr(line, '\t');
-    assert_non_null(tab);
-    *tab = '\0';
-    size_t len = json_unquote(line, name);
-    char *rest = tab + 1;
-    uint32_t want = (uint32_t)strtoul(rest, &rest, 16);
-    assert_int_equal(fo_hash32(name, len), want);
-    for (int i = 0; i < nns; i++) {
-      long node = strtol(rest, &rest, 10);
-      assert_int_equal(fo_rshard_node(name, len, ns[i]), node);
-    }
-    rows++;
-  }
-  fclose(f);
+  int nns = 0;
+  int rows = vectors_check("redis-shards.tsv", "N=", node_of, &nns);
   assert_true(nns >= 5);
   assert_true(rows >= 15);
 }
