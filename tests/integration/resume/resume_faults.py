@@ -97,20 +97,28 @@ def kill9(mode):
         S.stop()
 
 
+def client_with_messages(S, prefix, n):
+    """Servers A and B on S; a raw client of user <prefix>-u on A in room
+    <prefix>-room that has received n messages of each stream. Returns
+    (A, the ledger, the session, user, room)."""
+    A = S.start("A")
+    S.start("B")
+    S.wait_ready()
+    L = Ledger()
+    u, r = prefix + "-u", prefix + "-room"
+    s = Session(u, kind="raw", rooms=[r])
+    s.connect(A.addr)
+    sent(S, L, "user", u, n)
+    sent(S, L, "room", r, n)
+    s.wait_seqs("user", n)
+    s.wait_seqs("room:" + r, n)
+    return A, L, s, u, r
+
+
 def test_past_retention_refused():
     S = Stack(apache=K)
     try:
-        A = S.start("A")
-        S.start("B")
-        S.wait_ready()
-        L = Ledger()
-        u, r = "ret-u", "ret-room"
-        s = Session(u, kind="raw", rooms=[r])
-        s.connect(A.addr)
-        sent(S, L, "user", u, 2)
-        sent(S, L, "room", r, 2)
-        s.wait_seqs("user", 2)
-        s.wait_seqs("room:" + r, 2)
+        A, L, s, u, r = client_with_messages(S, "ret", 2)
         s.drop()
         sent(S, L, "user", u, 10)
         sent(S, L, "room", r, 10)
@@ -198,17 +206,7 @@ def test_recreated_topic_position_refused():
     from confluent_kafka.admin import AdminClient, NewTopic
     S = Stack(apache=K)
     try:
-        A = S.start("A")
-        S.start("B")
-        S.wait_ready()
-        L = Ledger()
-        u, r = "rc-u", "rc-room"
-        s = Session(u, kind="raw", rooms=[r])
-        s.connect(A.addr)
-        sent(S, L, "user", u, 5)
-        sent(S, L, "room", r, 5)
-        s.wait_seqs("user", 5)
-        s.wait_seqs("room:" + r, 5)
+        A, L, s, u, r = client_with_messages(S, "rc", 5)
         old = dict(s.pos)
         s.close()
         for pr in S.servers.values():
