@@ -144,18 +144,24 @@ static int parse_ws_opts(const char *query, ws_opts_t *o, const char **why) {
  * Nothing is admitted or registered: the connection stays in the HTTP
  * state, counted against --max-pending-handshakes like any other refusal,
  * and is closed once these bytes are written. */
+/* The 101 response for a client's Sec-WebSocket-Key, into out (at least
+ * 160 bytes); returns its length. */
+static size_t switching_protocols(const char *key, char *out, size_t outlen) {
+  char accept[29];
+  fo_ws_accept_key(key, strlen(key), accept);
+  int n = snprintf(out, outlen,
+                   "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+                   accept);
+  return (size_t)n;
+}
+
 static void refuse_upgrade(fo_conn_t *conn, const char *key, bool expired) {
   uint16_t code = expired ? FO_WS_CLOSE_TOKEN_EXPIRED : FO_WS_CLOSE_TOKEN_INVALID;
   const char *reason = expired ? "token expired" : "invalid token";
   size_t rl = strlen(reason);
-  char accept[29];
-  fo_ws_accept_key(key, strlen(key), accept);
   char resp[192];
-  int n = snprintf(resp, sizeof(resp),
-                   "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                   "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-                   accept);
-  size_t len = (size_t)n;
+  size_t len = switching_protocols(key, resp, sizeof(resp));
   len += fo_ws_header((uint8_t *)resp + len, FO_WS_OP_CLOSE, true, 2 + rl);
   resp[len++] = (char)(code >> 8);
   resp[len++] = (char)(code & 0xff);
@@ -257,14 +263,8 @@ static void upgrade(fo_conn_t *conn, fo_http_request_t *req) {
   conn->exp_s = exp_rel > 0 && exp_rel < (int64_t)UINT32_MAX ? (uint32_t)exp_rel : 0;
   conn->app_ping = wo.heartbeat;
 
-  char accept[29];
-  fo_ws_accept_key(key, strlen(key), accept);
   char resp[160];
-  int n = snprintf(resp, sizeof(resp),
-                   "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                   "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-                   accept);
-  fo_buf_t *buf = fo_buf_from(resp, (size_t)n);
+  fo_buf_t *buf = fo_buf_from(resp, switching_protocols(key, resp, sizeof(resp)));
   if (buf == NULL || fo__conn_send_raw(conn, buf) != 0) {
     fo_buf_unref(buf);
     if (srv->conn_ev.unadmit != NULL)

@@ -284,6 +284,15 @@ int fo__router_reply(fo_server_t *srv, int q, size_t i, struct redisReply *reply
 
 static void issue_sharded(fo_router_t *rt, fo_rmsg_t *m);
 
+/* Room mode "redis": PUBLISH "<channel><payload>" as prepared in m->pub. */
+static void publish_room(fo_redis_t *r, fo_rmsg_t *m) {
+  const char *argv[3] = {"PUBLISH", (const char *)m->pub->data,
+                         (const char *)m->pub->data + m->user_len};
+  size_t argvlen[3] = {7, m->user_len, m->pub->len - m->user_len};
+  if (fo_redis_command_argv(r, on_reply, m, 3, argv, argvlen) == 0)
+    m->issued = true;
+}
+
 static void issue(fo_router_t *rt, fo_rmsg_t *m) {
   fo_server_t *srv = rt->srv;
   if (rt->nnodes > 1) {
@@ -299,11 +308,7 @@ static void issue(fo_router_t *rt, fo_rmsg_t *m) {
   if (m->q == FO_RQ_USERS && rt->settle_until[0] != 0)
     return;
   if (m->q == FO_RQ_ROOMS) {
-    const char *argv[3] = {"PUBLISH", (const char *)m->pub->data,
-                           (const char *)m->pub->data + m->user_len};
-    size_t argvlen[3] = {7, m->user_len, m->pub->len - m->user_len};
-    if (fo_redis_command_argv(r, on_reply, m, 3, argv, argvlen) == 0)
-      m->issued = true;
+    publish_room(r, m);
     return;
   }
   fo_sb_t key;
@@ -521,11 +526,7 @@ static void issue_sharded(fo_router_t *rt, fo_rmsg_t *m) {
     return;
   }
   if (m->q == FO_RQ_ROOMS) {
-    const char *argv[3] = {"PUBLISH", (const char *)m->pub->data,
-                           (const char *)m->pub->data + m->user_len};
-    size_t argvlen[3] = {7, m->user_len, m->pub->len - m->user_len};
-    if (fo_redis_command_argv(r, on_reply, m, 3, argv, argvlen) == 0)
-      m->issued = true;
+    publish_room(r, m);
     return;
   }
   if (rt->settle_until[m->node] != 0)
