@@ -479,10 +479,16 @@ def joined_reply(m):
     return {k: v for k, v in m.items() if k in ("type", "room")}
 
 
+def check_welcome(msg):
+    """The first frame of every connection, as the contract says: a
+    welcome with the user stream's position. Returns it."""
+    assert isinstance(msg, dict) and msg.get("type") == "welcome" and \
+        isinstance(msg.get("pos"), str), msg
+    return msg
+
+
 async def skip_welcome(ws):
     """Reads the first frame of a python-websockets connection, which the
     contract says is the welcome, and returns it."""
     import json as _json
-    m = _json.loads(await ws.recv())
-    assert m.get("type") == "welcome" and isinstance(m.get("pos"), str), m
-    return m
+    return check_welcome(_json.loads(await ws.recv()))

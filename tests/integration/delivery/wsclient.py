@@ -183,9 +183,7 @@ class WsClient:
             assert fin and op == 0x1, "expected a whole text frame, got op %d" % op
             msg = json.loads(payload)
             if getattr(self, "welcome", None) is None:
-                # The contract: the first frame of every connection.
-                assert msg.get("type") == "welcome" and isinstance(msg.get("pos"), str), msg
-                self.welcome = msg
+                self.welcome = ft.check_welcome(msg)
                 continue
             return msg
 

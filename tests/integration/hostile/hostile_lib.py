@@ -242,10 +242,9 @@ class RawWs:
         (for tests that read raw frames afterwards)."""
         self.sock.settimeout(ft.scaled(timeout))
         op, payload = self.recv_frame()
-        msg = json.loads(payload) if op == 0x1 else None
-        assert msg is not None and msg.get("type") == "welcome", (op, payload)
-        self.welcome = msg
-        return msg
+        assert op == 0x1, (op, payload)
+        self.welcome = ft.check_welcome(json.loads(payload))
+        return self.welcome
 
     def send(self, data):
         self.sock.sendall(data)
@@ -288,9 +287,7 @@ class RawWs:
             if op == 0x1:
                 msg = json.loads(payload)
                 if getattr(self, "welcome", None) is None:
-                    # The contract: the first frame of every connection.
-                    assert msg.get("type") == "welcome" and isinstance(msg.get("pos"), str), msg
-                    self.welcome = msg
+                    self.welcome = ft.check_welcome(msg)
                     continue
                 return msg
             if op == 0x9:
