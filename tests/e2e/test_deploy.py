@@ -135,18 +135,38 @@ def test_systemd_units():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def k8s_docs(all_files=False):
-    """The manifests the kustomization applies (all_files: every .yaml under
-    deploy/k8s, the examples applied separately too)."""
+K8S_DIRS = ("k8s", "k8s-without-keda")
+
+
+def k8s_docs(all_files=False, variant="k8s"):
+    """The manifests a kustomization applies (variant "k8s": kubectl apply -k
+    deploy/k8s, with KEDA; "k8s-without-keda": the same with the plain
+    delivery HPA instead of the ScaledObject), as kustomize would assemble
+    them from the files (resources, and patches that delete an object);
+    all_files: every .yaml of both directories, the examples applied
+    separately too."""
     need_yaml()
     if all_files:
-        names = sorted(n for n in os.listdir(os.path.join(DEPLOY, "k8s"))
-                       if n.endswith(".yaml") and n != "kustomization.yaml")
-    else:
-        names = yaml.safe_load(read("k8s", "kustomization.yaml"))["resources"]
+        docs = []
+        for d in K8S_DIRS:
+            for name in sorted(os.listdir(os.path.join(DEPLOY, d))):
+                if name.endswith(".yaml") and name != "kustomization.yaml":
+                    docs += [x for x in yaml.safe_load_all(read(d, name)) if x]
+        return docs
+    kz = yaml.safe_load(read(variant, "kustomization.yaml"))
     docs = []
-    for name in names:
-        docs += [d for d in yaml.safe_load_all(read("k8s", name)) if d]
+    for res in kz["resources"]:
+        if os.path.isdir(os.path.join(DEPLOY, variant, res)):
+            docs += k8s_docs(variant=os.path.normpath(os.path.join(variant, res)))
+        else:
+            docs += [d for d in yaml.safe_load_all(read(variant, res)) if d]
+    for p in kz.get("patches", []):
+        patch = yaml.safe_load(p["patch"])
+        assert patch.get("$patch") == "delete", p  # the only kind of patch used here
+        key = (patch["kind"], patch["metadata"]["name"])
+        before = len(docs)
+        docs = [d for d in docs if (d["kind"], d["metadata"]["name"]) != key]
+        assert len(docs) == before - 1, "%s: the patch deletes nothing: %s" % (variant, key)
     return docs
 
 
@@ -163,9 +183,24 @@ def test_k8s_kustomize_builds():
     # kubectl this check is reported SKIP (exit 77), never a pass.
     if shutil.which("kubectl") is None:
         raise Skip("kubectl not installed: `kubectl kustomize deploy/k8s` not run")
-    r = subprocess.run(["kubectl", "kustomize", os.path.join(DEPLOY, "k8s")],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
+    for variant in K8S_DIRS:
+        r = subprocess.run(["kubectl", "kustomize", os.path.join(DEPLOY, variant)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        built = [d for d in yaml.safe_load_all(r.stdout) if d]
+        # The build is what the files say (k8s_docs), plus the sidecar's
+        # generated ConfigMap, whose hashed name the Deployment refers to.
+        key = lambda d: (d["kind"], d["metadata"]["name"])
+        gen = [d for d in built if d["kind"] == "ConfigMap" and
+               d["metadata"]["name"].startswith("fanout-pod-deletion-cost-")]
+        assert len(gen) == 1, [key(d) for d in built]
+        assert "pod-deletion-cost.sh" in gen[0]["data"], gen[0]["data"].keys()
+        assert gen[0]["data"]["pod-deletion-cost.sh"] == read("k8s", "pod-deletion-cost.sh")
+        assert sorted(map(key, built)) == sorted(map(key, k8s_docs(variant=variant) + gen)), (
+            variant, sorted(map(key, built)))
+        dep = by_kind(built)["Deployment"]["fanout-delivery"]["spec"]["template"]["spec"]
+        vols = {v["name"]: v for v in dep["volumes"]}
+        assert vols["pod-deletion-cost"]["configMap"]["name"] == gen[0]["metadata"]["name"]
 
 
 def test_k8s_manifests():
@@ -186,27 +221,172 @@ def test_k8s_manifests():
         assert m, "%s: no drain/shutdown timeout in args" % name
         pre = c["lifecycle"]["preStop"]["exec"]["command"]
         pre_s = int(pre[-1]) if pre[0].endswith("sleep") else 0
-        assert spec["terminationGracePeriodSeconds"] > pre_s + int(m.group(1)) / 1000, (
-            "%s: the grace period must cover preStop + drain" % name)
+        assert spec["terminationGracePeriodSeconds"] >= pre_s + int(m.group(1)) / 1000 + 10, (
+            "%s: the grace period must cover preStop + drain + 10 s" % name)
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz", name
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", name
     for name, svc in kinds["Service"].items():
         assert any(all(dep["spec"]["template"]["metadata"]["labels"].get(k) == v
                        for k, v in svc["spec"]["selector"].items())
                    for dep in deps.values()), "service %s selects no pods" % name
-    for name, hpa in kinds["HorizontalPodAutoscaler"].items():
-        assert hpa["spec"]["scaleTargetRef"]["name"] in deps, name
-    metrics = {n: [m.get("pods", {}).get("metric", {}).get("name") or m["type"]
-                   for m in h["spec"]["metrics"]]
-               for n, h in kinds["HorizontalPodAutoscaler"].items()}
-    assert "fanout_delivery_connections" in metrics["fanout-delivery"], metrics
-    assert "Resource" in metrics["fanout-ingest"], metrics
     pdbs = kinds["PodDisruptionBudget"]
     assert "fanout-delivery" in pdbs, list(pdbs)
     for name, pdb in pdbs.items():
         sel = pdb["spec"]["selector"]["matchLabels"]
         assert any(all(d["spec"]["template"]["metadata"]["labels"].get(k) == v
                        for k, v in sel.items()) for d in deps.values()), name
+
+
+def autoscalers(docs):
+    """{Deployment name: [(kind, object)]} of the HPAs and KEDA
+    ScaledObjects in docs."""
+    out = {}
+    for d in docs:
+        if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject"):
+            out.setdefault(d["spec"]["scaleTargetRef"]["name"], []).append((d["kind"], d))
+    return out
+
+
+def delivery_arg(name, default):
+    """A delivery setting as deploy/k8s gives it (args, env), else its default."""
+    c = by_kind(k8s_docs())["Deployment"]["fanout-delivery"]["spec"]["template"]["spec"][
+        "containers"][0]
+    for a in c.get("args", []):
+        if a.startswith("--%s=" % name):
+            return a.split("=", 1)[1]
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    return env.get("FANOUT_" + name.upper().replace("-", "_"), default)
+
+
+def scale_down_is_slow(behavior, what):
+    down = behavior["scaleDown"]
+    assert down["stabilizationWindowSeconds"] >= 300, what
+    for pol in down["policies"]:
+        assert pol["type"] == "Pods" and pol["value"] <= 4 and pol["periodSeconds"] >= 60, (
+            what, pol)
+
+
+def test_k8s_autoscaling():
+    """Each variant has exactly one autoscaler per Deployment: ingest's HPA on
+    CPU; delivery's KEDA ScaledObject (connections from Prometheus, the users
+    group's lag from Kafka) in deploy/k8s, or the plain HPA on the two
+    adapter metrics in deploy/k8s-without-keda. Never more replicas than
+    fanout.users has partitions (a count with many divisors); slow
+    scale-down; the lag trigger names the group, topic and brokers delivery
+    really uses; both variants use the same thresholds; the adapter rules
+    serve the HPA's metrics."""
+    need_yaml()
+    topics = re.search(r"for t in ([^;]+); do", read("k8s", "topics-job.yaml")).group(1).split()
+    parts = re.findall(r"--partitions (\d+)", read("k8s", "topics-job.yaml"))
+    assert len(parts) == 1 and "fanout.users" in topics, (parts, topics)  # one count, all topics
+    partitions = int(parts[0])
+    divisors = [d for d in range(1, partitions + 1) if partitions % d == 0]
+    assert len(divisors) >= 10, (partitions, divisors)
+
+    keda = autoscalers(k8s_docs())
+    plain = autoscalers(k8s_docs(variant="k8s-without-keda"))
+    for variant in (keda, plain):
+        assert sorted(variant) == ["fanout-delivery", "fanout-ingest"], variant
+        assert all(len(v) == 1 for v in variant.values()), variant  # never two on one target
+        kind, ing = variant["fanout-ingest"][0]
+        assert kind == "HorizontalPodAutoscaler" and [m["type"] for m in ing["spec"]["metrics"]] \
+            == ["Resource"] and ing["spec"]["metrics"][0]["resource"]["name"] == "cpu", ing
+    kind, so = keda["fanout-delivery"][0]
+    assert kind == "ScaledObject", kind
+    kind, hpa = plain["fanout-delivery"][0]
+    assert kind == "HorizontalPodAutoscaler", kind
+    spec = so["spec"]
+    assert 1 <= spec["minReplicaCount"] < spec["maxReplicaCount"] <= partitions, spec
+    assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"] <= partitions, hpa
+    scale_down_is_slow(spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"], "keda")
+    scale_down_is_slow(hpa["spec"]["behavior"], "hpa")
+    assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == \
+        hpa["spec"]["behavior"], "the two variants scale alike"
+
+    trig = {t["type"]: t for t in spec["triggers"]}
+    assert sorted(trig) == ["kafka", "prometheus"], trig
+    k = trig["kafka"]["metadata"]
+    assert k["allowIdleConsumers"] == "false", k  # the lag trigger stops at the partitions
+    assert k["consumerGroup"] == delivery_arg("group-id", "fanout-delivery"), k
+    assert k["topic"] == delivery_arg("users-topic", "fanout.users"), k
+    assert k["offsetResetPolicy"] == delivery_arg("users-offset-reset", "earliest"), k
+    config = by_kind(k8s_docs())["ConfigMap"]["fanout-config"]["data"]
+    assert k["bootstrapServers"] == config["FANOUT_KAFKA"], (k, config)
+    # Offsets committed often enough that the committed lag KEDA reads is
+    # not mostly the commit interval.
+    assert "auto.commit.interval.ms=1000" in delivery_arg("kafka-opts", ""), \
+        delivery_arg("kafka-opts", "")
+    p = trig["prometheus"]
+    assert p.get("metricType", "AverageValue") == "AverageValue", p
+    assert re.match(r"^sum\(fanout_delivery_connections\{", p["metadata"]["query"]), p
+    assert p["metadata"]["ignoreNullValues"] == "false", p
+
+    targets = {m["pods"]["metric"]["name"]: m["pods"]["target"]
+               for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
+    assert sorted(targets) == ["fanout_delivery_connections", "fanout_delivery_consumer_lag"], \
+        targets
+    assert all(t["type"] == "AverageValue" for t in targets.values()), targets
+    assert targets["fanout_delivery_connections"]["averageValue"] == p["metadata"]["threshold"]
+    assert targets["fanout_delivery_consumer_lag"]["averageValue"] == k["lagThreshold"]
+    # A pod at the connections target is at most half full (room for a
+    # drained pod's clients).
+    assert int(p["metadata"]["threshold"]) * 2 <= int(delivery_arg("max-connections", "100000"))
+
+    # prometheus-adapter serves exactly the HPA's metrics, per pod.
+    cm = yaml.safe_load(read("k8s", "prometheus-adapter-config.yaml"))
+    rules = yaml.safe_load(cm["data"]["config.yaml"])["rules"]
+    served = {}
+    for r in rules:
+        assert r["resources"]["overrides"]["pod"] == {"resource": "pod"}, r
+        assert r["resources"]["overrides"]["namespace"] == {"resource": "namespace"}, r
+        served[r["name"]["as"]] = r
+        assert re.match(r["name"]["matches"], r["name"]["as"]), r
+        assert r["seriesQuery"].startswith(r["name"]["as"] + "{"), r
+    assert sorted(served) == sorted(targets), (served.keys(), targets.keys())
+
+
+def test_k8s_pod_deletion_cost_sidecar():
+    """The delivery pod's sidecar runs the shipped script against its own
+    delivery container, with the pod's name and namespace; the API token is
+    mounted into the sidecar alone; the service account may patch pods of
+    its namespace and nothing else."""
+    need_yaml()
+    kinds = by_kind(k8s_docs())
+    pod = kinds["Deployment"]["fanout-delivery"]["spec"]["template"]["spec"]
+    delivery, side = pod["containers"]
+    assert delivery["name"] == "delivery" and side["name"] == "pod-deletion-cost", pod
+    assert side["command"][-1].endswith("/pod-deletion-cost.sh"), side["command"]
+    mounts = {m["name"]: m["mountPath"] for m in side["volumeMounts"]}
+    assert side["command"][-1] == mounts["pod-deletion-cost"] + "/pod-deletion-cost.sh"
+    vols = {v["name"]: v for v in pod["volumes"]}
+    kz = yaml.safe_load(read("k8s", "kustomization.yaml"))
+    gens = {g["name"]: g for g in kz["configMapGenerator"]}
+    assert gens[vols["pod-deletion-cost"]["configMap"]["name"]]["files"] == [
+        "pod-deletion-cost.sh"]
+    env = {e["name"]: e for e in side["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    port = delivery["ports"][0]["containerPort"]
+    assert env["METRICS_URL"]["value"] == "http://127.0.0.1:%d/metrics" % port, env
+    assert re.search(r"--listen=0\.0\.0\.0:%d" % port, " ".join(delivery["args"]))
+    sa_path = "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert pod["automountServiceAccountToken"] is False, pod
+    assert mounts["api-token"] == sa_path, mounts
+    assert not any(m["mountPath"].startswith("/var/run/secrets")
+                   for m in delivery.get("volumeMounts", [])), delivery
+    srcs = vols["api-token"]["projected"]["sources"]
+    assert any("serviceAccountToken" in x for x in srcs), srcs
+    sa = pod["serviceAccountName"]
+    assert sa in kinds["ServiceAccount"], sa
+    binds = [b for b in kinds["RoleBinding"].values()
+             if any(x["kind"] == "ServiceAccount" and x["name"] == sa for x in b["subjects"])]
+    assert len(binds) == 1 and binds[0]["roleRef"]["kind"] == "Role", binds
+    role = kinds["Role"][binds[0]["roleRef"]["name"]]
+    assert role["metadata"]["namespace"] == binds[0]["metadata"]["namespace"] == "fanout"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}], \
+        role["rules"]
+    assert not any(b["roleRef"]["kind"] == "ClusterRole" for b in kinds["RoleBinding"].values())
+    assert "ClusterRoleBinding" not in kinds
 
 
 def test_compose_file():
@@ -461,7 +641,8 @@ def test_network_policies():
     assert rules_for("redis") == [(fanout("fanout-delivery", "fanout-ingest"), [6379]),
                                   (fanout("redis"), [])], rules_for("redis")
     assert rules_for("kafka") == [(fanout("fanout-delivery", "fanout-ingest", "fanout-topics"),
-                                   [9092]), (fanout("kafka"), [])], rules_for("kafka")
+                                   [9092]), ({("keda", "keda-operator")}, [9092]),
+                                  (fanout("kafka"), [])], rules_for("kafka")
     edge = {("ingress-nginx", "ingress-nginx"), ("monitoring", "prometheus")}
     assert rules_for("fanout-delivery") == [(edge, [8081])], rules_for("fanout-delivery")
     assert rules_for("fanout-ingest") == [(edge, [8080])], rules_for("fanout-ingest")
@@ -590,7 +771,9 @@ def test_flags_exist():
         helps[b] = subprocess.run([find_binary(b), "--help"], capture_output=True, text=True,
                                   timeout=10).stdout
     files = [os.path.join(DEPLOY, "systemd", f) for f in os.listdir(os.path.join(DEPLOY, "systemd"))]
-    files += [os.path.join(DEPLOY, "k8s", f) for f in os.listdir(os.path.join(DEPLOY, "k8s"))]
+    for d in K8S_DIRS:
+        files += [os.path.join(DEPLOY, d, f) for f in os.listdir(os.path.join(DEPLOY, d))
+                  if os.path.isfile(os.path.join(DEPLOY, d, f))]
     files += [os.path.join(DEPLOY, "compose", "compose.yaml"),
               os.path.join(DEPLOY, "local", "cluster")]
     files += [os.path.join(SOURCE_DIR, "tests", "e2e", "cluster.py")]

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration", "delivery"))
 import dtest  # noqa: E402
@@ -228,6 +229,29 @@ def test_sigterm_stops_it_at_once_and_missing_pod_name_is_an_error():
     r = subprocess.run(["/bin/sh", SCRIPT], env={**env, "SA_DIR": SA}, capture_output=True,
                        text=True, timeout=10)
     assert r.returncode == 2 and "POD_NAME is not set" in r.stderr, (r.returncode, r.stderr)
+
+
+def test_autoscaler_metrics_exist():
+    """Every delivery metric the autoscalers and the sidecar name (keda.yaml,
+    the plain HPA, the adapter rules, the script's default) is one this
+    fanout-delivery exports, as a plain gauge sample."""
+    import re
+    names = set()
+    for parts in (("k8s", "keda.yaml"), ("k8s-without-keda", "delivery-hpa.yaml"),
+                  ("k8s", "prometheus-adapter-config.yaml"), ("k8s", "pod-deletion-cost.sh")):
+        with open(os.path.join(ft.SOURCE_DIR, "deploy", *parts)) as f:
+            # Comments may name other metrics; the objects' text is what counts.
+            text = "\n".join(ln for ln in f if not ln.lstrip().startswith("#"))
+        found = set(re.findall(r"fanout_delivery_[a-z_]+", text))
+        assert found, parts
+        names |= found
+    exported = dtest.metrics(D)
+    with urllib.request.urlopen("http://%s/metrics" % D.addr, timeout=5) as r:
+        text = r.read().decode()
+    for n in sorted(names):
+        assert n in exported, "%s is not exported by fanout-delivery" % n
+        assert "# TYPE %s gauge" % n in text, n
+    ft.log("metrics checked: %s" % ", ".join(sorted(names)))
 
 
 if __name__ == "__main__":
