@@ -14,8 +14,8 @@ once on SIGTERM."""
 import http.server
 import json
 import os
+import re
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -235,7 +235,6 @@ def test_autoscaler_metrics_exist():
     """Every delivery metric the autoscalers and the sidecar name (keda.yaml,
     the plain HPA, the adapter rules, the script's default) is one this
     fanout-delivery exports, as a plain gauge sample."""
-    import re
     names = set()
     for parts in (("k8s", "keda.yaml"), ("k8s-without-keda", "delivery-hpa.yaml"),
                   ("k8s", "prometheus-adapter-config.yaml"), ("k8s", "pod-deletion-cost.sh")):
