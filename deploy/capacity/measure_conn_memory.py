@@ -11,9 +11,11 @@ idle, authenticated connections (distinct users, no rooms), and reads:
    once they are all registered. On loopback both ends of every connection
    live in this kernel: the figure is per TCP socket (the netns's exact count,
    2 per connection), and a server holds one socket per client connection.
-   slabinfo is the whole VM's: a cycle counts only when the TCP cache grew by
-   our sockets within --max-noise (other work opened or closed none
-   meanwhile); the result is the median of those cycles.
+   slabinfo is the whole VM's, so two readings: (a) the socket caches'
+   growth per socket of ours, from the cycles where the TCP cache grew by our
+   sockets within --max-noise (other work opened or closed none meanwhile);
+   (b) the same growth per object added to the TCP cache, every cycle (sockets
+   other work opened or closed meanwhile change both alike); medians.
 2. user space (first cycle): the delivery process's RSS growth / conns.
 3. Redis (first cycle): used_memory growth / conns (the registry entry of a
    one-connection user); then the connections are held --hold-s seconds
@@ -255,6 +257,10 @@ def main():
                                       "bytes_per_socket": round(v[1] / socks, 1)}
                                   for c, v in sorted(per_sock.items(), key=lambda kv: -kv[1][1])},
             "per_socket_bytes": round(sum(v[1] for v in per_sock.values()) / socks, 1),
+            # the same caches' growth per object the TCP cache gained: sockets
+            # other work opened or closed meanwhile change both alike
+            "per_tcp_object_bytes": round(sum(v[1] for v in per_sock.values()) / tcp_objs, 1)
+            if tcp_objs > 0 else None,
             "other_caches_grown": {c: round(v[1] / socks, 1) for c, v in others.items()},
             "slab_meminfo_bytes_per_socket": round(
                 (s1["mem"]["Slab"] - s0["mem"]["Slab"]) * 1024.0 / socks, 1),
@@ -363,6 +369,15 @@ def main():
                   k["registry_keys_left"]), flush=True)
         if k["registry_keys_left"] > 0:
             redis.cli("FLUSHALL")  # the next cycle's figures start from an empty registry
+    norm = sorted(c["per_tcp_object_bytes"] for c in fig["cycles"]
+                  if c["per_tcp_object_bytes"] is not None and c["tcp_cache_objs_added"] >
+                  c["tcp_sockets_added"] / 2)
+    if norm:
+        fig["kernel_bytes_per_tcp_object"] = norm[len(norm) // 2]
+        print("kernel bytes per socket, as the socket caches' growth per object added to the TCP "
+              "cache: %.0f (median of %d cycles: %s)" % (
+                  fig["kernel_bytes_per_tcp_object"], len(norm),
+                  ", ".join("%.0f" % x for x in norm)), flush=True)
     good = sorted((c for c in fig["cycles"] if abs(c["noise"]) <= args.max_noise and
                    abs(c["per_socket_caches"].get("sock_inode_cache", {}).get(
                        "objs_per_socket", 0) - 1) <= args.max_noise),
@@ -370,7 +385,8 @@ def main():
     if good:
         med = good[len(good) // 2]["per_socket_bytes"]
         fig["kernel_bytes_per_socket"] = med
-        print("kernel bytes per socket: %.0f (median of %d cycles within %.0f %% noise: %s)" % (
+        print("kernel bytes per socket, as the socket caches' growth per socket of ours: %.0f "
+              "(median of %d cycles within %.0f %% noise: %s)" % (
             med, len(good), args.max_noise * 100,
             ", ".join("%.0f" % c["per_socket_bytes"] for c in good)), flush=True)
     # what every socket file holds, by this kernel's object sizes: a floor to
