@@ -311,7 +311,9 @@ def render(inp):
         ("consumed (out)", "users once + rooms x processes", lambda r, p: bytes_s(r["kout"])),
     ])
     table("Ingest (HTTP API)", [
-        ("cores", "(user + room msgs/s) / ingest_req_per_core", lambda r, p: sig(r["ingest_cores"])),
+        ("cores", "(user + room msgs/s) / ingest_req_per_core: one POST /v1/send each (a "
+         "backend that batches, or produces to Kafka itself, needs fewer)",
+         lambda r, p: sig(r["ingest_cores"])),
         ("pods", "cores / cpu_target + 1", lambda r, p: num(r["ingest_pods"])),
     ])
     table("Network (delivery <-> clients)", [
