@@ -23,6 +23,7 @@ struct fo_redis {
   uint64_t connect_started_ms;
   unsigned pending; /* replies awaited (subscriptions excluded) */
   uint64_t last_progress_ms;
+  uint64_t last_tick_ms; /* when on_tick last ran: a longer gap is the loop's stall */
   fo_redis_state_cb state_cb;
   void *ud;
   unsigned long errors;
@@ -205,9 +206,19 @@ static void start_connect(fo_redis_t *r) {
 
 static void on_tick(uv_timer_t *t) {
   fo_redis_t *r = t->data;
-  uint64_t now = uv_now(r->loop);
+  uint64_t now = uv_now(r->loop), tick = uv_timer_get_repeat(t);
   if (r->closing)
     return;
+  /* Timers run before the loop polls: after a turn that outlasted the
+   * timeout (a server closing 18,000 sockets at once), the commands of that
+   * turn are not even written yet. Time the loop was stalled is not Redis's. */
+  if (now - r->last_tick_ms > 2 * tick) {
+    uint64_t stalled = now - r->last_tick_ms - tick;
+    r->last_progress_ms = r->last_progress_ms + stalled < now ? r->last_progress_ms + stalled : now;
+    r->connect_started_ms =
+        r->connect_started_ms + stalled < now ? r->connect_started_ms + stalled : now;
+  }
+  r->last_tick_ms = now;
   if (r->ac == NULL) {
     if (now >= r->next_attempt_ms)
       start_connect(r);
@@ -270,6 +281,7 @@ int fo_redis_new(uv_loop_t *loop, const fo_redis_opts_t *opts, fo_redis_state_cb
   int tick = r->opts.command_timeout_ms > 0 && r->opts.command_timeout_ms < 400
                  ? r->opts.command_timeout_ms / 4
                  : 100;
+  r->last_tick_ms = uv_now(loop);
   uv_timer_start(&r->timer, on_tick, (uint64_t)tick, (uint64_t)(tick > 0 ? tick : 1));
   start_connect(r);
   *out = r;

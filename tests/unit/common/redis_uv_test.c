@@ -172,6 +172,55 @@ static void redis_uv_reconnects_and_times_out(void **state) {
   assert_int_equal(uv_loop_close(&s.loop), 0);
 }
 
+/* ---- a stalled loop is not a Redis timeout ---- */
+
+typedef struct {
+  int ups, downs, replies;
+} stall_t;
+
+static void on_stall_pong(fo_redis_t *r, redisReply *reply, void *pd) {
+  stall_t *st = pd;
+  if (reply != NULL && reply->type == REDIS_REPLY_STATUS && strcmp(reply->str, "PONG") == 0 &&
+      ++st->replies == 1)
+    fo_redis_close(r); /* the reply came: done */
+}
+
+static void on_stall_state(fo_redis_t *r, bool up, void *ud) {
+  stall_t *st = ud;
+  if (!up) {
+    st->downs++;
+    fo_redis_close(r);
+    return;
+  }
+  st->ups++;
+  assert_int_equal(fo_redis_command(r, on_stall_pong, st, "PING"), 0);
+  /* The loop is busy for three timeouts (as when a server closes 18,000
+   * sockets in one turn); the reply waits in the socket meanwhile. */
+  struct timespec busy = {.tv_sec = 0, .tv_nsec = 900 * 1000000L};
+  nanosleep(&busy, NULL);
+}
+
+static void redis_uv_stalled_loop_is_not_a_timeout(void **state) {
+  (void)state;
+  char addr[128], err[64];
+  if (fixture_get("redis", "FANOUT_REDIS", addr, sizeof(addr)) != 0)
+    fail_msg("redis fixture not running (run through ctest)");
+  fo_addr_t a;
+  assert_int_equal(fo_addr_parse(addr, &a, err, sizeof(err)), 0);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  stall_t st = {0};
+  fo_redis_opts_t o = {.host = a.host, .port = a.port, .command_timeout_ms = 300, .name = "stall"};
+  fo_redis_t *r;
+  assert_int_equal(fo_redis_new(&loop, &o, on_stall_state, &st, &r), 0);
+  uv_run(&loop, UV_RUN_DEFAULT); /* ends when r is closed: by the reply or a drop */
+  free(a.host);
+  assert_int_equal(st.ups, 1);
+  assert_int_equal(st.downs, 0);
+  assert_int_equal(st.replies, 1);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void on_never(fo_redis_t *r, bool up, void *ud) {
   (void)r;
   (void)up;
@@ -506,6 +555,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(redis_uv_unreachable_server_retries_quietly),
       cmocka_unit_test(redis_uv_reconnects_and_times_out),
+      cmocka_unit_test(redis_uv_stalled_loop_is_not_a_timeout),
       cmocka_unit_test(redis_uv_subscribe_churn_keeps_one_subscription),
       cmocka_unit_test(redis_uv_auth_right_and_wrong_password),
   };
