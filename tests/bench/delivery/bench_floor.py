@@ -49,6 +49,17 @@ def softirq_s():
         return int(f.readline().split()[7]) / os.sysconf("SC_CLK_TCK")
 
 
+def preempted(pid):
+    """Involuntary context switches of every thread of pid."""
+    total = 0
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+            for line in f:
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
 def loadavg():
     return open("/proc/loadavg").read().split()[0]
 
@@ -116,7 +127,7 @@ def main():
 
         # Server, paced.
         f0 = ft.metrics(srv.addr)["fanout_delivery_frames_out_total"]
-        c0, t0, s0 = cpu_seconds(srv.pid), time.monotonic(), softirq_s()
+        c0, t0, s0, v0 = cpu_seconds(srv.pid), time.monotonic(), softirq_s(), preempted(srv.pid)
         for k in range(per_run):
             delay = t0 + k / args.rate - time.monotonic()
             if delay > 0:
@@ -124,15 +135,15 @@ def main():
             send()
         got += per_run
         cl.wait_line(r"^got=%d " % got, timeout=120)
-        c1, t1, s1 = cpu_seconds(srv.pid), time.monotonic(), softirq_s()
+        c1, t1, s1, v1 = cpu_seconds(srv.pid), time.monotonic(), softirq_s(), preempted(srv.pid)
         f1 = ft.metrics(srv.addr)["fanout_delivery_frames_out_total"]
         fr = f1 - f0
         cpu = (c1 - c0) - idle_rate * (t1 - t0)
         server_us = cpu * 1e6 / fr
         print("server: %d frames in %.1f s; delivery CPU %.3f s - idle %.3f s (%.2f %% of a core) "
-              "= %.3f s -> %.2f us per frame; machine-wide softirq %.2f s; load average %s" %
-              (fr, t1 - t0, c1 - c0, idle_rate * (t1 - t0), 100 * idle_rate, cpu, server_us,
-               s1 - s0, loadavg()), flush=True)
+              "= %.3f s -> %.2f us per frame; preempted %d times; machine-wide softirq %.2f s; "
+              "load average %s" % (fr, t1 - t0, c1 - c0, idle_rate * (t1 - t0), 100 * idle_rate,
+                                   cpu, server_us, v1 - v0, s1 - s0, loadavg()), flush=True)
 
         floors = {}
         for mode in (["write", "io_uring"] if args.uring else ["write"]):
@@ -153,9 +164,9 @@ def main():
             kv = dict(x.split("=", 1) for x in line_m.group(1).split()[1:])
             floors[mode] = float(kv["us_per_frame"])
             print("floor (%s): %s frames, CPU %s s -> %.2f us per frame (%s short writes); "
-                  "machine-wide softirq %.2f s; load average %s" %
-                  (mode, kv["frames"], kv["cpu_s"], floors[mode], kv["short"], s1 - s0,
-                   loadavg()), flush=True)
+                  "preempted %s times; machine-wide softirq %.2f s; load average %s" %
+                  (mode, kv["frames"], kv["cpu_s"], floors[mode], kv["short"], kv["preempted"],
+                   s1 - s0, loadavg()), flush=True)
         ratio = server_us / floors["write"]
         results.append(ratio)
         print("run %d: server %.2f us / floor %.2f us per frame = %.2fx (goal <= 1.2x)%s" %

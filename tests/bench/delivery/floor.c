@@ -29,9 +29,12 @@
 #include <liburing.h>
 #endif
 
+static long nivcsw; /* involuntary context switches so far (preempted) */
+
 static double cpu_s(void) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
+  nivcsw = ru.ru_nivcsw;
   return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
          (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
@@ -256,6 +259,7 @@ int main(int argc, char **argv) {
   long ticks = (long)(seconds * rate), frames = 0, shorts = 0;
   uint64_t period = 1000000000ull / (uint64_t)rate, t = now_ns();
   double c0 = cpu_s(), p0 = proc_cpu_s();
+  long iv0 = nivcsw;
   for (long k = 0; k < ticks; k++) {
     t += period;
     sleep_until(t);
@@ -292,10 +296,10 @@ int main(int argc, char **argv) {
 #endif
   }
   double c1 = cpu_s(), p1 = proc_cpu_s();
-  printf(
-      "floor mode=%s conns=%d frames=%ld cpu_s=%.3f us_per_frame=%.3f short=%ld proc_cpu_s=%.3f\n",
-      uring ? "io_uring" : "write", n, frames, c1 - c0,
-      frames > 0 ? (c1 - c0) * 1e6 / (double)frames : 0.0, shorts, p1 - p0);
+  printf("floor mode=%s conns=%d frames=%ld cpu_s=%.3f us_per_frame=%.3f short=%ld proc_cpu_s=%.3f "
+         "preempted=%ld\n",
+         uring ? "io_uring" : "write", n, frames, c1 - c0,
+         frames > 0 ? (c1 - c0) * 1e6 / (double)frames : 0.0, shorts, p1 - p0, nivcsw - iv0);
   fflush(stdout);
   for (int i = 0; i < n; i++)
     close(fds[i]);

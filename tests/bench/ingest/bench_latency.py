@@ -81,7 +81,7 @@ def next_frame(buf):
     return buf[0] & 0x0f, buf[hl:hl + ln], buf[hl + ln:]
 
 
-def ws_receiver(addr, token, n, warm, out, ready):
+def ws_receiver(addr, token, n, warm, out, ready, warmed):
     host, _, port = addr.rpartition(":")
     s = socket.create_connection((host, int(port)))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -113,7 +113,9 @@ def ws_receiver(addr, token, n, warm, out, ready):
             ready.set()
             continue
         d = json.loads(payload).get("data")
-        if isinstance(d, dict) and "t" in d:
+        if isinstance(d, dict) and "warm" in d:
+            warmed.set()
+        elif isinstance(d, dict) and "t" in d:
             seen += 1
             if d["i"] >= warm:
                 lat.append((t - d["t"]) / 1e6)
@@ -266,19 +268,29 @@ def main():
 
     # 1. end to end
     ctx = multiprocessing.get_context("fork")
-    q, ready = ctx.Queue(), ctx.Event()
+    q, ready, warmed = ctx.Queue(), ctx.Event(), ctx.Event()
     rx = ctx.Process(target=ws_receiver,
-                     args=(d.addr, ft.make_jwt(SECRET, "lat"), n, warm, q, ready))
+                     args=(d.addr, ft.make_jwt(SECRET, "lat"), n, warm, q, ready, warmed))
     rx.start()
     if not ready.wait(30):
         sys.exit("no welcome from delivery")
     ft.eventually(lambda: redis.cli("HLEN", "ws:connections:lat") == "1", what="registered")
-    # Warm the path (metadata, connections) with a few sends first.
-    for i in range(5):
-        subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", "Authorization: Bearer " + KEY,
-                        "-H", "Content-Type: application/json", "-d",
-                        json.dumps({"user": "lat-warm", "data": i}),
-                        "http://%s/v1/send" % ing.addr], check=True)
+    # Warm the path until a message reaches the client (a real Kafka's
+    # idempotent producer waits for its coordinator after a fresh start, and
+    # the delivery consumer for its group), then a second more.
+    def post_warm(i):
+        return subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+             "Authorization: Bearer " + KEY, "-H", "Content-Type: application/json", "-d",
+             json.dumps({"user": "lat", "data": {"warm": i}}), "http://%s/v1/send" % ing.addr],
+            capture_output=True, text=True).stdout == "202"
+    deadline = time.time() + 300
+    while not warmed.is_set():
+        if time.time() > deadline:
+            sys.exit("no message reached the client in 300 s")
+        post_warm(0)
+        warmed.wait(1.0)
+    time.sleep(1)
     sq = ctx.Queue()
     tx = ctx.Process(target=http_sender, args=(ing.addr, args.rate, args.seconds, sq))
     tx.start()
