@@ -60,6 +60,15 @@ def preempted(pid):
     return total
 
 
+def write_calls(pid):
+    """syscw of /proc/PID/io: write-type system calls (write, writev) so far."""
+    with open("/proc/%d/io" % pid) as f:
+        for line in f:
+            if line.startswith("syscw:"):
+                return int(line.split()[1])
+    return 0
+
+
 def loadavg():
     return open("/proc/loadavg").read().split()[0]
 
@@ -128,6 +137,7 @@ def main():
         # Server, paced.
         f0 = ft.metrics(srv.addr)["fanout_delivery_frames_out_total"]
         c0, t0, s0, v0 = cpu_seconds(srv.pid), time.monotonic(), softirq_s(), preempted(srv.pid)
+        w0 = write_calls(srv.pid)
         for k in range(per_run):
             delay = t0 + k / args.rate - time.monotonic()
             if delay > 0:
@@ -136,14 +146,17 @@ def main():
         got += per_run
         cl.wait_line(r"^got=%d " % got, timeout=120)
         c1, t1, s1, v1 = cpu_seconds(srv.pid), time.monotonic(), softirq_s(), preempted(srv.pid)
+        w1 = write_calls(srv.pid)
         f1 = ft.metrics(srv.addr)["fanout_delivery_frames_out_total"]
         fr = f1 - f0
         cpu = (c1 - c0) - idle_rate * (t1 - t0)
         server_us = cpu * 1e6 / fr
         print("server: %d frames in %.1f s; delivery CPU %.3f s - idle %.3f s (%.2f %% of a core) "
-              "= %.3f s -> %.2f us per frame; preempted %d times; machine-wide softirq %.2f s; "
-              "load average %s" % (fr, t1 - t0, c1 - c0, idle_rate * (t1 - t0), 100 * idle_rate,
-                                   cpu, server_us, v1 - v0, s1 - s0, loadavg()), flush=True)
+              "= %.3f s -> %.2f us per frame; %d write calls (%.2f frames each: > 1 when broadcasts "
+              "arrived together and were coalesced); preempted %d times; machine-wide softirq "
+              "%.2f s; load average %s" %
+              (fr, t1 - t0, c1 - c0, idle_rate * (t1 - t0), 100 * idle_rate, cpu, server_us,
+               w1 - w0, fr / max(1, w1 - w0), v1 - v0, s1 - s0, loadavg()), flush=True)
 
         floors = {}
         for mode in (["write", "io_uring"] if args.uring else ["write"]):
