@@ -301,8 +301,13 @@ int main(int argc, char **argv) {
          uring ? "io_uring" : "write", n, frames, c1 - c0,
          frames > 0 ? (c1 - c0) * 1e6 / (double)frames : 0.0, shorts, p1 - p0, nivcsw - iv0);
   fflush(stdout);
+#ifdef FO_HAVE_URING
+  if (uring)
+    io_uring_queue_exit(&ring);
+#endif
   for (int i = 0; i < n; i++)
     close(fds[i]);
+  free(fds);
   int st;
   if (child > 0)
     waitpid(child, &st, 0);
