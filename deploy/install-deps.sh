@@ -5,7 +5,7 @@ set -euo pipefail
 
 PKGS=(
   build-essential cmake pkg-config ninja-build
-  librdkafka-dev libhiredis-dev libuv1-dev libwslay-dev libmsgpack-dev libcmocka-dev
+  librdkafka-dev libhiredis-dev libuv1-dev libwslay-dev libmsgpack-dev libcmocka-dev liburing-dev
   libjansson-dev libhttp-parser-dev libxxhash-dev libssl-dev
   redis-server kcat nginx-light wrk curl procps stunnel4
   clang libclang-rt-14-dev llvm clang-format

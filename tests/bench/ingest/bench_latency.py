@@ -1,0 +1,319 @@
+#!/usr/bin/python3
+"""End-to-end latency over the broker (prints figures; not a test).
+
+One run, one broker (the embedded fanout-kafka-dev, or the real Apache Kafka
+with --apache), --rate messages a second for --seconds each:
+
+  broker: kcat -P (a plain librdkafka producer, with the ingest producer's
+          settings: linger.ms, acks=all, idempotence, batch sizes) -> the
+          users topic -> kcat -C -G (a plain librdkafka group consumer, with
+          the delivery consumer's fetch.wait.max.ms). Latency = the time a
+          line is handed to the producer's stdin -> the time the consumer
+          prints it (records keyed by a user nobody is connected as).
+  ours:   POST /v1/send to fanout-ingest (pipelined on one keep-alive
+          connection) -> Kafka -> fanout-delivery -> the WebSocket frame at
+          a client connected as the user. Latency = the request's write ->
+          the frame's read (the send time travels in the message).
+
+Sender and receivers are separate processes; timestamps are CLOCK_REALTIME of
+the one machine. The first second of each phase is left out (warm-up).
+Prints p50/p90/p99/max of both and ours = end-to-end - broker, for p50 and
+p99 (goal: <= 0.5 ms p50, <= 1 ms p99).
+
+usage: bench_latency.py [--build DIR] [--apache] [--rate 1000] [--seconds 20]
+                        [--ingest-args "..."] [--delivery-args "..."]
+"""
+
+import argparse
+import base64
+import json
+import multiprocessing
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "lib"))
+
+KEY = "bench-key"
+SECRET = "bench-secret-0123456789abcdef-0123456789"
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def summary(xs):
+    return "p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms over %d" % (
+        pct(xs, .5), pct(xs, .9), pct(xs, .99), max(xs) if xs else float("nan"), len(xs))
+
+
+def paced(rate, seconds, emit):
+    """Calls emit(i, t_ns) rate times a second on an absolute schedule."""
+    n = int(rate * seconds)
+    start = time.monotonic()
+    for i in range(n):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        emit(i, time.time_ns())
+
+
+# ---- end-to-end: the WebSocket receiver and the HTTP sender (own processes) ----
+
+def next_frame(buf):
+    """(opcode, payload, rest) of the first whole server frame (unmasked) in
+    buf, or None."""
+    if len(buf) < 2:
+        return None
+    ln, hl = buf[1] & 0x7f, 2
+    if ln == 126:
+        ln, hl = (int.from_bytes(buf[2:4], "big"), 4) if len(buf) >= 4 else (None, 4)
+    elif ln == 127:
+        ln, hl = (int.from_bytes(buf[2:10], "big"), 10) if len(buf) >= 10 else (None, 10)
+    if ln is None or len(buf) < hl + ln:
+        return None
+    return buf[0] & 0x0f, buf[hl:hl + ln], buf[hl + ln:]
+
+
+def ws_receiver(addr, token, n, warm, out, ready, warmed):
+    host, _, port = addr.rpartition(":")
+    s = socket.create_connection((host, int(port)))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(("GET /ws?token=%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13"
+               "\r\n\r\n" % (token, addr, key)).encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(4096)
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    lat, seen, welcomed, t = [], 0, False, 0
+    s.settimeout(60)
+    while seen < n:
+        fr = next_frame(buf)
+        if fr is None:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError("delivery closed the connection")
+            t = time.time_ns()  # when the bytes reached us
+            buf += chunk
+            continue
+        op, payload, buf = fr
+        if op != 1:
+            continue
+        if not welcomed:
+            welcomed = True
+            ready.set()
+            continue
+        d = json.loads(payload).get("data")
+        if isinstance(d, dict) and "warm" in d:
+            warmed.set()
+        elif isinstance(d, dict) and "t" in d:
+            seen += 1
+            if d["i"] >= warm:
+                lat.append((t - d["t"]) / 1e6)
+    out.put(lat)
+    s.close()
+
+
+def http_sender(addr, rate, seconds, out):
+    host, _, port = addr.rpartition(":")
+    s = socket.create_connection((host, int(port)))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    n = int(rate * seconds)
+    answered = [0, 0]  # 202s, others
+
+    def reader():
+        buf = b""
+        while answered[0] + answered[1] < n:
+            chunk = s.recv(65536)
+            if not chunk:
+                return
+            buf += chunk
+            while True:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    break
+                head = buf[:end].decode("latin-1")
+                clen = 0
+                for line in head.split("\r\n")[1:]:
+                    k, _, v = line.partition(":")
+                    if k.strip().lower() == "content-length":
+                        clen = int(v)
+                if len(buf) < end + 4 + clen:
+                    break
+                answered[0 if head.startswith("HTTP/1.1 202") else 1] += 1
+                buf = buf[end + 4 + clen:]
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+
+    def emit(i, t):
+        body = json.dumps({"user": "lat", "data": {"t": t, "i": i}}).encode()
+        s.sendall(b"POST /v1/send HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer " + KEY.encode() +
+                  b"\r\nContent-Type: application/json\r\nContent-Length: " +
+                  str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    paced(rate, seconds, emit)
+    th.join(timeout=30)
+    out.put(tuple(answered))
+
+
+# ---- broker: kcat producer -> kcat group consumer ----
+
+def broker_phase(kafka, rate, seconds, warm, producer_conf, consumer_conf, topic):
+    cons = subprocess.Popen(
+        ["kcat", "-C", "-b", kafka, "-G", "bench-latency-%d" % os.getpid(), "-u", "-q",
+         "-f", "%k %s\n", "-X", "auto.offset.reset=latest"] +
+        sum((["-X", kv] for kv in consumer_conf), []) + [topic],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    lat, n = [], int(rate * seconds)
+    got = threading.Event()
+    count = [0]
+
+    def reader():
+        for line in cons.stdout:
+            t = time.time_ns()
+            k, _, v = line.decode().strip().partition(" ")
+            if k != "kcat-lat":
+                continue
+            i, _, t0 = v.partition(":")
+            if i == "probe":
+                got.set()
+                continue
+            count[0] += 1
+            if int(i) >= warm:
+                lat.append((t - int(t0)) / 1e6)
+            if count[0] >= n:
+                return
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    prod = subprocess.Popen(
+        ["kcat", "-P", "-b", kafka, "-t", topic, "-K", "\t", "-q"] +
+        sum((["-X", kv] for kv in producer_conf), []),
+        stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    # Probes until the consumer has joined its group and sees new records.
+    deadline = time.time() + 120
+    while not got.is_set():
+        if time.time() > deadline:
+            raise RuntimeError("kcat consumer saw nothing")
+        prod.stdin.write(b"kcat-lat\tprobe:0\n")
+        prod.stdin.flush()
+        got.wait(1.0)
+    time.sleep(1)
+
+    def emit(i, t):
+        prod.stdin.write(b"kcat-lat\t%d:%d\n" % (i, t))
+        prod.stdin.flush()
+
+    paced(rate, seconds, emit)
+    th.join(timeout=30)
+    prod.stdin.close()
+    prod.wait(timeout=30)
+    cons.terminate()
+    cons.wait(timeout=30)
+    return lat, count[0]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--apache", action="store_true", help="the real Apache Kafka")
+    ap.add_argument("--rate", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--ingest-args", default="", help="more fanout-ingest flags")
+    ap.add_argument("--delivery-args", default="", help="more fanout-delivery flags")
+    ap.add_argument("--build", default=os.environ.get("FANOUT_BUILD_DIR"))
+    args = ap.parse_args()
+    if args.build:
+        os.environ["FANOUT_BUILD_DIR"] = os.path.abspath(args.build)
+    import fanout_test as ft
+
+    redis = ft.Redis()
+    kafka = ft.ApacheKafka(partitions=4) if args.apache else ft.KafkaDev(partitions=4)
+    ing = ft.start_service("fanout-ingest", "lat-ingest", [
+        "--listen", "127.0.0.1:0", "--kafka", kafka.bootstrap, "--redis", redis.addr,
+        "--api-keys", KEY, "--intake", "false", "--log-level", "warn",
+        *shlex.split(args.ingest_args)])
+    d = ft.start_service("fanout-delivery", "lat-delivery", [
+        "--listen", "127.0.0.1:0", "--redis", redis.addr, "--kafka", kafka.bootstrap,
+        "--server-id", "lat", "--jwt-secret", SECRET, "--log-level", "warn",
+        "--ping-interval-ms", "600000", *shlex.split(args.delivery_args)])
+    ft.eventually(lambda: ft.metrics(d.addr).get("fanout_delivery_assigned_partitions", 0) >= 8,
+                  timeout=120, what="partitions assigned")
+
+    # The settings our services run with (their defaults unless overridden).
+    def flag(argstr, name, default):
+        a = shlex.split(argstr)
+        return a[a.index(name) + 1] if name in a else default
+    embedded = not args.apache
+    fetch_wait = flag(args.delivery_args, "--kafka-fetch-wait-ms", "1" if embedded else "500")
+    producer_conf = ["linger.ms=" + flag(args.ingest_args, "--linger-ms", "1"), "acks=all",
+                     "enable.idempotence=true", "batch.num.messages=10000",
+                     "batch.size=1000000"]
+    consumer_conf = ["fetch.wait.max.ms=" + fetch_wait]
+    warm = args.rate  # the first second
+    n = int(args.rate * args.seconds)
+    print("broker=%s rate=%d/s seconds=%.0f producer: %s; consumer: %s; load average %s" % (
+        "apache-kafka" if args.apache else "fanout-kafka-dev", args.rate, args.seconds,
+        " ".join(producer_conf), " ".join(consumer_conf),
+        open("/proc/loadavg").read().split()[0]), flush=True)
+
+    # 1. end to end
+    ctx = multiprocessing.get_context("fork")
+    q, ready, warmed = ctx.Queue(), ctx.Event(), ctx.Event()
+    rx = ctx.Process(target=ws_receiver,
+                     args=(d.addr, ft.make_jwt(SECRET, "lat"), n, warm, q, ready, warmed))
+    rx.start()
+    if not ready.wait(30):
+        sys.exit("no welcome from delivery")
+    ft.eventually(lambda: redis.cli("HLEN", "ws:connections:lat") == "1", what="registered")
+    # Warm the path until a message reaches the client (a real Kafka's
+    # idempotent producer waits for its coordinator after a fresh start, and
+    # the delivery consumer for its group), then a second more.
+    def post_warm(i):
+        return subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+             "Authorization: Bearer " + KEY, "-H", "Content-Type: application/json", "-d",
+             json.dumps({"user": "lat", "data": {"warm": i}}), "http://%s/v1/send" % ing.addr],
+            capture_output=True, text=True).stdout == "202"
+    deadline = time.time() + 300
+    while not warmed.is_set():
+        if time.time() > deadline:
+            sys.exit("no message reached the client in 300 s")
+        post_warm(0)
+        warmed.wait(1.0)
+    time.sleep(1)
+    sq = ctx.Queue()
+    tx = ctx.Process(target=http_sender, args=(ing.addr, args.rate, args.seconds, sq))
+    tx.start()
+    e2e = q.get(timeout=args.seconds + 120)
+    answered = sq.get(timeout=60)
+    rx.join(10)
+    tx.join(10)
+    print("HTTP POST -> WebSocket frame: %s (%d answered 202, %d other); load average %s" % (
+        summary(e2e), answered[0], answered[1], open("/proc/loadavg").read().split()[0]),
+        flush=True)
+
+    # 2. the broker alone, same topic, same client settings
+    blat, bn = broker_phase(kafka.bootstrap, args.rate, args.seconds, warm, producer_conf,
+                            consumer_conf, "fanout.users")
+    print("kcat produce -> kcat consume:  %s (%d of %d); load average %s" % (
+        summary(blat), bn, n, open("/proc/loadavg").read().split()[0]), flush=True)
+    print("ours = end-to-end - broker: p50 %.2f ms (goal <= 0.5), p99 %.2f ms (goal <= 1)" % (
+        pct(e2e, .5) - pct(blat, .5), pct(e2e, .99) - pct(blat, .99)), flush=True)
+    d.stop()
+    ing.stop()
+    kafka.stop()
+    redis.stop()
+
+
+if __name__ == "__main__":
+    main()
