@@ -98,12 +98,14 @@ def sysctl_path(name):
 def tune_sysctls(n):
     """Raises what n connections (2n loopback sockets) need; returns
     [(name, old)] to restore. Prints every change."""
-    pages = max(1, n * 2 * 4096 // 4096)  # 4 KiB of buffers per socket at the pressure mark
+    # A broadcast leaves one small skb (~2 KiB truesize) in each client socket until it is read:
+    # pressure from n/2 pages (2 KiB a connection), the hard limit at twice that.
+    pages = max(1, n // 2)
     want = [
         ("fs.file-max", 2 * n + 200000),
         ("net.core.somaxconn", 65535),
         ("net.ipv4.tcp_max_syn_backlog", 65535),
-        ("net.ipv4.tcp_mem", (pages, pages * 3 // 2, pages * 2)),
+        ("net.ipv4.tcp_mem", (pages, pages * 2, pages * 4)),
         ("net.netfilter.nf_conntrack_max", n + 200000),
         ("net.netfilter.nf_conntrack_buckets", min(1 << 20, max(65536, n // 4))),
     ]
@@ -205,6 +207,9 @@ def main():
     ap.add_argument("--broadcasts", type=int, default=3)
     ap.add_argument("--baseline-seconds", type=float, default=10,
                     help="CPU of the delivery processes with no connections, before connecting")
+    ap.add_argument("--connect-budget", type=float, default=1200,
+                    help="seconds for connecting: client processes not done by then are "
+                         "stopped and the run goes on with the connections made")
     ap.add_argument("--connect-parallel", type=int, default=2,
                     help="client processes connecting at the same time")
     ap.add_argument("--delivery-args", default="", help="more fanout-delivery flags")
@@ -294,21 +299,44 @@ def main():
         offset = 0
         expect = 0 if args.no_room else args.broadcasts
         pending = []
+        budget_end = t_conn + args.connect_budget
+        cut = False
         for i, d in enumerate(dels):
+            while len(pending) >= args.connect_parallel and not cut:
+                try:
+                    pending[0].wait_line(r"^connected=", timeout=max(1, budget_end - time.time()))
+                    pending.pop(0)
+                except TimeoutError:
+                    cut = True
+            if cut:
+                break
             argv = [cbin, "--addr", d.addr, "--conns", str(per[i]), "--secret", SECRET,
                     "--user-offset", str(offset), "--stats-ms", "5000", "--expect", str(expect)]
             if not args.no_room:
                 argv += ["--room", "bench"]
             offset += per[i]
-            while len(pending) >= args.connect_parallel:
-                cl = pending.pop(0)
-                cl.wait_line(r"^connected=", timeout=600)
             cl = ft.Proc("scale-client-%d" % i, argv)
             clients.append(cl)
             pending.append(cl)
-        connected = 0
-        for cl in clients:
-            connected += int(cl.wait_line(r"^connected=(\d+)", timeout=600).group(1))
+        got = [0] * P  # connections of client i (to delivery i)
+        for i, cl in enumerate(clients):
+            try:
+                got[i] = int(cl.wait_line(r"^connected=(\d+)",
+                                          timeout=max(1, budget_end - time.time())).group(1))
+            except TimeoutError:
+                cut = True
+        if cut:
+            # What did not finish within --connect-budget is stopped: the run
+            # goes on with the clients that did.
+            late = [cl for i, cl in enumerate(clients) if got[i] == 0]
+            stop_all(late, timeout=10)
+            clients = [cl for i, cl in enumerate(clients) if got[i] > 0]
+            print("connect budget of %.0f s reached: %d client processes of %d finished, the "
+                  "%d still connecting were stopped; load average %s" % (
+                      args.connect_budget, len(clients), P, len(late), loadavg()), flush=True)
+            time.sleep(5)  # their connections close at the servers
+        connected = sum(got)
+        per = got
         connect_s = time.time() - t_conn
         if not args.no_room:
             for cl in clients:
@@ -331,8 +359,8 @@ def main():
                   connected, n, connect_s, joined_s, dbsize(),
                   "+".join(r.cli("DBSIZE") for r in redis), sum(rss0) / 1024.0,
                   sum(rss1) / 1024.0, grow1 * 1024.0 / max(1, connected),
-                  min((b - a) * 1024 // max(1, c) for a, b, c in zip(rss0, rss1, per)),
-                  max((b - a) * 1024 // max(1, c) for a, b, c in zip(rss0, rss1, per)),
+                  min((b - a) * 1024 // c for a, b, c in zip(rss0, rss1, per) if c > 0),
+                  max((b - a) * 1024 // c for a, b, c in zip(rss0, rss1, per) if c > 0),
                   mem_available_mb(), loadavg()), flush=True)
 
         # ---- hold for the heartbeats ----
@@ -373,8 +401,8 @@ def main():
               "to connect); pings %d, pongs sent %d; MemAvailable %d MB" % (
                   args.heartbeat_cycles, wall, sum(rss2) / 1024.0,
                   (sum(rss2) - sum(rss0)) * 1024.0 / max(1, connected),
-                  min((b - a) * 1024 // max(1, c) for a, b, c in zip(rss0, rss2, per)),
-                  max((b - a) * 1024 // max(1, c) for a, b, c in zip(rss0, rss2, per)),
+                  min((b - a) * 1024 // c for a, b, c in zip(rss0, rss2, per) if c > 0),
+                  max((b - a) * 1024 // c for a, b, c in zip(rss0, rss2, per) if c > 0),
                   open_srv, ping_to, closed_cl, failed_cl,
                   sum(s.get("pings", 0) for s in st), sum(s.get("pongs", 0) for s in st),
                   mem_available_mb()), flush=True)
