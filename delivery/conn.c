@@ -535,9 +535,7 @@ void fo__conn_destroy(fo_conn_t *conn) {
   }
   unregister(conn);
   conn->state = FO_CONN_DEAD;
-  conn->prev->next = conn->next;
-  conn->next->prev = conn->prev;
-  conn->prev = conn->next = conn;
+  fo__conn_unqueue(conn);
   uv_close((uv_handle_t *)&conn->tcp, on_close);
 }
 
@@ -573,7 +571,7 @@ static void close_ws(fo_conn_t *conn, uint16_t code, const char *reason, bool dr
   }
   unregister(conn);
   conn->state = FO_CONN_CLOSING;
-  conn->deadline = uv_now(srv->loop) + (uint64_t)srv->cfg->close_timeout_ms;
+  fo__conn_queue(conn, FO_CL_CLOSING, srv->cfg->close_timeout_ms);
   if (drop_queue && conn->out != NULL)
     outq_drop(srv, conn->out, true);
   fo_buf_t *buf = close_frame(code, reason);
@@ -613,8 +611,9 @@ void fo__conn_opened(fo_conn_t *conn, const char *since, size_t slen) {
   srv_pending_done(srv);
   conn->state = FO_CONN_OPEN;
   conn->registered = 1;
-  conn->deadline = uv_now(srv->loop) + (uint64_t)srv->cfg->ping_interval_ms;
+  fo__conn_queue(conn, FO_CL_PING, srv->cfg->ping_interval_ms);
   conn->tokens = (uint16_t)srv->cfg->client_msg_burst;
+  conn->refill_s = (uint16_t)(uv_now(srv->loop) / 1000);
   srv->nopen++;
   (*srv->m.connections)++;
   if (srv->conn_ev.opened != NULL)
@@ -692,26 +691,20 @@ void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n) {
  * messages and protocol pings cost one token each (a ping is cheap to
  * parse, but its pong is a reply like any other; clients ping every few
  * seconds at most). Pongs and close frames are free. The tokens come back
- * from the sweep timer for all connections at once (fo__conn_rate_refill),
- * so a connection holds a 16-bit count and no timestamp. */
-uint32_t fo__conn_rate_refill(fo_server_t *srv, uint64_t now) {
+ * per whole second of uv_now(), added when one is taken and at every ping
+ * (not by a walk over every connection): a 16-bit second count, which the
+ * ping cycle (at most two hours) keeps from wrapping. */
+void fo__conn_refill(fo_conn_t *conn) {
+  fo_server_t *srv = conn->srv;
   uint64_t rate = (uint64_t)srv->cfg->client_msg_rate;
+  uint16_t now_s = (uint16_t)(uv_now(srv->loop) / 1000);
+  uint16_t secs = (uint16_t)(now_s - conn->refill_s);
+  if (rate == 0 || secs == 0)
+    return;
+  conn->refill_s = now_s;
   uint64_t burst = (uint64_t)srv->cfg->client_msg_burst;
-  if (rate == 0 || now <= srv->rate_refill_ms)
-    return 0;
-  uint64_t add = (now - srv->rate_refill_ms) * rate / 1000;
-  if (add >= burst) {
-    srv->rate_refill_ms = now;
-    return (uint32_t)burst;
-  }
-  srv->rate_refill_ms += add * 1000 / rate; /* the fraction carries over */
-  return (uint32_t)add;
-}
-
-void fo__conn_refill(fo_conn_t *conn, uint32_t add) {
-  uint32_t burst = (uint32_t)conn->srv->cfg->client_msg_burst;
-  if (conn->tokens < burst)
-    conn->tokens = (uint16_t)(conn->tokens + add < burst ? conn->tokens + add : burst);
+  uint64_t t = conn->tokens + secs * rate;
+  conn->tokens = (uint16_t)(t < burst ? t : burst);
 }
 
 /* Takes a token; false (and the connection is closing with 1008) when the
@@ -720,6 +713,7 @@ static bool rate_take(fo_conn_t *conn) {
   fo_server_t *srv = conn->srv;
   if (srv->cfg->client_msg_rate == 0)
     return true;
+  fo__conn_refill(conn);
   if (conn->tokens > 0) {
     conn->tokens--;
     return true;
@@ -775,7 +769,7 @@ static int on_ws_msg(void *ud, int opcode, uint8_t *p, size_t n) {
   case FO_WS_OP_PONG:
     if (conn->state == FO_CONN_OPEN && conn->await_pong) {
       conn->await_pong = 0;
-      conn->deadline = uv_now(srv->loop) + (uint64_t)srv->cfg->ping_interval_ms;
+      fo__conn_queue(conn, FO_CL_PING, srv->cfg->ping_interval_ms);
     }
     break;
   case FO_WS_OP_CLOSE:
@@ -868,12 +862,7 @@ static void conn_start(fo_server_t *srv, fo_conn_t *conn) {
   conn->id = ++srv->next_conn_id;
   conn->state = FO_CONN_HANDSHAKE;
   srv->npending++;
-  conn->deadline = uv_now(srv->loop) + (uint64_t)srv->cfg->handshake_timeout_ms;
-  /* link into the server's list */
-  conn->next = srv->conns.next;
-  conn->prev = &srv->conns;
-  srv->conns.next->prev = conn;
-  srv->conns.next = conn;
+  fo__conn_queue(conn, FO_CL_HANDSHAKE, srv->cfg->handshake_timeout_ms);
   (*srv->m.accepted)++;
 }
 

@@ -161,6 +161,23 @@ enum {
   FO_CONN_DEAD,          /* uv_close called */
 };
 
+/* The server keeps its connections in one list per kind of deadline. A
+ * connection is appended with deadline = now + that kind's fixed delay, so
+ * each list stays in deadline order and the sweep (heartbeat.c) looks only
+ * at the due heads: at 19,000 idle connections a walk of all of them twice a
+ * second (a cache miss each) was most of an idle process's own CPU. Open
+ * connections whose token expires within a ping cycle sit on EXPIRING,
+ * which the sweep walks whole. CLOSING is last: a walk over all lists that
+ * closes connections meets them again there. */
+enum {
+  FO_CL_HANDSHAKE, /* HANDSHAKE and HTTP: --handshake-timeout-ms */
+  FO_CL_PING,      /* OPEN, next ping due: --ping-interval-ms */
+  FO_CL_PONG,      /* OPEN, ping sent: --pong-timeout-ms */
+  FO_CL_EXPIRING,  /* OPEN, either of the two, token expiring soon */
+  FO_CL_CLOSING,   /* CLOSING: --close-timeout-ms */
+  FO_CL_N
+};
+
 /* One client connection. Kept small: this is the per-connection memory.
  * Everything that only a busy connection needs (handshake parser, partial
  * input, outbound queue, room list) hangs off a pointer that is NULL while
@@ -168,7 +185,8 @@ enum {
 struct fo_conn {
   uv_tcp_t tcp; /* tcp.data == this conn */
   fo_server_t *srv;
-  fo_conn_t *prev, *next;      /* all connections of the server */
+  fo_conn_t *prev, *next;      /* the server's list of this connection's deadline kind
+                                * (srv->clist, heartbeat.c) */
   fo_conn_t *user_next;        /* next connection of the same user */
   fo_user_t *user;             /* interned, one reference; NULL before auth */
   void *in;                    /* HANDSHAKE: fo_http_parser_t *; OPEN while hold_input: a
@@ -177,7 +195,8 @@ struct fo_conn {
   fo_outq_t *out;              /* NULL when nothing is queued */
   struct fo_conn_rooms *rooms; /* NULL when in no room */
   fo_perm_t *perm;             /* interned rooms claim; NULL = no rooms allowed */
-  uint64_t deadline;           /* uv_now() ms: handshake end, next ping, pong or close deadline */
+  uint64_t deadline;           /* uv_now() ms: handshake end, next ping, pong or close deadline
+                                * (set only by fo__conn_queue, which keeps each list sorted) */
   uint32_t id;                 /* per-process sequence number */
   uint32_t exp_s;              /* token exp in seconds after srv->start_ms / 1000; 0 = none */
   uint8_t state;
@@ -193,10 +212,11 @@ struct fo_conn {
   uint8_t app_ping : 1;    /* heartbeat=1: {"type":"ping"} text frames instead of protocol
                              * pings, answered by {"type":"pong"} (heartbeat.c); a 9th flag
                              * bit: the byte it starts sits in what was padding */
-  uint16_t tokens;         /* client messages left in the rate bucket; refilled by the
-                             * sweep for every connection at once, so no timestamp here
-                             * (it fills padding: 344 bytes with exp_s, one 352-byte
-                             * malloc chunk as before either field) */
+  uint8_t expiring : 1;    /* on FO_CL_EXPIRING: the token expires within a ping cycle */
+  uint16_t tokens;         /* client messages left in the rate bucket */
+  uint16_t refill_s;       /* uv_now() seconds (mod 2^16) up to which tokens were added:
+                             * refilled when taken and at each ping (fo__conn_refill);
+                             * tokens and this fill what was padding */
   int64_t user_floor;      /* stream.c's: user frames at or before this offset of the
                              * user's partition are already covered (welcome/resume) */
   struct fo_cstreams *cs;  /* stream.c's: streams whose position is being worked out;
@@ -230,10 +250,11 @@ struct fo_server {
   size_t rbuf_len;
   bool rbuf_busy;
 
-  fo_conn_t conns;  /* list head (sentinel; only prev/next used) */
-  int64_t nconns;   /* everything accepted and not yet freed */
-  int64_t nopen;    /* WebSocket connections open */
-  int64_t npending; /* accepted, not upgraded yet (HANDSHAKE or HTTP state):
+  fo_conn_t clist[FO_CL_N]; /* the connections by deadline kind (sentinels; only prev/next
+                             * used): see fo__conn_queue */
+  int64_t nconns;           /* everything accepted and not yet freed */
+  int64_t nopen;            /* WebSocket connections open */
+  int64_t npending;         /* accepted, not upgraded yet (HANDSHAKE or HTTP state):
                              * what --max-pending-handshakes caps */
   uint32_t next_conn_id;
   uint64_t start_ms;
@@ -251,7 +272,6 @@ struct fo_server {
                              * a gauge only; not in the water marks, since pausing Kafka
                              * frees none of it (per connection it is capped by the frame
                              * and message limits) */
-  uint64_t rate_refill_ms;    /* uv_now() up to which the rate buckets were refilled */
   fo_log_ratelimit_t rate_rl; /* "rate limit exceeded" lines */
   uv_buf_t *iov;              /* scratch for writes */
   int iov_cap;
@@ -347,11 +367,8 @@ void fo__conn_close_ws(fo_conn_t *conn, uint16_t code, const char *reason);
 void fo__conn_destroy(fo_conn_t *conn);
 /* Flushes every connection with queued output (from the check handle). */
 void fo__server_flush(fo_server_t *srv);
-/* Rate buckets (from the sweep): returns the tokens every connection gets
- * back for the time since the last call (0: none, or no limit), then
- * fo__conn_refill() adds them to one connection. */
-uint32_t fo__conn_rate_refill(fo_server_t *srv, uint64_t now);
-void fo__conn_refill(fo_conn_t *conn, uint32_t add);
+/* Adds the rate tokens conn earned since its last refill (whole seconds). */
+void fo__conn_refill(fo_conn_t *conn);
 /* Writes conn's queue now (one uv_try_write; the rest via uv_write). */
 void fo__conn_flush(fo_conn_t *conn);
 /* Frees the pooled outbound queues (at exit). */
@@ -382,6 +399,18 @@ void fo__frame_free(fo_server_t *srv);
 
 /* ---- heartbeat.c ---- */
 int fo__heartbeat_start(fo_server_t *srv);
+/* Moves conn to the tail of list `kind` (FO_CL_*) with deadline now +
+ * delay_ms; PING and PONG go to EXPIRING instead when the token ends
+ * before the next look. */
+void fo__conn_queue(fo_conn_t *conn, int kind, int64_t delay_ms);
+/* Unlinks conn from its list (idempotent). */
+void fo__conn_unqueue(fo_conn_t *conn);
+/* Every connection, list after list: c = fo__conn_after(srv, NULL) is the
+ * first, NULL the end. A connection closed meanwhile moves to CLOSING, the
+ * last list, and comes once more. */
+fo_conn_t *fo__conn_after(fo_server_t *srv, fo_conn_t *c);
+/* Any connection, or NULL (to destroy them all). */
+fo_conn_t *fo__conn_any(fo_server_t *srv);
 /* A client's {"type":"pong"}: the answer to the app-level ping. */
 void fo__heartbeat_app_pong(fo_conn_t *conn);
 

@@ -25,8 +25,8 @@ void fo__drain_finish(fo_server_t *srv) {
     return;
   srv->stopping = true;
   /* Whatever is left after the deadline goes now. */
-  while (srv->conns.next != &srv->conns)
-    fo__conn_destroy(srv->conns.next);
+  for (fo_conn_t *c; (c = fo__conn_any(srv)) != NULL;)
+    fo__conn_destroy(c);
   fo__listener_stop(srv);
   fo__consumer_free(srv);
   fo__rreg_close(srv);
@@ -77,9 +77,9 @@ void fo__drain_start(fo_server_t *srv) {
   FO_LOG_INFO("server", "draining", "open=%" PRId64, srv->nopen);
   fo__listener_stop(srv);
   uv_timer_start(&srv->drain_timer, on_drain_tick, 20, 20);
-  fo_conn_t *conn = srv->conns.next;
-  while (conn != &srv->conns) {
-    fo_conn_t *next = conn->next;
+  fo_conn_t *conn = fo__conn_any(srv);
+  while (conn != NULL) {
+    fo_conn_t *next = fo__conn_after(srv, conn); /* closing moves conn to the last list */
     if (conn->state == FO_CONN_OPEN)
       fo__conn_close_ws(conn, FO_WS_CLOSE_GOING_AWAY, "server shutting down");
     else if (conn->state != FO_CONN_CLOSING)

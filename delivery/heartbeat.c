@@ -1,7 +1,9 @@
-/* One timer per process sweeps every connection's single deadline: the end
- * of the handshake, the next protocol ping, the pong deadline, or the end
- * of the close handshake; and the expiry of an open connection's token. No
- * uv_timer_t per connection (152 bytes each). */
+/* One timer per process looks at every connection's single deadline when
+ * it comes: the end of the handshake, the next protocol ping, the pong
+ * deadline, or the end of the close handshake; and the expiry of an open
+ * connection's token. No uv_timer_t per connection (152 bytes each), and no
+ * walk over all connections: they are kept in lists sorted by deadline
+ * (FO_CL_* in delivery_int.h). */
 #include <inttypes.h>
 
 #include "delivery_int.h"
@@ -19,50 +21,119 @@ static fo_buf_t *ping_for(const fo_conn_t *conn) {
 void fo__heartbeat_app_pong(fo_conn_t *conn) {
   if (conn->state == FO_CONN_OPEN && conn->await_pong) {
     conn->await_pong = 0;
-    conn->deadline = uv_now(conn->srv->loop) + (uint64_t)conn->srv->cfg->ping_interval_ms;
+    fo__conn_queue(conn, FO_CL_PING, conn->srv->cfg->ping_interval_ms);
+  }
+}
+
+/* ---- the deadline lists (see FO_CL_* in delivery_int.h) ---- */
+
+static bool is_head(const fo_server_t *srv, const fo_conn_t *c) {
+  uintptr_t p = (uintptr_t)c, lo = (uintptr_t)&srv->clist[0], hi = (uintptr_t)&srv->clist[FO_CL_N];
+  return p >= lo && p < hi;
+}
+
+void fo__conn_unqueue(fo_conn_t *conn) {
+  if (conn->prev == NULL)
+    return; /* never queued */
+  conn->prev->next = conn->next;
+  conn->next->prev = conn->prev;
+  conn->prev = conn->next = conn;
+}
+
+/* Seconds since the server started, by the wall clock: token exp is
+ * wall-clock time (seconds since the epoch). */
+static uint32_t wall_rel_s(const fo_server_t *srv) {
+  uint64_t wall_s = fo_now_ms() / 1000, start_s = srv->start_ms / 1000;
+  return wall_s > start_s ? (uint32_t)(wall_s - start_s) : 0;
+}
+
+void fo__conn_queue(fo_conn_t *conn, int kind, int64_t delay_ms) {
+  fo_server_t *srv = conn->srv;
+  conn->deadline = uv_now(srv->loop) + (uint64_t)delay_ms;
+  if (kind == FO_CL_PING || kind == FO_CL_PONG) {
+    if (conn->expiring)
+      return; /* walked whole every sweep: the deadline is all it needs */
+    /* The next look at conn is at the deadline: if the token ends before
+     * it (2 s of slack for the wall clock's steps), every sweep looks. */
+    if (conn->exp_s != 0 &&
+        (uint64_t)conn->exp_s <= wall_rel_s(srv) + (uint64_t)delay_ms / 1000 + 2) {
+      conn->expiring = 1;
+      kind = FO_CL_EXPIRING;
+    }
+  } else {
+    conn->expiring = 0;
+  }
+  fo__conn_unqueue(conn);
+  fo_conn_t *head = &srv->clist[kind];
+  conn->next = head;
+  conn->prev = head->prev;
+  head->prev->next = conn;
+  head->prev = conn;
+}
+
+fo_conn_t *fo__conn_after(fo_server_t *srv, fo_conn_t *c) {
+  c = c == NULL ? srv->clist[0].next : c->next;
+  while (is_head(srv, c)) {
+    size_t kind = (size_t)(c - srv->clist);
+    if (kind + 1 == FO_CL_N)
+      return NULL;
+    c = srv->clist[kind + 1].next;
+  }
+  return c;
+}
+
+fo_conn_t *fo__conn_any(fo_server_t *srv) {
+  return fo__conn_after(srv, NULL);
+}
+
+/* conn's deadline has come. */
+static void due(fo_conn_t *conn) {
+  fo_server_t *srv = conn->srv;
+  switch (conn->state) {
+  case FO_CONN_OPEN:
+    fo__conn_refill(conn); /* at least once a ping cycle: its 16-bit clock never wraps */
+    if (conn->await_pong) {
+      (*srv->m.ping_timeouts)++;
+      FO_LOG_DEBUG("heartbeat", "no pong: closing", "conn=%" PRIu32, conn->id);
+      fo__conn_destroy(conn);
+    } else {
+      conn->await_pong = 1;
+      fo__conn_queue(conn, FO_CL_PONG, srv->cfg->pong_timeout_ms); /* before a send that may
+                                                                    * destroy it */
+      fo__conn_send_now(conn, ping_for(conn));
+    }
+    break;
+  default: /* HANDSHAKE, HTTP, CLOSING: out of time */
+    fo__conn_destroy(conn);
+    break;
   }
 }
 
 static void on_sweep(uv_timer_t *t) {
   fo_server_t *srv = t->data;
-  const fo_dcfg_t *cfg = srv->cfg;
   uint64_t now = uv_now(srv->loop);
-  /* Token expiry is wall-clock time (exp is seconds since the epoch). */
-  uint64_t wall_s = fo_now_ms() / 1000, start_s = srv->start_ms / 1000;
-  uint32_t now_rel_s = wall_s > start_s ? (uint32_t)(wall_s - start_s) : 0;
   if (srv->on_sweep != NULL)
     srv->on_sweep(srv); /* the router's settle hold (wired by server.c) */
-  uint32_t refill = fo__conn_rate_refill(srv, now);
-  fo_conn_t *conn = srv->conns.next;
-  while (conn != &srv->conns) {
-    fo_conn_t *next = conn->next; /* destroy unlinks conn */
-    if (refill != 0)
-      fo__conn_refill(conn, refill);
-    if (conn->state == FO_CONN_OPEN && conn->exp_s != 0 && now_rel_s >= conn->exp_s) {
+  static const int sorted[] = {FO_CL_HANDSHAKE, FO_CL_CLOSING, FO_CL_PONG, FO_CL_PING};
+  for (size_t i = 0; i < sizeof(sorted) / sizeof(sorted[0]); i++) {
+    fo_conn_t *head = &srv->clist[sorted[i]];
+    /* due() takes the head off this list (destroyed, or queued at the tail
+     * of another); the count bounds the loop all the same. */
+    for (int64_t left = srv->nconns; left > 0 && head->next != head && now >= head->next->deadline;
+         left--)
+      due(head->next);
+  }
+  fo_conn_t *head = &srv->clist[FO_CL_EXPIRING];
+  uint32_t now_rel_s = wall_rel_s(srv);
+  fo_conn_t *conn = head->next;
+  while (conn != head) {
+    fo_conn_t *next = conn->next; /* destroy unlinks conn; close moves it to CLOSING */
+    if (conn->state == FO_CONN_OPEN && now_rel_s >= conn->exp_s) {
       (*srv->m.token_expired)++;
       FO_LOG_DEBUG("heartbeat", "token expired: closing", "conn=%" PRIu32, conn->id);
       fo__conn_close_ws(conn, FO_WS_CLOSE_TOKEN_EXPIRED, "token expired");
     } else if (now >= conn->deadline) {
-      switch (conn->state) {
-      case FO_CONN_HANDSHAKE:
-      case FO_CONN_HTTP:
-      case FO_CONN_CLOSING:
-        fo__conn_destroy(conn);
-        break;
-      case FO_CONN_OPEN:
-        if (conn->await_pong) {
-          (*srv->m.ping_timeouts)++;
-          FO_LOG_DEBUG("heartbeat", "no pong: closing", "conn=%" PRIu32, conn->id);
-          fo__conn_destroy(conn);
-        } else {
-          conn->await_pong = 1;
-          conn->deadline = now + (uint64_t)cfg->pong_timeout_ms;
-          fo__conn_send_now(conn, ping_for(conn));
-        }
-        break;
-      default:
-        break;
-      }
+      due(conn); /* stays on this list, or is gone */
     }
     conn = next;
   }

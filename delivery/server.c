@@ -244,7 +244,8 @@ int fo_server_core_init(fo_server_t *srv, uv_loop_t *loop, const fo_dcfg_t *cfg,
   memset(srv, 0, sizeof(*srv));
   srv->loop = loop;
   srv->cfg = cfg;
-  srv->conns.next = srv->conns.prev = &srv->conns;
+  for (int k = 0; k < FO_CL_N; k++)
+    srv->clist[k].next = srv->clist[k].prev = &srv->clist[k];
   srv->on_stopped = on_stopped;
   fo__server_wire(srv);
   srv->start_ms = fo_now_ms();

@@ -205,7 +205,7 @@ void fo__streams_topic(fo_server_t *srv, int kind, const char *cluster_id, int32
   st->epoch[kind] = e;
   st->npartitions[kind] = partitions;
   if (changed && kind == FO_STREAM_USER)
-    for (fo_conn_t *c = srv->conns.next; c != &srv->conns; c = c->next)
+    for (fo_conn_t *c = fo__conn_any(srv); c != NULL; c = fo__conn_after(srv, c))
       c->user_floor = -1; /* offsets of another log: nothing is covered */
 }
 
@@ -661,7 +661,7 @@ void fo__streams_resync(fo_server_t *srv) {
   if (st == NULL || st->closed || st->npartitions[FO_STREAM_USER] == 0)
     return;
   size_t n = 0;
-  for (fo_conn_t *c = srv->conns.next; c != &srv->conns; c = c->next) {
+  for (fo_conn_t *c = fo__conn_any(srv); c != NULL; c = fo__conn_after(srv, c)) {
     if (c->state != FO_CONN_OPEN || c->user == NULL || c->user_floor < 0 || find_user(c) != NULL)
       continue;
     int32_t p =

@@ -144,7 +144,7 @@ void fz_conn_open(fo_server_t *srv, fz_conn_t *fc) {
 }
 
 static bool conn_live(fo_server_t *srv, const fo_conn_t *conn) {
-  for (fo_conn_t *c = srv->conns.next; c != &srv->conns; c = c->next)
+  for (fo_conn_t *c = fo__conn_any(srv); c != NULL; c = fo__conn_after(srv, c))
     if (c == conn)
       return true;
   return false;
@@ -357,8 +357,8 @@ void fz_finish(fo_server_t *srv, fz_conn_t *fcs, size_t nfc) {
     fcs[i].conn = NULL;
   }
   /* Connections the harness lost track of (none expected) go too. */
-  while (srv->conns.next != &srv->conns)
-    fo__conn_destroy(srv->conns.next);
+  for (fo_conn_t *c; (c = fo__conn_any(srv)) != NULL;)
+    fo__conn_destroy(c);
   for (int round = 0; round < 1000 && srv->nconns > 0; round++) {
     fo__server_flush(srv);
     uv_run(srv->loop, UV_RUN_NOWAIT);

@@ -3,16 +3,24 @@
  * its own user's HS256 token, optionally joins --room, answers pings, and
  * counts message frames. Client frames are masked by wslay's frame encoder.
  * Prints machine-readable lines on stdout:
- *   connected=N ms=T      all upgrades done
+ *   connected=N ms=T      all upgrades done (N counts only the upgraded ones)
  *   joined=N ms=T         all joins acknowledged
- *   got=K first_ns=A last_ns=B   every connection has K messages (CLOCK_REALTIME)
- * and exits after --expect messages per connection (or when killed). */
+ *   got=K first_ns=A last_ns=B   every open connection has K messages (CLOCK_REALTIME)
+ *   lat=K n=N q=T0,T1,...,T100   percentiles 0..100 of those K-th arrival times
+ *   stats open=O closed=C failed=F pings=P pongs=Q levels=L1,..  every --stats-ms (0: never)
+ *                        (Lk: connections that have k messages)
+ * and exits after --expect messages per connection (or when killed). A
+ * connection the server closes, or one that fails to connect, is counted
+ * (closed=, failed=) and the rest carry on. --user-offset numbers the users
+ * (bench-user-<offset+i>) so that several client processes use distinct ones. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <signal.h>
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -23,7 +31,7 @@ typedef struct {
   uv_tcp_t tcp;
   uv_connect_t creq;
   int idx;
-  int state;    /* 0 connecting, 1 handshake, 2 open, 3 joined */
+  int state;    /* 0 connecting, 1 handshake, 2 open, 3 joined, 4 gone */
   int welcomed; /* the server's first frame (welcome) came */
   uint32_t msgs;
   uint8_t hdr[14]; /* partial frame header */
@@ -39,6 +47,9 @@ typedef struct {
 static uv_loop_t *loop;
 static lc_conn_t *conns;
 static int nconns, nconnected, njoined, inflight_connects, next_connect;
+static int nclosed, nfailed, user_offset;
+static uint64_t npings, npongs;
+static uint64_t **level_times; /* [k][i]: arrival time of the k-th message, i-th to get it */
 static const char *room;
 static const char *secret;
 static const char *host;
@@ -72,7 +83,7 @@ static void make_token(int i, char *out, size_t outlen) {
   b64url("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", 27, h);
   int n =
       snprintf(claims, sizeof(claims), "{\"sub\":\"bench-user-%d\",\"exp\":%ld,\"rooms\":[\"*\"]}",
-               i, (long)time(NULL) + 86400);
+               user_offset + i, (long)time(NULL) + 86400);
   b64url(claims, (size_t)n, c);
   snprintf(signing, sizeof(signing), "%s.%s", h, c);
   unsigned char md[32];
@@ -109,6 +120,12 @@ static void on_written(uv_write_t *req, int status) {
   free(req);
 }
 
+static void on_pong_written(uv_write_t *req, int status) {
+  if (status == 0)
+    npongs++;
+  free(req);
+}
+
 static void send_frame(lc_conn_t *c, int op, const void *p, size_t n) {
   struct wslay_frame_iocb iocb = {1, 0, (uint8_t)op, n, 1, p, n};
   enclen = 0;
@@ -117,16 +134,50 @@ static void send_frame(lc_conn_t *c, int op, const void *p, size_t n) {
   uv_write_t *req = malloc(sizeof(*req) + enclen);
   memcpy(req + 1, encbuf, enclen);
   uv_buf_t b = uv_buf_init((char *)(req + 1), (unsigned)enclen);
-  uv_write(req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
+  uv_write(req, (uv_stream_t *)&c->tcp, &b, 1, op == 0xA ? on_pong_written : on_written);
 }
 
 /* ---- progress ---- */
 
 static void maybe_done(void) {
-  if (expect > 0 && level_count[expect] == (uint32_t)nconns) {
+  if (expect > 0 && level_count[expect] >= (uint32_t)(nconns - nclosed - nfailed)) {
     fflush(stdout);
     exit(0);
   }
+}
+
+static int cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Every open connection has k messages (or the rest were closed): print
+ * level k once. */
+static void level_check(uint32_t k) {
+  static uint32_t printed; /* levels 1..printed are out */
+  if (k != printed + 1 || level_count[k] == 0 ||
+      level_count[k] < (uint32_t)(nconns - nclosed - nfailed))
+    return;
+  printed = k;
+  printf("got=%u first_ns=%llu last_ns=%llu\n", k, (unsigned long long)level_first[k],
+         (unsigned long long)level_last[k]);
+  uint32_t n = level_count[k];
+  qsort(level_times[k], n, sizeof(uint64_t), cmp_u64);
+  printf("lat=%u n=%u q=", k, n);
+  for (int q = 0; q <= 100; q++)
+    printf("%s%llu", q ? "," : "", (unsigned long long)level_times[k][(uint64_t)(n - 1) * q / 100]);
+  printf("\n");
+  fflush(stdout);
+  maybe_done();
+  if (k < expect)
+    level_check(k + 1);
+}
+
+/* A connection is gone: levels may now be complete without it. */
+static void conn_lost(void) {
+  for (uint32_t k = 1; k <= expect; k++)
+    level_check(k);
+  maybe_done();
 }
 
 static void on_message(lc_conn_t *c) {
@@ -136,7 +187,7 @@ static void on_message(lc_conn_t *c) {
   }
   if (c->state == 2) { /* the join reply */
     c->state = 3;
-    if (++njoined == nconns) {
+    if (++njoined == nconns - nfailed) {
       printf("joined=%d ms=%.1f\n", njoined, (double)(now_ns() - t0) / 1e6);
       fflush(stdout);
     }
@@ -146,15 +197,11 @@ static void on_message(lc_conn_t *c) {
   if (k > expect)
     return;
   uint64_t t = now_ns();
-  if (level_count[k]++ == 0)
+  if (level_count[k] == 0)
     level_first[k] = t;
   level_last[k] = t;
-  if (level_count[k] == (uint32_t)nconns) {
-    printf("got=%u first_ns=%llu last_ns=%llu\n", k, (unsigned long long)level_first[k],
-           (unsigned long long)level_last[k]);
-    fflush(stdout);
-    maybe_done();
-  }
+  level_times[k][level_count[k]++] = t;
+  level_check(k);
 }
 
 /* Minimal frame reader: counts data frames, answers pings. */
@@ -170,9 +217,10 @@ static void consume(lc_conn_t *c, const uint8_t *p, size_t n) {
       p += k;
       n -= k;
       if (c->left == 0) {
-        if (c->op == 0x9)
+        if (c->op == 0x9) {
+          npings++;
           send_frame(c, 0xA, c->ctl, c->ctl_len);
-        else if (c->op == 0x1)
+        } else if (c->op == 0x1)
           on_message(c);
         c->hlen = 0;
       }
@@ -198,9 +246,10 @@ static void consume(lc_conn_t *c, const uint8_t *p, size_t n) {
     c->ctl_len = 0;
     c->left = len;
     if (len == 0) {
-      if (c->op == 0x9)
+      if (c->op == 0x9) {
+        npings++;
         send_frame(c, 0xA, "", 0);
-      else if (c->op == 0x1)
+      } else if (c->op == 0x1)
         on_message(c);
       c->hlen = 0;
     }
@@ -214,12 +263,32 @@ static void on_alloc(uv_handle_t *h, size_t s, uv_buf_t *b) {
 
 static void start_more(void);
 
+static void print_connected(void) {
+  if (nconnected + nfailed == nconns) {
+    printf("connected=%d ms=%.1f\n", nconnected, (double)(now_ns() - t0) / 1e6);
+    fflush(stdout);
+  }
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
   lc_conn_t *c = s->data;
   if (nread < 0) {
-    fprintf(stderr, "conn %d closed: %s (state %d, msgs %u)\n", c->idx, uv_strerror((int)nread),
-            c->state, c->msgs);
-    exit(1);
+    if (nclosed + nfailed < 20)
+      fprintf(stderr, "conn %d closed: %s (state %d, msgs %u)\n", c->idx, uv_strerror((int)nread),
+              c->state, c->msgs);
+    uv_read_stop(s);
+    uv_close((uv_handle_t *)s, NULL);
+    if (c->state == 1) { /* no 101 yet: a failed connect */
+      nfailed++;
+      inflight_connects--;
+      print_connected();
+      start_more();
+    } else {
+      nclosed++;
+    }
+    c->state = 4;
+    conn_lost();
+    return;
   }
   const uint8_t *p = (const uint8_t *)b->base;
   size_t n = (size_t)nread;
@@ -240,10 +309,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     n -= used;
     c->state = 2;
     inflight_connects--;
-    if (++nconnected == nconns) {
-      printf("connected=%d ms=%.1f\n", nconnected, (double)(now_ns() - t0) / 1e6);
-      fflush(stdout);
-    }
+    nconnected++;
+    print_connected();
     if (room != NULL) {
       char j[300];
       int jl = snprintf(j, sizeof(j), "{\"type\":\"join\",\"room\":\"%s\"}", room);
@@ -259,8 +326,16 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
 static void on_connect(uv_connect_t *req, int status) {
   lc_conn_t *c = req->data;
   if (status < 0) {
-    fprintf(stderr, "connect %d: %s\n", c->idx, uv_strerror(status));
-    exit(1);
+    if (nfailed < 20)
+      fprintf(stderr, "connect %d: %s\n", c->idx, uv_strerror(status));
+    uv_close((uv_handle_t *)&c->tcp, NULL);
+    c->state = 4;
+    nfailed++;
+    inflight_connects--;
+    print_connected();
+    conn_lost();
+    start_more();
+    return;
   }
   char tok[1000], reqbuf[1400];
   make_token(c->idx, tok, sizeof(tok));
@@ -313,8 +388,19 @@ static void start_more(void) {
   }
 }
 
+static void on_stats(uv_timer_t *t) {
+  (void)t;
+  printf("stats open=%d closed=%d failed=%d pings=%llu pongs=%llu levels=", nconnected - nclosed,
+         nclosed, nfailed, (unsigned long long)npings, (unsigned long long)npongs);
+  for (uint32_t k = 1; k <= expect; k++)
+    printf("%s%u", k > 1 ? "," : "", level_count[k]);
+  printf("\n");
+  fflush(stdout);
+}
+
 int main(int argc, char **argv) {
   const char *addr = NULL;
+  int stats_ms = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (strcmp(argv[i], "--addr") == 0)
       addr = argv[i + 1];
@@ -326,9 +412,15 @@ int main(int argc, char **argv) {
       secret = argv[i + 1];
     else if (strcmp(argv[i], "--expect") == 0)
       expect = (uint32_t)atoi(argv[i + 1]);
+    else if (strcmp(argv[i], "--user-offset") == 0)
+      user_offset = atoi(argv[i + 1]);
+    else if (strcmp(argv[i], "--stats-ms") == 0)
+      stats_ms = atoi(argv[i + 1]);
   }
   if (addr == NULL || nconns <= 0 || secret == NULL) {
-    fprintf(stderr, "usage: %s --addr HOST:PORT --conns N --secret S [--room R] [--expect K]\n",
+    fprintf(stderr,
+            "usage: %s --addr HOST:PORT --conns N --secret S [--room R] [--expect K]\n"
+            "       [--user-offset U] [--stats-ms MS]\n",
             argv[0]);
     return 2;
   }
@@ -343,7 +435,16 @@ int main(int argc, char **argv) {
   level_count = calloc(expect + 2, sizeof(*level_count));
   level_first = calloc(expect + 2, sizeof(*level_first));
   level_last = calloc(expect + 2, sizeof(*level_last));
+  level_times = calloc(expect + 2, sizeof(*level_times));
+  for (uint32_t k = 1; k <= expect; k++)
+    level_times[k] = calloc((size_t)nconns, sizeof(uint64_t));
+  signal(SIGPIPE, SIG_IGN);
   loop = uv_default_loop();
+  uv_timer_t stats;
+  if (stats_ms > 0) {
+    uv_timer_init(loop, &stats);
+    uv_timer_start(&stats, on_stats, (uint64_t)stats_ms, (uint64_t)stats_ms);
+  }
   t0 = now_ns();
   start_more();
   return uv_run(loop, UV_RUN_DEFAULT);

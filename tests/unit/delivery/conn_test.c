@@ -66,8 +66,8 @@ static int teardown(void **state) {
   /* What the server's check handle does every loop turn (core init starts
    * no handle): queues marked for writing are written or recycled. */
   fo__server_flush(&f->srv);
-  while (f->srv.conns.next != &f->srv.conns)
-    fo__conn_destroy(f->srv.conns.next);
+  for (fo_conn_t *c; (c = fo__conn_any(&f->srv)) != NULL;)
+    fo__conn_destroy(c);
   uv_run(&f->loop, UV_RUN_NOWAIT); /* close callbacks free the connection */
   fo__server_flush(&f->srv);
   assert_int_equal(f->srv.nconns, 0);
@@ -228,6 +228,69 @@ static void slow_client_queue_dropped(void **state) {
   free(p);
 }
 
+/* The deadline lists (heartbeat.c): an open connection waits on PING; one
+ * whose token ends within the ping cycle on EXPIRING (walked by every sweep);
+ * a closing one on CLOSING; each list in deadline order; a walk over all of
+ * them meets every connection once. */
+static bool on_list(fo_server_t *srv, int kind, const fo_conn_t *conn) {
+  for (fo_conn_t *c = srv->clist[kind].next; c != &srv->clist[kind]; c = c->next)
+    if (c == conn)
+      return true;
+  return false;
+}
+
+static void deadline_lists(void **state) {
+  fixture_t *f = *state;
+  fo_server_t *srv = &f->srv;
+  assert_true(on_list(srv, FO_CL_PING, f->conn));
+  int sv[2];
+  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
+  fo_conn_t *b;
+  assert_int_equal(fo__conn_adopt(srv, sv[0], false, &b), 0);
+  assert_true(on_list(srv, FO_CL_HANDSHAKE, b));
+  b->exp_s = 5; /* token ends 5 s after the server's start: within a 30 s ping cycle */
+  fo__conn_opened(b, NULL, 0);
+  assert_true(on_list(srv, FO_CL_EXPIRING, b));
+  assert_true(b->expiring);
+  /* pong, next ping: still looked at every sweep */
+  fo__conn_queue(b, FO_CL_PONG, srv->cfg->pong_timeout_ms);
+  assert_true(on_list(srv, FO_CL_EXPIRING, b));
+  /* sorted: a later deadline goes after an earlier one */
+  uv_update_time(&f->loop);
+  fo__conn_queue(f->conn, FO_CL_PING, 1000);
+  assert_true(srv->clist[FO_CL_PING].prev == f->conn);
+  int n = 0;
+  for (fo_conn_t *c = fo__conn_any(srv); c != NULL; c = fo__conn_after(srv, c))
+    n++;
+  assert_int_equal(n, 2);
+  fo__conn_close_ws(b, 1000, NULL);
+  assert_true(on_list(srv, FO_CL_CLOSING, b));
+  assert_false(b->expiring);
+  assert_false(on_list(srv, FO_CL_EXPIRING, b));
+  fo__conn_destroy(b);
+  assert_false(on_list(srv, FO_CL_CLOSING, b));
+  close(sv[1]);
+}
+
+/* Rate tokens come back per whole second since the last refill, capped at
+ * the burst, without any walk over connections. */
+static void rate_tokens_refill(void **state) {
+  fixture_t *f = *state;
+  fo_conn_t *c = f->conn;
+  uint16_t now_s = (uint16_t)(uv_now(&f->loop) / 1000);
+  c->tokens = 0;
+  c->refill_s = now_s;
+  fo__conn_refill(c);
+  assert_int_equal(c->tokens, 0); /* no time has passed */
+  c->refill_s = (uint16_t)(now_s - 2);
+  fo__conn_refill(c);
+  assert_int_equal(c->tokens, 2 * f->cfg.client_msg_rate); /* 40 of a burst of 100 */
+  assert_int_equal(c->refill_s, now_s);
+  c->refill_s = (uint16_t)(now_s - 60);
+  fo__conn_refill(c);
+  assert_int_equal(c->tokens, f->cfg.client_msg_burst);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(real_cost_charged, setup, teardown),
@@ -236,6 +299,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(reply_before_protocol_close, setup, teardown),
       cmocka_unit_test_setup_teardown(partial_writes, setup, teardown),
       cmocka_unit_test_setup_teardown(slow_client_queue_dropped, setup, teardown),
+      cmocka_unit_test_setup_teardown(deadline_lists, setup, teardown),
+      cmocka_unit_test_setup_teardown(rate_tokens_refill, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,470 @@
+#!/usr/bin/python3
+"""Scale benchmark: many delivery processes, many connections (prints figures;
+not a pass/fail test). See README.md here for the figures and commands.
+
+Starts R redis-server nodes (every process gets --redis A,B,...), a broker
+(the embedded fanout-kafka-dev, or with --apache the real Apache Kafka of
+deploy/local/apache-kafka), P fanout-delivery processes, each on its own port
+of 127.0.0.1 (separate ports, not --reuseport: the kernel's reuseport hash
+spreads connections only roughly evenly, and a process must stay under the
+20,000 files this machine allows it), and one fanout-bench-wsclient process
+per delivery process with N/P connections (distinct users, all in one room
+unless --no-room). Then:
+
+1. RSS growth per connection of the delivery processes right after connect
+   (sum of growth / N);
+2. holds the connections for --heartbeat-cycles ping intervals with the
+   default heartbeats (ping 30 s, pong timeout 10 s) and prints bytes per
+   connection again, connections closed by the servers (metrics: open
+   connections and ping timeouts; clients: closed/failed, pongs sent), and
+   the CPU of all delivery processes together, of the broker and of Redis
+   over that hold (% of one core, utime+stime from /proc/PID/stat);
+3. --broadcasts room broadcasts to everyone: delivered (lost must be 0),
+   frames/s (delivered / producer start -> last arrival) and p50/p99 latency
+   (producer start -> arrival; merged from each client's percentiles).
+
+Every phase is bounded in time (--time-limit for the whole run); every
+process started is stopped by its PID at the end, also on failure.
+
+usage: bench_scale.py [--conns 64000] [--procs 4] [--redis-nodes 2] [--apache]
+       [--heartbeat-cycles 2] [--broadcasts 3] [--tune-sysctl] [--build DIR]
+"""
+
+import argparse
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "lib"))
+
+SECRET = "bench-secret-0123456789abcdef-0123456789"
+MAX_PER_PROC = 19000  # this machine allows 20,000 files a process
+PING_MS = 30000  # the defaults of fanout-delivery (not passed: they are the defaults)
+PONG_MS = 10000
+
+
+def loadavg():
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+def cpu_s(pid):
+    """utime + stime of pid (all its threads), in seconds; 0 when gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid):
+    """pid and its direct children (the Kafka script's JVM)."""
+    total = cpu_s(pid)
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            total += sum(cpu_s(int(c)) for c in f.read().split())
+    except OSError:
+        pass
+    return total
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def mem_available_mb():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+# ---- sysctls (only with --tune-sysctl; restored at the end) ----
+
+def sysctl_path(name):
+    return "/proc/sys/" + name.replace(".", "/")
+
+
+def tune_sysctls(n):
+    """Raises what n connections (2n loopback sockets) need; returns
+    [(name, old)] to restore. Prints every change."""
+    # A broadcast leaves one small skb (~2 KiB truesize) in each client socket until it is read:
+    # pressure from n/2 pages (2 KiB a connection), the hard limit at twice that.
+    pages = max(1, n // 2)
+    want = [
+        ("fs.file-max", 2 * n + 200000),
+        ("net.core.somaxconn", 65535),
+        ("net.ipv4.tcp_max_syn_backlog", 65535),
+        ("net.ipv4.tcp_mem", (pages, pages * 2, pages * 4)),
+        ("net.netfilter.nf_conntrack_max", n + 200000),
+        ("net.netfilter.nf_conntrack_buckets", min(1 << 20, max(65536, n // 4))),
+    ]
+    changed = []
+    for name, val in want:
+        path = sysctl_path(name)
+        if not os.path.exists(path):
+            print("sysctl %s: not present, skipped" % name)
+            continue
+        old = open(path).read().split()
+        oldv = [int(x) for x in old]
+        newv = list(val) if isinstance(val, tuple) else [val]
+        if all(o >= w for o, w in zip(oldv, newv)):
+            print("sysctl %s = %s (enough, unchanged)" % (name, " ".join(old)))
+            continue
+        newv = [max(o, w) for o, w in zip(oldv, newv)]
+        try:
+            with open(path, "w") as f:
+                f.write(" ".join(str(x) for x in newv))
+        except OSError as e:
+            print("sysctl %s: could not set (%s)" % (name, e))
+            continue
+        changed.append((name, " ".join(old)))
+        print("sysctl %s: %s -> %s" % (name, " ".join(old), open(path).read().strip()))
+    return changed
+
+
+def restore_sysctls(changed):
+    for name, old in reversed(changed):
+        try:
+            with open(sysctl_path(name), "w") as f:
+                f.write(old)
+            print("sysctl %s restored to %s" % (name, old))
+        except OSError as e:
+            print("sysctl %s: could not restore (%s)" % (name, e))
+
+
+# ---- processes ----
+
+def stop_all(procs, timeout=30.0):
+    """SIGTERM to every one (by PID) at once, then SIGKILL to what is left."""
+    procs = [p for p in procs if p is not None]
+    for p in procs:
+        try:
+            if p.alive():
+                os.kill(p.pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.time() + timeout
+    for p in procs:
+        try:
+            p.p.wait(max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            pass
+    for p in procs:
+        p.stop(timeout=5)  # SIGKILL if still alive; reaps; joins the reader
+
+
+def last_stats(cl):
+    """The client's latest "stats ..." line as a dict (ints; levels a list)."""
+    with cl.cond:
+        for line in reversed(cl.lines):
+            if line.startswith("stats "):
+                out = {}
+                for kv in line.split()[1:]:
+                    k, _, v = kv.partition("=")
+                    out[k] = [int(x) for x in v.split(",") if x] if k == "levels" else int(v)
+                return out
+    return None
+
+
+def weighted_quantile(points, q):
+    """points: [(value, weight)]; the value below which a share q of the
+    weight lies."""
+    points = sorted(points)
+    total = sum(w for _, w in points)
+    acc = 0.0
+    for v, w in points:
+        acc += w
+        if acc >= q * total:
+            return v
+    return points[-1][0] if points else float("nan")
+
+
+class Deadline(Exception):
+    pass
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--conns", type=int, default=64000)
+    ap.add_argument("--procs", type=int, default=4, help="fanout-delivery processes")
+    ap.add_argument("--redis-nodes", type=int, default=2)
+    ap.add_argument("--apache", action="store_true", help="the real Apache Kafka")
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--no-room", action="store_true",
+                    help="connections join no room (then no broadcast)")
+    ap.add_argument("--heartbeat-cycles", type=float, default=2)
+    ap.add_argument("--broadcasts", type=int, default=3)
+    ap.add_argument("--baseline-seconds", type=float, default=10,
+                    help="CPU of the delivery processes with no connections, before connecting")
+    ap.add_argument("--connect-budget", type=float, default=1200,
+                    help="seconds for connecting: client processes not done by then are "
+                         "stopped and the run goes on with the connections made")
+    ap.add_argument("--connect-parallel", type=int, default=2,
+                    help="client processes connecting at the same time")
+    ap.add_argument("--delivery-args", default="", help="more fanout-delivery flags")
+    ap.add_argument("--tune-sysctl", action="store_true",
+                    help="raise fs.file-max, somaxconn, tcp_mem, conntrack as needed (printed, "
+                         "restored at the end)")
+    ap.add_argument("--time-limit", type=float, default=1800, help="seconds for the whole run")
+    ap.add_argument("--perf-seconds", type=float, default=0,
+                    help="perf record -g one delivery process for this long during the hold")
+    ap.add_argument("--build", default=os.environ.get("FANOUT_BUILD_DIR"))
+    args = ap.parse_args()
+    if args.build:
+        os.environ["FANOUT_BUILD_DIR"] = os.path.abspath(args.build)
+    import shlex
+    import fanout_test as ft
+
+    n, P = args.conns, args.procs
+    per = [n // P + (1 if i < n % P else 0) for i in range(P)]
+    if max(per) > MAX_PER_PROC:
+        sys.exit("%d connections over %d processes is %d a process: more than %d" %
+                 (n, P, max(per), MAX_PER_PROC))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 20000 if hard == resource.RLIM_INFINITY else min(20000, hard)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # inherited by every child
+    print("ulimit -n %d (hard %s) for every process; %d connections over %d delivery processes "
+          "(%s each), %d client processes, %d Redis nodes, broker %s; load average %s" %
+          (want, hard, n, P, "-".join(sorted({str(x) for x in per})), P, args.redis_nodes,
+           "apache-kafka" if args.apache else "fanout-kafka-dev", loadavg()), flush=True)
+
+    def on_alarm(_s, _f):
+        raise Deadline("time limit of %.0f s reached" % args.time_limit)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(int(args.time_limit))
+
+    changed, redis, kafka, dels, clients = [], [], None, [], []
+    try:
+        if args.tune_sysctl:
+            changed = tune_sysctls(n)
+        t_run = time.time()
+        redis = [ft.Redis() for _ in range(args.redis_nodes)]
+        raddrs = ",".join(r.addr for r in redis)
+        kafka = (ft.ApacheKafka(partitions=args.partitions) if args.apache
+                 else ft.KafkaDev(partitions=args.partitions))
+        dbin = ft.find_binary("fanout-delivery")
+        for i in range(P):
+            dels.append(ft.Proc("scale-delivery-%d" % i, [
+                dbin, "--listen", "127.0.0.1:0", "--redis", raddrs, "--kafka", kafka.bootstrap,
+                "--server-id", "scale-%d" % i, "--jwt-secret", SECRET, "--log-level", "warn",
+                "--max-connections", str(MAX_PER_PROC), *shlex.split(args.delivery_args)]))
+        for d in dels:
+            d.addr = d.wait_line(r"^listening=(\S+)", timeout=60).group(1)
+
+        def assigned(d):
+            try:
+                return ft.metrics(d.addr, timeout=20).get("fanout_delivery_assigned_partitions", 0)
+            except OSError:
+                return 0
+        # Every process holds every rooms partition; the users partitions are shared.
+        try:
+            ft.eventually(lambda: all(assigned(d) >= args.partitions for d in dels), timeout=180,
+                          interval=1, what="rooms partitions assigned everywhere")
+            ft.eventually(lambda: sum(assigned(d) for d in dels) >= args.partitions * (P + 1),
+                          timeout=120, interval=1, what="users partitions assigned")
+        except TimeoutError as e:
+            print("warning: %s" % e, flush=True)
+        time.sleep(2)
+        print("started %d delivery processes in %.0f s; load average %s" %
+              (P, time.time() - t_run, loadavg()), flush=True)
+
+        # ---- baseline: idle with no connections ----
+        if args.baseline_seconds > 0:
+            c0 = sum(cpu_s(d.pid) for d in dels)
+            k0, t0 = tree_cpu_s(kafka.proc.pid), time.time()
+            time.sleep(args.baseline_seconds)
+            wall = time.time() - t0
+            print("no connections, over %.0f s: all delivery processes %.2f %% of a core "
+                  "(%.2f %% each), broker %.2f %%; load average %s" % (
+                      wall, 100 * (sum(cpu_s(d.pid) for d in dels) - c0) / wall,
+                      100 * (sum(cpu_s(d.pid) for d in dels) - c0) / wall / P,
+                      100 * (tree_cpu_s(kafka.proc.pid) - k0) / wall, loadavg()), flush=True)
+
+        # ---- connect ----
+        rss0 = [rss_kb(d.pid) for d in dels]
+        cbin = ft.find_binary("fanout-bench-wsclient")
+        t_conn = time.time()
+        offset = 0
+        expect = 0 if args.no_room else args.broadcasts
+        pending = []
+        budget_end = t_conn + args.connect_budget
+        cut = False
+        for i, d in enumerate(dels):
+            while len(pending) >= args.connect_parallel and not cut:
+                try:
+                    pending[0].wait_line(r"^connected=", timeout=max(1, budget_end - time.time()))
+                    pending.pop(0)
+                except TimeoutError:
+                    cut = True
+            if cut:
+                break
+            argv = [cbin, "--addr", d.addr, "--conns", str(per[i]), "--secret", SECRET,
+                    "--user-offset", str(offset), "--stats-ms", "5000", "--expect", str(expect)]
+            if not args.no_room:
+                argv += ["--room", "bench"]
+            offset += per[i]
+            cl = ft.Proc("scale-client-%d" % i, argv)
+            clients.append(cl)
+            pending.append(cl)
+        got = [0] * P  # connections of client i (to delivery i)
+        for i, cl in enumerate(clients):
+            try:
+                got[i] = int(cl.wait_line(r"^connected=(\d+)",
+                                          timeout=max(1, budget_end - time.time())).group(1))
+            except TimeoutError:
+                cut = True
+        if cut:
+            # What did not finish within --connect-budget is stopped: the run
+            # goes on with the clients that did.
+            late = [cl for i, cl in enumerate(clients) if got[i] == 0]
+            stop_all(late, timeout=10)
+            clients = [cl for i, cl in enumerate(clients) if got[i] > 0]
+            print("connect budget of %.0f s reached: %d client processes of %d finished, the "
+                  "%d still connecting were stopped; load average %s" % (
+                      args.connect_budget, len(clients), P, len(late), loadavg()), flush=True)
+            time.sleep(5)  # their connections close at the servers
+        connected = sum(got)
+        per = got
+        connect_s = time.time() - t_conn
+        if not args.no_room:
+            for cl in clients:
+                cl.wait_line(r"^joined=", timeout=300)
+        joined_s = time.time() - t_conn
+
+        def dbsize():
+            return sum(int(r.cli("DBSIZE") or 0) for r in redis)
+        try:
+            ft.eventually(lambda: dbsize() >= connected, timeout=300, interval=1,
+                          what="every user registered in Redis")
+        except TimeoutError as e:
+            print("warning: %s (%d keys)" % (e, dbsize()), flush=True)
+        time.sleep(3)
+        rss1 = [rss_kb(d.pid) for d in dels]
+        grow1 = sum(rss1) - sum(rss0)
+        print("connected %d of %d in %.1f s (joined the room by %.1f s); Redis keys %d "
+              "(%s); delivery RSS %.1f MB -> %.1f MB: %.0f bytes per connection right after "
+              "connect (per process %d-%d B); MemAvailable %d MB; load average %s" % (
+                  connected, n, connect_s, joined_s, dbsize(),
+                  "+".join(r.cli("DBSIZE") for r in redis), sum(rss0) / 1024.0,
+                  sum(rss1) / 1024.0, grow1 * 1024.0 / max(1, connected),
+                  min((b - a) * 1024 // c for a, b, c in zip(rss0, rss1, per) if c > 0),
+                  max((b - a) * 1024 // c for a, b, c in zip(rss0, rss1, per) if c > 0),
+                  mem_available_mb(), loadavg()), flush=True)
+
+        # ---- hold for the heartbeats ----
+        hold = args.heartbeat_cycles * PING_MS / 1000.0 + PONG_MS / 1000.0 + 2
+        c0 = sum(cpu_s(d.pid) for d in dels)
+        k0 = tree_cpu_s(kafka.proc.pid)
+        r0 = sum(cpu_s(r.proc.pid) for r in redis)
+        l0 = sum(cpu_s(c.pid) for c in clients)
+        t0 = time.time()
+        perf = None
+        if args.perf_seconds > 0:
+            perf_out = os.path.join(ft.STATE_DIR, "scale-perf.data")
+            perf = ft.Proc("scale-perf", ["perf", "record", "-g", "-o", perf_out, "-p",
+                                          str(dels[0].pid), "--", "sleep",
+                                          str(args.perf_seconds)])
+        print("holding %.0f s (%.1f ping intervals of %d ms, pong timeout %d ms)" %
+              (hold, args.heartbeat_cycles, PING_MS, PONG_MS), flush=True)
+        time.sleep(hold)
+        wall = time.time() - t0
+        dcpu = sum(cpu_s(d.pid) for d in dels) - c0
+        kcpu = tree_cpu_s(kafka.proc.pid) - k0
+        rcpu = sum(cpu_s(r.proc.pid) for r in redis) - r0
+        lcpu = sum(cpu_s(c.pid) for c in clients) - l0
+        if perf is not None:
+            perf.wait_exit(60)
+            print("perf data of delivery process 0 (pid %d): %s" % (dels[0].pid, perf_out))
+        rss2 = [rss_kb(d.pid) for d in dels]
+        ms = [ft.metrics(d.addr, timeout=30) for d in dels]
+        open_srv = sum(m.get("fanout_delivery_connections", 0) for m in ms)
+        ping_to = sum(m.get("fanout_delivery_ping_timeouts_total", 0) for m in ms)
+        time.sleep(5.5)  # a fresh stats line from every client
+        st = [last_stats(c) or {} for c in clients]
+        closed_cl = sum(s.get("closed", 0) for s in st)
+        failed_cl = sum(s.get("failed", 0) for s in st)
+        print("after %.1f heartbeat cycles (%.0f s): delivery RSS %.1f MB: %.0f bytes per "
+              "connection (per process %d-%d B); open at the servers %d; closed by the "
+              "servers: %d for a missing pong (metrics), %d seen by the clients (%d failed "
+              "to connect); pings %d, pongs sent %d; MemAvailable %d MB" % (
+                  args.heartbeat_cycles, wall, sum(rss2) / 1024.0,
+                  (sum(rss2) - sum(rss0)) * 1024.0 / max(1, connected),
+                  min((b - a) * 1024 // c for a, b, c in zip(rss0, rss2, per) if c > 0),
+                  max((b - a) * 1024 // c for a, b, c in zip(rss0, rss2, per) if c > 0),
+                  open_srv, ping_to, closed_cl, failed_cl,
+                  sum(s.get("pings", 0) for s in st), sum(s.get("pongs", 0) for s in st),
+                  mem_available_mb()), flush=True)
+        print("CPU over the hold (%.0f s, connections idle but for the heartbeats): all %d "
+              "delivery processes %.2f %% of a core (%.2f %% each), broker %.2f %%, Redis "
+              "%.2f %%, clients %.2f %%; load average %s" % (
+                  wall, P, 100 * dcpu / wall, 100 * dcpu / wall / P, 100 * kcpu / wall,
+                  100 * rcpu / wall, 100 * lcpu / wall, loadavg()), flush=True)
+
+        # ---- broadcasts ----
+        produce = ft.find_binary("fanout-test-produce")
+        for b in range(1, expect + 1):
+            st = [last_stats(c) or {} for c in clients]
+            want_n = sum(s.get("open", 0) for s in st)
+            payload = ('{"b":%d,"p":"%s"}' % (b, "x" * 48)).encode()
+            line = "fanout.rooms broadcast bench application/json %s\n" % payload.hex()
+            c0 = sum(cpu_s(d.pid) for d in dels)
+            t_start = time.time_ns()
+            subprocess.run([produce, kafka.bootstrap], input=line, text=True, check=True,
+                           capture_output=True, timeout=60)
+            points, delivered, last, timed_out = [], 0, 0, 0
+            for cl in clients:
+                try:
+                    m = cl.wait_line(r"^lat=%d n=(\d+) q=(\S+)" % b, timeout=120)
+                except (TimeoutError, RuntimeError):
+                    timed_out += 1
+                    s = last_stats(cl) or {}
+                    lv = s.get("levels", [])
+                    delivered += lv[b - 1] if len(lv) >= b else 0
+                    continue
+                k = int(m.group(1))
+                qs = [int(x) for x in m.group(2).split(",")]
+                delivered += k
+                last = max(last, qs[-1])
+                points += [((v - t_start) / 1e6, k / len(qs)) for v in qs]
+            dcpu = sum(cpu_s(d.pid) for d in dels) - c0
+            span = (last - t_start) / 1e9 if last else float("nan")
+            print("broadcast %d: delivered %d of %d open (lost %d%s); producer start -> last "
+                  "arrival %.3f s: %.0f frames/s; latency p50 %.1f ms, p99 %.1f ms, max %.1f ms; "
+                  "delivery CPU %.2f s (%.2f us a frame); load average %s" % (
+                      b, delivered, want_n, want_n - delivered,
+                      ", %d clients timed out" % timed_out if timed_out else "", span,
+                      delivered / span if span == span and span > 0 else float("nan"),
+                      weighted_quantile(points, 0.5), weighted_quantile(points, 0.99),
+                      max(p[0] for p in points) if points else float("nan"), dcpu,
+                      dcpu * 1e6 / max(1, delivered), loadavg()), flush=True)
+            time.sleep(1)
+        print("total run %.0f s" % (time.time() - t_run), flush=True)
+    except Deadline as e:
+        print("stopped: %s" % e, flush=True)
+    finally:
+        signal.alarm(0)
+        t = time.time()
+        stop_all(clients, timeout=10)
+        stop_all(dels, timeout=30)
+        stop_all([kafka.proc] if kafka else [], timeout=30)
+        if kafka is not None and getattr(kafka.proc, "group", False):
+            ft._killpg(kafka.proc.pid)  # the JVM, by the script's process group id
+        stop_all([r.proc for r in redis], timeout=10)
+        print("stopped every process in %.0f s" % (time.time() - t), flush=True)
+        restore_sysctls(changed)
+
+
+if __name__ == "__main__":
+    main()
