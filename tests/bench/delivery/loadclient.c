@@ -6,8 +6,11 @@
  *   connected=N ms=T      all upgrades done
  *   joined=N ms=T         all joins acknowledged
  *   got=K first_ns=A last_ns=B   every connection has K messages (CLOCK_REALTIME)
+ *   total=M conns_short=S   on SIGUSR1: messages counted over all connections,
+ *                           connections with fewer than --expect (what is lost)
  * and exits after --expect messages per connection (or when killed). */
 #include <errno.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,6 +105,19 @@ static int enc_mask(uint8_t *buf, size_t len, void *ud) {
   for (size_t i = 0; i < len; i++)
     buf[i] = (uint8_t)rand();
   return 0;
+}
+
+/* SIGUSR1: a bench that stopped waiting asks how much arrived. */
+static void on_usr1(uv_signal_t *h, int sig) {
+  (void)h, (void)sig;
+  uint64_t total = 0;
+  int short_conns = 0;
+  for (int i = 0; i < nconns; i++) {
+    total += conns[i].msgs;
+    short_conns += conns[i].msgs < expect;
+  }
+  printf("total=%llu conns_short=%d\n", (unsigned long long)total, short_conns);
+  fflush(stdout);
 }
 
 static void on_written(uv_write_t *req, int status) {
@@ -344,6 +360,10 @@ int main(int argc, char **argv) {
   level_first = calloc(expect + 2, sizeof(*level_first));
   level_last = calloc(expect + 2, sizeof(*level_last));
   loop = uv_default_loop();
+  static uv_signal_t usr1;
+  uv_signal_init(loop, &usr1);
+  uv_signal_start(&usr1, on_usr1, SIGUSR1);
+  uv_unref((uv_handle_t *)&usr1);
   t0 = now_ns();
   start_more();
   return uv_run(loop, UV_RUN_DEFAULT);
