@@ -48,7 +48,7 @@ def proc_cpu_s(pid, tid=None):
 
 
 def metrics(addr):
-    with urllib.request.urlopen("http://%s/metrics" % addr, timeout=10) as r:
+    with urllib.request.urlopen("http://%s/metrics" % addr, timeout=60) as r:
         out = {}
         for line in r.read().decode().splitlines():
             if line and not line.startswith("#"):
@@ -155,7 +155,7 @@ def main():
                 am["fanout_delivery_routing_backlog_bytes"] == 0):
             a_done = time.time()
             break
-        time.sleep(0.01)
+        time.sleep(0.05)
     acpu1, aloop1 = proc_cpu_s(a.pid), proc_cpu_s(a.pid, a.pid)
     if perf is not None:
         perf.send_signal(signal.SIGINT)
