@@ -189,7 +189,6 @@ void fo__router_free(fo_server_t *srv) {
       m->pub = NULL;
       if (m->issued || m->waiting > 0)
         m->router = NULL; /* the (last) reply callback (with NULL) frees it */
-
       else
         free(m);
     }
