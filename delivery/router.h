@@ -33,6 +33,9 @@ void fo__router_room_pubsub(fo_server_t *srv, const char *room, size_t rlen, con
                             size_t n);
 /* Redis node `node` came back: resend what waits. */
 void fo__router_redis_up(fo_server_t *srv, uint32_t node);
+/* End of a loop turn (the server's check handle): sends the user routes of
+ * the turn as one script call (one Redis node). */
+void fo__router_flush(fo_server_t *srv);
 /* From the sweep timer: sends user routes held while the registry settles. */
 void fo__router_tick(fo_server_t *srv);
 size_t fo__router_inflight(fo_server_t *srv);

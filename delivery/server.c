@@ -108,6 +108,7 @@ static void on_pause(void *ud, bool pause) {
 
 static void on_check(uv_check_t *h) {
   fo_server_t *srv = h->data;
+  fo__router_flush(srv);
   fo__rreg_flush(srv);
   fo__streams_after_flush(srv); /* a barrier behind the registrations just sent */
   fo__server_flush(srv);

@@ -9,11 +9,14 @@
  *   lat=K n=N q=T0,T1,...,T100   percentiles 0..100 of those K-th arrival times
  *   stats open=O closed=C failed=F pings=P pongs=Q levels=L1,..  every --stats-ms (0: never)
  *                        (Lk: connections that have k messages)
+ *   total=M conns_short=S   on SIGUSR1: messages counted over all connections,
+ *                           connections with fewer than --expect (what is lost)
  * and exits after --expect messages per connection (or when killed). A
  * connection the server closes, or one that fails to connect, is counted
  * (closed=, failed=) and the rest carry on. --user-offset numbers the users
  * (bench-user-<offset+i>) so that several client processes use distinct ones. */
 #include <errno.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,6 +116,19 @@ static int enc_mask(uint8_t *buf, size_t len, void *ud) {
   for (size_t i = 0; i < len; i++)
     buf[i] = (uint8_t)rand();
   return 0;
+}
+
+/* SIGUSR1: a bench that stopped waiting asks how much arrived. */
+static void on_usr1(uv_signal_t *h, int sig) {
+  (void)h, (void)sig;
+  uint64_t total = 0;
+  int short_conns = 0;
+  for (int i = 0; i < nconns; i++) {
+    total += conns[i].msgs;
+    short_conns += conns[i].msgs < expect;
+  }
+  printf("total=%llu conns_short=%d\n", (unsigned long long)total, short_conns);
+  fflush(stdout);
 }
 
 static void on_written(uv_write_t *req, int status) {
@@ -445,6 +461,10 @@ int main(int argc, char **argv) {
     uv_timer_init(loop, &stats);
     uv_timer_start(&stats, on_stats, (uint64_t)stats_ms, (uint64_t)stats_ms);
   }
+  static uv_signal_t usr1;
+  uv_signal_init(loop, &usr1);
+  uv_signal_start(&usr1, on_usr1, SIGUSR1);
+  uv_unref((uv_handle_t *)&usr1);
   t0 = now_ns();
   start_more();
   return uv_run(loop, UV_RUN_DEFAULT);

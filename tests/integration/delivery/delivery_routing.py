@@ -107,6 +107,45 @@ def test_dead_server_entries_are_skipped_and_cleaned():
     c.close()
 
 
+def script_calls():
+    """EVAL + EVALSHA calls Redis served so far."""
+    calls = 0
+    for line in S.redis.cli("INFO", "commandstats").splitlines():
+        if line.startswith(("cmdstat_eval:", "cmdstat_evalsha:")):
+            calls += int(line.split("calls=", 1)[1].split(",", 1)[0])
+    return calls
+
+
+def test_batched_routes_survive_a_script_flush():
+    """The routes of a loop turn share one script call; when Redis has lost
+    the script (SCRIPT FLUSH, a restart) the whole call is sent again with
+    EVAL, and every message still arrives once, in order."""
+    users = ["batch%d" % i for i in range(12)]
+    clients = {u: WsClient(B.addr, token=dtest.token(u)) for u in users}
+    ft.eventually(lambda: all(S.redis.cli("HLEN", "ws:connections:" + u) == "1" for u in users),
+                  what="registered")
+    S.redis.cli("SCRIPT", "FLUSH")
+    calls0 = script_calls()
+    pub0 = dtest.metrics(A)["fanout_delivery_published_total"]
+    n = 12
+    S.produce(["fanout.users send %s application/json %s\n" %
+               (u, json.dumps({"i": i}).encode().hex()) for i in range(n) for u in users])
+    for u, c in clients.items():
+        got = [c.recv(timeout=15) for _ in range(n)]
+        assert [m["data"]["i"] for m in got] == list(range(n)), (u, got)
+    # once each: a marker per user (same partition, after the twelve) comes next
+    S.produce(["fanout.users send %s application/json %s\n" %
+               (u, json.dumps({"i": "marker"}).encode().hex()) for u in users])
+    for c in clients.values():
+        c.expect_next(lambda m: m["data"]["i"] == "marker", "the marker")
+    routed = dtest.metrics(A)["fanout_delivery_published_total"] - pub0
+    assert routed > 0
+    # Fewer script calls than routed messages: they were batched.
+    assert script_calls() - calls0 < routed, (script_calls() - calls0, routed)
+    for c in clients.values():
+        c.close()
+
+
 def test_liveness_keys():
     assert S.redis.cli("GET", "ws:alive:A") == "A"
     ttl = int(S.redis.cli("PTTL", "ws:alive:B"))
