@@ -110,7 +110,7 @@ def test_closes_are_spread_and_nothing_is_lost():
     async def go():
         ready = set()
         tasks = [asyncio.ensure_future(run_client(c, A, B, ready)) for c in clients]
-        deadline = time.time() + ft.scaled(30)
+        deadline = time.time() + ft.scaled(90)
         while len(ready) < N:
             assert time.time() < deadline, "joined on A: %d of %d" % (len(ready), N)
             for t in tasks:
@@ -140,7 +140,7 @@ def test_closes_are_spread_and_nothing_is_lost():
             r += 1
             await asyncio.sleep(0.25)
         await asyncio.wait_for(sampler, ft.scaled(10))
-        deadline = time.time() + ft.scaled(30)
+        deadline = time.time() + ft.scaled(90)
         while not all(c.resumed for c in clients):
             assert time.time() < deadline, "resumed on B: %d of %d" % (
                 sum(c.resumed for c in clients), N)
@@ -153,7 +153,7 @@ def test_closes_are_spread_and_nothing_is_lost():
 
         def complete(c):
             return len(c.got_user) > last and len(c.got_room) > last
-        deadline = time.time() + ft.scaled(30)
+        deadline = time.time() + ft.scaled(90)
         while not all(complete(c) for c in clients):
             if time.time() > deadline:
                 break
@@ -164,7 +164,7 @@ def test_closes_are_spread_and_nothing_is_lost():
         await asyncio.gather(*tasks, return_exceptions=True)
         return t_term, last, alive_samples
 
-    t_term, last, alive_samples = dtest.run_async(go(), timeout=120)
+    t_term, last, alive_samples = dtest.run_async(go(), timeout=300)
     assert A.wait_exit(ft.scaled(15)) == 0
 
     closes = sorted(c.closed_at - t_term for c in clients)
@@ -190,7 +190,7 @@ def test_closes_are_spread_and_nothing_is_lost():
     ms, by_drain = (int(x) for x in line.groups())
     ft.log("A: last close %d ms after SIGTERM, %d closed by the drain" % (ms, by_drain))
     assert by_drain == N, by_drain
-    assert SPREAD_MS * 0.9 <= ms <= SPREAD_MS + ft.scaled(1000), ms
+    assert SPREAD_MS * 0.9 <= ms <= SPREAD_MS + ft.scaled(3000), ms
 
     # Nothing lost, nothing twice: rounds 0..last of the user stream and the room.
     for c in clients:
