@@ -68,6 +68,9 @@ static void close_due(fo_server_t *srv) {
     return;
   int64_t due = fo__drain_due(srv->drain_total, uv_now(srv->loop) - srv->drain_started,
                               srv->cfg->drain_spread_ms, srv->cfg->drain_min_batch);
+  if (srv->drain_closed < due)
+    FO_LOG_DEBUG("server", "drain: batch", "ms=%" PRIu64 " closed=%" PRId64 " due=%" PRId64,
+                 uv_now(srv->loop) - srv->drain_started, srv->drain_closed, due);
   fo_conn_t *conn = srv->conns.prev;
   while (srv->drain_closed < due && conn != &srv->conns) {
     fo_conn_t *prev = conn->prev;
@@ -127,6 +130,7 @@ void fo__drain_start(fo_server_t *srv) {
   if (srv->draining)
     return;
   srv->draining = true;
+  uv_update_time(srv->loop); /* the loop's clock is from before this turn's callbacks */
   srv->drain_started = uv_now(srv->loop);
   fo__listener_stop(srv);
   uv_timer_start(&srv->drain_timer, on_drain_tick, 20, 20);
