@@ -50,6 +50,7 @@ typedef struct {
   const char *topic;         /* cfg's */
   int64_t *next_off;         /* per partition: next offset to consume, -1 unknown */
   int32_t nparts;
+  bool close_started;
   bool closed;
   bool revoke_pending;
   int rq;      /* router queue (FO_RQ_*) of its offsets */
@@ -746,32 +747,45 @@ void fo__consumer_collect(fo_server_t *srv) {
   *srv->m.assigned_partitions = assigned;
 }
 
+/* Starts one consumer's close (a grouped one leaves its group). */
+static void close_kc(fo_kc_t *kc) {
+  if (kc->close_started)
+    return;
+  kc->close_started = true;
+  if (kc->kcon != NULL) {
+    if (fo_kafka_consumer_close_start(kc->kcon) != 0)
+      kc->closed = true;
+    return;
+  }
+  if (kc->rk == NULL)
+    return;
+  rd_kafka_error_t *e = rd_kafka_consumer_close_queue(kc->rk, kc->q);
+  if (e != NULL) {
+    FO_LOG_WARN("consumer", "close failed", "err=\"%s\"", rd_kafka_error_string(e));
+    rd_kafka_error_destroy(e);
+    kc->closed = true;
+  } else if (rd_kafka_consumer_closed(kc->rk)) {
+    kc->closed = true;
+  } else {
+    fo_kafka_uv_kick(kc->kuv);
+  }
+}
+
 void fo__consumer_drain(fo_server_t *srv) {
   fo_consumer_t *c = srv->consumer;
   if (c == NULL || c->draining)
     return;
   c->draining = true;
   uv_timer_stop(&c->meta_timer);
-  for (int i_ = 0; i_ < 2; i_++) {
-    fo_kc_t *kc = i_ == 0 ? &c->users : &c->rooms;
-    if (kc->kcon != NULL) {
-      if (fo_kafka_consumer_close_start(kc->kcon) != 0)
-        kc->closed = true;
-      continue;
-    }
-    if (kc->rk == NULL)
-      continue;
-    rd_kafka_error_t *e = rd_kafka_consumer_close_queue(kc->rk, kc->q);
-    if (e != NULL) {
-      FO_LOG_WARN("consumer", "close failed", "err=\"%s\"", rd_kafka_error_string(e));
-      rd_kafka_error_destroy(e);
-      kc->closed = true;
-    } else if (rd_kafka_consumer_closed(kc->rk)) {
-      kc->closed = true;
-    } else {
-      fo_kafka_uv_kick(kc->kuv);
-    }
-  }
+  close_kc(&c->users);
+  if (c->rooms.kcon != NULL)
+    close_kc(&c->rooms); /* grouped (room mode redis): another server takes its partitions */
+}
+
+void fo__consumer_drain_rooms(fo_server_t *srv) {
+  fo_consumer_t *c = srv->consumer;
+  if (c != NULL)
+    close_kc(&c->rooms);
 }
 
 /* Called by the router when messages were released (revoke may finish). */

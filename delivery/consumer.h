@@ -7,8 +7,13 @@
 
 int fo__consumer_new(fo_server_t *srv, char *err, size_t errlen);
 void fo__consumer_pause(fo_server_t *srv, bool pause);
-/* Starts the consumer close (leaving the group); cb-less: check _closed. */
+/* Drain: starts the close of the grouped consumers (users; rooms in room
+ * mode redis), so the other servers take their partitions over; cb-less:
+ * check _closed. */
 void fo__consumer_drain(fo_server_t *srv);
+/* Drain, after the last connection closed: also the rooms consumer of room
+ * mode kafka (every server reads the whole topic for its own members). */
+void fo__consumer_drain_rooms(fo_server_t *srv);
 bool fo__consumer_closed(fo_server_t *srv);
 /* Closes the consumer's loop handles. */
 void fo__consumer_free(fo_server_t *srv);

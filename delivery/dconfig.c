@@ -91,6 +91,14 @@ const fo_cfg_field_t fo_dcfg_fields[] = {
       "consumes it once and PUBLISHes to ws:room:{room}, servers subscribe per joined room"),
     F("drain-timeout-ms", FO_CFG_INT, drain_timeout_ms, 100, 600000, "10000",
       "SIGTERM: exit at the latest after this"),
+    F("drain-spread-ms", FO_CFG_INT, drain_spread_ms, 0, 600000, "5000",
+      "SIGTERM: close the open connections (1001) in batches every 50 ms spread over this "
+      "time, oldest first, so their clients do not all reconnect elsewhere at once; open "
+      "connections keep receiving until their batch (0: all at once). Must leave "
+      "--close-timeout-ms within --drain-timeout-ms (else cut to fit, with a warning)"),
+    F("drain-min-batch", FO_CFG_INT, drain_min_batch, 1, 10000000, "100",
+      "SIGTERM: close at least this many connections per batch (a server holding few "
+      "connections closes them at once)"),
     F("registry-refresh-ms", FO_CFG_INT, registry_refresh_ms, 100, 150000, "60000",
       "heartbeat pass re-sending every local registry entry with a fresh 300 s TTL"),
     F("alive-ttl-ms", FO_CFG_INT, alive_ttl_ms, 300, 600000, "10000",
@@ -190,6 +198,19 @@ int fo_dcfg_finalize(void *p, char *err, size_t errlen) {
     snprintf(err, errlen, "registry-refresh-ms=%lld must be at most half the 300 s TTL",
              (long long)cfg->registry_refresh_ms);
     return -EINVAL;
+  }
+  /* The last batch's clients get --close-timeout-ms to answer its 1001
+   * before the deadline. Cut rather than refused: a short drain timeout
+   * (tests, a laptop) should not need a second flag. */
+  int64_t spread_max = cfg->drain_timeout_ms - cfg->close_timeout_ms;
+  if (spread_max < 0)
+    spread_max = 0;
+  if (cfg->drain_spread_ms > spread_max) {
+    FO_LOG_WARN("config", "drain-spread-ms cut to fit drain-timeout-ms",
+                "drain_spread_ms=%lld used=%lld drain_timeout_ms=%lld close_timeout_ms=%lld",
+                (long long)cfg->drain_spread_ms, (long long)spread_max,
+                (long long)cfg->drain_timeout_ms, (long long)cfg->close_timeout_ms);
+    cfg->drain_spread_ms = spread_max;
   }
   if (cfg->server_id == NULL) {
     char host[256] = "delivery";

@@ -90,6 +90,8 @@ typedef struct {
   char *room_mode;  /* the flag's text; room_mode_id is what code reads */
   int room_mode_id; /* FO_ROOM_MODE_*, set by fo_dcfg_finalize */
   int64_t drain_timeout_ms;
+  int64_t drain_spread_ms; /* drain.c: the 1001 closes are spread over this */
+  int64_t drain_min_batch; /* ... in batches of at least this many */
   int64_t registry_refresh_ms;
   int64_t alive_ttl_ms;
   bool reuseport;
@@ -338,6 +340,9 @@ struct fo_server {
 
   /* drain.c's state (drain.c writes it; others read draining/stopping) */
   uint64_t drain_started;
+  int64_t drain_total;                  /* drain: connections open at its start (to close) */
+  int64_t drain_closed;                 /* ... of which the drain has sent 1001 so far */
+  bool drain_closes_done;               /* ... all of them: the liveness key is gone */
   bool barrier_asked;                   /* drain: a PING was sent after the last HDEL */
   bool redis_flushed;                   /* drain: ... and answered (or Redis is down) */
   void (*on_stopped)(fo_server_t *srv); /* server.c: closes its own handles at the end */
@@ -430,5 +435,11 @@ void fo__drain_start(fo_server_t *srv);
 void fo__drain_poll(fo_server_t *srv);
 /* Ends now: closes what is left (second signal, deadline). */
 void fo__drain_finish(fo_server_t *srv);
+/* The drain's close schedule: the 1001 closes go out in batches every
+ * FO_DRAIN_BATCH_MS; how many of total connections should have been closed
+ * elapsed_ms after the drain started (total once the batches are done, at
+ * the latest (spread_ms / FO_DRAIN_BATCH_MS - 1) batches after the first). */
+#define FO_DRAIN_BATCH_MS 50
+int64_t fo__drain_due(int64_t total, uint64_t elapsed_ms, int64_t spread_ms, int64_t min_batch);
 
 #endif

@@ -93,6 +93,7 @@ struct fo_rreg {
   bool retry_pass;          /* a registration was refused: pass at retry_timer */
   hdel_t *hdels;            /* HDELs to resend (owned); hdels_n of them */
   uint32_t hdels_n;
+  bool draining; /* fo__rreg_drain ran: no liveness key, no more passes */
   bool sub_ready;
   bool sub_was_ready; /* our channel was subscribed once: a new SUBSCRIBE is a return */
   bool resync_due;    /* ... after which Pub/Sub may have lost messages (maybe_resync) */
@@ -185,7 +186,7 @@ static void on_retry(uv_timer_t *t);
 
 /* Something failed: retry soon, later each time it keeps failing. */
 static void retry_later(fo_rreg_t *rr) {
-  if (rr->srv->draining || uv_is_active((uv_handle_t *)&rr->retry_timer))
+  if (rr->draining || uv_is_active((uv_handle_t *)&rr->retry_timer))
     return;
   uint64_t max = (uint64_t)rr->srv->cfg->registry_refresh_ms;
   if (rr->retry_ms == 0)
@@ -365,7 +366,7 @@ static void on_alive_refreshed(fo_redis_t *r, redisReply *reply, void *privdata)
     (*srv->m.redis_errors)++;
     return;
   }
-  if (reply->type != REDIS_REPLY_INTEGER || reply->integer != 0 || srv->draining ||
+  if (reply->type != REDIS_REPLY_INTEGER || reply->integer != 0 || rr->draining ||
       !fo_redis_connected(rr->cmd))
     return;
   FO_LOG_WARN("registry", "liveness key had expired: re-registering", "server=%s",
@@ -377,7 +378,7 @@ static void on_alive_refreshed(fo_redis_t *r, redisReply *reply, void *privdata)
 static void on_alive(uv_timer_t *t) {
   fo_rreg_t *rr = t->data;
   fo_server_t *srv = rr->srv;
-  if (!fo_redis_connected(rr->cmd) || srv->draining)
+  if (!fo_redis_connected(rr->cmd) || rr->draining)
     return;
   fo_sb_t k;
   fo_sb_init(&k);
@@ -390,7 +391,7 @@ static void on_alive(uv_timer_t *t) {
 
 static void on_refresh(uv_timer_t *t) {
   fo_rreg_t *rr = t->data;
-  if (!rr->srv->draining)
+  if (!rr->draining)
     start_pass(rr);
 }
 
@@ -400,9 +401,7 @@ static void on_cmd_state(fo_redis_t *r, bool connected, void *ud) {
   fo_rreg_t *rr = n->rr;
   fo_server_t *srv = rr->srv;
   update_up(rr);
-  if (!connected)
-    return;
-  if (srv->draining)
+  if (!connected || rr->draining)
     return;
   if (n->idx == rr->self) {
     set_alive(rr);
@@ -802,11 +801,16 @@ int fo__rreg_new(fo_server_t *srv) {
   return 0;
 }
 
-/* Drain: remove our liveness key (entries go with each connection's close). */
+/* Drain, once the last connection got its close: remove our liveness key
+ * (entries went with each connection's close). Until then the key, the
+ * passes and the retries go on as before: the other servers' routing
+ * script publishes only to a server whose key exists, and the connections
+ * still open here are served while the drain spreads their closes. */
 void fo__rreg_drain(fo_server_t *srv) {
   fo_rreg_t *rr = srv->rreg;
-  if (rr == NULL)
+  if (rr == NULL || rr->draining)
     return;
+  rr->draining = true;
   uv_timer_stop(&rr->alive_timer);
   uv_timer_stop(&rr->refresh_timer);
   for (uint32_t i = 0; i < rr->nnodes; i++)

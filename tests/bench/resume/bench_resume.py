@@ -12,6 +12,11 @@ Starts redis-server, fanout-kafka-dev and fanout-delivery servers, then:
    and joined with recovered:true), refused resumes, lost messages (goal 0),
    duplicates, and resumes per second per server core (resumes divided by
    the CPU seconds B and C used in that time; their live traffic is in it).
+   A drains with --drain-spread-ms (the server's default, 5 s, unless given;
+   0: every 1001 at once); also printed: A's drain (last close, exit code),
+   when the clients saw their closes, and the reconnect storm on B and C
+   (peak resume attempts and completed resumes per second, upgrades refused
+   over --max-pending-handshakes). The issue 11 figure is --conns 15000.
 2. resumed connect vs plain connect: one server (it owns every partition:
    the gap is served from its memory window); for --latency-samples users,
    time from connect() to the welcome frame, plain and with since= (5
@@ -22,7 +27,7 @@ Starts redis-server, fanout-kafka-dev and fanout-delivery servers, then:
    once the window is full, per partition; scaled to the default 120 s.
 
 usage: bench_resume.py [--build DIR] [--conns 10000] [--workers 4] [--rooms 100]
-                       [--phases mass,latency,window]
+                       [--phases mass,latency,window] [--drain-spread-ms MS]
 The rooms default (100 rooms of 100 members) keeps the clients' frames at
 ~5,000/s; --rooms 1 puts all 10,000 in one room (500,000 frames/s at 50/s).
 """
@@ -105,6 +110,8 @@ class Client(asyncio.Protocol):
         self.resumed_welcome = self.resumed_join = None
         self.refused = 0
         self.closed_codes = []
+        self.t_close = None      # wall time of the first close frame (A's 1001)
+        self.t_attempts = []     # wall times of the resume attempts (connect() calls)
         self.want_reconnect = True
         self.is_joined = False
         self.status = None
@@ -119,6 +126,8 @@ class Client(asyncio.Protocol):
                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (
                         path, addr, base64.b64encode(os.urandom(16)).decode())).encode()
         self.resuming = resume and since is not None
+        if resume:
+            self.t_attempts.append(time.time())
         self.resumed_welcome = self.resumed_join = None
         self.buf = b""
         self.open = False
@@ -171,6 +180,8 @@ class Client(asyncio.Protocol):
             elif op == 8:
                 code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
                 self.closed_codes.append(code)
+                if self.t_close is None:
+                    self.t_close = time.time()
                 self.tr.write(mask_frame(0x8, payload[:2]))
                 self.tr.close()
         self.buf = b[off:]
@@ -280,7 +291,8 @@ class Worker:
             line = (await reader.readline()).decode().strip()
             if not line or line == "report":
                 out = {"clients": [[c.user, c.room, c.seq_user, c.seq_room, c.conns, c.refused,
-                                    c.t_resumed, c.closed_codes] for c in self.clients],
+                                    c.t_resumed, c.closed_codes, c.t_close, c.t_attempts]
+                                   for c in self.clients],
                        "refusals": {k.decode(): v for k, v in self.refusals.items()}}
                 sys.stdout.write(json.dumps(out) + "\n")
                 sys.stdout.flush()
@@ -355,10 +367,27 @@ def delivery(ft, redis, kafka, sid, extra=()):
         "--drain-timeout-ms", "10000", *extra])
 
 
+def peak_per_s(ts, t0, width=1.0):
+    """The most timestamps in one window of `width` seconds (windows from t0),
+    as a rate per second."""
+    bins = {}
+    for t in ts:
+        k = int((t - t0) // width)
+        bins[k] = bins.get(k, 0) + 1
+    return max(bins.values()) / width if bins else 0
+
+
 def mass(ft, a):
     redis = ft.Redis()
     kafka = ft.KafkaDev(partitions=a.partitions)
-    A = delivery(ft, redis, kafka, "A")
+    load0 = os.getloadavg()
+    a_extra = ["--log-level", "info"]  # its drain lines
+    if a.drain_spread_ms is not None:
+        # A drain timeout that never cuts the spread (dconfig.c: spread +
+        # close timeout must fit).
+        a_extra += ["--drain-spread-ms", str(a.drain_spread_ms),
+                    "--drain-timeout-ms", str(max(10000, a.drain_spread_ms + 10000))]
+    A = delivery(ft, redis, kafka, "A", a_extra)
     B = delivery(ft, redis, kafka, "B")
     C = delivery(ft, redis, kafka, "C")
 
@@ -410,6 +439,8 @@ def mass(ft, a):
     # every client resumed: B's and C's connection gauges reach conns
     metric_failures = []
 
+    progress = {"next": time.time() + 10, "n": 0}
+
     def resumed():
         try:
             n = sum(ft.metrics(pr.addr, timeout=10).get("fanout_delivery_connections", 0)
@@ -417,8 +448,17 @@ def mass(ft, a):
         except OSError as e:  # http.client errors included
             metric_failures.append("%.1f s: %r" % (time.time() - t_term, e))
             return False
+        progress["n"] = n
+        if time.time() >= progress["next"]:
+            progress["next"] += 10
+            print("  %.0f s after SIGTERM: %d connections on B+C" % (time.time() - t_term, n),
+                  flush=True)
         return n >= a.conns
-    ft.eventually(resumed, timeout=300, interval=0.2, what="every client on B or C")
+    # Bounded: a storm that does not settle is reported (not resumed, and
+    # the messages those clients lack), not waited for forever.
+    storm_deadline = time.time() + a.storm_timeout
+    while not resumed() and time.time() < storm_deadline:
+        time.sleep(0.2)
     cpu1 = proc_cpu(B.pid) + proc_cpu(C.pid)
     t_all_conn = time.time()
     time.sleep(3)  # live traffic after the storm
@@ -442,9 +482,15 @@ def mass(ft, a):
         for k, v in rep["refusals"].items():
             refusals[k] = refusals.get(k, 0) + v
         w.wait(30)
-    lost = dups = refused = not_resumed = 0
+    lost = dups = refused = not_resumed = lost_unresumed = 0
     t_last = 0
-    for user, room, su, sr, conns, ref, t_res, codes in results:
+    t_closes, t_resumes, t_attempts = [], [], []
+    for user, room, su, sr, conns, ref, t_res, codes, t_cl, t_att in results:
+        if t_cl is not None:
+            t_closes.append(t_cl)
+        if t_res is not None:
+            t_resumes.append(t_res)
+        t_attempts += t_att
         refused += ref
         if conns < 2 or t_res is None:
             not_resumed += 1
@@ -452,25 +498,51 @@ def mass(ft, a):
             t_last = max(t_last, t_res)
         for got, n in ((su, sent_u.get(user, 0)), (sr, sent_r.get(room, 0))):
             dups += len(got) - len(set(got))
-            lost += len(set(range(n)) - set(got))
+            missing = len(set(range(n)) - set(got))
+            lost += missing
+            if conns < 2 or t_res is None:
+                lost_unresumed += missing
     m = {name: ft.metrics(pr.addr) for name, pr in (("B", B), ("C", C))}
     resumes = a.conns - not_resumed
+    a_exit = A.wait_exit(60)
+    with open(A.logpath) as f:
+        a_log = f.read()
+    import re
+    a_closed = re.search(r'msg="drain: every connection closed" ms=(\d+)', a_log)
+    a_drained = re.search(r'msg="drained" ms=(\d+)', a_log)
+    a_spread = re.search(r'msg="draining" open=(\d+) spread_ms=(\d+) batch=(\d+)', a_log)
     print("mass resume: %d clients, %d user msgs/s + %d room msgs/s (%d rooms of %d), "
           "%d messages owed in all" % (a.conns, a.user_rate, a.room_rate, a.rooms,
                                        a.conns // a.rooms, expected))
+    print("  A's drain: %s; last 1001 sent %s ms after SIGTERM, drained (exit) after %s ms, "
+          "exit code %s" % (
+              "open=%s spread_ms=%s batch=%s" % a_spread.groups() if a_spread else "?",
+              a_closed.group(1) if a_closed else "?", a_drained.group(1) if a_drained else "?",
+              a_exit))
+    if t_closes:
+        print("  closes seen by the clients: first %.2f s, last %.2f s after SIGTERM; "
+              "peak %.0f closes/s" % (min(t_closes) - t_term, max(t_closes) - t_term,
+                                      peak_per_s(t_closes, t_term)))
+    print("  reconnect storm on B+C: peak %.0f resume attempts/s (%d attempts for %d clients), "
+          "peak %.0f resumes completed/s (1 s windows), peak %.0f/s in 100 ms windows" % (
+              peak_per_s(t_attempts, t_term), len(t_attempts), a.conns,
+              peak_per_s(t_resumes, t_term), peak_per_s(t_resumes, t_term, 0.1)))
     print("  all resumed %.2f s after SIGTERM (every client connected to B/C after %.2f s); "
           "not resumed %d, refused (recovered:false) %d" % (
               t_last - t_term, t_all_conn - t_term, not_resumed, refused))
     if metric_failures:
         print("  GET /metrics on B/C failed during the storm: %s" % metric_failures)
-    print("  lost %d, duplicates %d; upgrades refused in all (status: count) %s" % (
-        lost, dups, refusals))
+    print("  lost %d (%d of them owed to clients not resumed when the storm timed out after "
+          "%d s), duplicates %d; upgrades refused in all (status: count) %s" % (
+              lost, lost_unresumed, a.storm_timeout, dups, refusals))
     print("  B/C: upgrades closed at accept (over --max-pending-handshakes, %d here): %s" % (
         3000, {k: int(v.get("fanout_delivery_rejected_pending_total", 0)) for k, v in m.items()}))
     print("  resumes per CPU-second of B+C: %.0f (%d resumes, %.2f CPU s, wall %.2f s)" % (
         resumes / max(cpu1 - cpu0, 1e-3), resumes, cpu1 - cpu0, t_last - t_term))
     for sid, mm in m.items():
         print("  %s: %s" % (sid, {k: v for k, v in mm.items() if "resume" in k}))
+    print("  load average before / after: %s / %s (2 cores, shared)" % (
+        "%.2f %.2f %.2f" % load0, "%.2f %.2f %.2f" % os.getloadavg()))
     for pr in (A, B, C):
         pr.stop()
     kafka.stop()
@@ -656,6 +728,10 @@ def main():
     ap.add_argument("--build", default=os.environ.get("FANOUT_BUILD_DIR"))
     ap.add_argument("--phases", default="mass,latency,window")
     ap.add_argument("--conns", type=int, default=10000)
+    ap.add_argument("--storm-timeout", type=int, default=300,
+                    help="seconds to wait for every client to be back on B or C")
+    ap.add_argument("--drain-spread-ms", type=int, default=None,
+                    help="passed to A (default: the server's, 5000); 0: every close at once")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--rooms", type=int, default=100)
     ap.add_argument("--partitions", type=int, default=4)
