@@ -93,7 +93,7 @@ const fo_cfg_field_t fo_dcfg_fields[] = {
       "SIGTERM: exit at the latest after this"),
     F("drain-spread-ms", FO_CFG_INT, drain_spread_ms, 0, 600000, "5000",
       "SIGTERM: close the open connections (1001) in batches every 50 ms spread over this "
-      "time, oldest first, so their clients do not all reconnect elsewhere at once; open "
+      "time, longest quiet first, so their clients do not all reconnect elsewhere at once; open "
       "connections keep receiving until their batch (0: all at once). Must leave "
       "--close-timeout-ms within --drain-timeout-ms (else cut to fit, with a warning)"),
     F("drain-min-batch", FO_CFG_INT, drain_min_batch, 1, 10000000, "100",

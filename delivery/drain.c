@@ -8,7 +8,7 @@
  *      the other servers take the partitions over and route the messages
  *      of users still connected here to us over Redis Pub/Sub;
  *   2. the open connections get their 1001 close in batches every
- *      FO_DRAIN_BATCH_MS spread over --drain-spread-ms, oldest first
+ *      FO_DRAIN_BATCH_MS spread over --drain-spread-ms, longest quiet first
  *      (fo__drain_due), so their clients do not all reconnect elsewhere in
  *      the same second. Until its batch a connection is served as before:
  *      the liveness key and registry entries are kept fresh (the other
@@ -61,8 +61,10 @@ int64_t fo__drain_due(int64_t total, uint64_t elapsed_ms, int64_t spread_ms, int
   return due < total ? due : total;
 }
 
-/* Step 2: the 1001s due by now, oldest connection first (the list is newest
- * first: conn.c inserts at the head), then what goes after the last one. */
+/* Step 2: the 1001s due by now, then what goes after the last one. Open
+ * connections are walked in heartbeat-deadline order (FO_CL_PING first:
+ * the longest quiet go first); closing ones sit on the last list, so each
+ * batch visits only the connections it closes. */
 static void close_due(fo_server_t *srv) {
   if (srv->drain_closes_done)
     return;
@@ -71,14 +73,14 @@ static void close_due(fo_server_t *srv) {
   if (srv->drain_closed < due)
     FO_LOG_DEBUG("server", "drain: batch", "ms=%" PRIu64 " closed=%" PRId64 " due=%" PRId64,
                  uv_now(srv->loop) - srv->drain_started, srv->drain_closed, due);
-  fo_conn_t *conn = srv->conns.prev;
-  while (srv->drain_closed < due && conn != &srv->conns) {
-    fo_conn_t *prev = conn->prev;
+  fo_conn_t *conn = fo__conn_any(srv);
+  while (srv->drain_closed < due && conn != NULL) {
+    fo_conn_t *next = fo__conn_after(srv, conn); /* closing moves conn to the last list */
     if (conn->state == FO_CONN_OPEN) {
       fo__conn_close_ws(conn, FO_WS_CLOSE_GOING_AWAY, "server shutting down");
       srv->drain_closed++;
     }
-    conn = prev;
+    conn = next;
   }
   /* Done when none is open (a close unregisters at once; some clients
    * leave on their own before their batch). */
