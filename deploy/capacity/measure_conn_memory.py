@@ -52,6 +52,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(SRC, "tests", "lib"))
+from procstat import cpu_seconds as cpu_s  # noqa: E402
 
 
 SOCKET_CACHES = ("TCP", "sock_inode_cache", "dentry", "filp", "eventpoll_epi", "eventpoll_pwq",
@@ -94,12 +95,6 @@ def sockstat():
 def snapshot():
     return {"slab": slabinfo(), "mem": meminfo_kb("Slab", "SUnreclaim", "SReclaimable"),
             "sock": sockstat(), "t": time.time()}
-
-
-def cpu_s(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kb(pid):

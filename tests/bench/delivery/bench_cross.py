@@ -31,30 +31,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "lib"))
+from procstat import cpu_seconds as proc_cpu_s  # noqa: E402
 
-TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_s(pid, tid=None):
-    """utime+stime of a process (all its threads) or of one thread."""
-    path = "/proc/%d/stat" % pid if tid is None else "/proc/%d/task/%d/stat" % (pid, tid)
-    with open(path) as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TCK
-
-
-def metrics(addr):
-    with urllib.request.urlopen("http://%s/metrics" % addr, timeout=60) as r:
-        out = {}
-        for line in r.read().decode().splitlines():
-            if line and not line.startswith("#"):
-                k, _, v = line.rpartition(" ")
-                out[k] = float(v)
-        return out
 
 
 def commandstats(redis):
@@ -130,7 +111,7 @@ def main():
     # Users partitions + the rooms partitions every server reads.
     deadline = time.time() + 60
     while True:
-        am = metrics(a.addr)
+        am = ft.metrics(a.addr, timeout=60)
         if am.get("fanout_delivery_assigned_partitions", 0) >= 2 * args.partitions:
             break
         if time.time() > deadline:
@@ -150,7 +131,7 @@ def main():
     a_done = None
     deadline = time.time() + args.timeout
     while time.time() < deadline:
-        am = metrics(a.addr)
+        am = ft.metrics(a.addr, timeout=60)
         if (am["fanout_delivery_messages_in_total{source=\"users\"}"] >= total and
                 am["fanout_delivery_routing_backlog_bytes"] == 0):
             a_done = time.time()
@@ -171,7 +152,7 @@ def main():
     bcpu1 = proc_cpu_s(b.pid)
     rcpu1 = [proc_cpu_s(r.proc.pid) for r in nodes]
     stats1 = [commandstats(r) for r in nodes]
-    am, bm = metrics(a.addr), metrics(b.addr)
+    am, bm = ft.metrics(a.addr, timeout=60), ft.metrics(b.addr, timeout=60)
     if lost is None:
         cl.signal(signal.SIGUSR1)
         m = cl.wait_line(r"^total=(\d+) conns_short=(\d+)", timeout=10)

@@ -23,28 +23,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "lib"))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "integration", "delivery"))
-
-
-def cpu_seconds(pid):
-    """utime + stime of pid and its threads, in seconds."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu(pid):
-    """pid plus its direct children (the Kafka script's JVM)."""
-    total = cpu_seconds(pid)
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            for c in f.read().split():
-                try:
-                    total += cpu_seconds(int(c))
-                except OSError:
-                    pass
-    except OSError:
-        pass
-    return total
+from procstat import cpu_seconds, tree_cpu_seconds as tree_cpu  # noqa: E402
 
 
 def main():

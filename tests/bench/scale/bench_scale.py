@@ -41,6 +41,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "lib"))
+from procstat import cpu_seconds, tree_cpu_seconds as tree_cpu_s  # noqa: E402
+
+
+def cpu_s(pid):
+    return cpu_seconds(pid, missing=0.0)  # 0 when gone
+
 
 SECRET = "bench-secret-0123456789abcdef-0123456789"
 MAX_PER_PROC = 19000  # this machine allows 20,000 files a process
@@ -50,27 +56,6 @@ PONG_MS = 10000
 
 def loadavg():
     return " ".join(open("/proc/loadavg").read().split()[:3])
-
-
-def cpu_s(pid):
-    """utime + stime of pid (all its threads), in seconds; 0 when gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_s(pid):
-    """pid and its direct children (the Kafka script's JVM)."""
-    total = cpu_s(pid)
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            total += sum(cpu_s(int(c)) for c in f.read().split())
-    except OSError:
-        pass
-    return total
 
 
 def rss_kb(pid):
