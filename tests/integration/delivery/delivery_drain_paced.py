@@ -22,7 +22,7 @@ import fanout_test as ft  # noqa: E402
 import websockets  # noqa: E402
 
 N = 300          # clients, one user each, all in one room
-SPREAD_MS = 2000
+SPREAD_MS = 4000  # B must take over A's partitions (a rebalance, ~1-2 s) while most are open
 ROOM = "pdroom"
 # How many of the users pd0..pd{N-1} have an entry on A, and whether A's
 # liveness key exists.
