@@ -261,7 +261,7 @@ def render(inp):
          lambda r, p: "**%s** (%s-bound)" % (num(r["procs"]), r["bound"])),
         ("CPU, cores", "sum of the next rows", lambda r, p: sig(r["cpu_total"])),
         ("… frames", "frames/s x cpu_us_per_frame_paced", lambda r, p: sig(r["cpu_parts"]["frames"])),
-        ("… routing user messages", "user msgs/s / cross_server_msgs_per_core (placeholder)",
+        ("… routing user messages", "user msgs/s / cross_server_msgs_per_core",
          lambda r, p: sig(r["cpu_parts"]["cross"])),
         ("… idle connections (pings, refresh)", "conns x delivery_idle_cpu_us_per_conn_s",
          lambda r, p: sig(r["cpu_parts"]["idle_conns"])),
@@ -292,7 +292,7 @@ def render(inp):
          lambda r, p: num(r["redis_cmds"])),
         ("… refresh", "conns x redis_refresh_cmds_per_conn_pass / 60 s",
          lambda r, p: num(r["refresh_cmds"])),
-        ("… routing", "user msgs/s x (1 EVALSHA, or HGETALL + PUBLISH when sharded)",
+        ("… routing", "user msgs/s x (<= 1 script call, or HGETALL + PUBLISH when sharded)",
          lambda r, p: num(r["route_cmds"])),
         ("… (re)connects", "(re)connects/s x (HSET + EXPIRE + HDEL)", lambda r, p: num(r["churn_cmds"])),
         ("CPU, cores (all nodes)", "refresh + (re)connects at redis_refresh_cpu_us, routing at "
