@@ -14,7 +14,7 @@
 
 #include "partition.h"
 
-/* The first column's JSON string: plain characters and \uXXXX of the BMP. */
+/* The first column's JSON string: plain characters and \u escapes (four hex digits) of the BMP. */
 static size_t vectors_unquote(const char *s, char *out) {
   size_t o = 0;
   for (const char *p = s + 1; *p != '"' && *p != '\0'; p++) {
