@@ -571,7 +571,7 @@ static void close_ws(fo_conn_t *conn, uint16_t code, const char *reason, bool dr
   }
   unregister(conn);
   conn->state = FO_CONN_CLOSING;
-  fo__conn_queue(conn, FO_CL_CLOSING, srv->cfg->close_timeout_ms);
+  fo__conn_queue(conn, FO_CL_CLOSING);
   if (drop_queue && conn->out != NULL)
     outq_drop(srv, conn->out, true);
   fo_buf_t *buf = close_frame(code, reason);
@@ -611,7 +611,7 @@ void fo__conn_opened(fo_conn_t *conn, const char *since, size_t slen) {
   srv_pending_done(srv);
   conn->state = FO_CONN_OPEN;
   conn->registered = 1;
-  fo__conn_queue(conn, FO_CL_PING, srv->cfg->ping_interval_ms);
+  fo__conn_queue(conn, FO_CL_PING);
   conn->tokens = (uint16_t)srv->cfg->client_msg_burst;
   conn->refill_s = (uint16_t)(uv_now(srv->loop) / 1000);
   srv->nopen++;
@@ -749,7 +749,6 @@ static void send_pong(fo_conn_t *conn, const uint8_t *p, size_t n) {
 
 static int on_ws_msg(void *ud, int opcode, uint8_t *p, size_t n) {
   fo_conn_t *conn = ud;
-  fo_server_t *srv = conn->srv;
   if ((opcode == FO_WS_OP_TEXT || opcode == FO_WS_OP_BINARY || opcode == FO_WS_OP_PING) &&
       conn->state == FO_CONN_OPEN && !rate_take(conn))
     return conn->state == FO_CONN_DEAD ? 1 : 0; /* closing: the rest is ignored */
@@ -769,7 +768,7 @@ static int on_ws_msg(void *ud, int opcode, uint8_t *p, size_t n) {
   case FO_WS_OP_PONG:
     if (conn->state == FO_CONN_OPEN && conn->await_pong) {
       conn->await_pong = 0;
-      fo__conn_queue(conn, FO_CL_PING, srv->cfg->ping_interval_ms);
+      fo__conn_queue(conn, FO_CL_PING);
     }
     break;
   case FO_WS_OP_CLOSE:
@@ -862,7 +861,7 @@ static void conn_start(fo_server_t *srv, fo_conn_t *conn) {
   conn->id = ++srv->next_conn_id;
   conn->state = FO_CONN_HANDSHAKE;
   srv->npending++;
-  fo__conn_queue(conn, FO_CL_HANDSHAKE, srv->cfg->handshake_timeout_ms);
+  fo__conn_queue(conn, FO_CL_HANDSHAKE);
   (*srv->m.accepted)++;
 }
 

@@ -404,10 +404,10 @@ void fo__frame_free(fo_server_t *srv);
 
 /* ---- heartbeat.c ---- */
 int fo__heartbeat_start(fo_server_t *srv);
-/* Moves conn to the tail of list `kind` (FO_CL_*) with deadline now +
- * delay_ms; PING and PONG go to EXPIRING instead when the token ends
- * before the next look. */
-void fo__conn_queue(fo_conn_t *conn, int kind, int64_t delay_ms);
+/* Moves conn to the tail of list `kind` (FO_CL_*) with deadline now + that
+ * kind's configured delay; PING and PONG go to EXPIRING instead when the
+ * token ends before the next look. */
+void fo__conn_queue(fo_conn_t *conn, int kind);
 /* Unlinks conn from its list (idempotent). */
 void fo__conn_unqueue(fo_conn_t *conn);
 /* Every connection, list after list: c = fo__conn_after(srv, NULL) is the

@@ -21,7 +21,7 @@ static fo_buf_t *ping_for(const fo_conn_t *conn) {
 void fo__heartbeat_app_pong(fo_conn_t *conn) {
   if (conn->state == FO_CONN_OPEN && conn->await_pong) {
     conn->await_pong = 0;
-    fo__conn_queue(conn, FO_CL_PING, conn->srv->cfg->ping_interval_ms);
+    fo__conn_queue(conn, FO_CL_PING);
   }
 }
 
@@ -47,8 +47,24 @@ static uint32_t wall_rel_s(const fo_server_t *srv) {
   return wall_s > start_s ? (uint32_t)(wall_s - start_s) : 0;
 }
 
-void fo__conn_queue(fo_conn_t *conn, int kind, int64_t delay_ms) {
+/* Each list's one delay: that every connection joins its list with the
+ * same delay is what keeps the list in deadline order. */
+static int64_t delay_of(const fo_server_t *srv, int kind) {
+  switch (kind) {
+  case FO_CL_HANDSHAKE:
+    return srv->cfg->handshake_timeout_ms;
+  case FO_CL_PING:
+    return srv->cfg->ping_interval_ms;
+  case FO_CL_PONG:
+    return srv->cfg->pong_timeout_ms;
+  default: /* FO_CL_CLOSING */
+    return srv->cfg->close_timeout_ms;
+  }
+}
+
+void fo__conn_queue(fo_conn_t *conn, int kind) {
   fo_server_t *srv = conn->srv;
+  int64_t delay_ms = delay_of(srv, kind);
   conn->deadline = uv_now(srv->loop) + (uint64_t)delay_ms;
   if (kind == FO_CL_PING || kind == FO_CL_PONG) {
     if (conn->expiring)
@@ -98,7 +114,7 @@ static void due(fo_conn_t *conn) {
       fo__conn_destroy(conn);
     } else {
       conn->await_pong = 1;
-      fo__conn_queue(conn, FO_CL_PONG, srv->cfg->pong_timeout_ms); /* before a send that may
+      fo__conn_queue(conn, FO_CL_PONG); /* before a send that may
                                                                     * destroy it */
       fo__conn_send_now(conn, ping_for(conn));
     }

@@ -253,11 +253,11 @@ static void deadline_lists(void **state) {
   assert_true(on_list(srv, FO_CL_EXPIRING, b));
   assert_true(b->expiring);
   /* pong, next ping: still looked at every sweep */
-  fo__conn_queue(b, FO_CL_PONG, srv->cfg->pong_timeout_ms);
+  fo__conn_queue(b, FO_CL_PONG);
   assert_true(on_list(srv, FO_CL_EXPIRING, b));
   /* sorted: a later deadline goes after an earlier one */
   uv_update_time(&f->loop);
-  fo__conn_queue(f->conn, FO_CL_PING, 1000);
+  fo__conn_queue(f->conn, FO_CL_PING);
   assert_true(srv->clist[FO_CL_PING].prev == f->conn);
   int n = 0;
   for (fo_conn_t *c = fo__conn_any(srv); c != NULL; c = fo__conn_after(srv, c))
