@@ -665,7 +665,7 @@ void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n) {
       fo__conn_send_text(conn, FO_PROTO_PONG, FO_PROTO_PONG_LEN);
     break;
   case FO_PROTO_CLIENT_PONG:
-    fo__heartbeat_app_pong(conn);
+    fo__heartbeat_pong(conn);
     break;
   case FO_PROTO_LEAVE:
     room_event(conn, &msg, false);
@@ -766,10 +766,7 @@ static int on_ws_msg(void *ud, int opcode, uint8_t *p, size_t n) {
       send_pong(conn, p, n);
     break;
   case FO_WS_OP_PONG:
-    if (conn->state == FO_CONN_OPEN && conn->await_pong) {
-      conn->await_pong = 0;
-      fo__conn_queue(conn, FO_CL_PING);
-    }
+    fo__heartbeat_pong(conn);
     break;
   case FO_WS_OP_CLOSE:
     conn->peer_closed = 1;

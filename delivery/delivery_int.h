@@ -416,8 +416,9 @@ void fo__conn_unqueue(fo_conn_t *conn);
 fo_conn_t *fo__conn_after(fo_server_t *srv, fo_conn_t *c);
 /* Any connection, or NULL (to destroy them all). */
 fo_conn_t *fo__conn_any(fo_server_t *srv);
-/* A client's {"type":"pong"}: the answer to the app-level ping. */
-void fo__heartbeat_app_pong(fo_conn_t *conn);
+/* A pong came (a protocol pong, or a client's {"type":"pong"} answering
+ * the app-level ping): the next ping is due a ping interval from now. */
+void fo__heartbeat_pong(fo_conn_t *conn);
 
 /* ---- client messages (conn.c) ---- */
 void fo__client_message(fo_conn_t *conn, const uint8_t *p, size_t n);

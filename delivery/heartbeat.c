@@ -18,7 +18,7 @@ static fo_buf_t *ping_for(const fo_conn_t *conn) {
   return conn->app_ping ? conn->srv->app_ping_frame : conn->srv->ping_frame;
 }
 
-void fo__heartbeat_app_pong(fo_conn_t *conn) {
+void fo__heartbeat_pong(fo_conn_t *conn) {
   if (conn->state == FO_CONN_OPEN && conn->await_pong) {
     conn->await_pong = 0;
     fo__conn_queue(conn, FO_CL_PING);
