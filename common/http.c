@@ -9,6 +9,7 @@
 
 #include <http_parser.h>
 
+#include "hex.h"
 #include "json_out.h"
 
 struct fo_http_parser {
@@ -248,23 +249,14 @@ const char *fo_http_header(const fo_http_request_t *req, const char *lower_name)
   return NULL;
 }
 
-static int hexval(int c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  c = tolower(c);
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  return -1;
-}
-
 ssize_t fo_http_pct_decode(const char *s, size_t len, fo_pct_mode_t mode, char *out,
                            size_t outlen) {
   size_t o = 0;
   for (size_t i = 0; i < len; i++) {
     int c = (unsigned char)s[i];
     if (c == '%') {
-      int hi = i + 1 < len ? hexval((unsigned char)s[i + 1]) : -1;
-      int lo = hi >= 0 && i + 2 < len ? hexval((unsigned char)s[i + 2]) : -1;
+      int hi = i + 1 < len ? fo_hex_value((unsigned char)s[i + 1]) : -1;
+      int lo = hi >= 0 && i + 2 < len ? fo_hex_value((unsigned char)s[i + 2]) : -1;
       if (hi >= 0 && lo >= 0) {
         c = hi << 4 | lo;
         i += 2;

@@ -4,6 +4,8 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "hex.h"
+
 /* splitmix64: fast, and seeded once from the kernel; ids need uniqueness and
  * order, not secrecy. */
 static uint64_t rng_next(fo_id_gen_t *gen) {
@@ -77,16 +79,6 @@ void fo_id_format(const uint8_t id[FO_ID_LEN], char *out) {
   out[o] = '\0';
 }
 
-static int hexval(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
 int fo_id_parse(const char *s, size_t len, uint8_t out[FO_ID_LEN]) {
   if (len != FO_ID_STR_LEN)
     return -EINVAL;
@@ -98,7 +90,7 @@ int fo_id_parse(const char *s, size_t len, uint8_t out[FO_ID_LEN]) {
       i++;
       continue;
     }
-    int hi = hexval(s[i]), lo = hexval(s[i + 1]);
+    int hi = fo_hex_value(s[i]), lo = fo_hex_value(s[i + 1]);
     if (hi < 0 || lo < 0)
       return -EINVAL;
     out[o++] = (uint8_t)(hi << 4 | lo);

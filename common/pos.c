@@ -10,6 +10,8 @@
 #define XXH_STATIC_LINKING_ONLY /* XXH32_state_t on the stack */
 #include <xxhash.h>
 
+#include "hex.h"
+
 int fo_pos_format(const fo_pos_t *p, char *out, size_t outlen) {
   if ((p->kind != 'u' && p->kind != 'r') || p->partition < 0 || p->offset < -1 || p->t_ms < 0)
     return -EINVAL;
@@ -45,12 +47,9 @@ static int parse_dec(const char *s, size_t len, uint64_t max, uint64_t *v) {
   return (int)i;
 }
 
+/* Lowercase only: the formatter never writes uppercase. */
 static int hexval(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  return -1; /* uppercase is refused: the formatter never writes it */
+  return c >= 'A' && c <= 'F' ? -1 : fo_hex_value(c);
 }
 
 /* Lowercase hex; fixed: exactly `fixed` digits (leading zeros allowed),

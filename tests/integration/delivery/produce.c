@@ -13,6 +13,7 @@
 
 #include "buf.h"
 #include "envelope.h"
+#include "hex.h"
 #include "id.h"
 #include "kafka_uv.h"
 #include "log.h"
@@ -26,16 +27,6 @@ static void on_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *ud) {
     fprintf(stderr, "delivery failed: %s\n", rd_kafka_err2str(m->err));
     failed++;
   }
-}
-
-static int hexval(int c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
 }
 
 static int partitions_of(rd_kafka_t *rk, const char *topic) {
@@ -89,7 +80,7 @@ int main(int argc, char **argv) {
     uint8_t *payload = malloc(hl / 2 + 1);
     size_t pl = 0;
     for (size_t i = 0; i + 1 < hl; i += 2)
-      payload[pl++] = (uint8_t)(hexval(hex[i]) * 16 + hexval(hex[i + 1]));
+      payload[pl++] = (uint8_t)(fo_hex_value(hex[i]) * 16 + fo_hex_value(hex[i + 1]));
     if (strcmp(cached_topic, topic) != 0) {
       cached_parts = partitions_of(rk, topic);
       snprintf(cached_topic, sizeof(cached_topic), "%s", topic);

@@ -11,6 +11,8 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "hex.h"
+
 static int failed;
 
 static void on_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *ud) {
@@ -19,16 +21,6 @@ static void on_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *ud) {
     fprintf(stderr, "delivery failed: %s\n", rd_kafka_err2str(m->err));
     failed++;
   }
-}
-
-static int hexval(int c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
 }
 
 int main(int argc, char **argv) {
@@ -80,7 +72,7 @@ int main(int argc, char **argv) {
       payload = NULL;
     } else {
       for (size_t i = 0; i + 1 < len; i += 2) {
-        int hi = hexval(line[i]), lo = hexval(line[i + 1]);
+        int hi = fo_hex_value(line[i]), lo = fo_hex_value(line[i + 1]);
         if (hi < 0 || lo < 0) {
           fprintf(stderr, "bad hex on line %d\n", produced + 1);
           return 1;
