@@ -586,17 +586,12 @@ def test_protocol_ping_flood_is_bounded():
 
 
 def test_bystander_was_served_throughout():
-    accepted, got = S["by"].check()
-    ft.log("bystander: %d accepted, %d received, refused %r" % (
-        accepted, got, S["by"].refused[:5]))
-    assert not S["by"].refused, S["by"].refused[:5]
+    hl.check_bystander(S)
     delivery_ok()
 
 
 def test_clean_shutdown():
-    S["by"].close()
-    codes = S["stack"].stop()
-    assert all(c == 0 for c in codes.values()), codes
+    hl.stop_cleanly(S)
 
 
 def teardown_module():

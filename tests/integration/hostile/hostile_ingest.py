@@ -240,16 +240,11 @@ def test_malformed_http_and_bad_requests():
 
 
 def test_bystander_was_served_throughout():
-    accepted, got = S["by"].check()
-    ft.log("bystander: %d accepted, %d received, refused %r" % (
-        accepted, got, S["by"].refused[:5]))
-    assert not S["by"].refused, S["by"].refused[:5]
+    hl.check_bystander(S)
 
 
 def test_clean_shutdown():
-    S["by"].close()
-    codes = S["stack"].stop()
-    assert all(c == 0 for c in codes.values()), codes
+    hl.stop_cleanly(S)
 
 
 def teardown_module():

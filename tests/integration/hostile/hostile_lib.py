@@ -471,6 +471,23 @@ def produce(bootstrap, topic, values, partition=0, key=None):
 
 # ---- set-up and tear-down -----------------------------------------------------------
 
+def check_bystander(S):
+    """test_bystander_was_served_throughout of the suites: every message
+    ingest accepted for the bystander arrived, and ingest refused none."""
+    accepted, got = S["by"].check()
+    ft.log("bystander: %d accepted, %d received, refused %r" % (
+        accepted, got, S["by"].refused[:5]))
+    assert not S["by"].refused, S["by"].refused[:5]
+
+
+def stop_cleanly(S):
+    """test_clean_shutdown of the suites: every service exits 0."""
+    if "by" in S:
+        S["by"].close()
+    codes = S["stack"].stop()
+    assert all(c == 0 for c in codes.values()), codes
+
+
 def teardown(S):
     """teardown_module of the suites: stops whatever test_clean_shutdown
     did not (it failed, or a subset of the tests ran)."""

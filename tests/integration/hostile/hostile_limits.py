@@ -261,8 +261,7 @@ def test_bad_server_id_and_secret_exit_2():
 
 
 def test_clean_shutdown():
-    codes = S["stack"].stop()
-    assert all(c == 0 for c in codes.values()), codes
+    hl.stop_cleanly(S)
 
 
 def teardown_module():
