@@ -27,8 +27,7 @@
 #include "frame.h"
 #include "fz_delivery.h"
 #include "ws.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fz_check.h"
 
 #define NCONN 4
 

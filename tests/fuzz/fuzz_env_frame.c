@@ -15,16 +15,7 @@
 #include "json_out.h"
 
 #include "fz_delivery.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-  do {                                                                                             \
-    if (!(cond)) {                                                                                 \
-      fprintf(stderr, "fuzz invariant failed: %s\n", #cond);                                       \
-      abort();                                                                                     \
-    }                                                                                              \
-  } while (0)
+#include "fz_check.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static fo_consumer_t c;

@@ -9,16 +9,7 @@
 
 #include "buf.h"
 #include "envelope.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-  do {                                                                                             \
-    if (!(cond)) {                                                                                 \
-      fprintf(stderr, "fuzz invariant failed: %s\n", #cond);                                       \
-      abort();                                                                                     \
-    }                                                                                              \
-  } while (0)
+#include "fz_check.h"
 
 static int inside(const void *p, size_t n, const uint8_t *buf, size_t size) {
   const uint8_t *q = p;

@@ -13,8 +13,7 @@
 #include <string.h>
 
 #include "fz_delivery.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fz_check.h"
 
 static char *g_tok, *g_expired;
 

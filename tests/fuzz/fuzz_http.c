@@ -12,16 +12,7 @@
 #include <string.h>
 
 #include "http.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-  do {                                                                                             \
-    if (!(cond)) {                                                                                 \
-      fprintf(stderr, "fuzz invariant failed: %s\n", #cond);                                       \
-      abort();                                                                                     \
-    }                                                                                              \
-  } while (0)
+#include "fz_check.h"
 
 typedef struct {
   fo_http_limits_t lim;

@@ -19,16 +19,7 @@
 
 #include "auth.h"
 #include "fz_delivery.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-  do {                                                                                             \
-    if (!(cond)) {                                                                                 \
-      fprintf(stderr, "fuzz invariant failed: %s\n", #cond);                                       \
-      abort();                                                                                     \
-    }                                                                                              \
-  } while (0)
+#include "fz_check.h"
 
 #define NOW 1700000000
 

@@ -10,16 +10,7 @@
 #include <string.h>
 
 #include "pos.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-  do {                                                                                             \
-    if (!(cond)) {                                                                                 \
-      fprintf(stderr, "fuzz invariant failed: %s\n", #cond);                                       \
-      abort();                                                                                     \
-    }                                                                                              \
-  } while (0)
+#include "fz_check.h"
 
 static int same(const fo_pos_t *a, const fo_pos_t *b) {
   return a->kind == b->kind && a->epoch == b->epoch && a->partition == b->partition &&
