@@ -400,8 +400,9 @@ static void on_alive(uv_timer_t *t) {
  * tokens, first frames, their registrations: transient chunks between the
  * users and room lists that stay) leave free runs of pages inside the heap,
  * which glibc returns only from its top; at 16,700 connections a process
- * that was ~200 KB (tests/bench/scale/README.md). Once a minute (the pass)
- * and a walk of the free lists: well under a millisecond. */
+ * that was ~200 KB (tests/bench/scale/README.md). Once a minute (the pass);
+ * a walk of the free lists: 0.1-0.3 ms on a 9 MB heap with 2,600 free
+ * chunks. */
 static void maybe_trim(fo_rreg_t *rr) {
   if (pass_running(rr))
     return;
