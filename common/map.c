@@ -1,4 +1,7 @@
-/* Linear probing with backward-shift deletion; load factor <= 1/2. Keys
+/* Linear probing with backward-shift deletion; load factor <= 2/3 (a
+ * slot is 8 bytes of per-user memory: at <= 1/2, 16,700 users took 65,536
+ * slots, 31 bytes a user; a probe run at 2/3 averages 2 slots for a hit and
+ * 5 for a miss). Keys
  * come from clients, so the hash is seeded per process (hash.h): with a
  * public hash, colliding names would pile into one probe cluster. */
 #include "map.h"
@@ -49,7 +52,7 @@ static int grow(fo_map_t *map) {
 }
 
 int fo_map_put(fo_map_t *map, fo_mapent_t *ent) {
-  if ((uint64_t)(map->count + 1) * 2 > map->cap) {
+  if ((uint64_t)(map->count + 1) * 3 > (uint64_t)map->cap * 2) {
     int rc = grow(map);
     if (rc != 0)
       return rc;

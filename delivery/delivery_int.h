@@ -183,10 +183,20 @@ enum {
 /* One client connection. Kept small: this is the per-connection memory.
  * Everything that only a busy connection needs (handshake parser, partial
  * input, outbound queue, room list) hangs off a pointer that is NULL while
- * the connection is idle. */
+ * the connection is idle. Its size is asserted (FO_CONN_SIZE, conn.c):
+ * connections come from slabs in conn.c, so every byte counts (no malloc
+ * rounding hides a field added). */
 struct fo_conn {
-  uv_tcp_t tcp; /* tcp.data == this conn */
-  fo_server_t *srv;
+  /* The handle's own data pointer holds the server: the handle is the
+   * connection's first member, so its callbacks cast the handle back to the
+   * connection (fo__conn_of) and a data pointer to the connection would
+   * repeat the handle's own address in 8 bytes of every connection. */
+  union {
+    uv_tcp_t tcp;
+    struct {
+      fo_server_t *srv; /* == tcp.data; set after uv_tcp_init (libuv never writes it) */
+    };
+  };
   fo_conn_t *prev, *next;      /* the server's list of this connection's deadline kind
                                 * (srv->clist, heartbeat.c) */
   fo_conn_t *user_next;        /* next connection of the same user */
@@ -268,6 +278,8 @@ struct fo_server {
   fo_outq_t *dirty;     /* connections with output to flush this turn */
   fo_outq_t *outq_pool; /* free outbound queues, reused */
   int outq_pool_n;
+  fo_conn_t *conn_free;       /* free connection slots, linked through next (conn.c) */
+  void *conn_slabs;           /* owned: the slabs they are in, freed by fo_server_cleanup */
   fo_flow_t *flow;            /* owned: outbound queue cost + routing backlog against the
                              * water marks; pauses Kafka through server.c's callback */
   uint64_t rx_bytes;          /* partial client input held (fo_ws_rx_bytes of every connection):
@@ -350,6 +362,15 @@ struct fo_server {
 };
 
 /* ---- conn.c ---- */
+/* fo_conn_t's size on LP64 (a static assert in conn.c): 248 bytes of
+ * uv_tcp_t and 104 of ours. Raise it only knowingly: at ~16,700 idle
+ * connections a process, it is two thirds of the memory per connection
+ * (tests/bench/scale/README.md). */
+#define FO_CONN_SIZE 352
+/* The connection whose handle h is (h: &conn->tcp, from a libuv callback). */
+static inline fo_conn_t *fo__conn_of(void *h) {
+  return (fo_conn_t *)h; /* tcp is the first member */
+}
 /* Accepts one connection from srv->listener and starts reading it. */
 int fo__conn_accept(fo_server_t *srv);
 /* The connection constructor for a socket that is already connected (fd,
@@ -378,6 +399,8 @@ void fo__conn_refill(fo_conn_t *conn);
 void fo__conn_flush(fo_conn_t *conn);
 /* Frees the pooled outbound queues (at exit). */
 void fo__outq_pool_free(fo_server_t *srv);
+/* Frees the connection slabs (at exit, every connection closed). */
+void fo__conn_pool_free(fo_server_t *srv);
 /* Sends a small JSON text frame built from s. */
 int fo__conn_send_text(fo_conn_t *conn, const char *s, size_t n);
 void fo__conn_opened(fo_conn_t *conn, const char *since, size_t slen);

@@ -247,7 +247,9 @@ int fo__room_join(fo_conn_t *conn, const char *name, size_t len) {
   if (cr != NULL && cr->n >= (uint32_t)srv->cfg->max_rooms_per_conn)
     return -E2BIG;
   if (cr == NULL || cr->n == cr->cap) {
-    uint32_t ncap = cr ? cr->cap * 2 : 2;
+    /* Room for one at first: most connections join one room, and 8 + 16
+     * bytes is a 32-byte malloc chunk where room for two took 48. */
+    uint32_t ncap = cr ? cr->cap * 2 : 1;
     struct fo_conn_rooms *ncr = realloc(cr, sizeof(*cr) + ncap * sizeof(cr->e[0]));
     if (ncr == NULL)
       return -ENOMEM;
@@ -273,7 +275,13 @@ int fo__room_join(fo_conn_t *conn, const char *name, size_t len) {
     (*srv->m.rooms)++;
   }
   if (room->n == room->cap) {
-    uint32_t ncap = room->cap ? room->cap * 2 : 4;
+    /* Grows by half: a big room's array is per-connection memory (8 bytes
+     * a member), and doubling left it up to half empty (realloc of an
+     * mmapped array is an mremap, not a copy). */
+    uint64_t grown = room->cap ? (uint64_t)room->cap + room->cap / 2 : 4;
+    uint32_t ncap = grown > UINT32_MAX ? UINT32_MAX : (uint32_t)grown;
+    if (ncap == room->cap)
+      return join_failed(conn, -ENOMEM);
     fo_conn_t **nm = realloc(room->members, ncap * sizeof(*nm));
     if (nm == NULL) {
       if (created) {

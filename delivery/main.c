@@ -1,4 +1,5 @@
 /* fanout-delivery: WebSocket delivery server (DESIGN.md, "delivery/"). */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,13 @@
 #include "server.h"
 
 int main(int argc, char **argv) {
+  /* glibc's default threshold moves: after a freed mmapped chunk (the
+   * users map's old slot array as it grows), chunks up to that size come
+   * from the heap and, once freed (Redis's output buffer of a registry
+   * pass), leave holes between the connections that only small chunks
+   * fill again: 16-20 bytes a connection at 16,700 (tests/bench/scale).
+   * Fixed at its default, big buffers come and go as mappings of their own. */
+  mallopt(M_MMAP_THRESHOLD, 128 * 1024);
   fo_dcfg_t cfg;
   memset(&cfg, 0, sizeof(cfg));
   int rc = fo_cfg_main("fanout-delivery",

@@ -320,6 +320,7 @@ void fo_server_cleanup(fo_server_t *srv) {
   fo__rooms_free(srv);
   fo__frame_free(srv);
   fo__outq_pool_free(srv);
+  fo__conn_pool_free(srv);
   fo_cfg_list_free(srv->origins);
   fo_metrics_free(srv->metrics);
   fo_sb_free(&srv->scratch);

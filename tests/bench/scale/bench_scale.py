@@ -66,6 +66,93 @@ def rss_kb(pid):
     return 0
 
 
+def smaps(pid):
+    """{start address: (name, size kB, Rss kB, perms)} of every mapping of pid."""
+    out, cur = {}, None
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            parts = line.split()
+            if "-" in parts[0] and not parts[0].endswith(":"):
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                cur = parts[0].split("-")[0]
+                out[cur] = [parts[5] if len(parts) > 5 else "", (hi - lo) // 1024, 0, parts[1]]
+            elif parts[0] == "Rss:" and cur is not None:
+                out[cur][2] = int(parts[1])
+    return out
+
+
+def smaps_kinds(m):
+    """Rss kB by kind: the main heap ([heap]), glibc's thread arenas (anonymous
+    rw mappings inside a 64 MiB reservation: rw part + PROT_NONE rest),
+    thread stacks (8 MiB rw after a guard page), other anonymous mappings
+    (big malloc chunks, libuv/librdkafka mmaps) and file-backed."""
+    keys = sorted(m, key=lambda a: int(a, 16))
+    kinds = {"heap": 0, "arenas": 0, "stacks": 0, "anon-other": 0, "files": 0}
+    for i, a in enumerate(keys):
+        name, size, rss, perms = m[a]
+        if name == "[heap]":
+            kinds["heap"] += rss
+        elif name.startswith("/") or name.startswith("[v"):
+            kinds["files"] += rss
+        elif name == "" and perms.startswith("rw"):
+            nxt = m[keys[i + 1]] if i + 1 < len(keys) else None
+            prev = m[keys[i - 1]] if i > 0 else None
+            if nxt and nxt[0] == "" and nxt[3].startswith("---") and size + nxt[1] == 65536:
+                kinds["arenas"] += rss
+            elif size == 8192 and prev and prev[3].startswith("---") and prev[1] == 4:
+                kinds["stacks"] += rss
+            else:
+                kinds["anon-other"] += rss
+        else:
+            kinds["anon-other"] += rss
+    return kinds
+
+
+def malloc_info(pid, path):
+    """glibc's malloc_info() XML of a running process, through gdb (the process
+    pauses for a moment); returns {"arenas": [(in use, free, system)], ...}
+    or None when gdb is missing or fails."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    cmd = ["gdb", "-p", str(pid), "-batch", "-nx",
+           "-ex", "set $f = ((void *(*)(const char *, const char *))fopen)(\"%s\", \"w\")" % path,
+           "-ex", "call ((int (*)(int, void *))malloc_info)(0, $f)",
+           "-ex", "call ((int (*)(void *))fclose)($f)"]
+    try:
+        subprocess.run(cmd, capture_output=True, timeout=60)
+        xml = open(path).read()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    import re
+    heaps = []
+    for h in re.finditer(r'<heap nr="(\d+)">(.*?)</heap>', xml, re.S):
+        body = h.group(2)
+        tot = {t: (int(c), int(sz)) for t, c, sz in
+               re.findall(r'<total type="(\w+)" count="(\d+)" size="(\d+)"/>', body)}
+        sysm = re.search(r'<system type="current" size="(\d+)"/>', body)
+        free = sum(sz for _, sz in tot.values())
+        heaps.append((int(h.group(1)), int(sysm.group(1)) if sysm else 0, free))
+    return heaps
+
+
+def print_mem_detail(tag, pid, base, path):
+    """One line on where delivery process pid's memory is (see --mem-detail)."""
+    m = smaps(pid)
+    k = smaps_kinds(m)
+    b = smaps_kinds(base) if base else None
+    print("mem %s (pid %d): Rss kB %s" % (tag, pid, ", ".join(
+        "%s %d%s" % (n, v, " (%+d)" % (v - b[n]) if b else "") for n, v in k.items())),
+        flush=True)
+    heaps = malloc_info(pid, path)
+    if heaps:
+        print("mem %s malloc: %s" % (tag, "; ".join(
+            "arena %d: system %d kB, free %d kB" % (nr, s // 1024, f // 1024)
+            for nr, s, f in heaps)), flush=True)
+    return m
+
+
 def mem_available_mb():
     with open("/proc/meminfo") as f:
         for line in f:
@@ -204,6 +291,13 @@ def main():
     ap.add_argument("--time-limit", type=float, default=1800, help="seconds for the whole run")
     ap.add_argument("--perf-seconds", type=float, default=0,
                     help="perf record -g one delivery process for this long during the hold")
+    ap.add_argument("--delivery-env", default="",
+                    help="NAME=VALUE ... in the delivery processes' environment only "
+                         "(malloc experiments: MALLOC_ARENA_MAX=2, say)")
+    ap.add_argument("--mem-detail", action="store_true",
+                    help="for delivery process 0 print where its memory is (smaps by kind) "
+                         "and glibc's malloc_info per arena (through gdb: pauses it for a "
+                         "moment) before connecting, after connect and after the hold")
     ap.add_argument("--build", default=os.environ.get("FANOUT_BUILD_DIR"))
     args = ap.parse_args()
     if args.build:
@@ -244,7 +338,8 @@ def main():
             dels.append(ft.Proc("scale-delivery-%d" % i, [
                 dbin, "--listen", "127.0.0.1:0", "--redis", raddrs, "--kafka", kafka.bootstrap,
                 "--server-id", "scale-%d" % i, "--jwt-secret", SECRET, "--log-level", "warn",
-                "--max-connections", str(MAX_PER_PROC), *shlex.split(args.delivery_args)]))
+                "--max-connections", str(MAX_PER_PROC), *shlex.split(args.delivery_args)],
+                env=dict(kv.split("=", 1) for kv in shlex.split(args.delivery_env))))
         for d in dels:
             d.addr = d.wait_line(r"^listening=(\S+)", timeout=60).group(1)
 
@@ -278,6 +373,10 @@ def main():
                       100 * (tree_cpu_s(kafka.proc.pid) - k0) / wall, loadavg()), flush=True)
 
         # ---- connect ----
+        rss0 = [rss_kb(d.pid) for d in dels]
+        mi_path = os.path.join(ft.STATE_DIR, "scale-malloc-info.xml")
+        m0 = print_mem_detail("before connect", dels[0].pid, None, mi_path) \
+            if args.mem_detail else None
         rss0 = [rss_kb(d.pid) for d in dels]
         cbin = ft.find_binary("fanout-bench-wsclient")
         t_conn = time.time()
@@ -337,6 +436,8 @@ def main():
             print("warning: %s (%d keys)" % (e, dbsize()), flush=True)
         time.sleep(3)
         rss1 = [rss_kb(d.pid) for d in dels]
+        if args.mem_detail:
+            print_mem_detail("after connect", dels[0].pid, m0, mi_path)
         grow1 = sum(rss1) - sum(rss0)
         print("connected %d of %d in %.1f s (joined the room by %.1f s); Redis keys %d "
               "(%s); delivery RSS %.1f MB -> %.1f MB: %.0f bytes per connection right after "
@@ -373,6 +474,8 @@ def main():
             perf.wait_exit(60)
             print("perf data of delivery process 0 (pid %d): %s" % (dels[0].pid, perf_out))
         rss2 = [rss_kb(d.pid) for d in dels]
+        if args.mem_detail:
+            print_mem_detail("after the hold", dels[0].pid, m0, mi_path)
         ms = [ft.metrics(d.addr, timeout=30) for d in dels]
         open_srv = sum(m.get("fanout_delivery_connections", 0) for m in ms)
         ping_to = sum(m.get("fanout_delivery_ping_timeouts_total", 0) for m in ms)

@@ -219,6 +219,35 @@ static void rooms_swap_remove(void **state) {
   assert_int_equal(f->nrooms, 1); /* "small" */
 }
 
+/* A room's member array grows by half (4, 6, 9, 13, ...) and each
+ * connection's room list from one entry: 100 members joining two rooms,
+ * then leaving in an order that moves members around, keep every index
+ * right (ASan checks the arrays' bounds). */
+static void rooms_grow(void **state) {
+  fixture_t *f = *state;
+  enum { N = 100 };
+  fo_conn_t *c = calloc(N, sizeof(*c));
+  assert_non_null(c);
+  for (int i = 0; i < N; i++) {
+    c[i].srv = &f->srv;
+    set_perm(&c[i], "[\"*\"]");
+    assert_int_equal(fo__room_join(&c[i], "big", 3), 0);
+    assert_int_equal(c[i].rooms != NULL, 1);
+    assert_int_equal(fo__room_join(&c[i], i % 2 ? "odd" : "even", i % 2 ? 3 : 4), 0);
+  }
+  assert_int_equal(f->subs, 3);
+  for (int i = 0; i < N; i += 3)
+    assert_int_equal(fo__room_leave(&c[i], "big", 3), 0);
+  for (int i = N - 1; i >= 0; i--) {
+    fo__rooms_leave_all(&c[i]);
+    assert_null(c[i].rooms);
+    fo__perm_release(&c[i]);
+  }
+  assert_int_equal(f->unsubs, 3);
+  assert_int_equal(f->nrooms, 0);
+  free(c);
+}
+
 /* Room mode kafka: no subscriptions are asked for (server.c wires none). */
 static void rooms_without_events(void **state) {
   fixture_t *f = *state;
@@ -236,6 +265,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(permissions, setup, teardown),
       cmocka_unit_test_setup_teardown(rooms, setup, teardown),
       cmocka_unit_test_setup_teardown(rooms_swap_remove, setup, teardown),
+      cmocka_unit_test_setup_teardown(rooms_grow, setup, teardown),
       cmocka_unit_test_setup_teardown(rooms_without_events, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -74,20 +74,20 @@ static void add_out_of_memory(void **state) {
   check_failed_add(w, &b, 0, 1); /* the ring */
   add(w, 1, "a");                /* ring, key, map slots */
   check_failed_add(w, &b, 2, 1); /* a new key's record (ring has room) */
-  /* 8 keys: the 9th grows the map's slot array (load factor 1/2 of 16). */
+  /* 10 keys: the 11th grows the map's slot array (load factor 2/3 of 16). */
   add(w, 3, "a");
-  for (int64_t o = 4; o < 11; o++) {
+  for (int64_t o = 4; o < 13; o++) {
     char k[24];
     snprintf(k, sizeof(k), "b%lld", (long long)o);
     add(w, o, k);
   }
-  check_failed_add(w, &b, 11, 2); /* the key, then the map's slot array */
+  check_failed_add(w, &b, 13, 2); /* the key, then the map's slot array */
   /* Fill the ring (64 slots) with one key, then fail its growth. */
-  for (int64_t o = 12; o < 76; o++)
+  for (int64_t o = 14; o < 78; o++)
     add(w, o, "a");
   assert_int_equal(fo_window_count(w), 64);
-  check_failed_add(w, &b, 76, 1);
-  add(w, 77, "a");
+  check_failed_add(w, &b, 78, 1);
+  add(w, 79, "a");
   assert_int_equal(fo_window_count(w), 1);
   fo_window_free(w);
   assert_int_equal(b.bytes, 0);
