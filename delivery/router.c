@@ -221,9 +221,41 @@ size_t fo__router_inflight_q(fo_server_t *srv, int q) {
   return srv->router ? srv->router->q[q].inflight : 0;
 }
 
+/* Partitions one advance() released records of: only the last offset of
+ * each is handed to done_cb (storing an offset in librdkafka allocates a
+ * list and takes a lock: per record it was a visible cost). */
+#define RELEASE_PARTS 16
+
+typedef struct {
+  uint32_t n;
+  int32_t partition[RELEASE_PARTS];
+  int64_t offset[RELEASE_PARTS];
+} release_t;
+
+static void release_flush(fo_rq_t *q, release_t *r) {
+  for (uint32_t i = 0; i < r->n; i++)
+    q->done_cb(q->done_ud, r->partition[i], r->offset[i]);
+  r->n = 0;
+}
+
+static void release_add(fo_rq_t *q, release_t *r, int32_t partition, int64_t offset) {
+  for (uint32_t i = 0; i < r->n; i++) {
+    if (r->partition[i] == partition) {
+      r->offset[i] = offset; /* released in Kafka order: the later is higher */
+      return;
+    }
+  }
+  if (r->n == RELEASE_PARTS)
+    release_flush(q, r);
+  r->partition[r->n] = partition;
+  r->offset[r->n++] = offset;
+}
+
 /* Releases finished messages at the head of q, in order. */
 static void advance(fo_router_t *rt, fo_rq_t *q) {
   fo_server_t *srv = rt->srv;
+  release_t rel;
+  rel.n = 0;
   while (q->head != NULL && q->head->done) {
     fo_rmsg_t *m = q->head;
     q->head = m->next;
@@ -231,12 +263,14 @@ static void advance(fo_router_t *rt, fo_rq_t *q) {
       q->tail = NULL;
     q->inflight--;
     if (q->done_cb != NULL && m->partition >= 0)
-      q->done_cb(q->done_ud, m->partition, m->offset);
+      release_add(q, &rel, m->partition, m->offset);
     if (m->pub != NULL)
       fo_flow_backlog(srv->flow, -(int64_t)m->pub->len);
     fo_buf_unref(m->pub);
     free(m);
   }
+  if (q->done_cb != NULL)
+    release_flush(q, &rel);
   if (rt->progress_cb != NULL)
     rt->progress_cb(rt->progress_ud);
 }
