@@ -147,6 +147,58 @@ def test_sends_and_presence_reach_every_user():
     assert st == 200 and body["redis"] is True and body["redis_down"] == [], body
 
 
+def commandstats(node):
+    """{command: calls} of one node."""
+    out = {}
+    for line in node.cli("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line[len("cmdstat_"):].partition(":")
+            out[name] = int(dict(kv.split("=", 1) for kv in rest.split(","))["calls"])
+    return out
+
+
+def send_many_and_check(k, tag):
+    """k messages to every user in one go (so the consumers route them in
+    batches); each user gets its k, in order, and nothing else."""
+    S.produce(["fanout.users send %s application/json %s\n" %
+               (u, json.dumps({"tag": tag, "i": i}).encode().hex())
+               for i in range(k) for u in USERS])
+    for u in USERS:
+        for i in range(k):
+            m = CLIENTS[u][1].recv(timeout=15)
+            assert m["type"] == "message" and m["data"] == {"tag": tag, "i": i}, (u, i, m)
+
+
+def test_routing_is_batched_per_node():
+    """A loop turn's user routes cost one look-up script call per users'
+    node and one publish call per servers' node (HGETALL and PUBLISH run
+    inside them), not a command per message; a node that lost its scripts
+    gets them in full (EVAL) and nothing is lost."""
+    for node in NODES:
+        node.cli("CONFIG", "RESETSTAT")
+    k = 10
+    send_many_and_check(k, "batch")
+    stats = [commandstats(node) for node in NODES]
+    hgetall = sum(st.get("hgetall", 0) for st in stats)
+    calls = sum(st.get("evalsha", 0) + st.get("eval", 0) for st in stats)
+    publish = sum(st.get("publish", 0) for st in stats)
+    ft.log("batched routing: %d messages, %d HGETALL, %d PUBLISH, %d script calls" %
+           (k * len(USERS), hgetall, publish, calls))
+    assert hgetall >= k * len(USERS), stats  # every message looked up
+    assert publish > 0, stats
+    assert calls * 3 <= hgetall + publish, stats  # several routes per call
+    for st in stats:
+        assert st.get("publish", 0) == 0 or st.get("evalsha", 0) > 0, stats
+    # Scripts gone from every node (a restart would do that too): sent in full.
+    for node in NODES:
+        node.cli("SCRIPT", "FLUSH")
+        node.cli("CONFIG", "RESETSTAT")
+    send_many_and_check(3, "noscript")
+    stats = [commandstats(node) for node in NODES]
+    assert sum(st.get("eval", 0) for st in stats) > 0, stats
+    send_many_and_check(3, "cached-again")
+
+
 def test_room_mode_redis_over_shards():
     rooms = []  # one room per node
     j = 0
