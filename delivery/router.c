@@ -101,7 +101,8 @@ static const char clean_lua[] = "local h = redis.call('HGETALL', KEYS[1])\n"
 
 /* One call per node and batch looks up that node's users: KEYS the users'
  * hashes, ARGV[1] our id; returns per key the other servers holding it,
- * each once. */
+ * each once, joined by spaces (server ids have none: dconfig.c): one reply
+ * string per message, not an array of strings to parse and free. */
 static const char lookup_lua[] = "local r = {}\n"
                                  "for k = 1, #KEYS do\n"
                                  "  local h = redis.call('HGETALL', KEYS[k])\n"
@@ -113,7 +114,7 @@ static const char lookup_lua[] = "local r = {}\n"
                                  "      out[#out + 1] = sid\n"
                                  "    end\n"
                                  "  end\n"
-                                 "  r[k] = out\n"
+                                 "  r[k] = table.concat(out, ' ')\n"
                                  "end\n"
                                  "return r\n";
 
@@ -719,11 +720,16 @@ static void on_lookup(fo_redis_t *r, redisReply *reply, void *privdata) {
     fo_rmsg_t *m = lk->m[i];
     m->waiting = 1; /* held while gathering */
     redisReply *sids = array ? reply->element[i] : NULL;
-    for (size_t j = 0; sids != NULL && sids->type == REDIS_REPLY_ARRAY && j < sids->elements; j++) {
-      redisReply *v = sids->element[j];
-      if (v->type != REDIS_REPLY_STRING)
+    const char *sp = sids != NULL && sids->type == REDIS_REPLY_STRING ? sids->str : NULL;
+    const char *se = sp != NULL ? sp + sids->len : NULL;
+    while (sp != NULL && sp < se) {
+      const char *sid = sp;
+      const char *sp_end = memchr(sp, ' ', (size_t)(se - sp));
+      size_t sid_len = (size_t)((sp_end != NULL ? sp_end : se) - sid);
+      sp = sp_end != NULL ? sp_end + 1 : se;
+      if (sid_len == 0)
         continue;
-      uint32_t node = fo_rshard_node(v->str, v->len, rt->nnodes);
+      uint32_t node = fo_rshard_node(sid, sid_len, rt->nnodes);
       fo_redis_t *sr = srv->redis_cmd(srv, node);
       if (sr == NULL || !fo_redis_connected(sr)) {
         (*srv->m.routes_node_down)++;
@@ -748,8 +754,8 @@ static void on_lookup(fo_redis_t *r, redisReply *reply, void *privdata) {
       }
       p->pc->e[p->n].m = m;
       p->pc->e[p->n].sid_off = (uint32_t)p->sids.len;
-      p->pc->e[p->n].sid_len = (uint32_t)v->len;
-      fo_sb_append(&p->sids, v->str, v->len);
+      p->pc->e[p->n].sid_len = (uint32_t)sid_len;
+      fo_sb_append(&p->sids, sid, sid_len);
       p->n++;
       m->waiting++;
     }
