@@ -3,7 +3,11 @@
  * json_loadb(JSON_DECODE_ANY | JSON_ALLOW_NUL), the parser the rest of the
  * code uses, except where only jansson's conversions know (a number that may
  * not fit, "\u0000" that jansson refuses in object keys, deep nesting):
- * there it answers FO_JSON_UNSURE and the caller asks jansson. */
+ * there it answers FO_JSON_UNSURE and the caller asks jansson. One
+ * difference on purpose: jansson's lexer loses a raw NUL byte that follows
+ * a number or a literal ("1\0", "[true\0]" parse), which inserted raw would
+ * be a NUL in a client's frame; the checker refuses every raw NUL it reads,
+ * as RFC 8259 does (fo_proto_json_valid refuses them on the unsure path). */
 #ifndef FO_JSON_CHECK_H
 #define FO_JSON_CHECK_H
 

@@ -26,6 +26,8 @@ int fo_proto_json_valid(const void *p, size_t n) {
   fo_json_check_t v = fo_json_check(p, n);
   if (v != FO_JSON_UNSURE)
     return v == FO_JSON_VALID;
+  if (memchr(p, 0, n) != NULL)
+    return 0; /* jansson would lose some of them (json_check.h) */
   json_t *j = json_loadb((const char *)p, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
   json_decref(j);
   return j != NULL;

@@ -273,6 +273,10 @@ static void json_check_agrees_with_jansson(void **state) {
   for (size_t i = 0; i < sizeof(invalid) / sizeof(invalid[0]); i++)
     assert_int_equal(agree(invalid[i], strlen(invalid[i])), FO_JSON_INVALID);
   assert_int_equal(agree("[\"a\0\"]", 6), FO_JSON_INVALID); /* a raw NUL */
+  /* jansson loses a NUL after a number or a literal; the checker does not */
+  assert_int_equal(fo_json_check("1\0", 2), FO_JSON_INVALID);
+  assert_false(fo_proto_json_valid("1\0", 2));
+  assert_false(fo_proto_json_valid("[true\0]", 7));
   for (size_t i = 0; i < sizeof(unsure) / sizeof(unsure[0]); i++)
     assert_int_equal(agree(unsure[i], strlen(unsure[i])), FO_JSON_UNSURE);
   /* Deeper than the checker follows: jansson decides (it refuses past 2048). */
