@@ -900,10 +900,45 @@ static void issue_pending(fo_router_t *rt) {
   flush_batch(rt);
 }
 
+static void on_script_load(fo_redis_t *r, redisReply *reply, void *privdata) {
+  (void)r;
+  fo_server_t *srv = privdata;
+  if (reply != NULL && reply->type == REDIS_REPLY_ERROR)
+    (*srv->m.redis_errors)++; /* the calls fall back to EVAL on NOSCRIPT */
+}
+
+/* SCRIPT LOAD of the routing scripts, first on a (re)connected node: Redis
+ * runs one connection's commands in order, so the EVALSHAs after it find
+ * them. Without it the first calls after a connect met NOSCRIPT and were
+ * sent again in full after calls that had gone out later (and, once another
+ * server had loaded the script, succeeded): a user's messages out of order,
+ * which its server drops as copies (stream.c, user_floor). */
+static void load_scripts(fo_router_t *rt, uint32_t node) {
+  fo_server_t *srv = rt->srv;
+  fo_redis_t *r = srv->redis_cmd != NULL ? srv->redis_cmd(srv, node) : NULL;
+  if (r == NULL || !fo_redis_connected(r))
+    return;
+  const char *scripts[2] = {route_lua, NULL};
+  size_t lens[2] = {sizeof(route_lua) - 1, 0};
+  if (rt->nnodes > 1) {
+    scripts[0] = lookup_lua;
+    lens[0] = sizeof(lookup_lua) - 1;
+    scripts[1] = publish_lua;
+    lens[1] = sizeof(publish_lua) - 1;
+  }
+  for (int i = 0; i < 2 && scripts[i] != NULL; i++) {
+    const char *argv[3] = {"SCRIPT", "LOAD", scripts[i]};
+    size_t argvlen[3] = {6, 4, lens[i]};
+    if (fo_redis_command_argv(r, on_script_load, srv, 3, argv, argvlen) != 0)
+      (*srv->m.redis_errors)++;
+  }
+}
+
 void fo__router_redis_up(fo_server_t *srv, uint32_t node) {
   fo_router_t *rt = srv->router;
   if (rt == NULL || node >= rt->nnodes)
     return;
+  load_scripts(rt, node);
   if (rt->was_up[node]) /* a reconnect, not the first connect: let the others re-register */
     rt->settle_until[node] = uv_now(srv->loop) + (uint64_t)srv->cfg->alive_ttl_ms / 2;
   rt->was_up[node] = true;
