@@ -157,7 +157,6 @@ struct fo_router {
   void (*progress_cb)(void *ud); /* the consumer: releases happened */
   void *progress_ud;
   char sha[41];
-  char lookup_sha[41], publish_sha[41]; /* several nodes */
   char *alive_prefix, *chan_prefix;
   fo_log_ratelimit_t rl;
   uint32_t nnodes;               /* Redis nodes (1 when not configured) */
@@ -193,8 +192,6 @@ int fo__router_new(fo_server_t *srv) {
   if (rt->was_up == NULL || rt->settle_until == NULL)
     return -ENOMEM;
   sha1_hex(route_lua, sizeof(route_lua) - 1, rt->sha);
-  sha1_hex(lookup_lua, sizeof(lookup_lua) - 1, rt->lookup_sha);
-  sha1_hex(publish_lua, sizeof(publish_lua) - 1, rt->publish_sha);
   fo_sb_t s;
   fo_sb_init(&s);
   fo_rkey_alive(&s, srv->cfg->redis_prefix, "");
@@ -523,7 +520,6 @@ typedef struct {
 typedef struct {
   uint32_t node;
   uint32_t n;
-  bool use_eval; /* sent in full (the node lost the script) */
   char *sids;
   struct {
     fo_rmsg_t *m;
@@ -619,12 +615,6 @@ static void on_pubcall(fo_redis_t *r, redisReply *reply, void *privdata) {
   fo_router_t *rt = pc->e[0].m->router; /* NULL: gone (each m waits for us) */
   if (rt != NULL) {
     fo_server_t *srv = rt->srv;
-    if (reply != NULL && reply->type == REDIS_REPLY_ERROR &&
-        strncmp(reply->str, "NOSCRIPT", 8) == 0 && !pc->use_eval) {
-      pc->use_eval = true;
-      if (send_pubcall(rt, r, pc) == 0)
-        return; /* the same call again, in full */
-    }
     bool array = reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == pc->n;
     if (!array) { /* that servers' node failed: not held */
       (*srv->m.redis_errors)++;
@@ -651,10 +641,10 @@ static int send_pubcall(fo_router_t *rt, fo_redis_t *r, pubcall_t *pc) {
   size_t *argvlen = malloc(argc * sizeof(*argvlen));
   int rc = -ENOMEM;
   if (argv != NULL && argvlen != NULL) {
-    argv[0] = pc->use_eval ? "EVAL" : "EVALSHA";
-    argvlen[0] = strlen(argv[0]);
-    argv[1] = pc->use_eval ? publish_lua : rt->publish_sha;
-    argvlen[1] = pc->use_eval ? sizeof(publish_lua) - 1 : 40;
+    argv[0] = "EVAL"; /* in full: see flush_sharded */
+    argvlen[0] = 4;
+    argv[1] = publish_lua;
+    argvlen[1] = sizeof(publish_lua) - 1;
     argv[2] = "0";
     argvlen[2] = 1;
     argv[3] = rt->chan_prefix;
@@ -693,16 +683,6 @@ static void on_lookup(fo_redis_t *r, redisReply *reply, void *privdata) {
     return;
   }
   fo_server_t *srv = rt->srv;
-  if (reply != NULL && reply->type == REDIS_REPLY_ERROR &&
-      strncmp(reply->str, "NOSCRIPT", 8) == 0 && !lk->m[0]->use_eval) {
-    for (uint32_t i = 0; i < lk->n; i++) {
-      lk->m[i]->use_eval = true;
-      issue(rt, lk->m[i]);
-    }
-    flush_batch(rt);
-    free(lk);
-    return;
-  }
   bool array = reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == lk->n;
   if (!array) { /* the users' node failed, or a script error: given up, not held */
     (*srv->m.redis_errors)++;
@@ -767,7 +747,6 @@ static void on_lookup(fo_redis_t *r, redisReply *reply, void *privdata) {
     pubcall_t *pc = p->pc;
     pc->node = k;
     pc->n = p->n;
-    pc->use_eval = false;
     pc->sids = p->sids.data; /* the call's now */
     if (!p->sids.oom && send_pubcall(rt, srv->redis_cmd(srv, k), pc) == 0)
       continue;
@@ -784,19 +763,19 @@ static void on_lookup(fo_redis_t *r, redisReply *reply, void *privdata) {
 }
 
 /* One look-up call per node for the staged user routes (several nodes).
- * A node that is not connected gives its routes up (see the top). */
+ * A node that is not connected gives its routes up (see the top). Both
+ * scripts go in full (EVAL; Redis keeps the compiled script, a few hundred
+ * bytes more per call): with EVALSHA a call that met NOSCRIPT (a SCRIPT
+ * FLUSH) was sent again after later calls had succeeded (once another server
+ * had loaded the script), and a user's messages arrived out of order, the
+ * older ones dropped by its server as copies (stream.c, user_floor). */
 static void flush_sharded(fo_router_t *rt, fo_rmsg_t **ms, uint32_t n) {
   fo_server_t *srv = rt->srv;
   bool gave_up = false;
   for (uint32_t k = 0; k < rt->nnodes; k++) {
     uint32_t cnt = 0;
-    bool use_eval = false;
-    for (uint32_t i = 0; i < n; i++) {
-      if (ms[i]->node == k) {
-        cnt++;
-        use_eval |= ms[i]->use_eval;
-      }
-    }
+    for (uint32_t i = 0; i < n; i++)
+      cnt += ms[i]->node == k;
     if (cnt == 0)
       continue;
     fo_redis_t *r = srv->redis_cmd(srv, k);
@@ -827,10 +806,10 @@ static void flush_sharded(fo_router_t *rt, fo_rmsg_t **ms, uint32_t n) {
       for (uint32_t i = 0; i < cnt; i++)
         argv[3 + i] = keys.data + off[i];
       snprintf(nkeys, sizeof(nkeys), "%" PRIu32, cnt);
-      argv[0] = use_eval ? "EVAL" : "EVALSHA";
-      argvlen[0] = strlen(argv[0]);
-      argv[1] = use_eval ? lookup_lua : rt->lookup_sha;
-      argvlen[1] = use_eval ? sizeof(lookup_lua) - 1 : 40;
+      argv[0] = "EVAL";
+      argvlen[0] = 4;
+      argv[1] = lookup_lua;
+      argvlen[1] = sizeof(lookup_lua) - 1;
       argv[2] = nkeys;
       argvlen[2] = strlen(nkeys);
       argv[3 + cnt] = srv->cfg->server_id;
@@ -907,31 +886,21 @@ static void on_script_load(fo_redis_t *r, redisReply *reply, void *privdata) {
     (*srv->m.redis_errors)++; /* the calls fall back to EVAL on NOSCRIPT */
 }
 
-/* SCRIPT LOAD of the routing scripts, first on a (re)connected node: Redis
- * runs one connection's commands in order, so the EVALSHAs after it find
- * them. Without it the first calls after a connect met NOSCRIPT and were
+/* SCRIPT LOAD of the routing script (one node), first on a (re)connected
+ * node: Redis runs one connection's commands in order, so the EVALSHAs
+ * after it find it. Without it the first calls after a connect met NOSCRIPT and were
  * sent again in full after calls that had gone out later (and, once another
  * server had loaded the script, succeeded): a user's messages out of order,
  * which its server drops as copies (stream.c, user_floor). */
 static void load_scripts(fo_router_t *rt, uint32_t node) {
   fo_server_t *srv = rt->srv;
   fo_redis_t *r = srv->redis_cmd != NULL ? srv->redis_cmd(srv, node) : NULL;
-  if (r == NULL || !fo_redis_connected(r))
-    return;
-  const char *scripts[2] = {route_lua, NULL};
-  size_t lens[2] = {sizeof(route_lua) - 1, 0};
-  if (rt->nnodes > 1) {
-    scripts[0] = lookup_lua;
-    lens[0] = sizeof(lookup_lua) - 1;
-    scripts[1] = publish_lua;
-    lens[1] = sizeof(publish_lua) - 1;
-  }
-  for (int i = 0; i < 2 && scripts[i] != NULL; i++) {
-    const char *argv[3] = {"SCRIPT", "LOAD", scripts[i]};
-    size_t argvlen[3] = {6, 4, lens[i]};
-    if (fo_redis_command_argv(r, on_script_load, srv, 3, argv, argvlen) != 0)
-      (*srv->m.redis_errors)++;
-  }
+  if (rt->nnodes > 1 || r == NULL || !fo_redis_connected(r))
+    return; /* several nodes: their scripts go in full (flush_sharded) */
+  const char *argv[3] = {"SCRIPT", "LOAD", route_lua};
+  size_t argvlen[3] = {6, 4, sizeof(route_lua) - 1};
+  if (fo_redis_command_argv(r, on_script_load, srv, 3, argv, argvlen) != 0)
+    (*srv->m.redis_errors)++;
 }
 
 void fo__router_redis_up(fo_server_t *srv, uint32_t node) {
