@@ -55,6 +55,11 @@ int fo_proto_joined(fo_sb_t *sb, const char *room, size_t len, const char *pos, 
  * Such payloads are inserted raw when they parse. */
 int fo_proto_json_ct(const char *ct, size_t n);
 
+/* Is p[0..n) one JSON text (any value), as jansson's json_loadb with
+ * JSON_DECODE_ANY | JSON_ALLOW_NUL judges it? Checked without a tree
+ * (json_check.h), jansson only for what the checker leaves to it. */
+int fo_proto_json_valid(const void *p, size_t n);
+
 /* {"type":"joined"|"left","room":..} into sb (reset first); joined = 0: left. */
 int fo_proto_room_reply(fo_sb_t *sb, int joined, const char *room, size_t len);
 

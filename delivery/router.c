@@ -22,11 +22,12 @@
  *
  * Several Redis nodes (shards, schemas/redis-shards.md): a user's entry and
  * a server's channel may live on different nodes, so no one script can do
- * both. A user message is then HGETALL on the user's node, then one PUBLISH
- * per other server on that server's node (pipelined per node); a PUBLISH
- * that reached nobody is followed by EXISTS of that server's liveness key,
- * and a dead server's entries are removed by a small script on the user's
- * node. A route whose node is down is given up (counted in
+ * both. The loop turn's user routes are looked up with one script call per
+ * users' node (HGETALL of each hash inside, lookup_lua); the answers are
+ * then PUBLISHed with one script call per servers' node (publish_lua). A
+ * PUBLISH that reached nobody is followed by EXISTS of that server's
+ * liveness key, and a dead server's entries are removed by a small script
+ * on the user's node. A route whose node is down is given up (counted in
  * routes_node_down) instead of held: held routes stall the release of every
  * later offset and, through the backlog, Kafka for the users of the nodes
  * that are up. With one node nothing changes (the script above).
@@ -97,6 +98,35 @@ static const char clean_lua[] = "local h = redis.call('HGETALL', KEYS[1])\n"
                                 "  end\n"
                                 "end\n"
                                 "return n\n";
+
+/* One call per node and batch looks up that node's users: KEYS the users'
+ * hashes, ARGV[1] our id; returns per key the other servers holding it,
+ * each once, joined by spaces (server ids have none: dconfig.c): one reply
+ * string per message, not an array of strings to parse and free. */
+static const char lookup_lua[] = "local r = {}\n"
+                                 "for k = 1, #KEYS do\n"
+                                 "  local h = redis.call('HGETALL', KEYS[k])\n"
+                                 "  local out, seen = {}, {}\n"
+                                 "  for i = 2, #h, 2 do\n"
+                                 "    local sid = h[i]\n"
+                                 "    if sid ~= ARGV[1] and not seen[sid] then\n"
+                                 "      seen[sid] = true\n"
+                                 "      out[#out + 1] = sid\n"
+                                 "    end\n"
+                                 "  end\n"
+                                 "  r[k] = table.concat(out, ' ')\n"
+                                 "end\n"
+                                 "return r\n";
+
+/* One call per node and batch PUBLISHes to the servers whose channels live
+ * there: ARGV[1] the channel prefix, then pairs (server id, payload);
+ * returns each PUBLISH's receiver count. */
+static const char publish_lua[] = "local r = {}\n"
+                                  "for i = 2, #ARGV, 2 do\n"
+                                  "  r[#r + 1] = redis.call('PUBLISH', ARGV[1] .. ARGV[i], "
+                                  "ARGV[i + 1])\n"
+                                  "end\n"
+                                  "return r\n";
 
 typedef struct fo_rmsg {
   struct fo_rmsg *next;
@@ -221,9 +251,41 @@ size_t fo__router_inflight_q(fo_server_t *srv, int q) {
   return srv->router ? srv->router->q[q].inflight : 0;
 }
 
+/* Partitions one advance() released records of: only the last offset of
+ * each is handed to done_cb (storing an offset in librdkafka allocates a
+ * list and takes a lock: per record it was a visible cost). */
+#define RELEASE_PARTS 16
+
+typedef struct {
+  uint32_t n;
+  int32_t partition[RELEASE_PARTS];
+  int64_t offset[RELEASE_PARTS];
+} release_t;
+
+static void release_flush(fo_rq_t *q, release_t *r) {
+  for (uint32_t i = 0; i < r->n; i++)
+    q->done_cb(q->done_ud, r->partition[i], r->offset[i]);
+  r->n = 0;
+}
+
+static void release_add(fo_rq_t *q, release_t *r, int32_t partition, int64_t offset) {
+  for (uint32_t i = 0; i < r->n; i++) {
+    if (r->partition[i] == partition) {
+      r->offset[i] = offset; /* released in Kafka order: the later is higher */
+      return;
+    }
+  }
+  if (r->n == RELEASE_PARTS)
+    release_flush(q, r);
+  r->partition[r->n] = partition;
+  r->offset[r->n++] = offset;
+}
+
 /* Releases finished messages at the head of q, in order. */
 static void advance(fo_router_t *rt, fo_rq_t *q) {
   fo_server_t *srv = rt->srv;
+  release_t rel;
+  rel.n = 0;
   while (q->head != NULL && q->head->done) {
     fo_rmsg_t *m = q->head;
     q->head = m->next;
@@ -231,12 +293,14 @@ static void advance(fo_router_t *rt, fo_rq_t *q) {
       q->tail = NULL;
     q->inflight--;
     if (q->done_cb != NULL && m->partition >= 0)
-      q->done_cb(q->done_ud, m->partition, m->offset);
+      release_add(q, &rel, m->partition, m->offset);
     if (m->pub != NULL)
       fo_flow_backlog(srv->flow, -(int64_t)m->pub->len);
     fo_buf_unref(m->pub);
     free(m);
   }
+  if (q->done_cb != NULL)
+    release_flush(q, &rel);
   if (rt->progress_cb != NULL)
     rt->progress_cb(rt->progress_ud);
 }
@@ -257,6 +321,7 @@ static void enqueue(fo_router_t *rt, fo_rmsg_t *m) {
 
 static void issue(fo_router_t *rt, fo_rmsg_t *m);
 static void flush_batch(fo_router_t *rt);
+static void flush_sharded(fo_router_t *rt, fo_rmsg_t **ms, uint32_t n);
 
 /* Applies the reply to the script call (or room PUBLISH) that carried
  * ms[0..n) (all of one queue; the router is there). Returns whether they
@@ -376,6 +441,15 @@ static void flush_batch(fo_router_t *rt) {
   if (n == 0)
     return;
   rt->nbatch = 0;
+  if (rt->nnodes > 1) {
+    fo_rmsg_t *ms[ROUTE_BATCH];
+    for (uint32_t i = 0; i < n; i++) {
+      ms[i] = rt->batch[i];
+      ms[i]->staged = false;
+    }
+    flush_sharded(rt, ms, n);
+    return;
+  }
   fo_redis_t *r = srv->redis_cmd(srv, 0);
   const char *argv[6 + 2 * ROUTE_BATCH];
   size_t argvlen[6 + 2 * ROUTE_BATCH];
@@ -434,14 +508,24 @@ void fo__router_flush(fo_server_t *srv) {
 
 /* ---- several nodes ---- */
 
-/* One PUBLISH to another server for message m (m->waiting counts them). */
+/* One look-up call's messages (the reply's privdata, owned by the call). */
 typedef struct {
-  fo_rmsg_t *m;
-  uint32_t node;    /* the server's node */
-  uint32_t sid_len; /* sid, then the user's registry key */
-  uint32_t key_len;
-  char data[];
-} pub_t;
+  uint32_t node;
+  uint32_t n;
+  fo_rmsg_t *m[];
+} lookup_t;
+
+/* One publish call (privdata, owned by the call): entry i is message m[i]
+ * to server sid i, the ids back to back in sids. */
+typedef struct {
+  uint32_t node;
+  uint32_t n;
+  char *sids;
+  struct {
+    fo_rmsg_t *m;
+    uint32_t sid_off, sid_len;
+  } e[];
+} pubcall_t;
 
 static void pub_done(fo_rmsg_t *m) {
   if (--m->waiting > 0)
@@ -492,118 +576,264 @@ static void on_exists(fo_redis_t *r, redisReply *reply, void *privdata) {
   free(c);
 }
 
-static void on_pub(fo_redis_t *r, redisReply *reply, void *privdata) {
-  pub_t *p = privdata;
-  fo_rmsg_t *m = p->m;
-  fo_router_t *rt = m->router;
-  if (rt != NULL) {
-    fo_server_t *srv = rt->srv;
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-      (*srv->m.redis_errors)++; /* that server's node failed: not held */
-      if (reply == NULL)
-        (*srv->m.routes_node_down)++;
-    } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
-      (*srv->m.published)++;
-    } else if (reply->type == REDIS_REPLY_INTEGER && rt->settle_until[p->node] == 0) {
-      /* Nobody subscribed: dead, or between two Pub/Sub connections. */
-      check_t *c = malloc(sizeof(*c) + p->sid_len + p->key_len);
-      fo_sb_t k;
-      fo_sb_init(&k);
-      fo_rkey_alive(&k, srv->cfg->redis_prefix, "");
-      fo_sb_append(&k, p->data, p->sid_len);
-      if (c != NULL && !k.oom) {
-        c->srv = srv;
-        c->user_node = m->node;
-        c->sid_len = p->sid_len;
-        c->key_len = p->key_len;
-        memcpy(c->data, p->data, p->sid_len + p->key_len);
-        const char *argv[2] = {"EXISTS", k.data};
-        size_t argvlen[2] = {6, k.len};
-        if (fo_redis_command_argv(r, on_exists, c, 2, argv, argvlen) != 0) {
-          (*srv->m.redis_errors)++;
-          free(c);
-        }
-      } else {
-        free(c);
-      }
-      fo_sb_free(&k);
+/* A PUBLISH to sid (on r, the server's node) reached nobody: dead, or
+ * between two Pub/Sub connections. EXISTS of its liveness key decides
+ * (on_exists). */
+static void check_server(fo_router_t *rt, fo_redis_t *r, fo_rmsg_t *m, const char *sid,
+                         size_t sid_len) {
+  fo_server_t *srv = rt->srv;
+  fo_sb_t k, key;
+  fo_sb_init(&k);
+  fo_sb_init(&key);
+  fo_rkey_alive(&k, srv->cfg->redis_prefix, "");
+  fo_sb_append(&k, sid, sid_len);
+  fo_rkey_connections(&key, srv->cfg->redis_prefix, (const char *)m->pub->data + m->user_off,
+                      m->user_len);
+  check_t *c = k.oom || key.oom ? NULL : malloc(sizeof(*c) + sid_len + key.len);
+  if (c != NULL) {
+    c->srv = srv;
+    c->user_node = m->node;
+    c->sid_len = (uint32_t)sid_len;
+    c->key_len = (uint32_t)key.len;
+    memcpy(c->data, sid, sid_len);
+    memcpy(c->data + sid_len, key.data, key.len);
+    const char *argv[2] = {"EXISTS", k.data};
+    size_t argvlen[2] = {6, k.len};
+    if (fo_redis_command_argv(r, on_exists, c, 2, argv, argvlen) != 0) {
+      (*srv->m.redis_errors)++;
+      free(c);
     }
   }
-  free(p);
-  pub_done(m);
+  fo_sb_free(&k);
+  fo_sb_free(&key);
 }
 
-/* HGETALL of the user's hash answered: one PUBLISH per other server. */
+static int send_pubcall(fo_router_t *rt, fo_redis_t *r, pubcall_t *pc);
+
+static void on_pubcall(fo_redis_t *r, redisReply *reply, void *privdata) {
+  pubcall_t *pc = privdata;
+  fo_router_t *rt = pc->e[0].m->router; /* NULL: gone (each m waits for us) */
+  if (rt != NULL) {
+    fo_server_t *srv = rt->srv;
+    bool array = reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == pc->n;
+    if (!array) { /* that servers' node failed: not held */
+      (*srv->m.redis_errors)++;
+      if (reply == NULL)
+        *srv->m.routes_node_down += pc->n;
+    }
+    for (uint32_t i = 0; array && i < pc->n; i++) {
+      redisReply *v = reply->element[i];
+      if (v->type == REDIS_REPLY_INTEGER && v->integer > 0)
+        (*srv->m.published)++;
+      else if (v->type == REDIS_REPLY_INTEGER && rt->settle_until[pc->node] == 0)
+        check_server(rt, r, pc->e[i].m, pc->sids + pc->e[i].sid_off, pc->e[i].sid_len);
+    }
+  }
+  for (uint32_t i = 0; i < pc->n; i++)
+    pub_done(pc->e[i].m);
+  free(pc->sids);
+  free(pc);
+}
+
+static int send_pubcall(fo_router_t *rt, fo_redis_t *r, pubcall_t *pc) {
+  size_t argc = 4 + 2 * (size_t)pc->n;
+  const char **argv = malloc(argc * sizeof(*argv));
+  size_t *argvlen = malloc(argc * sizeof(*argvlen));
+  int rc = -ENOMEM;
+  if (argv != NULL && argvlen != NULL) {
+    argv[0] = "EVAL"; /* in full: see flush_sharded */
+    argvlen[0] = 4;
+    argv[1] = publish_lua;
+    argvlen[1] = sizeof(publish_lua) - 1;
+    argv[2] = "0";
+    argvlen[2] = 1;
+    argv[3] = rt->chan_prefix;
+    argvlen[3] = strlen(rt->chan_prefix);
+    for (uint32_t i = 0; i < pc->n; i++) {
+      fo_rmsg_t *m = pc->e[i].m;
+      argv[4 + 2 * i] = pc->sids + pc->e[i].sid_off;
+      argvlen[4 + 2 * i] = pc->e[i].sid_len;
+      argv[5 + 2 * i] = (const char *)m->pub->data;
+      argvlen[5 + 2 * i] = m->pub->len;
+    }
+    rc = fo_redis_command_argv(r, on_pubcall, pc, (int)argc, argv, argvlen);
+  }
+  free(argv);
+  free(argvlen);
+  return rc;
+}
+
+/* The publishes one look-up reply asks for, gathered per server node. */
+typedef struct {
+  uint32_t n, cap;
+  fo_sb_t sids;
+  pubcall_t *pc;
+} pubnode_t;
+
 static void on_lookup(fo_redis_t *r, redisReply *reply, void *privdata) {
-  fo_rmsg_t *m = privdata;
-  fo_router_t *rt = m->router;
-  m->issued = false;
-  if (rt == NULL) {
-    free(m);
+  (void)r;
+  lookup_t *lk = privdata;
+  fo_router_t *rt = lk->m[0]->router;
+  for (uint32_t i = 0; i < lk->n; i++)
+    lk->m[i]->issued = false;
+  if (rt == NULL) { /* the router is gone: it left every message of lk to us */
+    for (uint32_t i = 0; i < lk->n; i++)
+      free(lk->m[i]);
+    free(lk);
     return;
   }
   fo_server_t *srv = rt->srv;
-  if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
+  bool array = reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == lk->n;
+  if (!array) { /* the users' node failed, or a script error: given up, not held */
     (*srv->m.redis_errors)++;
     if (reply == NULL)
-      (*srv->m.routes_node_down)++;
-    m->done = true;
-    advance(rt, &rt->q[m->q]);
-    return;
+      *srv->m.routes_node_down += lk->n;
+    else if (reply->type == REDIS_REPLY_ERROR) {
+      uint64_t sup = 0;
+      if (fo_log_ratelimit(&rt->rl, fo_now_ms(), 5000, &sup))
+        FO_LOG_WARN("router", "look-up script failed", "err=\"%s\" suppressed=%" PRIu64, reply->str,
+                    sup);
+    }
   }
-  const char *self = srv->cfg->server_id;
-  size_t self_len = strlen(self);
-  fo_sb_t key;
-  fo_sb_init(&key);
-  fo_rkey_connections(&key, srv->cfg->redis_prefix, (const char *)m->pub->data + m->user_off,
-                      m->user_len);
-  m->waiting = 1; /* held while sending */
-  for (size_t i = 1; i < reply->elements && !key.oom; i += 2) {
-    redisReply *v = reply->element[i];
-    if (v->type != REDIS_REPLY_STRING || (v->len == self_len && memcmp(v->str, self, v->len) == 0))
-      continue;
-    bool seen = false; /* one PUBLISH per server: a user has few connections */
-    for (size_t j = 1; j < i && !seen; j += 2)
-      seen = reply->element[j]->type == REDIS_REPLY_STRING && reply->element[j]->len == v->len &&
-             memcmp(reply->element[j]->str, v->str, v->len) == 0;
-    if (seen)
-      continue;
-    uint32_t node = fo_rshard_node(v->str, v->len, rt->nnodes);
-    fo_redis_t *sr = srv->redis_cmd(srv, node);
-    if (sr == NULL || !fo_redis_connected(sr)) {
-      (*srv->m.routes_node_down)++;
-      continue;
-    }
-    pub_t *p = malloc(sizeof(*p) + v->len + key.len);
-    fo_sb_t ch;
-    fo_sb_init(&ch);
-    fo_sb_puts(&ch, rt->chan_prefix);
-    fo_sb_append(&ch, v->str, v->len);
-    if (p == NULL || ch.oom) {
-      (*srv->m.drops)++;
-      free(p);
-      fo_sb_free(&ch);
-      continue;
-    }
-    p->m = m;
-    p->node = node;
-    p->sid_len = (uint32_t)v->len;
-    p->key_len = (uint32_t)key.len;
-    memcpy(p->data, v->str, v->len);
-    memcpy(p->data + v->len, key.data, key.len);
-    const char *argv[3] = {"PUBLISH", ch.data, (const char *)m->pub->data};
-    size_t argvlen[3] = {7, ch.len, m->pub->len};
-    if (fo_redis_command_argv(sr, on_pub, p, 3, argv, argvlen) == 0)
+  pubnode_t *pn = calloc(rt->nnodes, sizeof(*pn));
+  for (uint32_t i = 0; i < lk->n; i++) {
+    fo_rmsg_t *m = lk->m[i];
+    m->waiting = 1; /* held while gathering */
+    redisReply *sids = array ? reply->element[i] : NULL;
+    const char *sp = sids != NULL && sids->type == REDIS_REPLY_STRING ? sids->str : NULL;
+    const char *se = sp != NULL ? sp + sids->len : NULL;
+    while (sp != NULL && sp < se) {
+      const char *sid = sp;
+      const char *sp_end = memchr(sp, ' ', (size_t)(se - sp));
+      size_t sid_len = (size_t)((sp_end != NULL ? sp_end : se) - sid);
+      sp = sp_end != NULL ? sp_end + 1 : se;
+      if (sid_len == 0)
+        continue;
+      uint32_t node = fo_rshard_node(sid, sid_len, rt->nnodes);
+      fo_redis_t *sr = srv->redis_cmd(srv, node);
+      if (sr == NULL || !fo_redis_connected(sr)) {
+        (*srv->m.routes_node_down)++;
+        continue;
+      }
+      pubnode_t *p = pn != NULL ? &pn[node] : NULL;
+      if (p != NULL && p->n == p->cap) {
+        uint32_t cap = p->cap ? 2 * p->cap : 16;
+        pubcall_t *g = realloc(p->pc, sizeof(*g) + cap * sizeof(g->e[0]));
+        if (g == NULL)
+          p = NULL;
+        else {
+          if (p->pc == NULL)
+            fo_sb_init(&p->sids);
+          p->pc = g;
+          p->cap = cap;
+        }
+      }
+      if (p == NULL) {
+        (*srv->m.drops)++;
+        continue;
+      }
+      p->pc->e[p->n].m = m;
+      p->pc->e[p->n].sid_off = (uint32_t)p->sids.len;
+      p->pc->e[p->n].sid_len = (uint32_t)sid_len;
+      fo_sb_append(&p->sids, sid, sid_len);
+      p->n++;
       m->waiting++;
-    else {
-      (*srv->m.redis_errors)++;
-      free(p);
     }
-    fo_sb_free(&ch);
   }
-  fo_sb_free(&key);
-  (void)r;
-  pub_done(m);
+  for (uint32_t k = 0; pn != NULL && k < rt->nnodes; k++) {
+    pubnode_t *p = &pn[k];
+    if (p->n == 0)
+      continue;
+    pubcall_t *pc = p->pc;
+    pc->node = k;
+    pc->n = p->n;
+    pc->sids = p->sids.data; /* the call's now */
+    if (!p->sids.oom && send_pubcall(rt, srv->redis_cmd(srv, k), pc) == 0)
+      continue;
+    (*srv->m.redis_errors)++;
+    for (uint32_t i = 0; i < pc->n; i++)
+      pc->e[i].m->waiting--; /* none of them is the last: each is held above */
+    free(pc->sids);
+    free(pc);
+  }
+  free(pn);
+  for (uint32_t i = 0; i < lk->n; i++)
+    pub_done(lk->m[i]); /* the hold: done unless publishes are out */
+  free(lk);
+}
+
+/* One look-up call per node for the staged user routes (several nodes).
+ * A node that is not connected gives its routes up (see the top). Both
+ * scripts go in full (EVAL; Redis keeps the compiled script, a few hundred
+ * bytes more per call): with EVALSHA a call that met NOSCRIPT (a SCRIPT
+ * FLUSH) was sent again after later calls had succeeded (once another server
+ * had loaded the script), and a user's messages arrived out of order, the
+ * older ones dropped by its server as copies (stream.c, user_floor). */
+static void flush_sharded(fo_router_t *rt, fo_rmsg_t **ms, uint32_t n) {
+  fo_server_t *srv = rt->srv;
+  bool gave_up = false;
+  for (uint32_t k = 0; k < rt->nnodes; k++) {
+    uint32_t cnt = 0;
+    for (uint32_t i = 0; i < n; i++)
+      cnt += ms[i]->node == k;
+    if (cnt == 0)
+      continue;
+    fo_redis_t *r = srv->redis_cmd(srv, k);
+    lookup_t *lk = malloc(sizeof(*lk) + cnt * sizeof(lk->m[0]));
+    const char *argv[4 + ROUTE_BATCH];
+    size_t argvlen[4 + ROUTE_BATCH];
+    size_t off[ROUTE_BATCH];
+    char nkeys[16];
+    fo_sb_t keys;
+    fo_sb_init(&keys);
+    uint32_t j = 0;
+    for (uint32_t i = 0; i < n; i++) {
+      fo_rmsg_t *m = ms[i];
+      if (m->node != k)
+        continue;
+      off[j] = keys.len;
+      fo_rkey_connections(&keys, srv->cfg->redis_prefix, (const char *)m->pub->data + m->user_off,
+                          m->user_len);
+      argvlen[3 + j] = keys.len - off[j];
+      if (lk != NULL)
+        lk->m[j] = m;
+      j++;
+    }
+    int rc = -ENOMEM;
+    if (lk != NULL && !keys.oom && r != NULL && fo_redis_connected(r)) {
+      lk->node = k;
+      lk->n = cnt;
+      for (uint32_t i = 0; i < cnt; i++)
+        argv[3 + i] = keys.data + off[i];
+      snprintf(nkeys, sizeof(nkeys), "%" PRIu32, cnt);
+      argv[0] = "EVAL";
+      argvlen[0] = 4;
+      argv[1] = lookup_lua;
+      argvlen[1] = sizeof(lookup_lua) - 1;
+      argv[2] = nkeys;
+      argvlen[2] = strlen(nkeys);
+      argv[3 + cnt] = srv->cfg->server_id;
+      argvlen[3 + cnt] = strlen(srv->cfg->server_id);
+      rc = fo_redis_command_argv(r, on_lookup, lk, (int)(4 + cnt), argv, argvlen);
+    }
+    fo_sb_free(&keys);
+    if (rc == 0) {
+      for (uint32_t i = 0; i < cnt; i++)
+        lk->m[i]->issued = true;
+      continue;
+    }
+    free(lk);
+    bool up = r != NULL && fo_redis_connected(r); /* else out of memory */
+    for (uint32_t i = 0; i < n; i++) {
+      if (ms[i]->node == k) {
+        (*(up ? srv->m.drops : srv->m.routes_node_down))++;
+        ms[i]->done = true;
+        gave_up = true;
+      }
+    }
+  }
+  if (gave_up)
+    advance(rt, &rt->q[FO_RQ_USERS]);
 }
 
 static void issue_sharded(fo_router_t *rt, fo_rmsg_t *m) {
@@ -623,15 +853,13 @@ static void issue_sharded(fo_router_t *rt, fo_rmsg_t *m) {
   }
   if (rt->settle_until[m->node] != 0)
     return; /* the node just came back: held until the others re-registered */
-  fo_sb_t key;
-  fo_sb_init(&key);
-  fo_rkey_connections(&key, srv->cfg->redis_prefix, (const char *)m->pub->data + m->user_off,
-                      m->user_len);
-  const char *argv[2] = {"HGETALL", key.data};
-  size_t argvlen[2] = {7, key.len};
-  if (!key.oom && fo_redis_command_argv(r, on_lookup, m, 2, argv, argvlen) == 0)
-    m->issued = true;
-  fo_sb_free(&key);
+  if (m->staged)
+    return;
+  /* Looked up with the others of this loop turn (fo__router_flush). */
+  m->staged = true;
+  rt->batch[rt->nbatch++] = m;
+  if (rt->nbatch == ROUTE_BATCH)
+    flush_batch(rt);
 }
 
 /* ---- both ---- */
@@ -651,10 +879,35 @@ static void issue_pending(fo_router_t *rt) {
   flush_batch(rt);
 }
 
+static void on_script_load(fo_redis_t *r, redisReply *reply, void *privdata) {
+  (void)r;
+  fo_server_t *srv = privdata;
+  if (reply != NULL && reply->type == REDIS_REPLY_ERROR)
+    (*srv->m.redis_errors)++; /* the calls fall back to EVAL on NOSCRIPT */
+}
+
+/* SCRIPT LOAD of the routing script (one node), first on a (re)connected
+ * node: Redis runs one connection's commands in order, so the EVALSHAs
+ * after it find it. Without it the first calls after a connect met NOSCRIPT and were
+ * sent again in full after calls that had gone out later (and, once another
+ * server had loaded the script, succeeded): a user's messages out of order,
+ * which its server drops as copies (stream.c, user_floor). */
+static void load_scripts(fo_router_t *rt, uint32_t node) {
+  fo_server_t *srv = rt->srv;
+  fo_redis_t *r = srv->redis_cmd != NULL ? srv->redis_cmd(srv, node) : NULL;
+  if (rt->nnodes > 1 || r == NULL || !fo_redis_connected(r))
+    return; /* several nodes: their scripts go in full (flush_sharded) */
+  const char *argv[3] = {"SCRIPT", "LOAD", route_lua};
+  size_t argvlen[3] = {6, 4, sizeof(route_lua) - 1};
+  if (fo_redis_command_argv(r, on_script_load, srv, 3, argv, argvlen) != 0)
+    (*srv->m.redis_errors)++;
+}
+
 void fo__router_redis_up(fo_server_t *srv, uint32_t node) {
   fo_router_t *rt = srv->router;
   if (rt == NULL || node >= rt->nnodes)
     return;
+  load_scripts(rt, node);
   if (rt->was_up[node]) /* a reconnect, not the first connect: let the others re-register */
     rt->settle_until[node] = uv_now(srv->loop) + (uint64_t)srv->cfg->alive_ttl_ms / 2;
   rt->was_up[node] = true;

@@ -147,6 +147,63 @@ def test_sends_and_presence_reach_every_user():
     assert st == 200 and body["redis"] is True and body["redis_down"] == [], body
 
 
+def commandstats(node):
+    """{command: calls} of one node."""
+    out = {}
+    for line in node.cli("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line[len("cmdstat_"):].partition(":")
+            out[name] = int(dict(kv.split("=", 1) for kv in rest.split(","))["calls"])
+    return out
+
+
+def send_many_and_check(k, tag):
+    """k messages to every user in one go (so the consumers route them in
+    batches); each user gets its k, in order, and nothing else."""
+    S.produce(["fanout.users send %s application/json %s\n" %
+               (u, json.dumps({"tag": tag, "i": i}).encode().hex())
+               for i in range(k) for u in USERS])
+    for u in USERS:
+        for i in range(k):
+            m = CLIENTS[u][1].recv(timeout=15)
+            assert m["type"] == "message" and m["data"] == {"tag": tag, "i": i}, (u, i, m)
+
+
+def test_routing_is_batched_per_node():
+    """A loop turn's user routes cost one look-up script call per users'
+    node and one publish call per servers' node (HGETALL and PUBLISH run
+    inside them), not a command per message. The calls carry their scripts
+    (EVAL): a SCRIPT FLUSH between batches loses and reorders nothing."""
+    for node in NODES:
+        node.cli("CONFIG", "RESETSTAT")
+    k = 10
+    send_many_and_check(k, "batch")
+    stats = [commandstats(node) for node in NODES]
+    hgetall = sum(st.get("hgetall", 0) for st in stats)
+    calls = sum(st.get("evalsha", 0) + st.get("eval", 0) for st in stats)
+    publish = sum(st.get("publish", 0) for st in stats)
+    ft.log("batched routing: %d messages, %d HGETALL, %d PUBLISH, %d script calls" %
+           (k * len(USERS), hgetall, publish, calls))
+    assert hgetall >= k * len(USERS), stats  # every message looked up
+    assert publish > 0, stats
+    assert calls * 3 <= hgetall + publish, stats  # several routes per call
+    for st in stats:
+        assert st.get("publish", 0) == 0 or st.get("eval", 0) > 0, stats
+    # Scripts gone from every node (a restart would do that too), twice while
+    # the messages are routed.
+    for node in NODES:
+        node.cli("SCRIPT", "FLUSH")
+    S.produce(["fanout.users send %s application/json %s\n" %
+               (u, json.dumps({"tag": "flush", "i": i}).encode().hex())
+               for i in range(20) for u in USERS])
+    for node in NODES:
+        node.cli("SCRIPT", "FLUSH")
+    for u in USERS:
+        for i in range(20):
+            m = CLIENTS[u][1].recv(timeout=15)
+            assert m["type"] == "message" and m["data"] == {"tag": "flush", "i": i}, (u, i, m)
+
+
 def test_room_mode_redis_over_shards():
     rooms = []  # one room per node
     j = 0

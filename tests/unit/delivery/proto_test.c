@@ -10,7 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "frame.h"
+#include "json_check.h"
 #include "proto.h"
 #include "ws.h"
 
@@ -186,6 +189,127 @@ static void pubsub_payload(void **state) {
   assert_int_equal(fo_proto_pub_room_parse("@7:", 3, &o, &j, &jl), -EPROTO);
 }
 
+/* jansson's verdict, the reference fo_proto_json_valid must agree with. */
+static int jansson_valid(const void *p, size_t n) {
+  json_t *j = json_loadb((const char *)p, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+  json_decref(j);
+  return j != NULL;
+}
+
+/* One text: the checker's sure answers and the whole judgement agree with
+ * jansson; returns the checker's answer. */
+static fo_json_check_t agree(const void *p, size_t n) {
+  fo_json_check_t v = fo_json_check(p, n);
+  int want = jansson_valid(p, n);
+  if (v != FO_JSON_UNSURE && (v == FO_JSON_VALID) != want)
+    fail_msg("checker says %d, jansson %d: \"%.*s\"", v, want, (int)n, (const char *)p);
+  assert_int_equal(fo_proto_json_valid(p, n), want);
+  return v;
+}
+
+static void json_check_agrees_with_jansson(void **state) {
+  (void)state;
+  static const char *const valid[] = {"{}",
+                                      "[]",
+                                      " {\"a\":1} ",
+                                      "\"s\"",
+                                      "0",
+                                      "-0",
+                                      "1.5",
+                                      "-12.25",
+                                      "true",
+                                      "false",
+                                      "null",
+                                      "{\"a\":[1,{\"b\":null}],\"c\":\"\\u00e9\\n\\\"\"}",
+                                      "\"\\ud83d\\ude00\"",
+                                      "\"\xc3\xa9\"",
+                                      "\"\\u0000\"",
+                                      "[\"\xf0\x9f\x98\x80\", \"\x7f\"]",
+                                      "{\"a\":1,\"a\":2}",
+                                      "\t\r\n[ ]\n",
+                                      "9223372036854775",
+                                      "\"\\/\\b\\f\\r\\t\"",
+                                      "[[[[[]]]]]"};
+  static const char *const invalid[] = {"",
+                                        " ",
+                                        "{",
+                                        "}",
+                                        "[1,]",
+                                        "{\"a\":1,}",
+                                        "{\"a\"}",
+                                        "{a:1}",
+                                        "01",
+                                        "-",
+                                        "1.",
+                                        ".5",
+                                        "+1",
+                                        "1e",
+                                        "tru",
+                                        "truex",
+                                        "nul",
+                                        "\"abc",
+                                        "\"\\x\"",
+                                        "\"\\u12\"",
+                                        "\"\\udc00\"",
+                                        "\"\\ud800\"",
+                                        "\"\\ud800\\u0041\"",
+                                        "\"\xc0\xaf\"",
+                                        "\"\xed\xa0\x80\"",
+                                        "\"\xf4\x90\x80\x80\"",
+                                        "\"\x01\"",
+                                        "\"\xe2\x82\"",
+                                        "[1 2]",
+                                        "{} {}",
+                                        "1 1",
+                                        "[1}",
+                                        "{\"a\":1]",
+                                        "\xef\xbb\xbf{}",
+                                        "NaN"};
+  static const char *const unsure[] = {"1e5", "12345678901234567890", "-99999999999999999999",
+                                       "1.5E-3", "{\"a\\u0000\":1}"};
+  for (size_t i = 0; i < sizeof(valid) / sizeof(valid[0]); i++)
+    assert_int_equal(agree(valid[i], strlen(valid[i])), FO_JSON_VALID);
+  assert_int_equal(agree("\"a\\u0000b\"", 10), FO_JSON_VALID);
+  for (size_t i = 0; i < sizeof(invalid) / sizeof(invalid[0]); i++)
+    assert_int_equal(agree(invalid[i], strlen(invalid[i])), FO_JSON_INVALID);
+  assert_int_equal(agree("[\"a\0\"]", 6), FO_JSON_INVALID); /* a raw NUL */
+  /* jansson loses a NUL after a number or a literal; the checker does not */
+  assert_int_equal(fo_json_check("1\0", 2), FO_JSON_INVALID);
+  assert_false(fo_proto_json_valid("1\0", 2));
+  assert_false(fo_proto_json_valid("[true\0]", 7));
+  for (size_t i = 0; i < sizeof(unsure) / sizeof(unsure[0]); i++)
+    assert_int_equal(agree(unsure[i], strlen(unsure[i])), FO_JSON_UNSURE);
+  /* Deeper than the checker follows: jansson decides (it refuses past 2048). */
+  char deep[6000];
+  for (int d = FO_JSON_CHECK_DEPTH - 1; d <= 2100; d += 1850 - FO_JSON_CHECK_DEPTH) {
+    memset(deep, '[', (size_t)d);
+    memset(deep + d, ']', (size_t)d);
+    agree(deep, 2 * (size_t)d);
+  }
+
+  /* Mutations of a text with every kind of token: each byte replaced, cut
+   * and doubled in turn, with bytes that matter to the grammar. */
+  static const char seed[] = "{\"k\":[1,-2.5,\"x\\u00e9\\ud83d\\ude00\xc3\xa9\",true,false,null,"
+                             "{\"n\":{}},[]],\"e\":0.25}";
+  static const char subst[] = "{}[]\",:\\-+.0123eEtfnu \t\x01\x7f\x80\xc3\xed\xff";
+  size_t n = sizeof(seed) - 1;
+  char buf[sizeof(seed) * 2];
+  for (size_t i = 0; i < n; i++) {
+    for (size_t k = 0; k < sizeof(subst) - 1; k++) {
+      memcpy(buf, seed, n);
+      buf[i] = subst[k];
+      agree(buf, n);
+    }
+    agree(seed, i);           /* cut */
+    memcpy(buf, seed, i + 1); /* one byte doubled */
+    memcpy(buf + i + 1, seed + i, n - i);
+    agree(buf, n + 1);
+    memcpy(buf, seed, i); /* one byte dropped */
+    memcpy(buf + i, seed + i + 1, n - i - 1);
+    agree(buf, n - 1);
+  }
+}
+
 static void frames(void **state) {
   (void)state;
   static const size_t sizes[] = {0, 1, 125, 126, 65535, 65536, 70000};
@@ -217,9 +341,13 @@ static void frames(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(message_frames),  cmocka_unit_test(replies),
-      cmocka_unit_test(client_messages), cmocka_unit_test(pubsub_payload),
-      cmocka_unit_test(frames),          cmocka_unit_test(welcome_heartbeat),
+      cmocka_unit_test(message_frames),
+      cmocka_unit_test(replies),
+      cmocka_unit_test(client_messages),
+      cmocka_unit_test(pubsub_payload),
+      cmocka_unit_test(frames),
+      cmocka_unit_test(welcome_heartbeat),
+      cmocka_unit_test(json_check_agrees_with_jansson),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
