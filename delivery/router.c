@@ -39,8 +39,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
-
 #include "delivery_int.h"
 #include "router.h"
 #include "hub.h"
@@ -139,7 +137,6 @@ typedef struct fo_rmsg {
   bool done;
   bool issued;      /* a script call is outstanding */
   bool staged;      /* in the router's batch, not sent yet */
-  bool use_eval;    /* the server lost the script: send it in full */
   uint32_t node;    /* several nodes: the user's or the room's node */
   uint32_t waiting; /* several nodes: PUBLISH replies still to come */
 } fo_rmsg_t;
@@ -156,7 +153,6 @@ struct fo_router {
   fo_rq_t q[FO_RQ_COUNT];
   void (*progress_cb)(void *ud); /* the consumer: releases happened */
   void *progress_ud;
-  char sha[41];
   char *alive_prefix, *chan_prefix;
   fo_log_ratelimit_t rl;
   uint32_t nnodes;               /* Redis nodes (1 when not configured) */
@@ -172,14 +168,6 @@ typedef struct {
   fo_rmsg_t *m[];
 } batch_t;
 
-static void sha1_hex(const char *s, size_t n, char out[41]) {
-  uint8_t md[EVP_MAX_MD_SIZE];
-  unsigned len = 0;
-  EVP_Digest(s, n, md, &len, EVP_sha1(), NULL);
-  for (unsigned i = 0; i < 20; i++)
-    snprintf(out + 2 * i, 3, "%02x", md[i]);
-}
-
 int fo__router_new(fo_server_t *srv) {
   fo_router_t *rt = calloc(1, sizeof(*rt));
   if (rt == NULL)
@@ -191,7 +179,6 @@ int fo__router_new(fo_server_t *srv) {
   rt->settle_until = calloc(rt->nnodes, sizeof(*rt->settle_until));
   if (rt->was_up == NULL || rt->settle_until == NULL)
     return -ENOMEM;
-  sha1_hex(route_lua, sizeof(route_lua) - 1, rt->sha);
   fo_sb_t s;
   fo_sb_init(&s);
   fo_rkey_alive(&s, srv->cfg->redis_prefix, "");
@@ -336,14 +323,6 @@ static bool apply_reply(fo_router_t *rt, fo_rmsg_t **ms, uint32_t n, redisReply 
       return false;               /* resent when Redis is back (fo__router_redis_up) */
     (*srv->m.routes_node_down)++; /* several nodes: not held (see the top) */
   } else if (reply->type == REDIS_REPLY_ERROR) {
-    if (strncmp(reply->str, "NOSCRIPT", 8) == 0 && !ms[0]->use_eval) {
-      for (uint32_t i = 0; i < n; i++) {
-        ms[i]->use_eval = true;
-        issue(rt, ms[i]);
-      }
-      flush_batch(rt);
-      return false;
-    }
     (*srv->m.redis_errors)++;
     uint64_t sup = 0;
     if (fo_log_ratelimit(&rt->rl, fo_now_ms(), 5000, &sup))
@@ -458,11 +437,9 @@ static void flush_batch(fo_router_t *rt) {
   fo_sb_t keys; /* every key, back to back (pointers taken once it stops growing) */
   fo_sb_init(&keys);
   batch_t *b = malloc(sizeof(*b) + n * sizeof(b->m[0]));
-  bool use_eval = false;
   for (uint32_t i = 0; i < n; i++) {
     fo_rmsg_t *m = rt->batch[i];
     m->staged = false;
-    use_eval |= m->use_eval;
     off[i] = keys.len;
     fo_rkey_connections(&keys, srv->cfg->redis_prefix, (const char *)m->pub->data + m->user_off,
                         m->user_len);
@@ -481,10 +458,10 @@ static void flush_batch(fo_router_t *rt) {
   for (uint32_t i = 0; i < n; i++)
     argv[3 + i] = keys.data + off[i];
   snprintf(nkeys, sizeof(nkeys), "%" PRIu32, n);
-  argv[0] = use_eval ? "EVAL" : "EVALSHA";
-  argvlen[0] = strlen(argv[0]);
-  argv[1] = use_eval ? route_lua : rt->sha;
-  argvlen[1] = use_eval ? sizeof(route_lua) - 1 : 40;
+  argv[0] = "EVAL"; /* in full: see flush_sharded */
+  argvlen[0] = 4;
+  argv[1] = route_lua;
+  argvlen[1] = sizeof(route_lua) - 1;
   argv[2] = nkeys;
   argvlen[2] = strlen(nkeys);
   argv[3 + n] = rt->alive_prefix;
@@ -763,9 +740,10 @@ static void on_lookup(fo_redis_t *r, redisReply *reply, void *privdata) {
 }
 
 /* One look-up call per node for the staged user routes (several nodes).
- * A node that is not connected gives its routes up (see the top). Both
- * scripts go in full (EVAL; Redis keeps the compiled script, a few hundred
- * bytes more per call): with EVALSHA a call that met NOSCRIPT (a SCRIPT
+ * A node that is not connected gives its routes up (see the top). Every
+ * script call, here and on one node (flush_batch), goes in full (EVAL; Redis
+ * keeps the compiled script; a few hundred bytes more per call of up to 128
+ * messages): with EVALSHA a call that met NOSCRIPT (a SCRIPT
  * FLUSH) was sent again after later calls had succeeded (once another server
  * had loaded the script), and a user's messages arrived out of order, the
  * older ones dropped by its server as copies (stream.c, user_floor). */
@@ -879,35 +857,10 @@ static void issue_pending(fo_router_t *rt) {
   flush_batch(rt);
 }
 
-static void on_script_load(fo_redis_t *r, redisReply *reply, void *privdata) {
-  (void)r;
-  fo_server_t *srv = privdata;
-  if (reply != NULL && reply->type == REDIS_REPLY_ERROR)
-    (*srv->m.redis_errors)++; /* the calls fall back to EVAL on NOSCRIPT */
-}
-
-/* SCRIPT LOAD of the routing script (one node), first on a (re)connected
- * node: Redis runs one connection's commands in order, so the EVALSHAs
- * after it find it. Without it the first calls after a connect met NOSCRIPT and were
- * sent again in full after calls that had gone out later (and, once another
- * server had loaded the script, succeeded): a user's messages out of order,
- * which its server drops as copies (stream.c, user_floor). */
-static void load_scripts(fo_router_t *rt, uint32_t node) {
-  fo_server_t *srv = rt->srv;
-  fo_redis_t *r = srv->redis_cmd != NULL ? srv->redis_cmd(srv, node) : NULL;
-  if (rt->nnodes > 1 || r == NULL || !fo_redis_connected(r))
-    return; /* several nodes: their scripts go in full (flush_sharded) */
-  const char *argv[3] = {"SCRIPT", "LOAD", route_lua};
-  size_t argvlen[3] = {6, 4, sizeof(route_lua) - 1};
-  if (fo_redis_command_argv(r, on_script_load, srv, 3, argv, argvlen) != 0)
-    (*srv->m.redis_errors)++;
-}
-
 void fo__router_redis_up(fo_server_t *srv, uint32_t node) {
   fo_router_t *rt = srv->router;
   if (rt == NULL || node >= rt->nnodes)
     return;
-  load_scripts(rt, node);
   if (rt->was_up[node]) /* a reconnect, not the first connect: let the others re-register */
     rt->settle_until[node] = uv_now(srv->loop) + (uint64_t)srv->cfg->alive_ttl_ms / 2;
   rt->was_up[node] = true;
