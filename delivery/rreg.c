@@ -9,9 +9,9 @@
  * the server's check handle as one HSET (every new connection of the user,
  * 64 fields per command) and one EXPIRE; a closed connection is HDELed at
  * once. A heartbeat pass walks every local user in chunks and re-sends
- * HSET (all its connections) + EXPIRE, pipelined (hiredis writes everything
- * queued in one loop turn in one go). After Redis comes back, the same pass
- * re-registers everything.
+ * HSET (all its connections) + EXPIRE, one EVAL per chunk and node (see
+ * refresh_lua). After Redis comes back, the same pass re-registers
+ * everything.
  * No command's failure is dropped: every one is counted in redis_errors; a
  * refused HSET or EXPIRE starts a re-registration pass after a short,
  * backed-off delay (retry_timer) instead of waiting for the next refresh,
