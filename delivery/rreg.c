@@ -10,8 +10,8 @@
  * 64 fields per command) and one EXPIRE; a closed connection is HDELed at
  * once. A heartbeat pass walks every local user in chunks and re-sends
  * HSET (all its connections) + EXPIRE, one EVAL per chunk and node (see
- * refresh_lua). After Redis comes back, the same pass re-registers
- * everything.
+ * refresh_lua; at most EVAL_USERS_MAX users each). After Redis comes
+ * back, the same pass re-registers everything.
  * No command's failure is dropped: every one is counted in redis_errors; a
  * refused HSET or EXPIRE starts a re-registration pass after a short,
  * backed-off delay (retry_timer) instead of waiting for the next refresh,
@@ -49,6 +49,10 @@
  * buffers and callbacks at once, kept by malloc afterwards). */
 #define PASS_INFLIGHT_MAX (4 * REFRESH_CHUNK)
 #define RETRY_MIN_MS      500
+/* Users a pass's EVAL carries at most: a script runs alone on its node,
+ * and at ~7 us a user in Redis, 128 keep other servers' routing lookups
+ * from waiting more than about a millisecond behind one. */
+#define EVAL_USERS_MAX    128
 /* FO_REGISTRY_TTL_S as text, for the EXPIRE argv (a plain number literal). */
 #define TEXT_(x)          #x
 #define TEXT(x)           TEXT_(x)
@@ -425,6 +429,8 @@ static void register_user(fo_user_t *user, void *ud) {
   if (n->rr->nnodes > 1 && node_of(n->rr, name, ulen) != n)
     return;
   pass_add_user(n, user, name, ulen);
+  if (n->bkeys.n >= EVAL_USERS_MAX)
+    pass_send(n);
 }
 
 static bool pass_running(const fo_rreg_t *rr) {
