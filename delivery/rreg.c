@@ -9,9 +9,9 @@
  * the server's check handle as one HSET (every new connection of the user,
  * 64 fields per command) and one EXPIRE; a closed connection is HDELed at
  * once. A heartbeat pass walks every local user in chunks and re-sends
- * HSET (all its connections) + EXPIRE, pipelined (hiredis writes everything
- * queued in one loop turn in one go). After Redis comes back, the same pass
- * re-registers everything.
+ * HSET (all its connections) + EXPIRE, one EVAL per chunk and node (see
+ * refresh_lua; at most EVAL_USERS_MAX users each). After Redis comes
+ * back, the same pass re-registers everything.
  * No command's failure is dropped: every one is counted in redis_errors; a
  * refused HSET or EXPIRE starts a re-registration pass after a short,
  * backed-off delay (retry_timer) instead of waiting for the next refresh,
@@ -50,6 +50,14 @@
  * buffers and callbacks at once, kept by malloc afterwards). */
 #define PASS_INFLIGHT_MAX (4 * REFRESH_CHUNK)
 #define RETRY_MIN_MS      500
+/* Users a pass's EVAL carries at most: a script runs alone on its node,
+ * and at ~7 us a user in Redis, 128 keep other servers' routing lookups
+ * from waiting more than about a millisecond behind one. */
+#define EVAL_USERS_MAX    128
+/* FO_REGISTRY_TTL_S as text, for the EXPIRE argv (a plain number literal). */
+#define TEXT_(x)          #x
+#define TEXT(x)           TEXT_(x)
+#define TTL_TEXT          TEXT(FO_REGISTRY_TTL_S)
 #define HDEL_RETRY_MAX    10000 /* failed HDELs held for a resend; past it the TTL cleans up */
 
 /* A user with connections to register at the end of this loop turn. By
@@ -67,6 +75,14 @@ typedef struct hdel {
   char data[]; /* key, then the connection id */
 } hdel_t;
 
+/* Strings back to back, for one command's argv: text owns them, lens[i]
+ * is the i-th one's length. */
+typedef struct {
+  fo_sb_t text;
+  uint32_t *lens; /* owned */
+  uint32_t n, cap;
+} strs_t;
+
 /* One Redis node: its connections and its share of the heartbeat pass. */
 typedef struct {
   fo_rreg_t *rr;
@@ -76,8 +92,11 @@ typedef struct {
   uv_timer_t chunk_timer; /* continues this node's pass in chunks */
   uint32_t cursor;
   bool pass_running;
-  uint32_t reg_inflight; /* HSET/EXPIRE sent on cmd, not answered yet */
+  uint32_t reg_inflight; /* HSET/EXPIRE sent on cmd, not answered yet (a pass call
+                          * counts two for each user it carries) */
   fo_map_t unsubs;       /* unsub_t by room name, on this node's current sub connection */
+  strs_t bkeys, bargs;   /* the pass's chunk for this node (pass_add_user); freed when
+                          * the pass ends */
 } rnode_t;
 
 struct fo_rreg {
@@ -273,23 +292,151 @@ static void send_user(fo_rreg_t *rr, fo_user_t *user, bool only_pending) {
   }
   if (k > 0)
     reg_sent(rr, n, fo_redis_command_argv(cmd, on_reg_reply, n, argc, argv, argvlen));
-  if (total > 0)
-    reg_sent(rr, n,
-             fo_redis_command(cmd, on_reg_reply, n, "EXPIRE %b %d", rr->key.data, rr->key.len,
-                              FO_REGISTRY_TTL_S));
+  if (total > 0) {
+    /* By argv with the TTL's text made at compile time: the format
+     * version ran vsnprintf for the %d, for every user every minute. */
+    const char *eargv[3] = {"EXPIRE", rr->key.data, TTL_TEXT};
+    size_t eargvlen[3] = {6, rr->key.len, sizeof(TTL_TEXT) - 1};
+    reg_sent(rr, n, fo_redis_command_argv(cmd, on_reg_reply, n, 3, eargv, eargvlen));
+  }
 }
 
-/* A pass of node n sends the users that live on n (all of them with one
- * node). */
+/* The heartbeat pass sends each chunk of a node's users as one script
+ * call (DESIGN: the registry is "refreshed by heartbeats, batched per
+ * server, not one command per connection"): the HSET and EXPIRE of every
+ * user the same as send_user's, but one command and one reply per chunk
+ * instead of two per user, whose formatting, callbacks and replies were
+ * most of an idle server's registry CPU. EVAL, not EVALSHA: Redis caches
+ * the compiled script by its hash, and a flushed cache needs no second
+ * round. KEYS: the users' keys; ARGV: server id, TTL, then for each key its
+ * number of connection ids and the ids. */
+static const char refresh_lua[] =
+    "local sid, ttl, a = ARGV[1], ARGV[2], 3\n"
+    "for i = 1, #KEYS do\n"
+    "  local n = tonumber(ARGV[a])\n"
+    "  for j = a + 1, a + n do redis.call('HSET', KEYS[i], ARGV[j], sid) end\n"
+    "  redis.call('EXPIRE', KEYS[i], ttl)\n"
+    "  a = a + n + 1\n"
+    "end\n"
+    "return #KEYS\n";
+
+static void strs_add(strs_t *s, const char *p, size_t len) {
+  if (s->n == s->cap) {
+    uint32_t cap = s->cap ? s->cap * 2 : 256;
+    uint32_t *lens = realloc(s->lens, cap * sizeof(*lens));
+    if (lens == NULL) {
+      s->text.oom = 1;
+      return;
+    }
+    s->lens = lens;
+    s->cap = cap;
+  }
+  if (fo_sb_append(&s->text, p, len) == 0)
+    s->lens[s->n++] = (uint32_t)len;
+}
+
+static void strs_free(strs_t *s) {
+  fo_sb_free(&s->text);
+  free(s->lens);
+  *s = (strs_t){0};
+}
+
+/* What a pass call answers for: 2 * users registration commands. */
+typedef struct {
+  rnode_t *n;
+  uint32_t cmds;
+} pass_call_t;
+
+static void on_pass_reply(fo_redis_t *r, redisReply *reply, void *privdata) {
+  pass_call_t *pc = privdata;
+  rnode_t *n = pc->n;
+  n->reg_inflight -= pc->cmds - 1; /* on_reg_reply takes off the last one */
+  free(pc);
+  on_reg_reply(r, reply, n);
+}
+
+/* Adds user's open connections to node n's chunk. */
+static void pass_add_user(rnode_t *n, fo_user_t *user, const char *name, size_t ulen) {
+  fo_rreg_t *rr = n->rr;
+  fo_server_t *srv = rr->srv;
+  uint32_t cnt = 0;
+  for (fo_conn_t *c = fo__user_conns(user); c != NULL; c = c->user_next)
+    cnt += c->state == FO_CONN_OPEN;
+  if (cnt == 0)
+    return;
+  fo_sb_reset(&rr->key);
+  fo_rkey_connections(&rr->key, srv->cfg->redis_prefix, name, ulen);
+  if (rr->key.oom)
+    return;
+  strs_add(&n->bkeys, rr->key.data, rr->key.len);
+  char num[16];
+  int nl = snprintf(num, sizeof(num), "%" PRIu32, cnt);
+  strs_add(&n->bargs, num, (size_t)nl);
+  for (fo_conn_t *c = fo__user_conns(user); c != NULL; c = c->user_next) {
+    if (c->state != FO_CONN_OPEN)
+      continue;
+    c->reg_pending = 0;
+    char id[FO_CONN_ID_LEN];
+    fo__conn_id_str(c, id, sizeof(id));
+    strs_add(&n->bargs, id, strlen(id));
+  }
+}
+
+/* Sends node n's chunk as one EVAL. */
+static void pass_send(rnode_t *n) {
+  fo_rreg_t *rr = n->rr;
+  uint32_t nk = n->bkeys.n, na = n->bargs.n;
+  if (nk == 0)
+    return;
+  size_t argc = 3 + (size_t)nk + 2 + na;
+  const char **argv = malloc(argc * sizeof(*argv));
+  size_t *argvlen = malloc(argc * sizeof(*argvlen));
+  pass_call_t *pc = malloc(sizeof(*pc));
+  int rc = -ENOMEM;
+  if (argv != NULL && argvlen != NULL && pc != NULL && !n->bkeys.text.oom && !n->bargs.text.oom) {
+    char nkeys[16];
+    const char *sid = rr->srv->cfg->server_id;
+    size_t k = 0;
+    argv[k] = "EVAL", argvlen[k++] = 4;
+    argv[k] = refresh_lua, argvlen[k++] = sizeof(refresh_lua) - 1;
+    argv[k] = nkeys, argvlen[k++] = (size_t)snprintf(nkeys, sizeof(nkeys), "%" PRIu32, nk);
+    const char *p = n->bkeys.text.data;
+    for (uint32_t i = 0; i < nk; p += n->bkeys.lens[i++])
+      argv[k] = p, argvlen[k++] = n->bkeys.lens[i];
+    argv[k] = sid, argvlen[k++] = strlen(sid);
+    argv[k] = TTL_TEXT, argvlen[k++] = sizeof(TTL_TEXT) - 1;
+    p = n->bargs.text.data;
+    for (uint32_t i = 0; i < na; p += n->bargs.lens[i++])
+      argv[k] = p, argvlen[k++] = n->bargs.lens[i];
+    pc->n = n;
+    pc->cmds = 2 * nk;
+    rc = fo_redis_command_argv(n->cmd, on_pass_reply, pc, (int)argc, argv, argvlen);
+  }
+  if (rc == 0) {
+    n->reg_inflight += pc->cmds - 1; /* reg_sent adds the last one */
+    pc = NULL;
+  }
+  free(pc);
+  free(argv);
+  free(argvlen);
+  reg_sent(rr, n, rc); /* a failure is counted and retried by a pass soon */
+  fo_sb_reset(&n->bkeys.text);
+  fo_sb_reset(&n->bargs.text);
+  n->bkeys.text.oom = n->bargs.text.oom = 0;
+  n->bkeys.n = n->bargs.n = 0;
+}
+
+/* A pass of node n collects the users that live on n (all of them with
+ * one node) into its chunk. */
 static void register_user(fo_user_t *user, void *ud) {
   rnode_t *n = ud;
-  if (n->rr->nnodes > 1) {
-    size_t ulen;
-    const char *name = fo__user_name(user, &ulen);
-    if (node_of(n->rr, name, ulen) != n)
-      return;
-  }
-  send_user(n->rr, user, false);
+  size_t ulen;
+  const char *name = fo__user_name(user, &ulen);
+  if (n->rr->nnodes > 1 && node_of(n->rr, name, ulen) != n)
+    return;
+  pass_add_user(n, user, name, ulen);
+  if (n->bkeys.n >= EVAL_USERS_MAX)
+    pass_send(n);
 }
 
 static bool pass_running(const fo_rreg_t *rr) {
@@ -312,6 +459,14 @@ static void maybe_resync(fo_rreg_t *rr) {
     srv->rreg_ev.resync(srv);
 }
 
+/* The pass of node n walked its last chunk. */
+static void pass_done(rnode_t *n) {
+  n->pass_running = false;
+  strs_free(&n->bkeys);
+  strs_free(&n->bargs);
+  maybe_resync(n->rr);
+}
+
 static void on_chunk(uv_timer_t *t) {
   rnode_t *n = t->data;
   if (n->reg_inflight > PASS_INFLIGHT_MAX && fo_redis_connected(n->cmd)) {
@@ -319,9 +474,9 @@ static void on_chunk(uv_timer_t *t) {
     return;
   }
   n->cursor = fo__registry_each_user(n->rr->srv, n->cursor, REFRESH_CHUNK, register_user, n);
+  pass_send(n);
   if (n->cursor == 0 || !fo_redis_connected(n->cmd)) {
-    n->pass_running = false;
-    maybe_resync(n->rr);
+    pass_done(n);
   } else {
     uv_timer_start(&n->chunk_timer, on_chunk, 1, 0);
   }
@@ -333,9 +488,9 @@ static void start_node_pass(rnode_t *n) {
   n->pass_running = true;
   /* The first chunk now, the rest one per loop turn (1 ms timer). */
   n->cursor = fo__registry_each_user(n->rr->srv, 0, REFRESH_CHUNK, register_user, n);
+  pass_send(n);
   if (n->cursor == 0) {
-    n->pass_running = false;
-    maybe_resync(n->rr);
+    pass_done(n);
   } else {
     uv_timer_start(&n->chunk_timer, on_chunk, 1, 0);
   }
@@ -858,8 +1013,11 @@ void fo__rreg_drain(fo_server_t *srv) {
 static void handle_closed(fo_rreg_t *rr) {
   if (--rr->open_handles == 0) {
     fo_sb_free(&rr->key);
-    for (uint32_t i = 0; rr->nodes != NULL && i < rr->nnodes; i++)
+    for (uint32_t i = 0; rr->nodes != NULL && i < rr->nnodes; i++) {
       clear_unsubs(&rr->nodes[i]);
+      strs_free(&rr->nodes[i].bkeys); /* a pass stopped midway */
+      strs_free(&rr->nodes[i].bargs);
+    }
     while (rr->hdels != NULL) {
       hdel_t *hd = rr->hdels;
       rr->hdels = hd->next;

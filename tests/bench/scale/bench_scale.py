@@ -290,7 +290,8 @@ def main():
                          "restored at the end)")
     ap.add_argument("--time-limit", type=float, default=1800, help="seconds for the whole run")
     ap.add_argument("--perf-seconds", type=float, default=0,
-                    help="perf record -g one delivery process for this long during the hold")
+                    help="perf record -g delivery process 0 and its client for this long during "
+                         "the hold (tests/bench/scale/perf_split.py splits it)")
     ap.add_argument("--delivery-env", default="",
                     help="NAME=VALUE ... in the delivery processes' environment only "
                          "(malloc experiments: MALLOC_ARENA_MAX=2, say)")
@@ -459,9 +460,11 @@ def main():
         perf = None
         if args.perf_seconds > 0:
             perf_out = os.path.join(ft.STATE_DIR, "scale-perf.data")
-            perf = ft.Proc("scale-perf", ["perf", "record", "-g", "-o", perf_out, "-p",
-                                          str(dels[0].pid), "--", "sleep",
-                                          str(args.perf_seconds)])
+            # Delivery process 0 and its load client: on loopback each one's
+            # send runs the other's receive path (perf_split.py tells them apart).
+            perf = ft.Proc("scale-perf", ["perf", "record", "-g", "-F", "999", "-o", perf_out,
+                                          "-p", "%d,%d" % (dels[0].pid, clients[0].pid), "--",
+                                          "sleep", str(args.perf_seconds)])
         print("holding %.0f s (%.1f ping intervals of %d ms, pong timeout %d ms)" %
               (hold, args.heartbeat_cycles, PING_MS, PONG_MS), flush=True)
         time.sleep(hold)
@@ -472,7 +475,8 @@ def main():
         lcpu = sum(cpu_s(c.pid) for c in clients) - l0
         if perf is not None:
             perf.wait_exit(60)
-            print("perf data of delivery process 0 (pid %d): %s" % (dels[0].pid, perf_out))
+            print("perf data of delivery process 0 (pid %d) and its client (pid %d), %.0f s at "
+                  "999 Hz: %s" % (dels[0].pid, clients[0].pid, args.perf_seconds, perf_out))
         rss2 = [rss_kb(d.pid) for d in dels]
         if args.mem_detail:
             print_mem_detail("after the hold", dels[0].pid, m0, mi_path)

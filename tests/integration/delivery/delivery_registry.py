@@ -1,6 +1,7 @@
 """The Redis registry: registrations made in one loop turn are merged into
 one HSET per user (64 fields a command) + one EXPIRE; the heartbeat pass
-re-registers every local connection of a user, however many."""
+re-registers every local connection of a user, however many, one script call
+per chunk of up to 128 users."""
 
 import base64
 import os
@@ -95,6 +96,33 @@ def test_heartbeat_pass_reregisters_more_than_64_connections_of_a_user():
     for s in socks:
         s.close()
     ft.eventually(lambda: S.redis.cli("HLEN", "ws:connections:crowd") == "0",
+                  what="entries removed on close")
+
+
+def test_heartbeat_pass_is_one_script_call_per_chunk():
+    """The pass refreshes every user's HSET + EXPIRE, batched: one EVAL per
+    chunk of up to 128 users, not two commands per user."""
+    n = 130  # two EVALs a pass
+    users = ["pass%d" % i for i in range(n)] + ["pass0"] * 2
+    socks = open_many(B, users, stopped=False)
+    ft.eventually(lambda: all(S.redis.cli("HLEN", "ws:connections:pass%d" % i) ==
+                              ("3" if i == 0 else "1") for i in range(n)), what="registered")
+    for i in range(n):  # what the pass must renew (and the entry it must restore)
+        S.redis.cli("EXPIRE", "ws:connections:pass%d" % i, "100")
+    S.redis.cli("HDEL", "ws:connections:pass0", S.redis.cli("HKEYS", "ws:connections:pass0")
+                .split()[0])
+    S.redis.cli("CONFIG", "RESETSTAT")
+    ft.eventually(lambda: all(int(S.redis.cli("TTL", "ws:connections:pass%d" % i)) > 100
+                              for i in range(n)), timeout=10, what="every TTL renewed")
+    assert S.redis.cli("HLEN", "ws:connections:pass0") == "3"
+    evals, hset, expire = cmdstat("eval"), cmdstat("hset"), cmdstat("expire")
+    ft.log("pass: %d EVAL, %d HSET, %d EXPIRE for %d users" % (evals, hset, expire, n))
+    assert hset >= n + 2 and expire >= n  # run by the script
+    # Two a pass (every 300 ms); commands per user would be hundreds.
+    assert 2 <= evals <= 30, evals
+    for s in socks:
+        s.close()
+    ft.eventually(lambda: S.redis.cli("EXISTS", "ws:connections:pass1") == "0",
                   what="entries removed on close")
 
 
