@@ -9,7 +9,7 @@
 
 #include <http_parser.h>
 
-#include "hex.h"
+#include "digits.h"
 #include "json_out.h"
 
 struct fo_http_parser {

@@ -4,7 +4,7 @@
 #include <string.h>
 #include <sys/random.h>
 
-#include "hex.h"
+#include "digits.h"
 
 /* splitmix64: fast, and seeded once from the kernel; ids need uniqueness and
  * order, not secrecy. */

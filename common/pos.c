@@ -10,36 +10,7 @@
 #define XXH_STATIC_LINKING_ONLY /* XXH32_state_t on the stack */
 #include <xxhash.h>
 
-#include "hex.h"
-
-/* Writes v in decimal at o; returns the digits written. */
-static size_t put_dec(char *o, uint64_t v) {
-  char t[20];
-  size_t n = 0;
-  do {
-    t[n++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v != 0);
-  for (size_t i = 0; i < n; i++)
-    o[i] = t[n - 1 - i];
-  return n;
-}
-
-/* Writes v in lowercase hex at o, at least `width` digits; returns them. */
-static size_t put_hex(char *o, uint64_t v, size_t width) {
-  static const char hex[] = "0123456789abcdef";
-  char t[16];
-  size_t n = 0;
-  do {
-    t[n++] = hex[v & 15];
-    v >>= 4;
-  } while (v != 0);
-  while (n < width)
-    t[n++] = '0';
-  for (size_t i = 0; i < n; i++)
-    o[i] = t[n - 1 - i];
-  return n;
-}
+#include "digits.h"
 
 int fo_pos_format(const fo_pos_t *p, char *out, size_t outlen) {
   if ((p->kind != 'u' && p->kind != 'r') || p->partition < 0 || p->offset < -1 || p->t_ms < 0)
@@ -50,15 +21,15 @@ int fo_pos_format(const fo_pos_t *p, char *out, size_t outlen) {
   size_t n = 0;
   tmp[n++] = p->kind;
   tmp[n++] = '.';
-  n += put_hex(tmp + n, p->epoch, 8);
+  n += fo_put_hex(tmp + n, p->epoch, 8);
   tmp[n++] = '.';
-  n += put_dec(tmp + n, (uint64_t)p->partition);
+  n += fo_put_dec(tmp + n, (uint64_t)p->partition);
   tmp[n++] = '.';
   if (p->offset < 0)
     tmp[n++] = '-';
-  n += put_dec(tmp + n, p->offset < 0 ? 1 : (uint64_t)p->offset);
+  n += fo_put_dec(tmp + n, p->offset < 0 ? 1 : (uint64_t)p->offset);
   tmp[n++] = '.';
-  n += put_hex(tmp + n, (uint64_t)p->t_ms, 1);
+  n += fo_put_hex(tmp + n, (uint64_t)p->t_ms, 1);
   if (n >= outlen) {
     if (outlen > 0)
       out[0] = '\0';

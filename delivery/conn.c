@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 
 #include "delivery_int.h"
+#include "digits.h"
 #include "frame.h"
 #include "handshake.h"
 #include "http.h"
@@ -82,19 +83,6 @@ static fo_ws_limits_t limits_of(const fo_server_t *srv) {
   return lim;
 }
 
-/* Lower-case hex of v without leading zeros at p; returns the end. */
-static char *put_hex(char *p, uint64_t v) {
-  char tmp[16];
-  int n = 0;
-  do {
-    tmp[n++] = "0123456789abcdef"[v & 15];
-    v >>= 4;
-  } while (v != 0);
-  while (n > 0)
-    *p++ = tmp[--n];
-  return p;
-}
-
 /* "%s-%" PRIx64 "-%" PRIx32, by hand: the registry pass builds one for every
  * open connection a minute, and snprintf was a sixth of that pass's CPU. */
 void fo__conn_id_str(const fo_conn_t *conn, char *out, size_t outlen) {
@@ -107,9 +95,9 @@ void fo__conn_id_str(const fo_conn_t *conn, char *out, size_t outlen) {
   memcpy(out, sid, sl);
   char *p = out + sl;
   *p++ = '-';
-  p = put_hex(p, conn->srv->start_ms);
+  p += fo_put_hex(p, conn->srv->start_ms, 1);
   *p++ = '-';
-  p = put_hex(p, conn->id);
+  p += fo_put_hex(p, conn->id, 1);
   *p = '\0';
 }
 

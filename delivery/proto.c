@@ -7,6 +7,7 @@
 
 #include <jansson.h>
 
+#include "digits.h"
 #include "id.h"
 #include "json_check.h"
 #include "json_out.h"
@@ -169,29 +170,16 @@ fo_proto_kind_t fo_proto_parse(const uint8_t *p, size_t n, fo_proto_msg_t *out) 
   return kind;
 }
 
-/* Writes v in decimal at o; returns the digits written. */
-static size_t put_dec(char *o, uint64_t v) {
-  char t[20];
-  size_t n = 0;
-  do {
-    t[n++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v != 0);
-  for (size_t i = 0; i < n; i++)
-    o[i] = t[n - 1 - i];
-  return n;
-}
-
 fo_buf_t *fo_proto_pub_user(const char *user, size_t ulen, int64_t offset, const char *json,
                             size_t jlen, uint32_t *user_off) {
   char hdr[48]; /* by hand: snprintf cost more than the rest of the payload */
   size_t hl = 0;
   if (offset >= 0) { /* else on no stream */
     hdr[hl++] = '@';
-    hl += put_dec(hdr + hl, (uint64_t)offset);
+    hl += fo_put_dec(hdr + hl, (uint64_t)offset);
     hdr[hl++] = ':';
   }
-  hl += put_dec(hdr + hl, ulen);
+  hl += fo_put_dec(hdr + hl, ulen);
   hdr[hl++] = ':';
   fo_buf_t *pub = fo_buf_new(hl + ulen + jlen);
   if (pub == NULL)

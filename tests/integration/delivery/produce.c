@@ -13,7 +13,7 @@
 
 #include "buf.h"
 #include "envelope.h"
-#include "hex.h"
+#include "digits.h"
 #include "id.h"
 #include "kafka_uv.h"
 #include "log.h"

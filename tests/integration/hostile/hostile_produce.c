@@ -11,7 +11,7 @@
 
 #include <librdkafka/rdkafka.h>
 
-#include "hex.h"
+#include "digits.h"
 
 static int failed;
 
