@@ -2,25 +2,34 @@
 """End-to-end latency over the broker (prints figures; not a test).
 
 One run, one broker (the embedded fanout-kafka-dev, or the real Apache Kafka
-with --apache), --rate messages a second for --seconds each:
+with --apache, or a running one with --bootstrap), --rate messages a second
+for --seconds, in each of --rounds rounds:
 
-  broker: kcat -P (a plain librdkafka producer, with the ingest producer's
-          settings: linger.ms, acks=all, idempotence, batch sizes) -> the
-          users topic -> kcat -C -G (a plain librdkafka group consumer, with
-          the delivery consumer's fetch.wait.max.ms). Latency = the time a
-          line is handed to the producer's stdin -> the time the consumer
-          prints it (records keyed by a user nobody is connected as).
-  ours:   POST /v1/send to fanout-ingest (pipelined on one keep-alive
-          connection) -> Kafka -> fanout-delivery -> the WebSocket frame at
-          a client connected as the user. Latency = the request's write ->
-          the frame's read (the send time travels in the message).
+  ours:   POST /v1/send to fanout-ingest (pipelined over --connections
+          keep-alive connections) -> Kafka -> fanout-delivery -> the WebSocket
+          frame at a client connected as the user. Latency = the request's
+          write -> the frame's read (the send time travels in the message),
+          split at the record's CreateTime (pos in the frame; set by ingest's
+          producev): HTTP + ingest, and producer + broker + delivery.
+  floor:  fanout-bench-kafka-floor (kafka_floor.c): a producer with ingest's
+          librdkafka settings -> the users topic -> a group consumer with
+          delivery's settings (fetch.wait.max.ms included), one process, one
+          clock, records keyed by a user nobody is connected as; a bare
+          rd_kafka_consumer_poll() thread, and with --floor-uv also delivery's
+          libuv consumer path (common/kafka_consumer.c + kafka_uv.c).
+  kcat:   with --kcat, the kcat pair of earlier runs (its own pipe overhead
+          makes it no floor).
 
-Sender and receivers are separate processes; timestamps are CLOCK_REALTIME of
-the one machine. The first second of each phase is left out (warm-up).
-Prints p50/p90/p99/max of both and ours = end-to-end - broker, for p50 and
-p99 (goal: <= 0.5 ms p50, <= 1 ms p99).
+A fresh Apache Kafka first gets --broker-warm-seconds (30) of unmeasured floor
+traffic: a new JVM's acknowledgements take ~100 ms for its first minute.
+Timestamps of the end-to-end phase are CLOCK_REALTIME of the one machine. The
+first second of each phase is left out (warm-up). Prints p50/p90/p99/max and
+ours = end-to-end - floor, for p50 and p99 (goal: <= 0.5 ms p50, <= 1 ms p99).
 
-usage: bench_latency.py [--build DIR] [--apache] [--rate 1000] [--seconds 20]
+usage: bench_latency.py [--build DIR] [--apache | --bootstrap HOST:PORT]
+                        [--rate 1000] [--seconds 20] [--rounds 1]
+                        [--connections 8] [--floor-uv] [--floor-first] [--kcat]
+                        [--broker-warm-seconds S]
                         [--ingest-args "..."] [--delivery-args "..."]
 """
 
@@ -279,6 +288,9 @@ def main():
                     "consumer on delivery's libuv path (kafka_consumer.c + kafka_uv.c)")
     ap.add_argument("--kcat", action="store_true", help="also the kcat pair of earlier runs")
     ap.add_argument("--rounds", type=int, default=1, help="repeat end-to-end + floor")
+    ap.add_argument("--floor-first", action="store_true",
+                    help="the floor before the end-to-end phase (fanout-kafka-dev's fetches "
+                    "cost more as its log grows, which favours whichever phase runs first)")
     ap.add_argument("--connections", type=int, default=8,
                     help="HTTP connections the sender spreads its requests over")
     ap.add_argument("--broker-warm-seconds", type=float, default=None,
@@ -383,11 +395,14 @@ def main():
     for rnd in range(args.rounds):
         if args.rounds > 1:
             print("-- round %d of %d" % (rnd + 1, args.rounds), flush=True)
-        # 1. end to end
-        e2e = end_to_end()
-        # 2. the broker alone, same topic, the services' client settings
+        # 1. end to end, 2. the broker alone (same topic, the services' client
+        # settings), or the other way round
+        if not args.floor_first:
+            e2e = end_to_end()
         fl = floor_phase(kafka.bootstrap, args.rate, args.seconds, fetch_wait, linger, "thread",
                          [])
+        if args.floor_first:
+            e2e = end_to_end()
         print("floor (librdkafka consumer thread): %s; load average %s" % (
             " ".join(fl), loadavg()), flush=True)
         f50, f99 = floor_pct(fl[0], "p50_ms"), floor_pct(fl[0], "p99_ms")
