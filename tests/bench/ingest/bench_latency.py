@@ -2,25 +2,34 @@
 """End-to-end latency over the broker (prints figures; not a test).
 
 One run, one broker (the embedded fanout-kafka-dev, or the real Apache Kafka
-with --apache), --rate messages a second for --seconds each:
+with --apache, or a running one with --bootstrap), --rate messages a second
+for --seconds, in each of --rounds rounds:
 
-  broker: kcat -P (a plain librdkafka producer, with the ingest producer's
-          settings: linger.ms, acks=all, idempotence, batch sizes) -> the
-          users topic -> kcat -C -G (a plain librdkafka group consumer, with
-          the delivery consumer's fetch.wait.max.ms). Latency = the time a
-          line is handed to the producer's stdin -> the time the consumer
-          prints it (records keyed by a user nobody is connected as).
-  ours:   POST /v1/send to fanout-ingest (pipelined on one keep-alive
-          connection) -> Kafka -> fanout-delivery -> the WebSocket frame at
-          a client connected as the user. Latency = the request's write ->
-          the frame's read (the send time travels in the message).
+  ours:   POST /v1/send to fanout-ingest (pipelined over --connections
+          keep-alive connections) -> Kafka -> fanout-delivery -> the WebSocket
+          frame at a client connected as the user. Latency = the request's
+          write -> the frame's read (the send time travels in the message),
+          split at the record's CreateTime (pos in the frame; set by ingest's
+          producev): HTTP + ingest, and producer + broker + delivery.
+  floor:  fanout-bench-kafka-floor (kafka_floor.c): a producer with ingest's
+          librdkafka settings -> the users topic -> a group consumer with
+          delivery's settings (fetch.wait.max.ms included), one process, one
+          clock, records keyed by a user nobody is connected as; a bare
+          rd_kafka_consumer_poll() thread, and with --floor-uv also delivery's
+          libuv consumer path (common/kafka_consumer.c + kafka_uv.c).
+  kcat:   with --kcat, the kcat pair of earlier runs (its own pipe overhead
+          makes it no floor).
 
-Sender and receivers are separate processes; timestamps are CLOCK_REALTIME of
-the one machine. The first second of each phase is left out (warm-up).
-Prints p50/p90/p99/max of both and ours = end-to-end - broker, for p50 and
-p99 (goal: <= 0.5 ms p50, <= 1 ms p99).
+A fresh Apache Kafka first gets --broker-warm-seconds (30) of unmeasured floor
+traffic: a new JVM's acknowledgements take ~100 ms for its first minute.
+Timestamps of the end-to-end phase are CLOCK_REALTIME of the one machine. The
+first second of each phase is left out (warm-up). Prints p50/p90/p99/max and
+ours = end-to-end - floor, for p50 and p99 (goal: <= 0.5 ms p50, <= 1 ms p99).
 
-usage: bench_latency.py [--build DIR] [--apache] [--rate 1000] [--seconds 20]
+usage: bench_latency.py [--build DIR] [--apache | --bootstrap HOST:PORT]
+                        [--rate 1000] [--seconds 20] [--rounds 1]
+                        [--connections 8] [--floor-uv] [--floor-first] [--kcat]
+                        [--broker-warm-seconds S]
                         [--ingest-args "..."] [--delivery-args "..."]
 """
 
@@ -94,7 +103,7 @@ def ws_receiver(addr, token, n, warm, out, ready, warmed):
         buf += s.recv(4096)
     head, _, buf = buf.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
-    lat, seen, welcomed, t = [], 0, False, 0
+    lat, stage, seen, welcomed, t = [], [], 0, False, 0
     s.settimeout(60)
     while seen < n:
         fr = next_frame(buf)
@@ -112,27 +121,41 @@ def ws_receiver(addr, token, n, warm, out, ready, warmed):
             welcomed = True
             ready.set()
             continue
-        d = json.loads(payload).get("data")
+        m = json.loads(payload)
+        d = m.get("data")
         if isinstance(d, dict) and "warm" in d:
             warmed.set()
         elif isinstance(d, dict) and "t" in d:
             seen += 1
             if d["i"] >= warm:
                 lat.append((t - d["t"]) / 1e6)
-    out.put(lat)
+                # The record's CreateTime (ms, set by ingest's producev) is
+                # the 5th field of pos: the request's write -> produce, and
+                # produce -> the frame's read.
+                ts = int(m.get("pos", "").split(".")[4], 16)
+                stage.append((ts - d["t"] / 1e6, t / 1e6 - ts))
+    out.put((lat, stage))
     s.close()
 
 
-def http_sender(addr, rate, seconds, out):
+def http_sender(addr, rate, seconds, conns, out):
+    """Paces POST /v1/send round-robin over `conns` keep-alive connections,
+    each pipelining its requests (ingest holds at most --max-pipeline, 64,
+    unanswered per connection: one connection caps the rate at 64 / the
+    broker's acknowledgement time)."""
     host, _, port = addr.rpartition(":")
-    s = socket.create_connection((host, int(port)))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     n = int(rate * seconds)
+    socks = []
+    for _ in range(conns):
+        s = socket.create_connection((host, int(port)))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        socks.append(s)
     answered = [0, 0]  # 202s, others
+    lock = threading.Lock()
 
-    def reader():
-        buf = b""
-        while answered[0] + answered[1] < n:
+    def reader(s, expect):
+        buf, got = b"", 0
+        while got < expect:
             chunk = s.recv(65536)
             if not chunk:
                 return
@@ -149,20 +172,26 @@ def http_sender(addr, rate, seconds, out):
                         clen = int(v)
                 if len(buf) < end + 4 + clen:
                     break
-                answered[0 if head.startswith("HTTP/1.1 202") else 1] += 1
+                got += 1
+                with lock:
+                    answered[0 if head.startswith("HTTP/1.1 202") else 1] += 1
                 buf = buf[end + 4 + clen:]
 
-    th = threading.Thread(target=reader, daemon=True)
-    th.start()
+    ths = [threading.Thread(target=reader, args=(s, len(range(c, n, conns))), daemon=True)
+           for c, s in enumerate(socks)]
+    for th in ths:
+        th.start()
 
     def emit(i, t):
         body = json.dumps({"user": "lat", "data": {"t": t, "i": i}}).encode()
-        s.sendall(b"POST /v1/send HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer " + KEY.encode() +
-                  b"\r\nContent-Type: application/json\r\nContent-Length: " +
-                  str(len(body)).encode() + b"\r\n\r\n" + body)
+        socks[i % conns].sendall(
+            b"POST /v1/send HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer " + KEY.encode() +
+            b"\r\nContent-Type: application/json\r\nContent-Length: " +
+            str(len(body)).encode() + b"\r\n\r\n" + body)
 
     paced(rate, seconds, emit)
-    th.join(timeout=30)
+    for th in ths:
+        th.join(timeout=30)
     out.put(tuple(answered))
 
 
@@ -223,6 +252,28 @@ def broker_phase(kafka, rate, seconds, warm, producer_conf, consumer_conf, topic
     return lat, count[0]
 
 
+# ---- broker: fanout-bench-kafka-floor (ingest's producer, delivery's consumer) ----
+
+def floor_phase(kafka, rate, seconds, fetch_wait, linger, consumer, extra):
+    """Runs fanout-bench-kafka-floor; returns its two output lines."""
+    import fanout_test as ft
+    r = subprocess.run([ft.find_binary("fanout-bench-kafka-floor"), "--kafka", kafka,
+                        "--rate", str(rate), "--seconds", str(seconds), "--fetch-wait-ms",
+                        fetch_wait, "--linger-ms", linger, "--consumer", consumer] + extra,
+                       capture_output=True, text=True, timeout=seconds + 200)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("kafka-floor")]
+    if len(lines) < 2:
+        sys.exit("kafka-floor failed (%d): %s" % (r.returncode, r.stderr[-2000:]))
+    return lines
+
+
+def floor_pct(line, key):
+    for w in line.split():
+        if w.startswith(key + "="):
+            return float(w.partition("=")[2])
+    return float("nan")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--apache", action="store_true", help="the real Apache Kafka")
@@ -231,13 +282,30 @@ def main():
     ap.add_argument("--ingest-args", default="", help="more fanout-ingest flags")
     ap.add_argument("--delivery-args", default="", help="more fanout-delivery flags")
     ap.add_argument("--build", default=os.environ.get("FANOUT_BUILD_DIR"))
+    ap.add_argument("--bootstrap", help="use this running broker (with --apache: an Apache "
+                    "Kafka with the project's topics, 4 partitions) instead of starting one")
+    ap.add_argument("--floor-uv", action="store_true", help="also run the floor with its "
+                    "consumer on delivery's libuv path (kafka_consumer.c + kafka_uv.c)")
+    ap.add_argument("--kcat", action="store_true", help="also the kcat pair of earlier runs")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat end-to-end + floor")
+    ap.add_argument("--floor-first", action="store_true",
+                    help="the floor before the end-to-end phase (fanout-kafka-dev's fetches "
+                    "cost more as its log grows, which favours whichever phase runs first)")
+    ap.add_argument("--connections", type=int, default=8,
+                    help="HTTP connections the sender spreads its requests over")
+    ap.add_argument("--broker-warm-seconds", type=float, default=None,
+                    help="unmeasured floor traffic first (default: 30 on an Apache Kafka "
+                    "this script started, a fresh JVM; else 0)")
     args = ap.parse_args()
     if args.build:
         os.environ["FANOUT_BUILD_DIR"] = os.path.abspath(args.build)
     import fanout_test as ft
 
     redis = ft.Redis()
-    kafka = ft.ApacheKafka(partitions=4) if args.apache else ft.KafkaDev(partitions=4)
+    if args.bootstrap:
+        kafka = argparse.Namespace(bootstrap=args.bootstrap, stop=lambda: None)
+    else:
+        kafka = ft.ApacheKafka(partitions=4) if args.apache else ft.KafkaDev(partitions=4)
     ing = ft.start_service("fanout-ingest", "lat-ingest", [
         "--listen", "127.0.0.1:0", "--kafka", kafka.bootstrap, "--redis", redis.addr,
         "--api-keys", KEY, "--intake", "false", "--log-level", "warn",
@@ -261,54 +329,95 @@ def main():
     consumer_conf = ["fetch.wait.max.ms=" + fetch_wait]
     warm = args.rate  # the first second
     n = int(args.rate * args.seconds)
-    print("broker=%s rate=%d/s seconds=%.0f producer: %s; consumer: %s; load average %s" % (
-        "apache-kafka" if args.apache else "fanout-kafka-dev", args.rate, args.seconds,
-        " ".join(producer_conf), " ".join(consumer_conf),
-        open("/proc/loadavg").read().split()[0]), flush=True)
+    print("broker=%s rate=%d/s seconds=%.0f connections=%d producer: %s; consumer: %s; "
+          "load average %s" % (
+              "apache-kafka" if args.apache else "fanout-kafka-dev", args.rate, args.seconds,
+              args.connections, " ".join(producer_conf), " ".join(consumer_conf),
+              open("/proc/loadavg").read().split()[0]), flush=True)
 
-    # 1. end to end
-    ctx = multiprocessing.get_context("fork")
-    q, ready, warmed = ctx.Queue(), ctx.Event(), ctx.Event()
-    rx = ctx.Process(target=ws_receiver,
-                     args=(d.addr, ft.make_jwt(SECRET, "lat"), n, warm, q, ready, warmed))
-    rx.start()
-    if not ready.wait(30):
-        sys.exit("no welcome from delivery")
-    ft.eventually(lambda: redis.cli("HLEN", "ws:connections:lat") == "1", what="registered")
-    # Warm the path until a message reaches the client (a real Kafka's
-    # idempotent producer waits for its coordinator after a fresh start, and
-    # the delivery consumer for its group), then a second more.
-    def post_warm(i):
-        return subprocess.run(
-            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H",
-             "Authorization: Bearer " + KEY, "-H", "Content-Type: application/json", "-d",
-             json.dumps({"user": "lat", "data": {"warm": i}}), "http://%s/v1/send" % ing.addr],
-            capture_output=True, text=True).stdout == "202"
-    deadline = time.time() + 300
-    while not warmed.is_set():
-        if time.time() > deadline:
-            sys.exit("no message reached the client in 300 s")
-        post_warm(0)
-        warmed.wait(1.0)
-    time.sleep(1)
-    sq = ctx.Queue()
-    tx = ctx.Process(target=http_sender, args=(ing.addr, args.rate, args.seconds, sq))
-    tx.start()
-    e2e = q.get(timeout=args.seconds + 120)
-    answered = sq.get(timeout=60)
-    rx.join(10)
-    tx.join(10)
-    print("HTTP POST -> WebSocket frame: %s (%d answered 202, %d other); load average %s" % (
-        summary(e2e), answered[0], answered[1], open("/proc/loadavg").read().split()[0]),
-        flush=True)
+    def loadavg():
+        return open("/proc/loadavg").read().split()[0]
 
-    # 2. the broker alone, same topic, same client settings
-    blat, bn = broker_phase(kafka.bootstrap, args.rate, args.seconds, warm, producer_conf,
-                            consumer_conf, "fanout.users")
-    print("kcat produce -> kcat consume:  %s (%d of %d); load average %s" % (
-        summary(blat), bn, n, open("/proc/loadavg").read().split()[0]), flush=True)
-    print("ours = end-to-end - broker: p50 %.2f ms (goal <= 0.5), p99 %.2f ms (goal <= 1)" % (
-        pct(e2e, .5) - pct(blat, .5), pct(e2e, .99) - pct(blat, .99)), flush=True)
+    linger = flag(args.ingest_args, "--linger-ms", "1")
+    bw = args.broker_warm_seconds
+    if bw is None:
+        bw = 30 if args.apache and not args.bootstrap else 0
+    if bw > 0:
+        # A fresh JVM compiles its hot paths during the first tens of seconds:
+        # its acknowledgements then take ~100 ms or more, which is the JVM's
+        # warm-up, not the path's latency.
+        fl = floor_phase(kafka.bootstrap, args.rate, bw, fetch_wait, linger, "thread", [])
+        print("broker warm-up (not counted): %s" % " ".join(fl), flush=True)
+
+    def end_to_end():
+        ctx = multiprocessing.get_context("fork")
+        q, ready, warmed = ctx.Queue(), ctx.Event(), ctx.Event()
+        rx = ctx.Process(target=ws_receiver,
+                         args=(d.addr, ft.make_jwt(SECRET, "lat"), n, warm, q, ready, warmed))
+        rx.start()
+        if not ready.wait(30):
+            sys.exit("no welcome from delivery")
+        ft.eventually(lambda: redis.cli("HLEN", "ws:connections:lat") == "1", what="registered")
+
+        # Warm the path until a message reaches the client (a real Kafka's
+        # idempotent producer waits for its coordinator after a fresh start,
+        # and the delivery consumer for its group), then a second more.
+        def post_warm(i):
+            return subprocess.run(
+                ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+                 "Authorization: Bearer " + KEY, "-H", "Content-Type: application/json", "-d",
+                 json.dumps({"user": "lat", "data": {"warm": i}}),
+                 "http://%s/v1/send" % ing.addr],
+                capture_output=True, text=True).stdout == "202"
+        deadline = time.time() + 300
+        while not warmed.is_set():
+            if time.time() > deadline:
+                sys.exit("no message reached the client in 300 s")
+            post_warm(0)
+            warmed.wait(1.0)
+        time.sleep(1)
+        sq = ctx.Queue()
+        tx = ctx.Process(target=http_sender, args=(ing.addr, args.rate, args.seconds, args.connections, sq))
+        tx.start()
+        e2e, stages = q.get(timeout=args.seconds + 120)
+        answered = sq.get(timeout=60)
+        rx.join(10)
+        tx.join(10)
+        ft.eventually(lambda: redis.cli("HLEN", "ws:connections:lat") == "0", what="closed")
+        print("HTTP POST -> WebSocket frame: %s (%d answered 202, %d other); load average %s" % (
+            summary(e2e), answered[0], answered[1], loadavg()), flush=True)
+        print("  of which HTTP write -> record CreateTime (ingest's producev): p50 %.1f, "
+              "p99 %.1f ms; CreateTime -> frame read: p50 %.1f, p99 %.1f ms (1 ms resolution)" % (
+                  pct([a for a, _ in stages], .5), pct([a for a, _ in stages], .99),
+                  pct([b for _, b in stages], .5), pct([b for _, b in stages], .99)), flush=True)
+        return e2e
+
+    for rnd in range(args.rounds):
+        if args.rounds > 1:
+            print("-- round %d of %d" % (rnd + 1, args.rounds), flush=True)
+        # 1. end to end, 2. the broker alone (same topic, the services' client
+        # settings), or the other way round
+        if not args.floor_first:
+            e2e = end_to_end()
+        fl = floor_phase(kafka.bootstrap, args.rate, args.seconds, fetch_wait, linger, "thread",
+                         [])
+        if args.floor_first:
+            e2e = end_to_end()
+        print("floor (librdkafka consumer thread): %s; load average %s" % (
+            " ".join(fl), loadavg()), flush=True)
+        f50, f99 = floor_pct(fl[0], "p50_ms"), floor_pct(fl[0], "p99_ms")
+        if args.floor_uv:
+            fu = floor_phase(kafka.bootstrap, args.rate, args.seconds, fetch_wait, linger, "uv",
+                             [])
+            print("floor (delivery's libuv consumer path): %s; load average %s" % (
+                " ".join(fu), loadavg()), flush=True)
+        print("ours = end-to-end - floor: p50 %.2f ms (goal <= 0.5), p99 %.2f ms (goal <= 1)" % (
+            pct(e2e, .5) - f50, pct(e2e, .99) - f99), flush=True)
+        if args.kcat:
+            blat, bn = broker_phase(kafka.bootstrap, args.rate, args.seconds, warm,
+                                    producer_conf, consumer_conf, "fanout.users")
+            print("kcat produce -> kcat consume:  %s (%d of %d); load average %s" % (
+                summary(blat), bn, n, loadavg()), flush=True)
     d.stop()
     ing.stop()
     kafka.stop()
