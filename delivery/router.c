@@ -385,6 +385,17 @@ static void publish_room(fo_redis_t *r, fo_rmsg_t *m) {
     m->issued = true;
 }
 
+/* Stages a user route: it goes out with the others of this loop turn
+ * (fo__router_flush), or at once when the batch is full. */
+static void stage(fo_router_t *rt, fo_rmsg_t *m) {
+  if (m->staged)
+    return;
+  m->staged = true;
+  rt->batch[rt->nbatch++] = m;
+  if (rt->nbatch == ROUTE_BATCH)
+    flush_batch(rt);
+}
+
 static void issue(fo_router_t *rt, fo_rmsg_t *m) {
   fo_server_t *srv = rt->srv;
   if (rt->nnodes > 1) {
@@ -403,13 +414,7 @@ static void issue(fo_router_t *rt, fo_rmsg_t *m) {
     publish_room(r, m);
     return;
   }
-  if (m->staged)
-    return;
-  /* Sent with the others of this loop turn (fo__router_flush). */
-  m->staged = true;
-  rt->batch[rt->nbatch++] = m;
-  if (rt->nbatch == ROUTE_BATCH)
-    flush_batch(rt);
+  stage(rt, m);
 }
 
 /* One script call for the staged user routes (one node). Left staged-off
@@ -831,13 +836,7 @@ static void issue_sharded(fo_router_t *rt, fo_rmsg_t *m) {
   }
   if (rt->settle_until[m->node] != 0)
     return; /* the node just came back: held until the others re-registered */
-  if (m->staged)
-    return;
-  /* Looked up with the others of this loop turn (fo__router_flush). */
-  m->staged = true;
-  rt->batch[rt->nbatch++] = m;
-  if (rt->nbatch == ROUTE_BATCH)
-    flush_batch(rt);
+  stage(rt, m);
 }
 
 /* ---- both ---- */

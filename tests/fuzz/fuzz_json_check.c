@@ -12,9 +12,8 @@
 #include <jansson.h>
 
 #include "json_check.h"
+#include "fz_check.h"
 #include "proto.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   /* An exact-size heap copy, so ASan sees a read one byte too far. */

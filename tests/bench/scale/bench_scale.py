@@ -11,8 +11,8 @@ spreads connections only roughly evenly, and a process must stay under the
 per delivery process with N/P connections (distinct users, all in one room
 unless --no-room). Then:
 
-1. RSS growth per connection of the delivery processes right after connect
-   (sum of growth / N);
+1. anonymous RSS growth per connection of the delivery processes right after
+   connect (sum of growth / N; RssAnon, see rss_kb);
 2. holds the connections for --heartbeat-cycles ping intervals with the
    default heartbeats (ping 30 s, pong timeout 10 s) and prints bytes per
    connection again, connections closed by the servers (metrics: open
@@ -58,10 +58,16 @@ def loadavg():
     return " ".join(open("/proc/loadavg").read().split()[:3])
 
 
-def rss_kb(pid):
+def rss_kb(pid, field="RssAnon"):
+    """kB of pid's resident memory: RssAnon (heap, arenas, stacks, anonymous
+    mappings) by default. The pages of the binary and its shared libraries
+    (RssFile) are left out of the per-connection figure: they are shared
+    between processes and touched once per process, some of them only when
+    the first client comes (libcrypto's at the first token), which would
+    otherwise count as ~130 B a connection at 16,700 a process."""
     with open("/proc/%d/status" % pid) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 
@@ -375,10 +381,12 @@ def main():
 
         # ---- connect ----
         rss0 = [rss_kb(d.pid) for d in dels]
+        vm0 = sum(rss_kb(d.pid, "VmRSS") for d in dels)
         mi_path = os.path.join(ft.STATE_DIR, "scale-malloc-info.xml")
         m0 = print_mem_detail("before connect", dels[0].pid, None, mi_path) \
             if args.mem_detail else None
         rss0 = [rss_kb(d.pid) for d in dels]
+        vm0 = sum(rss_kb(d.pid, "VmRSS") for d in dels)
         cbin = ft.find_binary("fanout-bench-wsclient")
         t_conn = time.time()
         offset = 0
@@ -437,18 +445,20 @@ def main():
             print("warning: %s (%d keys)" % (e, dbsize()), flush=True)
         time.sleep(3)
         rss1 = [rss_kb(d.pid) for d in dels]
+        vm1 = sum(rss_kb(d.pid, "VmRSS") for d in dels)
         if args.mem_detail:
             print_mem_detail("after connect", dels[0].pid, m0, mi_path)
         grow1 = sum(rss1) - sum(rss0)
         print("connected %d of %d in %.1f s (joined the room by %.1f s); Redis keys %d "
-              "(%s); delivery RSS %.1f MB -> %.1f MB: %.0f bytes per connection right after "
-              "connect (per process %d-%d B); MemAvailable %d MB; load average %s" % (
+              "(%s); delivery RssAnon %.1f MB -> %.1f MB: %.0f bytes per connection right after "
+              "connect (per process %d-%d B; VmRSS with the shared libraries' pages %.1f MB -> "
+              "%.1f MB); MemAvailable %d MB; load average %s" % (
                   connected, n, connect_s, joined_s, dbsize(),
                   "+".join(r.cli("DBSIZE") for r in redis), sum(rss0) / 1024.0,
                   sum(rss1) / 1024.0, grow1 * 1024.0 / max(1, connected),
                   min((b - a) * 1024 // c for a, b, c in zip(rss0, rss1, per) if c > 0),
                   max((b - a) * 1024 // c for a, b, c in zip(rss0, rss1, per) if c > 0),
-                  mem_available_mb(), loadavg()), flush=True)
+                  vm0 / 1024.0, vm1 / 1024.0, mem_available_mb(), loadavg()), flush=True)
 
         # ---- hold for the heartbeats ----
         hold = args.heartbeat_cycles * PING_MS / 1000.0 + PONG_MS / 1000.0 + 2
@@ -487,7 +497,7 @@ def main():
         st = [last_stats(c) or {} for c in clients]
         closed_cl = sum(s.get("closed", 0) for s in st)
         failed_cl = sum(s.get("failed", 0) for s in st)
-        print("after %.1f heartbeat cycles (%.0f s): delivery RSS %.1f MB: %.0f bytes per "
+        print("after %.1f heartbeat cycles (%.0f s): delivery RssAnon %.1f MB: %.0f bytes per "
               "connection (per process %d-%d B); open at the servers %d; closed by the "
               "servers: %d for a missing pong (metrics), %d seen by the clients (%d failed "
               "to connect); pings %d, pongs sent %d; MemAvailable %d MB" % (
