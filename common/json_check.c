@@ -5,6 +5,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "digits.h"
+#include "json_out.h"
+
 static const uint8_t *ws(const uint8_t *p, const uint8_t *e) {
   while (p < e && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
     p++;
@@ -16,46 +19,12 @@ static int hex4(const uint8_t *p, const uint8_t *e) {
     return -1;
   int v = 0;
   for (int i = 0; i < 4; i++) {
-    uint8_t c = p[i];
-    int d = c >= '0' && c <= '9'   ? c - '0'
-            : c >= 'a' && c <= 'f' ? c - 'a' + 10
-            : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                   : -1;
+    int d = fo_hex_value(p[i]);
     if (d < 0)
       return -1;
     v = v * 16 + d;
   }
   return v;
-}
-
-/* One UTF-8 sequence of 2-4 bytes at p (RFC 3629): its length, 0 if invalid. */
-static size_t utf8_seq(const uint8_t *p, const uint8_t *e) {
-  uint8_t c = p[0];
-  size_t len;
-  uint32_t cp;
-  if (c >= 0xc2 && c <= 0xdf) {
-    len = 2;
-    cp = c & 0x1f;
-  } else if (c >= 0xe0 && c <= 0xef) {
-    len = 3;
-    cp = c & 0x0f;
-  } else if (c >= 0xf0 && c <= 0xf4) {
-    len = 4;
-    cp = c & 0x07;
-  } else {
-    return 0;
-  }
-  if ((size_t)(e - p) < len)
-    return 0;
-  for (size_t i = 1; i < len; i++) {
-    if ((p[i] & 0xc0) != 0x80)
-      return 0;
-    cp = (cp << 6) | (p[i] & 0x3f);
-  }
-  if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10ffff ||
-      (cp >= 0xd800 && cp <= 0xdfff))
-    return 0;
-  return len;
 }
 
 /* The string whose opening quote is at p: returns the byte after its closing
@@ -73,7 +42,7 @@ static const uint8_t *string(const uint8_t *p, const uint8_t *e, bool *nul) {
       continue;
     }
     if (c >= 0x80) {
-      size_t l = utf8_seq(p, e);
+      size_t l = fo_utf8_seq(p, (size_t)(e - p));
       if (l == 0)
         return NULL;
       p += l;

@@ -3,8 +3,7 @@
 #include <errno.h>
 #include <stdint.h>
 
-/* Length of the valid UTF-8 sequence at p[0..n), or 0 if it is invalid. */
-static size_t utf8_seq(const uint8_t *p, size_t n) {
+size_t fo_utf8_seq(const uint8_t *p, size_t n) {
   uint8_t c = p[0];
   if (c < 0x80)
     return 1;
@@ -41,7 +40,7 @@ bool fo_utf8_valid(const void *data, size_t n) {
       i++;
       continue;
     }
-    size_t k = utf8_seq(p + i, n - i);
+    size_t k = fo_utf8_seq(p + i, n - i);
     if (k == 0)
       return false;
     i += k;
@@ -67,7 +66,7 @@ int fo_json_put_str(fo_sb_t *sb, const char *s, size_t n) {
     fo_sb_append(sb, p + i - run, run);
     run = 0;
     if (c >= 0x80) {
-      size_t k = utf8_seq(p + i, n - i);
+      size_t k = fo_utf8_seq(p + i, n - i);
       if (k == 0) {
         fo_sb_append(sb, "\xef\xbf\xbd", 3); /* U+FFFD */
         i++;
