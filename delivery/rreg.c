@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include "delivery_int.h"
+#include "digits.h"
 #include "rreg.h"
 #include "hub.h"
 #include "log.h"
@@ -369,9 +370,8 @@ static void pass_add_user(rnode_t *n, fo_user_t *user, const char *name, size_t 
   if (rr->key.oom)
     return;
   strs_add(&n->bkeys, rr->key.data, rr->key.len);
-  char num[16];
-  int nl = snprintf(num, sizeof(num), "%" PRIu32, cnt);
-  strs_add(&n->bargs, num, (size_t)nl);
+  char num[20];
+  strs_add(&n->bargs, num, fo_put_dec(num, cnt)); /* per user: no snprintf (see above) */
   for (fo_conn_t *c = fo__user_conns(user); c != NULL; c = c->user_next) {
     if (c->state != FO_CONN_OPEN)
       continue;
