@@ -21,13 +21,16 @@ def cpu_seconds(pid, tid=None, missing=_RAISE):
     return (int(fields[11]) + int(fields[12])) / _TCK
 
 
+def tree_pids(pid):
+    """pid plus its direct children (a launcher script and its JVM, say)."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [pid] + [int(c) for c in f.read().split()]
+    except OSError:
+        return [pid]
+
+
 def tree_cpu_seconds(pid):
     """pid plus its direct children (a launcher script and its JVM, say);
     children that are gone count 0."""
-    total = cpu_seconds(pid, missing=0.0)
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            total += sum(cpu_seconds(int(c), missing=0.0) for c in f.read().split())
-    except OSError:
-        pass
-    return total
+    return sum(cpu_seconds(p, missing=0.0) for p in tree_pids(pid))
