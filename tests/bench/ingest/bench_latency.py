@@ -254,17 +254,54 @@ def broker_phase(kafka, rate, seconds, warm, producer_conf, consumer_conf, topic
 
 # ---- broker: fanout-bench-kafka-floor (ingest's producer, delivery's consumer) ----
 
+def floor_argv(kafka, rate, seconds, fetch_wait, linger, consumer, extra):
+    import fanout_test as ft
+    return [ft.find_binary("fanout-bench-kafka-floor"), "--kafka", kafka, "--rate", str(rate),
+            "--seconds", str(seconds), "--fetch-wait-ms", fetch_wait, "--linger-ms", linger,
+            "--consumer", consumer] + extra
+
+
+def floor_lines(stdout, rc, stderr):
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("kafka-floor")]
+    if len(lines) < 2:
+        sys.exit("kafka-floor failed (%d): %s" % (rc, stderr[-2000:]))
+    return lines
+
+
 def floor_phase(kafka, rate, seconds, fetch_wait, linger, consumer, extra):
     """Runs fanout-bench-kafka-floor; returns its two output lines."""
-    import fanout_test as ft
-    r = subprocess.run([ft.find_binary("fanout-bench-kafka-floor"), "--kafka", kafka,
-                        "--rate", str(rate), "--seconds", str(seconds), "--fetch-wait-ms",
-                        fetch_wait, "--linger-ms", linger, "--consumer", consumer] + extra,
+    r = subprocess.run(floor_argv(kafka, rate, seconds, fetch_wait, linger, consumer, extra),
                        capture_output=True, text=True, timeout=seconds + 200)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("kafka-floor")]
-    if len(lines) < 2:
-        sys.exit("kafka-floor failed (%d): %s" % (r.returncode, r.stderr[-2000:]))
-    return lines
+    return floor_lines(r.stdout, r.returncode, r.stderr)
+
+
+class FloorAlongside:
+    """The floor in the same time window as the end-to-end phase (--together):
+    on the intake topic (same broker, same partitions, unused by these
+    services here), so both see the same broker, JVM and CPU at each moment
+    and a stall of the broker lands in both tails."""
+
+    def __init__(self, kafka, rate, seconds, fetch_wait, linger):
+        self.seconds = seconds
+        self.p = subprocess.Popen(
+            floor_argv(kafka, rate, seconds, fetch_wait, linger, "thread",
+                       ["--topic", "fanout.intake", "--key", "floor-together"]),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.head = []
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            ln = self.p.stdout.readline()
+            if not ln:
+                break
+            self.head.append(ln)
+            if ln.startswith("pacing-starts"):
+                return
+        self.p.kill()
+        sys.exit("kafka-floor (--together) never started pacing: %s" % self.p.stderr.read()[-2000:])
+
+    def lines(self):
+        out, err = self.p.communicate(timeout=self.seconds + 200)
+        return floor_lines("".join(self.head) + out, self.p.returncode, err)
 
 
 def floor_pct(line, key):
@@ -293,6 +330,9 @@ def main():
                     "cost more as its log grows, which favours whichever phase runs first)")
     ap.add_argument("--connections", type=int, default=8,
                     help="HTTP connections the sender spreads its requests over")
+    ap.add_argument("--together", action="store_true",
+                    help="run the floor at the same time as the end-to-end phase (on the intake "
+                    "topic) instead of before or after it: both meet the same broker moments")
     ap.add_argument("--broker-warm-seconds", type=float, default=None,
                     help="unmeasured floor traffic first (default: 30 on an Apache Kafka "
                     "this script started, a fresh JVM; else 0)")
@@ -349,7 +389,7 @@ def main():
         fl = floor_phase(kafka.bootstrap, args.rate, bw, fetch_wait, linger, "thread", [])
         print("broker warm-up (not counted): %s" % " ".join(fl), flush=True)
 
-    def end_to_end():
+    def end_to_end(together=False):
         ctx = multiprocessing.get_context("fork")
         q, ready, warmed = ctx.Queue(), ctx.Event(), ctx.Event()
         rx = ctx.Process(target=ws_receiver,
@@ -376,6 +416,8 @@ def main():
             post_warm(0)
             warmed.wait(1.0)
         time.sleep(1)
+        alongside = FloorAlongside(kafka.bootstrap, args.rate, args.seconds, fetch_wait,
+                                   linger) if together else None
         sq = ctx.Queue()
         tx = ctx.Process(target=http_sender, args=(ing.addr, args.rate, args.seconds, args.connections, sq))
         tx.start()
@@ -390,21 +432,25 @@ def main():
               "p99 %.1f ms; CreateTime -> frame read: p50 %.1f, p99 %.1f ms (1 ms resolution)" % (
                   pct([a for a, _ in stages], .5), pct([a for a, _ in stages], .99),
                   pct([b for _, b in stages], .5), pct([b for _, b in stages], .99)), flush=True)
-        return e2e
+        return e2e, (alongside.lines() if alongside else None)
 
     for rnd in range(args.rounds):
         if args.rounds > 1:
             print("-- round %d of %d" % (rnd + 1, args.rounds), flush=True)
         # 1. end to end, 2. the broker alone (same topic, the services' client
         # settings), or the other way round
-        if not args.floor_first:
-            e2e = end_to_end()
-        fl = floor_phase(kafka.bootstrap, args.rate, args.seconds, fetch_wait, linger, "thread",
-                         [])
-        if args.floor_first:
-            e2e = end_to_end()
-        print("floor (librdkafka consumer thread): %s; load average %s" % (
-            " ".join(fl), loadavg()), flush=True)
+        if args.together:
+            e2e, fl = end_to_end(together=True)
+        else:
+            if not args.floor_first:
+                e2e, _ = end_to_end()
+            fl = floor_phase(kafka.bootstrap, args.rate, args.seconds, fetch_wait, linger,
+                             "thread", [])
+            if args.floor_first:
+                e2e, _ = end_to_end()
+        print("floor (librdkafka consumer thread%s): %s; load average %s" % (
+            ", same window, intake topic" if args.together else "", " ".join(fl), loadavg()),
+            flush=True)
         f50, f99 = floor_pct(fl[0], "p50_ms"), floor_pct(fl[0], "p99_ms")
         if args.floor_uv:
             fu = floor_phase(kafka.bootstrap, args.rate, args.seconds, fetch_wait, linger, "uv",

@@ -18,7 +18,9 @@
  *   kafka-floor consumer=C sent=N got=M p50_ms=.. p90_ms=.. p99_ms=.. max_ms=..
  *   kafka-floor acked p50_ms=.. p99_ms=.. (produce -> delivery report)
  * The first --warm-ms of records are left out. Probes are produced first until
- * the consumer has joined its group and sees new records. */
+ * the consumer has joined its group and sees new records; then a line
+ *   pacing-starts rate=.. seconds=..
+ * says the paced records begin (bench_latency.py --together waits for it). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
@@ -380,6 +382,10 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 20 && atomic_load(&probes_seen) == 0; i++)
       rd_kafka_poll(prod, 10);
   }
+
+  /* bench_latency.py --together starts the end-to-end sender on this line. */
+  printf("pacing-starts rate=%d seconds=%.0f\n", opt.rate, opt.seconds);
+  fflush(stdout);
 
   /* The paced records, on an absolute schedule. */
   struct timespec start;
