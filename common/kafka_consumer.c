@@ -164,6 +164,18 @@ static char **settings_list(const fo_kafka_consumer_opts_t *o, char *group, char
   return all;
 }
 
+/* How often the loop polls the queue when nothing arrives: a quarter of
+ * max.poll.interval.ms, so a quiet topic never takes the consumer out of
+ * its group (the loop is alive, which is what that interval checks). */
+static uint64_t keepalive_period(const rd_kafka_conf_t *conf) {
+  char v[32];
+  size_t n = sizeof(v);
+  long long ms = 300000; /* librdkafka's default */
+  if (rd_kafka_conf_get(conf, "max.poll.interval.ms", v, &n) == RD_KAFKA_CONF_OK)
+    ms = strtoll(v, NULL, 10);
+  return ms >= 4 ? (uint64_t)ms / 4 : 1;
+}
+
 int fo_kafka_consumer_new(uv_loop_t *loop, const fo_kafka_consumer_opts_t *opts,
                           const fo_kafka_consumer_cbs_t *cbs, void *ud, char *err, size_t errlen,
                           fo_kafka_consumer_t **out) {
@@ -199,6 +211,7 @@ int fo_kafka_consumer_new(uv_loop_t *loop, const fo_kafka_consumer_opts_t *opts,
   }
   rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_FETCH | RD_KAFKA_EVENT_REBALANCE |
                                      RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_OFFSET_COMMIT);
+  uint64_t keepalive_ms = keepalive_period(conf);
   kc->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, errlen);
   if (kc->rk == NULL) {
     rd_kafka_conf_destroy(conf);
@@ -229,6 +242,7 @@ int fo_kafka_consumer_new(uv_loop_t *loop, const fo_kafka_consumer_opts_t *opts,
     snprintf(err, errlen, "kafka_uv: %s", fo_strerror(rc));
     goto fail_destroy;
   }
+  fo_kafka_uv_keepalive(kc->kuv, keepalive_ms);
   *out = kc;
   return 0;
 fail_destroy:

@@ -4,7 +4,9 @@
  * operator's extra options, whose values never reach an error message),
  * the subscription, and the rebalance handling for both protocols (EAGER:
  * assign / unassign everything; COOPERATIVE: incremental assign / unassign).
- * Events are served on the loop through kafka_uv. Offsets are stored by the
+ * Events are served on the loop through kafka_uv, and the queue is polled
+ * at least every max.poll.interval.ms / 4 even when nothing arrives, so a
+ * quiet topic does not take the consumer out of its group. Offsets are stored by the
  * owner (enable.auto.offset.store=false; auto-commit commits what was
  * stored), e.g. once a record's work is done. */
 #ifndef FO_KAFKA_CONSUMER_H

@@ -13,10 +13,11 @@
 #include "log.h"
 
 struct fo_kafka_uv {
-  uv_poll_t poll;      /* poll.data == this; watches fds[0] */
-  uv_idle_t idle;      /* runs while a batch limit left events in the queue */
-  int fds[2];          /* pipe: librdkafka writes fds[1] when q becomes non-empty */
-  rd_kafka_queue_t *q; /* borrowed */
+  uv_poll_t poll;       /* poll.data == this; watches fds[0] */
+  uv_idle_t idle;       /* runs while a batch limit left events in the queue */
+  uv_timer_t keepalive; /* keepalive.data == this; see fo_kafka_uv_keepalive */
+  int fds[2];           /* pipe: librdkafka writes fds[1] when q becomes non-empty */
+  rd_kafka_queue_t *q;  /* borrowed */
   int batch;
   fo_kafka_uv_event_cb cb;
   void *ud;
@@ -94,11 +95,15 @@ int fo_kafka_uv_start(uv_loop_t *loop, rd_kafka_queue_t *q, int batch, fo_kafka_
   uv_idle_init(loop, &kuv->idle); /* cannot fail on Linux */
   kuv->idle.data = kuv;
   kuv->open_handles++;
+  uv_timer_init(loop, &kuv->keepalive); /* cannot fail */
+  kuv->keepalive.data = kuv;
+  kuv->open_handles++;
   rc = uv_poll_start(&kuv->poll, UV_READABLE, on_poll);
   if (rc != 0) {
     kuv->closing = true;
     uv_close((uv_handle_t *)&kuv->poll, on_close_free);
     uv_close((uv_handle_t *)&kuv->idle, on_close_free);
+    uv_close((uv_handle_t *)&kuv->keepalive, on_close_free);
     return rc;
   }
   rd_kafka_queue_io_event_enable(q, kuv->fds[1], "1", 1);
@@ -119,6 +124,19 @@ void fo_kafka_uv_kick(fo_kafka_uv_t *kuv) {
     uv_idle_start(&kuv->idle, on_idle);
 }
 
+static void on_keepalive(uv_timer_t *t) {
+  serve(t->data); /* polls the queue at least once, empty or not */
+}
+
+void fo_kafka_uv_keepalive(fo_kafka_uv_t *kuv, uint64_t period_ms) {
+  if (kuv->closing)
+    return;
+  if (period_ms == 0)
+    uv_timer_stop(&kuv->keepalive);
+  else
+    uv_timer_start(&kuv->keepalive, on_keepalive, period_ms, period_ms);
+}
+
 void fo_kafka_uv_close(fo_kafka_uv_t *kuv) {
   if (kuv == NULL || kuv->closing)
     return;
@@ -126,6 +144,7 @@ void fo_kafka_uv_close(fo_kafka_uv_t *kuv) {
   rd_kafka_queue_io_event_enable(kuv->q, -1, NULL, 0);
   uv_close((uv_handle_t *)&kuv->poll, on_close_free);
   uv_close((uv_handle_t *)&kuv->idle, on_close_free);
+  uv_close((uv_handle_t *)&kuv->keepalive, on_close_free);
 }
 
 /* librdkafka's log lines, from its own threads: stderr writes are atomic per

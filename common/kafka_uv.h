@@ -28,6 +28,12 @@ int fo_kafka_uv_start(uv_loop_t *loop, rd_kafka_queue_t *q, int batch, fo_kafka_
 void fo_kafka_uv_close(fo_kafka_uv_t *kuv);
 /* Serves events now (e.g. after resuming partitions). */
 void fo_kafka_uv_kick(fo_kafka_uv_t *kuv);
+/* Also serves the queue every period_ms (0: never, the default), empty or
+ * not. A group consumer needs it: librdkafka counts the time since the
+ * application last polled, and a consumer whose topic stays quiet for
+ * max.poll.interval.ms would otherwise never poll and be taken out of its
+ * group (a rebalance of everyone, every 5 minutes by default). */
+void fo_kafka_uv_keepalive(fo_kafka_uv_t *kuv, uint64_t period_ms);
 
 typedef enum { FO_KAFKA_PRODUCER, FO_KAFKA_CONSUMER } fo_kafka_role_t;
 
