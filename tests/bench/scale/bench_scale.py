@@ -502,10 +502,12 @@ def main():
 
         def dbsize():
             return sum(max(0, dbsize_of(r)) for r in redis)
+        # Connections the servers closed meanwhile (late pongs under load)
+        # are unregistered again, so this may never be reached: a warning.
         try:
             ft.eventually(lambda: dbsize() >= connected, timeout=300, interval=1,
                           what="every user registered in Redis")
-        except TimeoutError as e:
+        except (AssertionError, TimeoutError) as e:
             print("warning: %s (%d keys)" % (e, dbsize()), flush=True)
         time.sleep(3)
         rss1 = [rss_kb(d.pid) for d in dels]
