@@ -8,6 +8,7 @@ PKGS=(
   librdkafka-dev libhiredis-dev libuv1-dev libwslay-dev libmsgpack-dev libcmocka-dev liburing-dev
   libjansson-dev libhttp-parser-dev libxxhash-dev libssl-dev
   redis-server kcat nginx-light wrk curl procps stunnel4
+  tcpdump  # tests/bench/ingest/bench_latency.py --pcap: per-message times from packets
   clang libclang-rt-14-dev llvm clang-format
   python3 python3-websockets python3-yaml
   # tests: independent encoders for the contract checks (XXH32, msgpack), a

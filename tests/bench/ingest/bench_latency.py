@@ -20,6 +20,11 @@ for --seconds, in each of --rounds rounds:
   kcat:   with --kcat, the kcat pair of earlier runs (its own pipe overhead
           makes it no floor).
 
+  packets: with --pcap, tcpdump on lo stamps each message where it crosses a
+          process boundary (HTTP request in, produce request out, fetch
+          response out, frame out): ingest's, the broker's and delivery's
+          share of every message, paired, not a difference of two runs.
+
 A fresh Apache Kafka first gets --broker-warm-seconds (30) of unmeasured floor
 traffic: a new JVM's acknowledgements take ~100 ms for its first minute.
 Timestamps of the end-to-end phase are CLOCK_REALTIME of the one machine. The
@@ -29,6 +34,7 @@ ours = end-to-end - floor, for p50 and p99 (goal: <= 0.5 ms p50, <= 1 ms p99).
 usage: bench_latency.py [--build DIR] [--apache | --bootstrap HOST:PORT]
                         [--rate 1000] [--seconds 20] [--rounds 1]
                         [--connections 8] [--floor-uv] [--floor-first] [--kcat]
+                        [--together] [--pcap]
                         [--broker-warm-seconds S]
                         [--ingest-args "..."] [--delivery-args "..."]
 """
@@ -38,7 +44,10 @@ import base64
 import json
 import multiprocessing
 import os
+import re
 import shlex
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -50,6 +59,11 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "lib"))
 
 KEY = "bench-key"
 SECRET = "bench-secret-0123456789abcdef-0123456789"
+
+
+# The send time the sender puts in every message, then its index: found in the
+# HTTP body, the Kafka record (produce request, fetch response) and the frame.
+STAMP_RE = re.compile(rb'"t":\s*(\d{16,20}),\s*"i":\s*(\d+)')
 
 
 def pct(xs, q):
@@ -252,6 +266,84 @@ def broker_phase(kafka, rate, seconds, warm, producer_conf, consumer_conf, topic
     return lat, count[0]
 
 
+# ---- per message from packets (--pcap) ----
+
+class PacketCapture:
+    """tcpdump on lo, during the end-to-end phase, of the ingest, broker and
+    delivery ports: the kernel stamps each segment as it is sent (one clock,
+    microseconds), so one message's time can be split at the process
+    boundaries without trusting the processes' own clocks or logs."""
+
+    def __init__(self, path, ports):
+        if shutil.which("tcpdump") is None:
+            sys.exit("--pcap needs tcpdump (deploy/install-deps.sh installs it)")
+        self.path = path
+        flt = " or ".join("tcp port %d" % p for p in sorted(set(ports)))
+        # -Z root: Debian's tcpdump otherwise drops to its own user and cannot
+        # write here; -B: a 64 MiB kernel buffer so a busy second drops nothing.
+        self.p = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "-s", "0", "-B", "65536",
+                                   "-Z", "root", "-w", path, flt],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            ln = self.p.stderr.readline()
+            if not ln or "listening on" in ln:
+                break
+        if self.p.poll() is not None:
+            sys.exit("tcpdump did not start: %s" % self.p.stderr.read()[-2000:])
+
+    def stop(self):
+        """Stops the capture; returns the packets the kernel dropped."""
+        self.p.send_signal(signal.SIGINT)
+        _, err = self.p.communicate(timeout=60)
+        m = re.search(r"(\d+) packets? dropped by kernel", err)
+        return int(m.group(1)) if m else -1
+
+
+def packet_split(path, ingest_port, broker_ports, delivery_port, warm):
+    """Per message (index >= warm), the first segment that carries its stamp
+    in each direction: A the HTTP request reaching ingest, B ingest's produce
+    request, C the broker's fetch response to delivery, D delivery's frame.
+    Returns {name: [ms per message]} for ingest (A->B), broker (B->C),
+    delivery (C->D), ours (A->B + C->D) and whole (A->D), plus how many
+    messages were seen in all four and how many in any."""
+    import pcapread
+    seen = {}
+    for ts, sport, dport, payload in pcapread.tcp_segments(path):
+        if dport == ingest_port:
+            k = 0
+        elif dport in broker_ports:
+            k = 1
+        elif sport in broker_ports:
+            k = 2
+        elif sport == delivery_port:
+            k = 3
+        else:
+            continue
+        for m in STAMP_RE.finditer(payload):
+            if int(m.group(2)) < warm:
+                continue
+            v = seen.setdefault(int(m.group(1)), [None] * 4)
+            if v[k] is None:
+                v[k] = ts
+    out = {k: [] for k in ("ingest", "broker", "delivery", "ours", "whole")}
+    complete = 0
+    for a, b, c, d in seen.values():
+        if None in (a, b, c, d):
+            continue
+        complete += 1
+        out["ingest"].append((b - a) / 1000.0)
+        out["broker"].append((c - b) / 1000.0)
+        out["delivery"].append((d - c) / 1000.0)
+        out["ours"].append((b - a + d - c) / 1000.0)
+        out["whole"].append((d - a) / 1000.0)
+    return out, complete, len(seen)
+
+
+def port_of(addr):
+    return int(addr.rpartition(":")[2])
+
+
 # ---- broker: fanout-bench-kafka-floor (ingest's producer, delivery's consumer) ----
 
 def floor_argv(kafka, rate, seconds, fetch_wait, linger, consumer, extra):
@@ -333,6 +425,9 @@ def main():
     ap.add_argument("--together", action="store_true",
                     help="run the floor at the same time as the end-to-end phase (on the intake "
                     "topic) instead of before or after it: both meet the same broker moments")
+    ap.add_argument("--pcap", action="store_true",
+                    help="also time every message at the process boundaries from packets "
+                    "(tcpdump on lo, needs root): ingest, broker and delivery apart, per message")
     ap.add_argument("--broker-warm-seconds", type=float, default=None,
                     help="unmeasured floor traffic first (default: 30 on an Apache Kafka "
                     "this script started, a fresh JVM; else 0)")
@@ -418,6 +513,13 @@ def main():
         time.sleep(1)
         alongside = FloorAlongside(kafka.bootstrap, args.rate, args.seconds, fetch_wait,
                                    linger) if together else None
+        cap = None
+        if args.pcap:
+            os.makedirs(ft.STATE_DIR, exist_ok=True)
+            pcap_path = os.path.join(ft.STATE_DIR, "bench-latency-%d.pcap" % os.getpid())
+            broker_ports = {port_of(a) for a in kafka.bootstrap.split(",")}
+            cap = PacketCapture(pcap_path, [port_of(ing.addr), port_of(d.addr)] +
+                                sorted(broker_ports))
         sq = ctx.Queue()
         tx = ctx.Process(target=http_sender, args=(ing.addr, args.rate, args.seconds, args.connections, sq))
         tx.start()
@@ -426,6 +528,22 @@ def main():
         rx.join(10)
         tx.join(10)
         ft.eventually(lambda: redis.cli("HLEN", "ws:connections:lat") == "0", what="closed")
+        if cap is not None:
+            dropped = cap.stop()
+            split, complete, any_seen = packet_split(pcap_path, port_of(ing.addr), broker_ports,
+                                                     port_of(d.addr), warm)
+            os.unlink(pcap_path)
+            print("per message from packets (tcpdump on lo; %d of %d measured messages seen at "
+                  "all four points, %d at some; %d packets dropped by the kernel):" % (
+                      complete, n - warm, any_seen, dropped), flush=True)
+            for name, what in (
+                    ("ingest", "HTTP request in -> produce request out (producer linger "
+                     "included)"),
+                    ("broker", "produce request in -> fetch response out"),
+                    ("delivery", "fetch response in -> WebSocket frame out"),
+                    ("ours", "ingest + delivery, per message (goal <= 0.5 p50, <= 1 ms p99)"),
+                    ("whole", "HTTP request in -> WebSocket frame out")):
+                print("  %-8s %s: %s" % (name, what, summary(split[name])), flush=True)
         print("HTTP POST -> WebSocket frame: %s (%d answered 202, %d other); load average %s" % (
             summary(e2e), answered[0], answered[1], loadavg()), flush=True)
         print("  of which HTTP write -> record CreateTime (ingest's producev): p50 %.1f, "
