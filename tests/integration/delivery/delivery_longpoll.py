@@ -11,16 +11,14 @@ each of five records produced one at a time must reach the WebSocket within
 10 s; they take milliseconds on a quiet machine, and 10 s leaves room for
 ASan and a loaded machine while staying a third of the fetch wait."""
 
-import json
 import os
-import subprocess
 import sys
 import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fanout_test as ft  # noqa: E402
-from dtest import SECRET, metrics, token  # noqa: E402
+from dtest import SECRET, UserFeed, metrics, token  # noqa: E402
 from wsclient import WsClient  # noqa: E402
 
 BOOTSTRAP = ft.fixture_env("apachekafka")["FANOUT_KAFKA"]
@@ -36,45 +34,20 @@ def main():
         "--server-id", "lp-" + tag, "--group-id", "longpoll-" + tag, "--jwt-secret", SECRET,
         "--users-offset-reset", "latest", "--kafka-opts",
         "fetch.wait.max.ms=%d" % FETCH_WAIT_MS, "--log-level", "info"])
-    prod = subprocess.Popen([ft.find_binary("fanout-test-produce"), BOOTSTRAP],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    feed = UserFeed(BOOTSTRAP)
     try:
         ft.eventually(lambda: metrics(d).get("fanout_delivery_assigned_partitions", 0) >= 8,
                       timeout=120, what="users and rooms partitions assigned")
         user = "lp-" + tag
         c = WsClient(d.addr, token=token(user))
-
-        def send(data):
-            payload = json.dumps(data).encode().hex()
-            prod.stdin.write("fanout.users send %s application/json %s\n" % (user, payload))
-            prod.stdin.flush()
-
-        # The group's offsets start at the end: warm until one arrives.
-        deadline = time.time() + ft.scaled(120)
-        k = 0
-        while True:
-            assert time.time() < deadline, "no warm-up record reached the client"
-            send({"warm": k})
-            k += 1
-            try:
-                m = c.recv(timeout=2)
-                if m.get("type") == "message":
-                    break
-            except TimeoutError:
-                pass
-        # Drain the other warm-ups (each within the bound as well).
-        try:
-            while c.recv(timeout=0.5).get("data", {}).get("warm") is not None:
-                pass
-        except TimeoutError:
-            pass
+        feed.warm(c, user)
 
         took = []
         for i in range(5):
             # Idle: the consumer's next fetch is parked at the broker.
             time.sleep(1.5)
             t0 = time.monotonic()
-            send({"i": i})
+            feed.send(user, {"i": i})
             while True:
                 m = c.recv(timeout=BOUND_S + 5)
                 if m.get("type") == "message" and m.get("data") == {"i": i}:
@@ -87,8 +60,7 @@ def main():
             (took, FETCH_WAIT_MS))
         c.close()
     finally:
-        prod.stdin.close()
-        prod.wait(timeout=60)
+        feed.close()
         d.stop()
         redis.stop()
     print("ok")

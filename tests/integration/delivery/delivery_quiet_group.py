@@ -14,17 +14,15 @@ second assignment, and a record sent afterwards still arrives at once.
 argv[1] = kafkadev (a fanout-kafka-dev of its own) or apachekafka (the
 shared real-Kafka fixture)."""
 
-import json
 import os
 import re
-import subprocess
 import sys
 import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fanout_test as ft  # noqa: E402
-from dtest import SECRET, metrics, token  # noqa: E402
+from dtest import SECRET, UserFeed, metrics, token  # noqa: E402
 from wsclient import WsClient  # noqa: E402
 
 BROKER = sys.argv[1] if len(sys.argv) > 1 else "kafkadev"
@@ -51,36 +49,13 @@ def main():
         "--server-id", "quiet-" + tag, "--group-id", "quiet-" + tag, "--jwt-secret", SECRET,
         "--users-offset-reset", "latest", "--session-timeout-ms", "6000", "--kafka-opts",
         "max.poll.interval.ms=%d" % MAX_POLL_MS, "--log-level", "info"])
-    prod = subprocess.Popen([ft.find_binary("fanout-test-produce"), bootstrap],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    feed = UserFeed(bootstrap)
     try:
         ft.eventually(lambda: metrics(d).get("fanout_delivery_assigned_partitions", 0) >= 8,
                       timeout=120, what="users and rooms partitions assigned")
         user = "quiet-" + tag
         c = WsClient(d.addr, token=token(user))
-
-        def send(data):
-            payload = json.dumps(data).encode().hex()
-            prod.stdin.write("fanout.users send %s application/json %s\n" % (user, payload))
-            prod.stdin.flush()
-
-        # The group's offsets start at the end: warm until one arrives.
-        deadline = time.time() + ft.scaled(120)
-        k = 0
-        while True:
-            assert time.time() < deadline, "no warm-up record reached the client"
-            send({"warm": k})
-            k += 1
-            try:
-                if c.recv(timeout=2).get("type") == "message":
-                    break
-            except TimeoutError:
-                pass
-        try:
-            while c.recv(timeout=0.5) is not None:
-                pass
-        except TimeoutError:
-            pass
+        feed.warm(c, user)
 
         assigned = len(re.findall(r'msg="partitions assigned"', log_text(d)))
         ft.log("quiet for %.0f s (max.poll.interval.ms=%d)" % (QUIET_S, MAX_POLL_MS))
@@ -95,7 +70,7 @@ def main():
         assert metrics(d).get("fanout_delivery_assigned_partitions", 0) >= 8
 
         t0 = time.monotonic()
-        send({"after": "quiet"})
+        feed.send(user, {"after": "quiet"})
         while True:
             m = c.recv(timeout=ft.scaled(10))
             if m.get("type") == "message" and m.get("data") == {"after": "quiet"}:
@@ -103,8 +78,7 @@ def main():
         ft.log("after the quiet time: produce -> frame %.3f s" % (time.monotonic() - t0))
         c.close()
     finally:
-        prod.stdin.close()
-        prod.wait(timeout=60)
+        feed.close()
         d.stop()
         redis.stop()
         if kafka is not None:

@@ -137,6 +137,44 @@ class Stack:
         return self.produce(["fanout.rooms broadcast %s %s %s\n" % (room, ct, payload.hex())])
 
 
+class UserFeed:
+    """One fanout-test-produce kept open on a broker: send() puts a users-topic
+    record for a user; warm() sends until one reaches the client (a new
+    group's offsets start at the end, so the first records may be missed)
+    and drains the other warm-ups."""
+
+    def __init__(self, bootstrap):
+        self.p = subprocess.Popen([ft.find_binary("fanout-test-produce"), bootstrap],
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+
+    def send(self, user, data):
+        payload = json.dumps(data).encode().hex()
+        self.p.stdin.write("fanout.users send %s application/json %s\n" % (user, payload))
+        self.p.stdin.flush()
+
+    def warm(self, client, user, timeout=120):
+        deadline = time.time() + ft.scaled(timeout)
+        k = 0
+        while True:
+            assert time.time() < deadline, "no warm-up record reached the client"
+            self.send(user, {"warm": k})
+            k += 1
+            try:
+                if client.recv(timeout=2).get("type") == "message":
+                    break
+            except TimeoutError:
+                pass
+        try:
+            while client.recv(timeout=0.5).get("data", {}).get("warm") is not None:
+                pass
+        except TimeoutError:
+            pass
+
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait(timeout=60)
+
+
 def probe_rooms(partitions):
     """One room key per rooms partition (for wait_rooms_live)."""
     out, i = {}, 0
