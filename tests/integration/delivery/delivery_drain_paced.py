@@ -228,9 +228,14 @@ def test_closes_are_spread_and_nothing_is_lost():
             assert sorted(seq) == list(range(last + 1)), (c.user, got)
 
     # While connections were open on A it stayed alive, and what was sent
-    # during the drain reached them there: user messages by Pub/Sub from B
-    # (A's users consumer left its group at SIGTERM), room broadcasts by A's
-    # own rooms consumer.
+    # during the drain reached them there: room broadcasts by A's own rooms
+    # consumer. User messages reach A by Pub/Sub from B only while B owns
+    # users partitions: A's users consumer leaves its group at SIGTERM, B's
+    # partitions are revoked at its next heartbeat (0-1 s later) and the
+    # embedded broker reassigns them ~5 s on, after this drain ended; so how
+    # many reach A depends on that heartbeat (0 in one ASan run, when it
+    # came 9 ms after SIGTERM). Nothing is lost either way (checked above:
+    # they arrive on B after the resume).
     # (The DEL may overtake the last batch's HDELs: only samples with more
     # entries than a batch (8) count.)
     ft.log("A's entries and liveness key while draining: %s" % alive_samples)
@@ -246,7 +251,6 @@ def test_closes_are_spread_and_nothing_is_lost():
     on_a_room = sum(1 for c in clients for r, sid in c.got_room if r >= 1 and sid == "A")
     ft.log("during the drain, delivered on A: %d user messages, %d room messages; "
            "%d rounds" % (on_a_user, on_a_room, last + 1))
-    assert on_a_user >= N // 10, on_a_user
     assert on_a_room >= N // 10, on_a_room
     assert S.redis.cli("EXISTS", "ws:alive:A") == "0"
     S.stop()
