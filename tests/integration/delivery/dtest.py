@@ -16,6 +16,13 @@ import fanout_test as ft  # noqa: E402
 SECRET = "test-secret-please-change-0123456789abcdef"
 
 
+def user_line(user, data, ct="application/json"):
+    """fanout-test-produce's input line for one users-topic record (data:
+    bytes as they are, anything else as JSON)."""
+    payload = data if isinstance(data, bytes) else json.dumps(data).encode()
+    return "fanout.users send %s %s %s\n" % (user, ct, payload.hex())
+
+
 class Stack:
     def __init__(self, partitions=4):
         self.redis = ft.Redis()
@@ -129,8 +136,7 @@ class Stack:
         return p.stdout
 
     def send(self, user, data, ct="application/json", n=1):
-        payload = data if isinstance(data, bytes) else json.dumps(data).encode()
-        return self.produce(["fanout.users send %s %s %s\n" % (user, ct, payload.hex())] * n)
+        return self.produce([user_line(user, data, ct)] * n)
 
     def broadcast(self, room, data, ct="application/json"):
         payload = data if isinstance(data, bytes) else json.dumps(data).encode()
@@ -148,8 +154,7 @@ class UserFeed:
                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
 
     def send(self, user, data):
-        payload = json.dumps(data).encode().hex()
-        self.p.stdin.write("fanout.users send %s application/json %s\n" % (user, payload))
+        self.p.stdin.write(user_line(user, data))
         self.p.stdin.flush()
 
     def warm(self, client, user, timeout=120):
