@@ -510,6 +510,7 @@ def main():
         except (AssertionError, TimeoutError) as e:
             print("warning: %s (%d keys)" % (e, dbsize()), flush=True)
         time.sleep(3)
+        sizes = [dbsize_of(r) for r in redis]  # one DBSIZE per node for the line below
         rss1 = [rss_kb(d.pid) for d in dels]
         vm1 = sum(rss_kb(d.pid, "VmRSS") for d in dels)
         if args.mem_detail:
@@ -519,8 +520,8 @@ def main():
               "(%s); delivery RssAnon %.1f MB -> %.1f MB: %.0f bytes per connection right after "
               "connect (per process %d-%d B; VmRSS with the shared libraries' pages %.1f MB -> "
               "%.1f MB); MemAvailable %d MB; load average %s" % (
-                  connected, n, connect_s, joined_s, dbsize(),
-                  "+".join(str(dbsize_of(r)) for r in redis), sum(rss0) / 1024.0,
+                  connected, n, connect_s, joined_s, sum(max(0, x) for x in sizes),
+                  "+".join(str(x) for x in sizes), sum(rss0) / 1024.0,
                   sum(rss1) / 1024.0, grow1 * 1024.0 / max(1, connected),
                   min((b - a) * 1024 // c for a, b, c in zip(rss0, rss1, per) if c > 0),
                   max((b - a) * 1024 // c for a, b, c in zip(rss0, rss1, per) if c > 0),
