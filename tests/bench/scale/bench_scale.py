@@ -618,6 +618,17 @@ def main():
                       weighted_quantile(points, 0.5), weighted_quantile(points, 0.99),
                       max(p[0] for p in points) if points else float("nan"), dcpu,
                       dcpu * 1e6 / max(1, delivered), loadavg()), flush=True)
+            # Connections that close while a broadcast saturates the box:
+            # say whether the servers closed them for a late pong (after the
+            # last broadcast the clients have exited: no open count then).
+            ms = [ft.metrics(d.addr, timeout=30) for d in dels]
+            ping_now = sum(m.get("fanout_delivery_ping_timeouts_total", 0) for m in ms)
+            print("  after broadcast %d: closed by the servers for a missing pong since the "
+                  "hold: %d%s" % (
+                      b, ping_now - ping_to,
+                      "; open at the servers %d" % sum(
+                          m.get("fanout_delivery_connections", 0) for m in ms)
+                      if b < expect else ""), flush=True)
             time.sleep(1)
         print("total run %.0f s" % (time.time() - t_run), flush=True)
     except Deadline as e:
