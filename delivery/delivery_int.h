@@ -270,6 +270,10 @@ struct fo_server {
                              * what --max-pending-handshakes caps */
   uint32_t next_conn_id;
   uint64_t start_ms;
+  uint64_t polled_ms;     /* the last I/O poll whose reads all ran started after
+                           * this loop time: a pong deadline later than it
+                           * cannot be judged yet (the pong may wait unread) */
+  uint64_t last_check_ms; /* loop time at the last check phase */
 
   fo_map_t users; /* name -> fo_user_t */
   fo_map_t rooms; /* name -> fo_room_t */

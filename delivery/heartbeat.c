@@ -102,11 +102,23 @@ fo_conn_t *fo__conn_any(fo_server_t *srv) {
   return fo__conn_after(srv, NULL);
 }
 
+/* A pong counts as missing only once an I/O poll has run after its
+ * deadline: when the loop itself stalled past the deadline (a broadcast to
+ * every connection on a saturated host, the process stopped or starved),
+ * the pong may have come in time and wait unread. Those get the next
+ * sweep, after the next poll has read them. */
+static bool pong_judged(const fo_conn_t *conn) {
+  return conn->deadline <= conn->srv->polled_ms;
+}
+
 /* conn's deadline has come. */
 static void due(fo_conn_t *conn) {
   fo_server_t *srv = conn->srv;
   switch (conn->state) {
   case FO_CONN_OPEN:
+    /* A pong not judged yet: conn stays where it is, for the next sweep. */
+    if (conn->await_pong && !pong_judged(conn))
+      return;
     fo__conn_refill(conn); /* at least once a ping cycle: its 16-bit clock never wraps */
     if (conn->await_pong) {
       (*srv->m.ping_timeouts)++;
@@ -136,8 +148,11 @@ static void on_sweep(uv_timer_t *t) {
     /* due() takes the head off this list (destroyed, or queued at the tail
      * of another); the count bounds the loop all the same. */
     for (int64_t left = srv->nconns; left > 0 && head->next != head && now >= head->next->deadline;
-         left--)
+         left--) {
+      if (sorted[i] == FO_CL_PONG && !pong_judged(head->next))
+        break; /* the rest of the list is later still */
       due(head->next);
+    }
   }
   fo_conn_t *head = &srv->clist[FO_CL_EXPIRING];
   uint32_t now_rel_s = wall_rel_s(srv);

@@ -108,6 +108,11 @@ static void on_pause(void *ud, bool pause) {
 
 static void on_check(uv_check_t *h) {
   fo_server_t *srv = h->data;
+  /* The poll that just ran began after the previous check phase. Not this
+   * phase's time: a poll cut short (epoll_wait's EINTR after SIGSTOP and
+   * SIGCONT) returns with no reads done, and the time is updated all the same. */
+  srv->polled_ms = srv->last_check_ms;
+  srv->last_check_ms = uv_now(srv->loop);
   fo__router_flush(srv);
   fo__rreg_flush(srv);
   fo__streams_after_flush(srv); /* a barrier behind the registrations just sent */

@@ -72,6 +72,41 @@ def test_sigterm_drains():
     S.stop()
 
 
+def test_stalled_server_keeps_a_client_whose_pong_came_in_time():
+    """The server stops (SIGSTOP: what a loop stalled by a broadcast on a
+    saturated host, or a starved VM, looks like from outside) after sending
+    a ping; the client answers at once, into the stopped server's socket.
+    When the server runs again its pong deadline has passed, but the pong
+    waits unread: the client is kept (at 1,000,000 connections on two cores
+    a broadcast stalled the loops past the pong timeout and 4,018 clients
+    that had answered were closed)."""
+    S = dtest.Stack()
+    try:
+        H = S.start("H", "--ping-interval-ms", "500", "--pong-timeout-ms", "1000")
+        c = WsClient(H.addr, token=dtest.token("stalled"), auto_pong=False)
+        c.sock.settimeout(ft.scaled(5))
+        while True:
+            op, _fin, payload = c.recv_frame()
+            if op == 0x9:
+                break
+        H.signal(signal.SIGSTOP)
+        try:
+            c.send_frame(0xA, payload)  # in time: the deadline is a second away
+            time.sleep(2.5)  # past the deadline and several sweep ticks
+        finally:
+            H.signal(signal.SIGCONT)
+        c.auto_pong = True
+        c.wait_pings(c.pings + 3)  # fails on a close
+        assert dtest.metrics(H)["fanout_delivery_ping_timeouts_total"] == 0
+        c.close()
+        # A client that does not answer is still closed.
+        mute = WsClient(H.addr, token=dtest.token("mute"), auto_pong=False)
+        assert mute.expect_close(timeout=5) in (None, 1006)
+        assert dtest.metrics(H)["fanout_delivery_ping_timeouts_total"] == 1
+    finally:
+        S.stop()
+
+
 def test_kill9_liveness_cleanup_and_partition_move():
     S = dtest.Stack()
     A = S.start("A")
