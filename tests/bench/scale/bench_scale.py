@@ -621,7 +621,12 @@ def main():
             # Connections that close while a broadcast saturates the box:
             # say whether the servers closed them for a late pong (after the
             # last broadcast the clients have exited: no open count then).
-            ms = [ft.metrics(d.addr, timeout=30) for d in dels]
+            try:
+                ms = [ft.metrics(d.addr, timeout=30) for d in dels]
+            except OSError as e:
+                print("  after broadcast %d: metrics unreadable (%s)" % (b, e), flush=True)
+                time.sleep(1)
+                continue
             ping_now = sum(m.get("fanout_delivery_ping_timeouts_total", 0) for m in ms)
             print("  after broadcast %d: closed by the servers for a missing pong since the "
                   "hold: %d%s" % (
