@@ -459,6 +459,14 @@ def run_tests(namespace, only=None):
     sys.exit(1 if failed else SKIP_RETURN_CODE if skipped else 0)
 
 
+def partitions_spread(counts, total, partitions):
+    """counts: the partitions each running server owns. True once they own
+    `total` together and, when there are no more servers than `partitions`,
+    each owns some: with the eager range assignor the first servers can hold
+    all of them until a later one's join revokes everything once more."""
+    return sum(counts) == total and (len(counts) > partitions or min(counts, default=0) >= 1)
+
+
 def eventually(pred, timeout=10.0, interval=0.05, what="condition"):
     deadline = time.time() + scaled(timeout)
     last = None

@@ -623,17 +623,15 @@ def main():
             # last broadcast the clients have exited: no open count then).
             try:
                 ms = [ft.metrics(d.addr, timeout=30) for d in dels]
+                ping_now = sum(m.get("fanout_delivery_ping_timeouts_total", 0) for m in ms)
+                print("  after broadcast %d: closed by the servers for a missing pong since "
+                      "the hold: %d%s" % (
+                          b, ping_now - ping_to,
+                          "; open at the servers %d" % sum(
+                              m.get("fanout_delivery_connections", 0) for m in ms)
+                          if b < expect else ""), flush=True)
             except OSError as e:
                 print("  after broadcast %d: metrics unreadable (%s)" % (b, e), flush=True)
-                time.sleep(1)
-                continue
-            ping_now = sum(m.get("fanout_delivery_ping_timeouts_total", 0) for m in ms)
-            print("  after broadcast %d: closed by the servers for a missing pong since the "
-                  "hold: %d%s" % (
-                      b, ping_now - ping_to,
-                      "; open at the servers %d" % sum(
-                          m.get("fanout_delivery_connections", 0) for m in ms)
-                      if b < expect else ""), flush=True)
             time.sleep(1)
         print("total run %.0f s" % (time.time() - t_run), flush=True)
     except Deadline as e:

@@ -52,14 +52,11 @@ class Stack:
         total = expect_total or self.kafka.partitions
 
         def ok():
-            # assigned = users partitions + rooms partitions (all of them).
-            # Every server must own some (when there are enough): with the
-            # eager range assignor the first servers can hold all of them
-            # until a later one's join revokes everything once more.
+            # assigned = users partitions + rooms partitions (all of them)
             counts = [metrics(pr).get("fanout_delivery_assigned_partitions", 0) -
                       self.kafka.partitions
                       for pr in self.servers.values() if pr.alive()]
-            return sum(counts) == total and (len(counts) > total or min(counts, default=0) >= 1)
+            return ft.partitions_spread(counts, total, total)
         ft.eventually(ok, timeout=timeout, interval=0.2, what="consumer group settled")
         self.wait_rooms_live()
 

@@ -76,11 +76,9 @@ class Stack:
     def wait_assigned(self, timeout=40):
         """Waits until the delivery servers together own every users partition."""
         def ok():
-            # each one owns some, as in dtest.Stack.wait_group_settled
             counts = [metrics(pr).get("fanout_delivery_assigned_partitions", 0) -
                       self.kafka.partitions for pr in self.deliveries if pr.alive()]
-            total = self.kafka.partitions
-            return sum(counts) == total and (len(counts) > total or min(counts, default=0) >= 1)
+            return ft.partitions_spread(counts, self.kafka.partitions, self.kafka.partitions)
         ft.eventually(ok, timeout=timeout, interval=0.2, what="users partitions assigned")
 
     def check_alive(self):

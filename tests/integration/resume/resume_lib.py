@@ -118,15 +118,10 @@ class Stack:
         want = self.partitions * (1 if self.room_mode == "kafka" else 2)
 
         def settled():
-            # Every server owns some (when there are enough partitions), not
-            # only "all are owned": with the eager range assignor, A and B
-            # can hold all of them before C's join starts one more rebalance
-            # that revokes everything for a moment.
             counts = [metrics(pr).get("fanout_delivery_assigned_partitions", 0) -
                       (self.partitions if self.room_mode == "kafka" else 0)
                       for pr in self.live()]
-            everyone = len(counts) > self.partitions or min(counts, default=0) >= 1
-            return sum(counts) == want and everyone
+            return ft.partitions_spread(counts, want, self.partitions)
         ft.eventually(settled, timeout=timeout, interval=0.2, what="consumer groups settled")
         rooms = probe_rooms(self.partitions)
         probes = {}
