@@ -264,7 +264,7 @@ static void on_room_record(fo_consumer_t *c, const rd_kafka_message_t *msg) {
   fo__room_broadcast(srv, env.target, env.target_len,
                      fo__streams_offset(srv, FO_STREAM_ROOM, env.target, env.target_len,
                                         msg->partition, msg->offset),
-                     frame);
+                     frame, false);
   fo_buf_unref(frame);
 }
 

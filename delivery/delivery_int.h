@@ -151,6 +151,7 @@ typedef struct {
   uint64_t *redis_conn_errors;
   uint64_t *rate_limited;
   uint64_t *read_pauses;
+  uint64_t *room_copies;
   int64_t *rx_bytes;
 } fo_dmetrics_t;
 

@@ -105,8 +105,12 @@ void fo__registry_free(fo_server_t *srv) {
 
 struct fo_room {
   fo_mapent_t ent;
-  fo_conn_t **members;
+  fo_conn_t **members; /* owned array; the connections are the server's */
   uint32_t n, cap;
+  /* The highest stream offset a `once` broadcast gave the members (-1:
+   * none yet): room mode redis drops the copies a partition's new owner
+   * publishes after a rebalance. */
+  int64_t last;
   char name[];
 };
 
@@ -264,6 +268,7 @@ int fo__room_join(fo_conn_t *conn, const char *name, size_t len) {
     if (room == NULL)
       return join_failed(conn, -ENOMEM);
     memcpy(room->name, name, len);
+    room->last = -1;
     room->ent.hash = h;
     room->ent.len = (uint32_t)len;
     room->ent.key = room->name;
@@ -354,11 +359,20 @@ void fo__rooms_leave_all(fo_conn_t *conn) {
 }
 
 size_t fo__room_broadcast(fo_server_t *srv, const char *name, size_t len, int64_t offset,
-                          fo_buf_t *buf) {
+                          fo_buf_t *buf, bool once) {
   fo_room_t *room = (fo_room_t *)fo_map_get(&srv->rooms, name, len, fo_map_hash(name, len));
   size_t sent = 0;
   if (room == NULL)
     return 0;
+  if (once && offset >= 0) {
+    /* One room is one partition, which its owners publish in offset order:
+     * an offset at or before one the members were given is a copy. */
+    if (offset <= room->last) {
+      (*srv->m.room_copies)++;
+      return 0;
+    }
+    room->last = offset;
+  }
   /* Backwards: a member closed by its queue limit is swap-removed, and the
    * member moved into its slot was already served. The room itself may go
    * away with its last member, so test the count before touching it. */
@@ -376,6 +390,13 @@ size_t fo__room_broadcast(fo_server_t *srv, const char *name, size_t len, int64_
       break;
   }
   return sent;
+}
+
+void fo__rooms_forget_offsets(fo_server_t *srv) {
+  uint32_t cur = 0;
+  fo_mapent_t *e;
+  while ((e = fo_map_next(&srv->rooms, &cur)) != NULL)
+    ((fo_room_t *)e)->last = -1;
 }
 
 void fo__rooms_free(fo_server_t *srv) {

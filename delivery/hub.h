@@ -30,9 +30,14 @@ int fo__room_join(fo_conn_t *conn, const char *room, size_t len);
 int fo__room_leave(fo_conn_t *conn, const char *room, size_t len);
 void fo__rooms_leave_all(fo_conn_t *conn);
 /* Queues buf (the frame of the room's record at offset, -1 unknown) on
- * every local member; returns the number of recipients. */
+ * every local member; returns the number of recipients. once: the frame
+ * came over Pub/Sub (room mode redis), where after a rebalance the room
+ * partition's new owner publishes again what the old one had published: a
+ * frame at or before the last offset given to the room is dropped. */
 size_t fo__room_broadcast(fo_server_t *srv, const char *room, size_t len, int64_t offset,
-                          fo_buf_t *buf);
+                          fo_buf_t *buf, bool once);
+/* The rooms topic's offsets started over (a new epoch): no copy is known. */
+void fo__rooms_forget_offsets(fo_server_t *srv);
 void fo__rooms_free(fo_server_t *srv);
 
 #endif

@@ -1024,6 +1024,6 @@ void fo__router_room_pubsub(fo_server_t *srv, const char *room, size_t rlen, con
     (*srv->m.drops)++;
     return;
   }
-  fo__room_broadcast(srv, room, rlen, offset, frame);
+  fo__room_broadcast(srv, room, rlen, offset, frame, true);
   fo_buf_unref(frame);
 }

@@ -64,6 +64,9 @@ static void register_metrics(fo_server_t *srv) {
   C(read_pauses, "read_pauses_total",
     "times a connection stopped being read because its outbound queue passed --read-pause-bytes");
   G(rx_bytes, "rx_buffered_bytes", "bytes held for incomplete client frames and messages");
+  C(room_copies, "room_copies_dropped_total",
+    "room frames over Pub/Sub dropped as copies of ones the members had (a room partition's "
+    "new owner publishing again after a rebalance)");
   C(ping_timeouts, "ping_timeouts_total", "connections closed for a missing pong");
   C(protocol_errors, "protocol_errors_total", "connections closed for a protocol violation");
   C(decode_errors, "decode_errors_total", "records that could not be decoded (skipped)");

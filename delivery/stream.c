@@ -31,6 +31,7 @@
 #include "stream.h"
 #include "envelope.h"
 #include "frame.h"
+#include "hub.h"
 #include "log.h"
 #include "partition.h"
 #include "proto.h"
@@ -207,6 +208,8 @@ void fo__streams_topic(fo_server_t *srv, int kind, const char *cluster_id, int32
   if (changed && kind == FO_STREAM_USER)
     for (fo_conn_t *c = fo__conn_any(srv); c != NULL; c = fo__conn_after(srv, c))
       c->user_floor = -1; /* offsets of another log: nothing is covered */
+  if (changed && kind == FO_STREAM_ROOM)
+    fo__rooms_forget_offsets(srv);
 }
 
 int64_t fo__streams_offset(const fo_server_t *srv, int kind, const char *key, size_t keylen,

@@ -143,7 +143,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 4: {
       fo_buf_t *buf = server_text(srv, "room", p, 0, 16 * len);
       if (buf != NULL) {
-        fo__room_broadcast(srv, (const char *)p, len, (int64_t)len, buf);
+        fo__room_broadcast(srv, (const char *)p, len, (int64_t)len, buf, (len & 2) != 0);
         fo_buf_unref(buf);
       }
       break;

@@ -22,6 +22,9 @@ typedef struct {
   fo_server_t srv;
   fo_dcfg_t cfg;
   int64_t nusers, nrooms;
+  uint64_t copies; /* srv.m.room_copies */
+  int frames;      /* member_frame events */
+  int64_t last_offset;
   fo_conn_t conn[NCONN];
   int gone; /* user_gone events */
   char gone_name[32];
@@ -48,6 +51,17 @@ static void on_room_sub(fo_server_t *srv, const char *room, size_t len, bool on)
   snprintf(g_f->last_room, sizeof(g_f->last_room), "%.*s", (int)len, room);
 }
 
+static int on_member_frame(fo_conn_t *conn, const char *room, size_t len, int64_t offset,
+                           fo_buf_t *frame) {
+  (void)conn;
+  (void)room;
+  (void)len;
+  (void)frame;
+  g_f->frames++;
+  g_f->last_offset = offset;
+  return 0;
+}
+
 static int setup(void **state) {
   fixture_t *f = calloc(1, sizeof(*f));
   f->cfg.max_rooms_per_conn = 3;
@@ -56,6 +70,7 @@ static int setup(void **state) {
   f->srv.cfg = &f->cfg;
   f->srv.m.users = &f->nusers;
   f->srv.m.rooms = &f->nrooms;
+  f->srv.m.room_copies = &f->copies;
   f->srv.hub_ev.user_gone = on_user_gone;
   f->srv.hub_ev.room_sub = on_room_sub;
   for (int i = 0; i < NCONN; i++)
@@ -198,7 +213,7 @@ static void rooms(void **state) {
   assert_int_equal(f->unsubs, 3);
   assert_int_equal(f->nrooms, 0);
   /* no member: a broadcast reaches nobody */
-  assert_int_equal(fo__room_broadcast(&f->srv, "r.2", 3, -1, NULL), 0);
+  assert_int_equal(fo__room_broadcast(&f->srv, "r.2", 3, -1, NULL, false), 0);
 }
 
 /* Many members, removed in an order that makes the swap-remove move the
@@ -248,6 +263,39 @@ static void rooms_grow(void **state) {
   free(c);
 }
 
+/* Room mode redis: after a rebalance the room partition's new owner
+ * publishes again what the old one had; a `once` broadcast at or before
+ * the room's last offset is a copy. Records on no stream (-1) and the
+ * Kafka path (once = false) always go; a new epoch forgets the offsets. */
+static void room_copies_dropped(void **state) {
+  fixture_t *f = *state;
+  static struct fo_cstreams *dummy; /* member_frame is called for conns with stream state */
+  f->conn[0].cs = (struct fo_cstreams *)&dummy;
+  f->srv.hub_ev.member_frame = on_member_frame;
+  set_perm(&f->conn[0], "[\"*\"]");
+  assert_int_equal(fo__room_join(&f->conn[0], "r", 1), 0);
+  for (int64_t o = 5; o <= 8; o++)
+    assert_int_equal(fo__room_broadcast(&f->srv, "r", 1, o, NULL, true), 1);
+  assert_int_equal(f->frames, 4);
+  /* the new owner starts again at 6 */
+  for (int64_t o = 6; o <= 8; o++)
+    assert_int_equal(fo__room_broadcast(&f->srv, "r", 1, o, NULL, true), 0);
+  assert_int_equal(f->copies, 3);
+  assert_int_equal(fo__room_broadcast(&f->srv, "r", 1, 9, NULL, true), 1);
+  assert_int_equal(f->last_offset, 9);
+  assert_int_equal(fo__room_broadcast(&f->srv, "r", 1, -1, NULL, true), 1); /* on no stream */
+  assert_int_equal(fo__room_broadcast(&f->srv, "r", 1, 3, NULL, false), 1); /* Kafka path */
+  assert_int_equal(f->frames, 7);
+  fo__rooms_forget_offsets(&f->srv);
+  assert_int_equal(fo__room_broadcast(&f->srv, "r", 1, 0, NULL, true), 1);
+  assert_int_equal(f->copies, 3);
+  /* a room created again (last member gone) starts with no offset */
+  assert_int_equal(fo__room_leave(&f->conn[0], "r", 1), 0);
+  assert_int_equal(fo__room_join(&f->conn[0], "r", 1), 0);
+  assert_int_equal(fo__room_broadcast(&f->srv, "r", 1, 0, NULL, true), 1);
+  f->conn[0].cs = NULL;
+}
+
 /* Room mode kafka: no subscriptions are asked for (server.c wires none). */
 static void rooms_without_events(void **state) {
   fixture_t *f = *state;
@@ -267,6 +315,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(rooms_swap_remove, setup, teardown),
       cmocka_unit_test_setup_teardown(rooms_grow, setup, teardown),
       cmocka_unit_test_setup_teardown(rooms_without_events, setup, teardown),
+      cmocka_unit_test_setup_teardown(room_copies_dropped, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
