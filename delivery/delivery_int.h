@@ -272,8 +272,9 @@ struct fo_server {
   uint32_t next_conn_id;
   uint64_t start_ms;
   uint64_t polled_ms;     /* the last I/O poll whose reads all ran started after
-                           * this loop time: a pong deadline later than it
-                           * cannot be judged yet (the pong may wait unread) */
+                           * this loop time: a deadline that waits on the peer
+                           * (request, pong, close reply) later than it cannot
+                           * be judged yet (what it sent may wait unread) */
   uint64_t last_check_ms; /* loop time at the last check phase */
 
   fo_map_t users; /* name -> fo_user_t */

@@ -102,12 +102,15 @@ fo_conn_t *fo__conn_any(fo_server_t *srv) {
   return fo__conn_after(srv, NULL);
 }
 
-/* A pong counts as missing only once an I/O poll has run after its
- * deadline: when the loop itself stalled past the deadline (a broadcast to
- * every connection on a saturated host, the process stopped or starved),
- * the pong may have come in time and wait unread. Those get the next
- * sweep, after the next poll has read them. */
-static bool pong_judged(const fo_conn_t *conn) {
+/* A deadline that waits on the peer (its upgrade request, its pong, its
+ * close reply) counts as missed only once an I/O poll has run after it:
+ * when the loop itself stalled past the deadline (a broadcast to every
+ * connection on a saturated host, a mass disconnect, the process stopped
+ * or starved), what the peer sent in time may wait unread. Those get the
+ * next sweep, after the next poll has read them. A connection accepted in
+ * such a stall would otherwise be closed with its request unread (a reset,
+ * seen at 1,000,000 connections when every client left at once). */
+static bool peer_judged(const fo_conn_t *conn) {
   return conn->deadline <= conn->srv->polled_ms;
 }
 
@@ -117,7 +120,7 @@ static void due(fo_conn_t *conn) {
   switch (conn->state) {
   case FO_CONN_OPEN:
     /* A pong not judged yet: conn stays where it is, for the next sweep. */
-    if (conn->await_pong && !pong_judged(conn))
+    if (conn->await_pong && !peer_judged(conn))
       return;
     fo__conn_refill(conn); /* at least once a ping cycle: its 16-bit clock never wraps */
     if (conn->await_pong) {
@@ -131,8 +134,9 @@ static void due(fo_conn_t *conn) {
       fo__conn_send_now(conn, ping_for(conn));
     }
     break;
-  default: /* HANDSHAKE, HTTP, CLOSING: out of time */
-    fo__conn_destroy(conn);
+  default: /* HANDSHAKE, HTTP, CLOSING: out of time, once judged */
+    if (peer_judged(conn))
+      fo__conn_destroy(conn);
     break;
   }
 }
@@ -149,7 +153,7 @@ static void on_sweep(uv_timer_t *t) {
      * of another); the count bounds the loop all the same. */
     for (int64_t left = srv->nconns; left > 0 && head->next != head && now >= head->next->deadline;
          left--) {
-      if (sorted[i] == FO_CL_PONG && !pong_judged(head->next))
+      if (sorted[i] != FO_CL_PING && !peer_judged(head->next))
         break; /* the rest of the list is later still */
       due(head->next);
     }
