@@ -107,39 +107,7 @@ def metrics(pr):
 
 # ---- raw HTTP ---------------------------------------------------------------------
 
-def connect(addr, timeout=5.0):
-    host, _, port = addr.rpartition(":")
-    s = socket.create_connection((host, int(port)), timeout=ft.scaled(timeout))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return s
-
-
-def read_response(s, limit=1 << 20):
-    """Reads one HTTP response head and its Content-Length body.
-    Returns (status, headers, body, rest) or raises EOFError."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise EOFError("closed before a response head (got %r)" % data[:200])
-        data += chunk
-        assert len(data) < limit
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    assert parts[0] in ("HTTP/1.1", "HTTP/1.0"), lines[0]
-    status = int(parts[1])
-    hdrs = {}
-    for ln in lines[1:]:
-        k, _, v = ln.partition(":")
-        hdrs[k.strip().lower()] = v.strip()
-    n = int(hdrs.get("content-length", "0"))
-    while len(rest) < n:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        rest += chunk
-    return status, hdrs, rest[:n], rest[n:]
+from rawhttp import connect, read_response, wait_closed  # noqa: E402,F401
 
 
 def raw_request(addr, data, timeout=5.0):
@@ -159,22 +127,6 @@ def raw_request(addr, data, timeout=5.0):
         return status, hdrs, body
     finally:
         s.close()
-
-
-def wait_closed(s, timeout):
-    """True if the peer closes (EOF or reset) within timeout; data is drained."""
-    deadline = time.time() + ft.scaled(timeout)
-    while time.time() < deadline:
-        s.settimeout(max(0.05, deadline - time.time()))
-        try:
-            chunk = s.recv(65536)
-        except socket.timeout:
-            return False
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-        if not chunk:
-            return True
-    return False
 
 
 def http_json(addr, method, path, body=None, key=API_KEY, timeout=10.0):
