@@ -134,9 +134,8 @@ static void due(fo_conn_t *conn) {
       fo__conn_send_now(conn, ping_for(conn));
     }
     break;
-  default: /* HANDSHAKE, HTTP, CLOSING: out of time, once judged */
-    if (peer_judged(conn))
-      fo__conn_destroy(conn);
+  default: /* HANDSHAKE, HTTP, CLOSING: out of time (on_sweep judged it) */
+    fo__conn_destroy(conn);
     break;
   }
 }
