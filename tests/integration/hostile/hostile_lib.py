@@ -13,7 +13,6 @@ import hmac
 import http.client
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
