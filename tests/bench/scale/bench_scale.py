@@ -266,18 +266,17 @@ def run_in_netns(args):
         print("net.ipv4.tcp_child_ehash_entries not present (kernel before 6.1)", flush=True)
         return 2
     changed = tune_sysctls(args.conns) if args.tune_sysctl else []
-    old = open(path).read().strip()
     try:
+        old = open(path).read().strip()
         with open(path, "w") as f:
             f.write(str(args.netns_ehash))
+        changed.append(("net.ipv4.tcp_child_ehash_entries", old))
         argv = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
                 sys.executable, os.path.abspath(__file__)] + sys.argv[1:]
         print("running in a new network namespace, TCP hash of %d buckets" % args.netns_ehash,
               flush=True)
         return subprocess.run(argv, env=dict(os.environ, **{IN_NETNS_ENV: "1"})).returncode
     finally:
-        with open(path, "w") as f:
-            f.write(old)
         restore_sysctls(changed)
 
 
